@@ -1,0 +1,69 @@
+# cropseg — the two commands of the README are `make up` and `make test`.
+# Everything installs into .venv from the package registries; nothing is needed by hand.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+PKGS   := -e services/core -e model
+SOURCES := services/core/cropseg_core model/cropseg_model
+DATA   := var/model
+ONNX   := model/artifacts/cropseg-unet.onnx
+
+# Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
+# evaluation 3 (never seen in training), reference profile 4.
+TRAIN_TILES ?= 2400
+TRAIN_STEPS ?= 3000
+
+.PHONY: up test lint typecheck pytest model clean help
+
+help:
+	@echo "make up     set up .venv and run cropseg (for now: the model demo)"
+	@echo "make test   set up .venv and run lint, type checks and the whole test suite"
+	@echo "make model  regenerate data, retrain, export and evaluate the committed model"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "cropseg needs Python 3.11, found " + sys.version' \
+		|| { echo "Python 3.11 is required (set PYTHON=/path/to/python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24"
+
+# Runtime install: what `make up` needs (no torch).
+$(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml model/pyproject.toml
+	$(PIP) install --quiet -c constraints.txt $(PKGS)
+	@touch $@
+
+# Development install: the training extra (torch CPU, onnx) and the test tools.
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PIP) install --quiet -c constraints.txt -e 'model[train]' -r requirements-dev.txt
+	@touch $@
+
+up: $(VENV)/.runtime
+	$(BIN)/cropseg-model demo --out var/demo
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy $(SOURCES)
+
+pytest: $(VENV)/.dev
+	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+model: $(VENV)/.dev
+	$(BIN)/cropseg-model generate --count $(TRAIN_TILES) --seed 1 --out $(DATA)/train
+	$(BIN)/cropseg-model generate --count 200 --seed 2 --out $(DATA)/val
+	$(BIN)/cropseg-model generate --count 300 --seed 3 --out $(DATA)/eval
+	$(BIN)/cropseg-model generate --count 400 --seed 4 --out $(DATA)/reference
+	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet.pt --steps $(TRAIN_STEPS)
+	$(BIN)/cropseg-model export --checkpoint $(DATA)/unet.pt --out $(ONNX) --report $(DATA)/export.json
+	$(BIN)/cropseg-model evaluate --model $(ONNX) --data $(DATA)/eval --out $(DATA)/eval.json
+	$(BIN)/cropseg-model profile --model $(ONNX) --data $(DATA)/reference
+	$(BIN)/cropseg-model card --train-report $(DATA)/unet.json --export-report $(DATA)/export.json \
+		--eval-report $(DATA)/eval.json
+
+clean:
+	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache .coverage

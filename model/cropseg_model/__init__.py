@@ -1,0 +1,1 @@
+"""cropseg model pipeline: data, baselines, U-Net, ONNX export, evaluation."""

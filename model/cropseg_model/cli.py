@@ -1,0 +1,227 @@
+"""``cropseg-model``: the model pipeline from the command line.
+
+    cropseg-model generate --count 100 --seed 7 --out var/data/tiles
+    cropseg-model train --data var/model/train --val var/model/val --out var/model/unet.pt
+    cropseg-model export --checkpoint var/model/unet.pt --out model/artifacts/cropseg-unet.onnx
+    cropseg-model evaluate --model model/artifacts/cropseg-unet.onnx --data var/model/eval
+    cropseg-model profile --model ... --data var/model/reference --out model/artifacts/reference_profile.npz
+    cropseg-model pseudo-label --model ... --images my_flight/ --out var/pseudo
+    cropseg-model demo
+
+Commands that need torch (train, export) say how to install it when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from cropseg_core.files import write_json
+from cropseg_core.log import configure_logging
+from cropseg_model.datasets import DatasetError
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+DEFAULT_MODEL = ARTIFACTS / "cropseg-unet.onnx"
+log = logging.getLogger("cropseg_model")
+
+
+class UsageError(Exception):
+    """A problem the user fixes by changing the command line or the files it names."""
+
+
+def _existing(path: str) -> Path:
+    resolved = Path(path)
+    if not resolved.exists():
+        raise argparse.ArgumentTypeError(f"{path} does not exist")
+    return resolved
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return number
+
+
+def _probability(value: str) -> float:
+    number = float(value)
+    if not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return number
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise UsageError(
+            "this command needs the training extra: pip install -e 'model[train]' "
+            "(torch==2.13.0, onnx); services never need it"
+        ) from e
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from cropseg_model.synth import write_dataset
+
+    meta = write_dataset(args.out, args.count, args.seed, height=args.height, width=args.width,
+                         workers=args.workers, progress=not args.quiet)
+    sensors: dict[str, int] = {}
+    for item in meta:
+        sensors[str(item["sensor"])] = sensors.get(str(item["sensor"]), 0) + 1
+    print(f"wrote {len(meta)} tiles to {args.out} (sensors: {sensors})")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    _require_torch()
+    from cropseg_model.train import TrainConfig, train
+
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
+                         seed=args.seed, val_every=args.val_every)
+    report = train(args.data, args.val, args.out, config, init=args.init, progress=not args.quiet)
+    write_json(args.out.with_suffix(".json"), report)
+    best = report["best"]
+    assert isinstance(best, dict)
+    print(f"best checkpoint {args.out} at step {best['step']}: val IoU (non-black) "
+          f"{best['iou_non_black']:.4f}; training took {report['train_seconds']} s")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    _require_torch()
+    from cropseg_model.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out, args.name, args.version)
+    if args.report:
+        write_json(args.report, result)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from cropseg_model.evaluate import evaluate, markdown_table, sensor_table
+
+    report = evaluate(args.model, args.data, progress=not args.quiet, threshold=args.threshold)
+    if args.out:
+        write_json(args.out, report)
+    print(markdown_table(report))
+    breakdown = sensor_table(report)
+    if breakdown:
+        print("\nIoU (non-black) by sensor:\n" + breakdown)
+
+
+def cmd_profile(args: argparse.Namespace) -> None:
+    from cropseg_model.profile import build_profile
+
+    meta = build_profile(args.model, args.data, args.out, progress=not args.quiet)
+    print(f"wrote reference profile of {meta['images']} images to {args.out}")
+
+
+def cmd_pseudo_label(args: argparse.Namespace) -> None:
+    from cropseg_model.pseudolabel import pseudo_label
+
+    result = pseudo_label(args.model, args.images, args.out, args.confidence, args.min_agree,
+                          progress=not args.quiet)
+    print(f"pseudo-labelled {result['images']} images into {args.out}; "
+          f"{100 * result['labelled_pixel_fraction']:.1f}% of pixels labelled, the rest ignored")
+
+
+def cmd_card(args: argparse.Namespace) -> None:
+    from cropseg_model.card import write_card
+
+    metrics_path, card_path = write_card(args.train_report, args.export_report, args.eval_report, ARTIFACTS)
+    print(f"wrote {metrics_path} and {card_path}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from cropseg_model.demo import run_demo
+
+    run_demo(args.model, args.out, args.seed, args.index)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cropseg-model", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write synthetic UAV tiles with exact masks")
+    p.add_argument("--count", type=_positive, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--height", type=_positive, default=360)
+    p.add_argument("--width", type=_positive, default=480)
+    p.add_argument("--workers", type=_positive, default=None, help="processes (default: CPU count)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="train the U-Net (needs the train extra)")
+    p.add_argument("--data", type=_existing, required=True, help="training folder (any readable layout)")
+    p.add_argument("--val", type=_existing, required=True, help="validation folder")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt); a .json report goes beside it")
+    p.add_argument("--init", type=_existing, default=None, help="checkpoint to fine-tune from")
+    p.add_argument("--steps", type=_positive, default=3000)
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--crop", type=_positive, default=160)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--val-every", type=_positive, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX and check parity")
+    p.add_argument("--checkpoint", type=_existing, required=True)
+    p.add_argument("--out", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--name", default="cropseg-unet")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--report", type=Path, default=None, help="write the export result as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("evaluate", help="pixel accuracy and IoU of the U-Net and the baselines")
+    p.add_argument("--model", type=_existing, default=DEFAULT_MODEL)
+    p.add_argument("--data", type=_existing, required=True)
+    p.add_argument("--threshold", type=_probability, default=0.5)
+    p.add_argument("--out", type=Path, default=None, help="write the full report as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("profile", help="build the reference profile for drift detection")
+    p.add_argument("--model", type=_existing, default=DEFAULT_MODEL)
+    p.add_argument("--data", type=_existing, required=True)
+    p.add_argument("--out", type=Path, default=ARTIFACTS / "reference_profile.npz")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("pseudo-label", help="label your own images where model and baselines agree")
+    p.add_argument("--model", type=_existing, default=DEFAULT_MODEL)
+    p.add_argument("--images", type=_existing, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--confidence", type=_probability, default=0.85)
+    p.add_argument("--min-agree", type=int, choices=[0, 1, 2], default=1)
+    p.set_defaults(func=cmd_pseudo_label)
+
+    p = sub.add_parser("card", help="write metrics.json and the model card from the pipeline's reports")
+    p.add_argument("--train-report", type=_existing, required=True)
+    p.add_argument("--export-report", type=_existing, required=True)
+    p.add_argument("--eval-report", type=_existing, required=True)
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("demo", help="generate a tile, segment it, write mask and overlay")
+    p.add_argument("--model", type=_existing, default=DEFAULT_MODEL)
+    p.add_argument("--out", type=Path, default=Path("var/demo"))
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--index", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        args.func(args)
+    except (UsageError, DatasetError) as e:
+        print(f"cropseg-model {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

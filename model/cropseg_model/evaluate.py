@@ -1,0 +1,96 @@
+"""Side-by-side evaluation of the ONNX U-Net and the two baselines on a labelled folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cropseg_model.baselines import BASELINES
+from cropseg_model.datasets import discover, load_masked
+from cropseg_model.metrics import ImageScore, score, summarise
+from cropseg_model.runtime import OnnxSegmenter
+
+METHOD_LABELS = {"unet": "U-Net (ONNX)", "exg_otsu": "ExG + Otsu", "green_kmeans": "Green filter + k-means"}
+
+
+def _groups(root: Path) -> dict[str, str]:
+    """Sensor of each generated tile (from metadata.jsonl), for a per-sensor breakdown."""
+    path = root / "metadata.jsonl"
+    if not path.exists():
+        return {}
+    return {m["name"]: m["sensor"] for m in map(json.loads, path.read_text().splitlines())}
+
+
+def evaluate(model: Path, data: Path, progress: bool = True, threshold: float = 0.5) -> dict[str, object]:
+    """Score every method on every image of ``data``; returns overall and per-sensor means."""
+    segmenter = OnnxSegmenter(model)
+    segmenter.load()
+    methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "unet": lambda image: segmenter.segment(image, threshold),
+        **BASELINES,
+    }
+    groups = _groups(data)
+    scores: dict[str, list[ImageScore]] = defaultdict(list)
+    by_group: dict[tuple[str, str], list[ImageScore]] = defaultdict(list)
+    seconds: dict[str, float] = defaultdict(float)
+    samples = discover(data)
+    for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
+        image, truth = load_masked(sample)
+        for name, method in methods.items():
+            started = time.perf_counter()
+            prediction = method(image)
+            seconds[name] += time.perf_counter() - started
+            result = score(prediction, truth, image)
+            scores[name].append(result)
+            if sample.name in groups:
+                by_group[(groups[sample.name], name)].append(result)
+    return {
+        "data": str(data),
+        "model": str(model),
+        "threshold": threshold,
+        "methods": {
+            name: {**summarise(items), "seconds_per_image": seconds[name] / len(items)}
+            for name, items in scores.items()
+        },
+        "by_sensor": {
+            f"{group}/{name}": summarise(items) for (group, name), items in sorted(by_group.items())
+        },
+    }
+
+
+def markdown_table(report: dict[str, object]) -> str:
+    """The README/model-card table: one row per method."""
+    methods = report["methods"]
+    assert isinstance(methods, dict)
+    rows = [
+        "| method | IoU (non-black) | pixel accuracy (non-black) | IoU (all) | pixel accuracy (all) | ms / image |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in methods.items():
+        rows.append(
+            f"| {METHOD_LABELS.get(name, name)} | {m['iou_non_black']:.3f} | {m['pixel_accuracy_non_black']:.3f} "
+            f"| {m['iou']:.3f} | {m['pixel_accuracy']:.3f} | {1000 * m['seconds_per_image']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def sensor_table(report: dict[str, object]) -> str:
+    by_sensor = report["by_sensor"]
+    assert isinstance(by_sensor, dict)
+    if not by_sensor:
+        return ""
+    sensors = sorted({key.split("/")[0] for key in by_sensor})
+    names = [n for n in METHOD_LABELS if any(k.endswith("/" + n) for k in by_sensor)]
+    rows = ["| sensor | images | " + " | ".join(METHOD_LABELS[n] for n in names) + " |",
+            "|---|---:|" + "---:|" * len(names)]
+    for sensor in sensors:
+        count = by_sensor[f"{sensor}/unet"]["non_black_images"] if f"{sensor}/unet" in by_sensor else 0
+        cells = [f"{by_sensor[f'{sensor}/{n}']['iou_non_black']:.3f}" for n in names]
+        rows.append(f"| {sensor} | {count} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

@@ -1,0 +1,64 @@
+"""The reference profile shipped with the model: what "normal" input looks like.
+
+For every image of a reference set drawn from the training distribution it stores the
+drift features of :mod:`cropseg_core.features` (grey-level histogram, image properties),
+the true vegetation fraction and the model's predicted vegetation fraction. The drift
+monitor compares recent uploads and predictions against these arrays.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cropseg_core.features import PROPERTY_NAMES, grey_histogram, image_properties
+from cropseg_core.files import write_atomic
+from cropseg_model.datasets import discover, load_masked
+from cropseg_model.runtime import OnnxSegmenter
+
+PROFILE_VERSION = 1
+
+
+def build_profile(model: Path, data: Path, out: Path, threshold: float = 0.5, progress: bool = True) -> dict[str, object]:
+    segmenter = OnnxSegmenter(model)
+    info = segmenter.load()
+    histograms, properties, truth, predicted, names = [], [], [], [], []
+    for sample in tqdm(discover(data), desc="profiling", unit="img", disable=not progress):
+        image, mask = load_masked(sample)
+        names.append(sample.name)
+        histograms.append(grey_histogram(image))
+        properties.append(image_properties(image))
+        truth.append(float((mask > 127).mean()))
+        predicted.append(float((segmenter.predict(image) > threshold).mean()))
+    meta = {
+        "profile_version": PROFILE_VERSION,
+        "model_name": info.name,
+        "model_version": info.version,
+        "model_sha256": info.sha256,
+        "source": data.name,
+        "images": len(names),
+        "threshold": threshold,
+        "property_names": list(PROPERTY_NAMES),
+    }
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        grey_histograms=np.stack(histograms).astype(np.float32),
+        properties=np.stack(properties).astype(np.float32),
+        property_names=np.array(PROPERTY_NAMES),
+        vegetation_fraction=np.array(truth, np.float32),
+        predicted_vegetation_fraction=np.array(predicted, np.float32),
+        image_names=np.array(names),
+        meta_json=np.array(json.dumps(meta, sort_keys=True)),
+    )
+    write_atomic(out, buffer.getvalue())
+    return meta
+
+
+def load_profile(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}

@@ -1,0 +1,42 @@
+import numpy as np
+import pytest
+
+from cropseg_model.baselines import exg_otsu, excess_green, green_kmeans, kmeans, otsu_threshold
+from cropseg_model.metrics import score
+
+from .conftest import disc_image
+
+
+@pytest.mark.parametrize("method", [exg_otsu, green_kmeans], ids=["exg_otsu", "green_kmeans"])
+def test_baselines_find_a_green_disc_on_soil(method) -> None:  # type: ignore[no-untyped-def]
+    image, truth = disc_image()
+    assert score(method(image), truth).iou == 1.0
+
+
+@pytest.mark.parametrize("method", [exg_otsu, green_kmeans], ids=["exg_otsu", "green_kmeans"])
+def test_black_pixels_are_never_vegetation(method) -> None:  # type: ignore[no-untyped-def]
+    image, truth = disc_image()
+    image[:, :20] = 0
+    truth[:, :20] = 0
+    assert method(image)[:, :20].max() == 0
+    assert method(np.zeros((8, 8, 3), np.uint8)).max() == 0
+
+
+def test_excess_green_of_pure_colours() -> None:
+    pixels = np.array([[[0, 255, 0], [255, 0, 0], [100, 100, 100], [0, 0, 0]]], np.uint8)
+    np.testing.assert_allclose(excess_green(pixels)[0], [2.0, -1.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_otsu_splits_two_modes() -> None:
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.0, 0.05, 1000), rng.normal(1.0, 0.05, 300)])
+    assert 0.3 < otsu_threshold(values) < 0.7
+    assert otsu_threshold(np.full(5, 0.25)) == 0.25
+
+
+def test_kmeans_recovers_two_clusters() -> None:
+    rng = np.random.default_rng(1)
+    points = np.concatenate([rng.normal(0, 0.1, (50, 2)), rng.normal(3, 0.1, (70, 2))])
+    labels, centres = kmeans(points)
+    assert sorted(np.bincount(labels).tolist()) == [50, 70]
+    np.testing.assert_allclose(sorted(centres[:, 0]), [0, 3], atol=0.1)

@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cropseg_core.masks import encode_png
+from cropseg_model.cli import main
+from cropseg_model.datasets import IGNORE, discover, read_mask
+from cropseg_model.profile import load_profile
+from cropseg_model.pseudolabel import pseudo_mask
+
+
+def test_generate_writes_the_requested_tiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "tiles"
+    assert main(["-q", "generate", "--count", "3", "--seed", "5", "--out", str(out), "--height", "40",
+                 "--width", "50", "--workers", "1"]) == 0
+    assert "wrote 3 tiles" in capsys.readouterr().out
+    assert len(discover(out)) == 3
+
+
+def test_evaluate_prints_all_three_methods_and_writes_json(
+    tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "eval.json"
+    assert main(["-q", "evaluate", "--data", str(tiny_dataset), "--out", str(report)]) == 0
+    printed = capsys.readouterr().out
+    for label in ("U-Net (ONNX)", "ExG + Otsu", "Green filter + k-means", "by sensor"):
+        assert label in printed
+    methods = json.loads(report.read_text())["methods"]
+    assert set(methods) == {"unet", "exg_otsu", "green_kmeans"}
+    assert methods["unet"]["images"] == 8
+
+
+def test_missing_data_folder_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--data", str(tmp_path / "nope")])
+    assert info.value.code == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_unlabelled_folder_for_evaluation_says_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(encode_png(np.zeros((4, 4, 3), np.uint8)))
+    assert main(["-q", "evaluate", "--data", str(tmp_path)]) == 2
+    assert "a.png has no mask" in capsys.readouterr().err
+
+
+def test_bad_threshold_is_rejected(tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", str(tiny_dataset), "--threshold", "1.5"])
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_pseudo_mask_keeps_only_agreeing_confident_pixels() -> None:
+    probability = np.array([[0.95, 0.95, 0.05, 0.5]])
+    baselines = [np.array([[255, 0, 0, 255]], np.uint8), np.array([[255, 0, 255, 255]], np.uint8)]
+    both = pseudo_mask(probability, baselines, confidence=0.9, min_agree=2)
+    np.testing.assert_array_equal(both, [[255, IGNORE, IGNORE, IGNORE]])
+    one = pseudo_mask(probability, baselines, confidence=0.9, min_agree=1)
+    np.testing.assert_array_equal(one, [[255, IGNORE, 0, IGNORE]])
+
+
+def test_pseudo_label_then_profile_on_a_flat_folder(tiny_dataset: Path, tmp_path: Path) -> None:
+    flat = tmp_path / "flight"
+    flat.mkdir()
+    for image in sorted((tiny_dataset / "images").iterdir())[:3]:
+        (flat / image.name).write_bytes(image.read_bytes())
+    out = tmp_path / "pseudo"
+    assert main(["-q", "pseudo-label", "--images", str(flat), "--out", str(out)]) == 0
+    samples = discover(out)
+    assert len(samples) == 3
+    masks = [read_mask(s.mask_path) for s in samples if s.mask_path]
+    assert all(set(np.unique(m)) <= {0, 255, IGNORE} for m in masks)
+    assert any((m == 0).any() for m in masks)
+
+    profile_path = tmp_path / "profile.npz"
+    assert main(["-q", "profile", "--data", str(tiny_dataset), "--out", str(profile_path)]) == 0
+    assert load_profile(profile_path)["grey_histograms"].shape == (8, 256)
+
+
+def test_demo_runs_as_a_command(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "cropseg_model.cli", "demo", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "vegetation" in result.stdout and "latency" in result.stdout
+    for name in ("tile.png", "mask.png", "truth.png", "overlay.png"):
+        assert (tmp_path / name).stat().st_size > 0

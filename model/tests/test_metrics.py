@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from cropseg_model.metrics import score, summarise
+
+
+def masks(*rows: str) -> np.ndarray:
+    """'#' = vegetation, '.' = soil, '?' = ignore."""
+    table = {"#": 255, ".": 0, "?": 128}
+    return np.array([[table[c] for c in row] for row in rows], np.uint8)
+
+
+def test_hand_computed_accuracy_and_iou() -> None:
+    truth = masks("##..", "##..", "....", "....")
+    prediction = masks("###.", "#...", "....", "....")
+    result = score(prediction, truth)
+    # intersection 3 (three of the four true pixels), union 5, wrong pixels 2 of 16
+    assert result.iou == pytest.approx(3 / 5)
+    assert result.pixel_accuracy == pytest.approx(14 / 16)
+
+
+def test_ignored_pixels_count_for_nothing() -> None:
+    truth = masks("#?", "?.")
+    assert score(masks("#.", "#."), truth).iou == 1.0
+    assert score(masks("#.", "#."), truth).pixel_accuracy == 1.0
+    assert score(masks(".#", "##"), truth).iou == 0.0
+
+
+def test_both_empty_is_a_perfect_score() -> None:
+    empty = masks("..", "..")
+    assert score(empty, empty).iou == 1.0
+    assert score(masks("#.", ".."), empty).iou == 0.0
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="differ in shape"):
+        score(masks("#"), masks("##"))
+
+
+def test_summary_separates_black_tiles() -> None:
+    black = np.zeros((2, 2, 3), np.uint8)
+    field = np.full((2, 2, 3), 80, np.uint8)
+    truth = masks("#.", "..")
+    scores = [
+        score(masks("..", ".."), masks("..", ".."), black),  # black tile: trivially perfect
+        score(masks("##", ".."), truth, field),  # IoU 0.5, accuracy 0.75
+    ]
+    summary = summarise(scores)
+    assert summary["images"] == 2 and summary["non_black_images"] == 1
+    assert summary["iou"] == pytest.approx(0.75)
+    assert summary["iou_non_black"] == pytest.approx(0.5)
+    assert summary["pixel_accuracy_non_black"] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="no images"):
+        summarise([])

@@ -1,0 +1,107 @@
+"""Network, training and export: need the training extra (torch, onnx).
+
+In CI these must run: a missing torch is a failure there, not a skip."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cropseg_model.export import PARITY_ATOL, check_parity, export_onnx
+from cropseg_model.runtime import OnnxSegmenter
+from cropseg_model.train import (
+    CropSampler,
+    TrainConfig,
+    load_checkpoint,
+    load_pairs,
+    segmentation_loss,
+    train,
+)
+from cropseg_model.unet import UNet, input_features
+
+pytestmark = pytest.mark.train
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 9), (33, 47), (64, 64), (360, 480)], ids=str)
+def test_output_has_exactly_the_input_size(size: tuple[int, int]) -> None:
+    net = UNet().eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, *size))
+    assert out.shape == (2, 1, *size)
+
+
+def test_masks_are_aligned_not_shifted() -> None:
+    """Translating the input by a few pixels translates the output by exactly as much."""
+    torch.manual_seed(0)
+    net = UNet().eval()
+    image = torch.rand(1, 3, 64, 64)
+    shifted = torch.roll(image, shifts=(8, 8), dims=(2, 3))
+    with torch.no_grad():
+        a = net(image)[..., 16:40, 16:40]
+        b = net(shifted)[..., 24:48, 24:48]
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_standardised_features_ignore_exposure_and_black_regions() -> None:
+    image = torch.rand(1, 3, 20, 20) * 0.5 + 0.1
+    brighter = image * 1.6
+    features, features_bright = input_features(image), input_features(brighter)
+    # standardised channels (0-2) and chromaticity (3-5) do not change with exposure
+    torch.testing.assert_close(features[:, :6], features_bright[:, :6], atol=1e-2, rtol=1e-2)
+    padded = torch.zeros(1, 3, 20, 40)
+    padded[..., :20] = image
+    torch.testing.assert_close(input_features(padded)[:, :6, :, :20], features[:, :6], atol=1e-3, rtol=1e-3)
+
+
+def test_loss_ignores_pixels_marked_128() -> None:
+    logits = torch.zeros(1, 1, 2, 2, requires_grad=True)
+    target = torch.tensor([[[[1.0, 0.0], [1.0, 0.0]]]])
+    weight = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    segmentation_loss(logits, target, weight).backward()
+    assert logits.grad is not None
+    assert logits.grad[0, 0, 1].abs().sum() == 0
+    assert logits.grad[0, 0, 0].abs().sum() > 0
+
+
+def test_sampler_keeps_masks_exact_and_black_black(tiny_dataset: Path) -> None:
+    sampler = CropSampler(load_pairs(tiny_dataset), TrainConfig(crop=48, batch_size=4))
+    images, target, weight = sampler.batch()
+    assert images.shape == (4, 3, 48, 48) and target.shape == (4, 1, 48, 48)
+    assert set(torch.unique(target).tolist()) <= {0.0, 1.0}
+    assert weight.min() == 1.0  # generated masks have no ignore pixels
+    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+
+
+@pytest.mark.slow
+def test_tiny_training_run_reduces_the_loss_and_exports_with_parity(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = TrainConfig(steps=40, batch_size=4, crop=64, lr=5e-3, val_every=20, channels=(8, 16), bottleneck=16)
+    report = train(tiny_dataset, tiny_dataset, tmp_path / "tiny.pt", config, progress=False)
+    history = report["history"]
+    assert isinstance(history, list) and len(history) == 2
+    first, last = history
+    assert last["loss"] < first["loss"] * 0.9, history
+    net, payload = load_checkpoint(tmp_path / "tiny.pt")
+    assert payload["step"] in (20, 40)
+
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(net.eval(), onnx_path, {"name": "tiny", "version": "0.0.1"})
+    worst = check_parity(net.eval(), onnx_path)
+    assert worst <= PARITY_ATOL
+    segmenter = OnnxSegmenter(onnx_path)
+    info = segmenter.load()
+    assert (info.name, info.version) == ("tiny", "0.0.1")
+    batch = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
+    assert segmenter.predict(batch).shape == (2, 37, 53)
+
+
+def test_fine_tuning_starts_from_the_given_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = TrainConfig(steps=2, batch_size=2, crop=32, val_every=1, channels=(8, 16), bottleneck=16)
+    train(tiny_dataset, tiny_dataset, tmp_path / "a.pt", config, progress=False)
+    start, _ = load_checkpoint(tmp_path / "a.pt")
+    config.lr = 1e-12  # nothing moves: the result must equal the starting weights
+    train(tiny_dataset, tiny_dataset, tmp_path / "b.pt", config, init=tmp_path / "a.pt", progress=False)
+    tuned, _ = load_checkpoint(tmp_path / "b.pt")
+    for name, value in start.state_dict().items():
+        if value.dtype.is_floating_point and "running" not in name:
+            torch.testing.assert_close(value, tuned.state_dict()[name], atol=1e-6, rtol=0)

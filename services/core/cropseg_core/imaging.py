@@ -1,0 +1,171 @@
+"""Safe decoding of untrusted image bytes into RGB uint8 arrays.
+
+Every image that enters cropseg (uploads, labels, inference requests, datasets) goes
+through :func:`decode_image`. It accepts PNG, JPEG and TIFF recognised by their content
+(never the file name), enforces byte and pixel limits *before* pixel data is decoded
+(so a decompression bomb costs nothing), applies the EXIF orientation and returns RGB
+uint8 whatever the stored mode (gray, palette, RGBA, 16-bit, CMYK).
+
+Errors form one hierarchy so callers map them to responses in one place::
+
+    ImageDecodeError                 (status_code 400)
+     ├── EmptyImageError             nothing was sent
+     ├── NotAnImageError             bytes are not PNG/JPEG/TIFF (415)
+     ├── TruncatedImageError         header is fine, pixel data is cut off or corrupt
+     ├── ImageTooLargeError          over max_bytes or max_pixels (413)
+     └── UnsupportedModeError        a pixel format we cannot turn into RGB uint8 (415)
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from cropseg_core.settings import PIXEL_CEILING, ImageLimits
+
+# Set explicitly rather than trusting Pillow's default: Pillow warns above this many
+# pixels and raises above twice as many. Our own, lower limit is checked first.
+Image.MAX_IMAGE_PIXELS = PIXEL_CEILING
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_SIGNATURES: Final = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+SUPPORTED_FORMATS: Final = ("PNG", "JPEG", "TIFF")
+_SIXTEEN_BIT_MODES: Final = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+class ImageDecodeError(ValueError):
+    """Base class: the bytes cannot be accepted as an image. ``code`` is machine-readable."""
+
+    status_code = 400
+    code = "invalid_image"
+
+
+class EmptyImageError(ImageDecodeError):
+    code = "empty_image"
+
+
+class NotAnImageError(ImageDecodeError):
+    status_code = 415
+    code = "not_an_image"
+
+
+class TruncatedImageError(ImageDecodeError):
+    code = "truncated_image"
+
+
+class ImageTooLargeError(ImageDecodeError):
+    status_code = 413
+    code = "image_too_large"
+
+
+class UnsupportedModeError(ImageDecodeError):
+    status_code = 415
+    code = "unsupported_mode"
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB uint8 image (H, W, 3) and what it was before conversion."""
+
+    pixels: np.ndarray
+    format: str
+    original_mode: str
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return ``PNG``, ``JPEG`` or ``TIFF`` from the leading bytes, or None."""
+    for signature, name in _SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return None
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
+    """Decode untrusted ``data`` into RGB uint8, or raise a subclass of ImageDecodeError."""
+    limits = limits or ImageLimits()
+    if not data:
+        raise EmptyImageError("the image is empty: send the file's bytes")
+    if len(data) > limits.max_bytes:
+        raise ImageTooLargeError(
+            f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes"
+        )
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise NotAnImageError(
+            "the data is not a PNG, JPEG or TIFF image (detected from its content)"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=[fmt])
+            width, height = image.size
+            _check_pixels(width, height, limits)
+            image.load()
+            image = ImageOps.exif_transpose(image) or image
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(
+            f"the image declares more than {limits.max_pixels} pixels (decompression bomb)"
+        ) from e
+    except Image.UnidentifiedImageError as e:
+        raise TruncatedImageError(
+            f"the data starts like a {fmt} image but its header is truncated or invalid"
+        ) from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
+        if "mode" in str(e).lower() or "unsupported" in str(e).lower():
+            raise UnsupportedModeError(
+                f"the {fmt} image uses a pixel format that cannot be read: {e}"
+            ) from e
+        raise TruncatedImageError(f"the {fmt} image is truncated or corrupt: {e}") from e
+    return DecodedImage(pixels=_to_rgb_uint8(image), format=fmt, original_mode=image.mode)
+
+
+def _check_pixels(width: int, height: int, limits: ImageLimits) -> None:
+    if width <= 0 or height <= 0:
+        raise TruncatedImageError(f"the image declares an invalid size {width}x{height}")
+    if width * height > limits.max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}x{height} = {width * height} pixels; "
+            f"the limit is {limits.max_pixels} pixels"
+        )
+
+
+def _to_rgb_uint8(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # 16-bit gray: full-range scaling keeps relative brightness (65535 -> 255).
+        gray = np.asarray(image, dtype=np.int64)
+        gray8 = (np.clip(gray, 0, 65535) * 255 + 32767) // 65535
+        return np.repeat(gray8.astype(np.uint8)[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        # Transparent pixels carry no data (e.g. outside an orthomosaic): composite on black,
+        # which is how out-of-field regions look everywhere else in cropseg.
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        rgb = (rgba[..., :3] * rgba[..., 3:4] + 127) // 255
+        return np.ascontiguousarray(rgb.astype(np.uint8))
+    if mode in ("RGB", "L", "1", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    raise UnsupportedModeError(
+        f"pixel mode {mode!r} is not supported: send 8-bit RGB/RGBA/gray or 16-bit gray"
+    )

@@ -1,0 +1,81 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cropseg_core.features import PROPERTY_NAMES, grey_histogram, image_properties
+from cropseg_core.files import write_atomic, write_json
+from cropseg_core.imaging import decode_image
+from cropseg_core.masks import encode_png, overlay, vegetation_fraction
+
+
+def prop(image: np.ndarray, name: str) -> float:
+    return float(image_properties(image)[PROPERTY_NAMES.index(name)])
+
+
+def test_grey_histogram_counts_luma_fractions() -> None:
+    image = np.zeros((2, 2, 3), np.uint8)
+    image[0, 0] = 255
+    histogram = grey_histogram(image)
+    assert histogram.shape == (256,)
+    assert histogram[0] == pytest.approx(0.75) and histogram[255] == pytest.approx(0.25)
+
+
+def test_properties_of_a_constructed_image() -> None:
+    image = np.zeros((10, 10, 3), np.uint8)
+    image[:, :5] = (200, 100, 100)  # in field; right half is black (out of field)
+    assert prop(image, "black_fraction") == pytest.approx(0.5)
+    expected_luma = (0.299 * 200 + 0.587 * 100 + 0.114 * 100) / 255
+    assert prop(image, "brightness") == pytest.approx(expected_luma, rel=1e-5)
+    assert prop(image, "rms_contrast") == pytest.approx(0.0, abs=1e-6)
+    assert prop(image, "red_relative_intensity") == pytest.approx(0.5)
+    assert prop(image, "green_relative_intensity") == pytest.approx(0.25)
+
+
+def test_brightening_raises_brightness_and_blurring_lowers_sharpness() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(30, 200, (40, 40, 3), dtype=np.uint8)
+    brighter = np.clip(image.astype(int) + 40, 0, 255).astype(np.uint8)
+    assert prop(brighter, "brightness") > prop(image, "brightness") + 0.1
+    blurred = ((image[:-1, :-1].astype(int) + image[1:, 1:] + image[:-1, 1:] + image[1:, :-1]) // 4).astype(np.uint8)
+    assert prop(blurred, "sharpness") < prop(image, "sharpness") / 2
+
+
+def test_all_black_tile_has_neutral_properties() -> None:
+    values = image_properties(np.zeros((4, 4, 3), np.uint8))
+    assert values[PROPERTY_NAMES.index("black_fraction")] == 1.0
+    assert values[PROPERTY_NAMES.index("brightness")] == 0.0
+
+
+def test_png_round_trip_and_overlay() -> None:
+    mask = np.zeros((3, 4), np.uint8)
+    mask[1, 2] = 255
+    np.testing.assert_array_equal(decode_image(encode_png(mask)).pixels[..., 0], mask)
+    image = np.full((3, 4, 3), 100, np.uint8)
+    tinted = overlay(image, mask)
+    assert tinted[0, 0].tolist() == [100, 100, 100]
+    assert tinted[1, 2, 0] > 100 and tinted[1, 2, 1] < 100
+    assert vegetation_fraction(mask) == pytest.approx(1 / 12)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(mask.astype(np.float32))
+    with pytest.raises(ValueError, match="differ in size"):
+        overlay(image, mask[:2])
+
+
+def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "report.json"
+    write_json(target, {"b": 1, "a": [1, 2]})
+    assert target.read_text().startswith('{\n  "a"')
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert os.listdir(target.parent) == ["report.json"]
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.onnx"
+    target.write_bytes(b"old")
+    with pytest.raises(TypeError):  # the write fails half-way: not bytes
+        write_atomic(target, object())  # type: ignore[arg-type]
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["model.onnx"]

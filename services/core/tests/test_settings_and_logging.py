@@ -1,0 +1,50 @@
+import io
+import json
+import logging
+
+import pytest
+from pydantic import ValidationError
+
+from cropseg_core.log import configure_logging
+from cropseg_core.settings import ImageLimits, ServiceSettings
+
+
+class DemoSettings(ServiceSettings):
+    model_config = ServiceSettings.model_config | {"env_prefix": "DEMO_"}
+
+
+def test_settings_read_prefixed_and_nested_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("DEMO_IMAGE_LIMITS__MAX_PIXELS", "1000")
+    settings = DemoSettings()
+    assert settings.log_level == "DEBUG"
+    assert settings.image_limits.max_pixels == 1000
+
+
+def test_unsafe_limits_refuse_to_start() -> None:
+    with pytest.raises(ValidationError, match="max_bytes is too small"):
+        DemoSettings(image_limits=ImageLimits(max_bytes=10, max_pixels=10_000))
+    with pytest.raises(ValidationError):
+        ImageLimits(max_pixels=0)
+
+
+def test_json_logs_are_one_object_per_line_with_extras() -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream=stream)
+    logging.getLogger("cropseg.test").info("segmented", extra={"tile": 3})
+    logging.getLogger("cropseg.test").debug("hidden")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["message"] == "segmented"
+    assert record["tile"] == 3
+    assert record["level"] == "INFO"
+
+
+def test_reconfiguring_replaces_the_handler() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("INFO", "text", stream=first)
+    configure_logging("INFO", "text", stream=second)
+    logging.getLogger("cropseg.test").warning("once")
+    assert first.getvalue() == ""
+    assert second.getvalue().count("once") == 1
