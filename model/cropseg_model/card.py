@@ -102,7 +102,9 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def write_card(train_report: Path, export_report: Path, eval_report: Path, artifacts: Path) -> tuple[Path, Path]:
+def write_card(
+    train_report: Path, export_report: Path, eval_report: Path, artifacts: Path
+) -> tuple[Path, Path]:
     training, export, evaluation = _load(train_report), _load(export_report), _load(eval_report)
     onnx_path = Path(export["onnx"])
     metrics = {
@@ -116,8 +118,18 @@ def write_card(train_report: Path, export_report: Path, eval_report: Path, artif
             "parameters": training.get("parameters"),
         },
         "evaluation": evaluation,
-        "training": {k: training[k] for k in ("config", "best", "train_seconds", "device", "train_images",
-                                              "val_images", "torch_threads")},
+        "training": {
+            k: training[k]
+            for k in (
+                "config",
+                "best",
+                "train_seconds",
+                "device",
+                "train_images",
+                "val_images",
+                "torch_threads",
+            )
+        },
         "export": {"parity_max_abs_diff": export["parity_max_abs_diff"]},
     }
     profile_path = artifacts / "reference_profile.npz"
@@ -131,17 +143,31 @@ def write_card(train_report: Path, export_report: Path, eval_report: Path, artif
     config, best = training["config"], training["best"]
     unet = evaluation["methods"]["unet"]
     card = CARD_TEMPLATE.format(
-        name=export["name"], version=export["version"], onnx_name=onnx_path.name,
-        size_kb=onnx_path.stat().st_size / 1024, parameters=training.get("parameters"),
-        sha256_short=metrics["model"]["sha256"][:16], architecture=export["architecture"],
-        train_images=training["train_images"], val_images=training["val_images"],
-        eval_images=unet["images"], non_black=unet["non_black_images"],
-        table=markdown_table(evaluation), sensor_table=sensor_table(evaluation),
-        steps=config["steps"], batch_size=config["batch_size"], crop=config["crop"],
-        min_scale=config["min_scale"], max_scale=config["max_scale"], lr=config["lr"],
-        best_step=best["step"], best_val=best["iou_non_black"],
-        train_minutes=training["train_seconds"] / 60, device=training["device"],
-        threads=training["torch_threads"], parity=export["parity_max_abs_diff"],
+        name=export["name"],
+        version=export["version"],
+        onnx_name=onnx_path.name,
+        size_kb=onnx_path.stat().st_size / 1024,
+        parameters=training.get("parameters"),
+        sha256_short=metrics["model"]["sha256"][:16],
+        architecture=export["architecture"],
+        train_images=training["train_images"],
+        val_images=training["val_images"],
+        eval_images=unet["images"],
+        non_black=unet["non_black_images"],
+        table=markdown_table(evaluation),
+        sensor_table=sensor_table(evaluation),
+        steps=config["steps"],
+        batch_size=config["batch_size"],
+        crop=config["crop"],
+        min_scale=config["min_scale"],
+        max_scale=config["max_scale"],
+        lr=config["lr"],
+        best_step=best["step"],
+        best_val=best["iou_non_black"],
+        train_minutes=training["train_seconds"] / 60,
+        device=training["device"],
+        threads=training["torch_threads"],
+        parity=export["parity_max_abs_diff"],
         reference_images=reference_images,
     )
     card_path = artifacts.parent / "README.md"

@@ -66,8 +66,15 @@ def _require_torch() -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     from cropseg_model.synth import write_dataset
 
-    meta = write_dataset(args.out, args.count, args.seed, height=args.height, width=args.width,
-                         workers=args.workers, progress=not args.quiet)
+    meta = write_dataset(
+        args.out,
+        args.count,
+        args.seed,
+        height=args.height,
+        width=args.width,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
     sensors: dict[str, int] = {}
     for item in meta:
         sensors[str(item["sensor"])] = sensors.get(str(item["sensor"]), 0) + 1
@@ -78,14 +85,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     _require_torch()
     from cropseg_model.train import TrainConfig, train
 
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                         seed=args.seed, val_every=args.val_every)
+    config = TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        crop=args.crop,
+        lr=args.lr,
+        seed=args.seed,
+        val_every=args.val_every,
+    )
     report = train(args.data, args.val, args.out, config, init=args.init, progress=not args.quiet)
     write_json(args.out.with_suffix(".json"), report)
     best = report["best"]
     assert isinstance(best, dict)
-    print(f"best checkpoint {args.out} at step {best['step']}: val IoU (non-black) "
-          f"{best['iou_non_black']:.4f}; training took {report['train_seconds']} s")
+    print(
+        f"best checkpoint {args.out} at step {best['step']}: val IoU (non-black) "
+        f"{best['iou_non_black']:.4f}; training took {report['train_seconds']} s"
+    )
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -120,10 +135,13 @@ def cmd_profile(args: argparse.Namespace) -> None:
 def cmd_pseudo_label(args: argparse.Namespace) -> None:
     from cropseg_model.pseudolabel import pseudo_label
 
-    result = pseudo_label(args.model, args.images, args.out, args.confidence, args.min_agree,
-                          progress=not args.quiet)
-    print(f"pseudo-labelled {result['images']} images into {args.out}; "
-          f"{100 * result['labelled_pixel_fraction']:.1f}% of pixels labelled, the rest ignored")
+    result = pseudo_label(
+        args.model, args.images, args.out, args.confidence, args.min_agree, progress=not args.quiet
+    )
+    print(
+        f"pseudo-labelled {result['images']} images into {args.out}; "
+        f"{100 * result['labelled_pixel_fraction']:.1f}% of pixels labelled, the rest ignored"
+    )
 
 
 def cmd_card(args: argparse.Namespace) -> None:
@@ -140,8 +158,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cropseg-model", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cropseg-model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the U-Net (needs the train extra)")
     p.add_argument("--data", type=_existing, required=True, help="training folder (any readable layout)")
     p.add_argument("--val", type=_existing, required=True, help="validation folder")
-    p.add_argument("--out", type=Path, required=True, help="checkpoint path (.pt); a .json report goes beside it")
+    p.add_argument(
+        "--out", type=Path, required=True, help="checkpoint path (.pt); a .json report goes beside it"
+    )
     p.add_argument("--init", type=_existing, default=None, help="checkpoint to fine-tune from")
     p.add_argument("--steps", type=_positive, default=3000)
     p.add_argument("--batch-size", type=_positive, default=16)

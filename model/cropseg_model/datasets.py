@@ -91,9 +91,7 @@ def discover(root: Path, *, require_masks: bool = True) -> list[Sample]:
         samples = _weedmap(root, require_masks)
         if not samples and not require_masks:  # a plain folder of unlabelled images
             samples = [
-                Sample(p.stem, p, None)
-                for p in sorted(root.iterdir())
-                if p.suffix.lower() in IMAGE_SUFFIXES
+                Sample(p.stem, p, None) for p in sorted(root.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES
             ]
     if not samples:
         raise DatasetError(
@@ -125,9 +123,13 @@ def _weedmap(root: Path, require_masks: bool) -> list[Sample]:
         for path in sorted(rgb_dir.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            match = next((v for k, v in labels.items() if k == path.stem or k.endswith("_" + path.stem)), None)
+            match = next(
+                (v for k, v in labels.items() if k == path.stem or k.endswith("_" + path.stem)), None
+            )
             if match is None and require_masks:
-                raise DatasetError(f"{path} has no *{path.stem}_GroundTruth_color.png in {field / 'groundtruth'}")
+                raise DatasetError(
+                    f"{path} has no *{path.stem}_GroundTruth_color.png in {field / 'groundtruth'}"
+                )
             samples.append(Sample(f"{field.name}_{path.stem}", path, match))
     return samples
 

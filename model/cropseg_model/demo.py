@@ -22,15 +22,23 @@ def run_demo(model: Path, out: Path, seed: int, index: int) -> dict[str, float]:
     mask = segmenter.segment(tile.image)
     latency_ms = 1000 * (time.perf_counter() - started)
     result = score(mask, tile.mask, tile.image)
-    for name, pixels in (("tile.png", tile.image), ("mask.png", mask), ("truth.png", tile.mask),
-                         ("overlay.png", overlay(tile.image, mask))):
+    for name, pixels in (
+        ("tile.png", tile.image),
+        ("mask.png", mask),
+        ("truth.png", tile.mask),
+        ("overlay.png", overlay(tile.image, mask)),
+    ):
         write_atomic(out / name, encode_png(pixels))
     fraction = vegetation_fraction(mask)
     print(f"model      {info.name} {info.version} (sha256 {info.sha256[:12]})")
-    print(f"tile       {tile.image.shape[1]}x{tile.image.shape[0]} {tile.meta['sensor']} sensor, "
-          f"{tile.meta['soil']} soil, seed {seed} index {index}")
-    print(f"vegetation {100 * fraction:.1f}% predicted, {100 * vegetation_fraction(tile.mask):.1f}% true "
-          f"(IoU {result.iou:.3f}, pixel accuracy {result.pixel_accuracy:.3f})")
+    print(
+        f"tile       {tile.image.shape[1]}x{tile.image.shape[0]} {tile.meta['sensor']} sensor, "
+        f"{tile.meta['soil']} soil, seed {seed} index {index}"
+    )
+    print(
+        f"vegetation {100 * fraction:.1f}% predicted, {100 * vegetation_fraction(tile.mask):.1f}% true "
+        f"(IoU {result.iou:.3f}, pixel accuracy {result.pixel_accuracy:.3f})"
+    )
     print(f"latency    {latency_ms:.1f} ms (ONNX Runtime, one tile)")
     print(f"wrote      {out}/tile.png, mask.png, truth.png, overlay.png")
     return {"vegetation_fraction": fraction, "iou": result.iou, "latency_ms": latency_ms}

@@ -68,15 +68,12 @@ def markdown_table(report: dict[str, object]) -> str:
     """The README/model-card table: one row per method."""
     methods = report["methods"]
     assert isinstance(methods, dict)
-    rows = [
-        "| method | IoU (non-black) | pixel accuracy (non-black) | IoU (all) | pixel accuracy (all) | ms / image |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    columns = ["IoU (non-black)", "pixel accuracy (non-black)", "IoU (all)", "pixel accuracy (all)"]
+    rows = ["| method | " + " | ".join(columns) + " | ms / image |", "|---|" + "---:|" * (len(columns) + 1)]
     for name, m in methods.items():
-        rows.append(
-            f"| {METHOD_LABELS.get(name, name)} | {m['iou_non_black']:.3f} | {m['pixel_accuracy_non_black']:.3f} "
-            f"| {m['iou']:.3f} | {m['pixel_accuracy']:.3f} | {1000 * m['seconds_per_image']:.1f} |"
-        )
+        values = [m["iou_non_black"], m["pixel_accuracy_non_black"], m["iou"], m["pixel_accuracy"]]
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        rows.append(f"| {METHOD_LABELS.get(name, name)} | {cells} | {1000 * m['seconds_per_image']:.1f} |")
     return "\n".join(rows)
 
 
@@ -87,8 +84,10 @@ def sensor_table(report: dict[str, object]) -> str:
         return ""
     sensors = sorted({key.split("/")[0] for key in by_sensor})
     names = [n for n in METHOD_LABELS if any(k.endswith("/" + n) for k in by_sensor)]
-    rows = ["| sensor | images | " + " | ".join(METHOD_LABELS[n] for n in names) + " |",
-            "|---|---:|" + "---:|" * len(names)]
+    rows = [
+        "| sensor | images | " + " | ".join(METHOD_LABELS[n] for n in names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
     for sensor in sensors:
         count = by_sensor[f"{sensor}/unet"]["non_black_images"] if f"{sensor}/unet" in by_sensor else 0
         cells = [f"{by_sensor[f'{sensor}/{n}']['iou_non_black']:.3f}" for n in names]

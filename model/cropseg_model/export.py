@@ -27,8 +27,11 @@ def export_onnx(net: torch.nn.Module, out: Path, metadata: dict[str, str]) -> No
     """Export ``net`` (a UNet) to ``out`` atomically, with ``metadata`` in the file."""
     wrapper = ExportedSegmenter(net).eval()  # type: ignore[arg-type]
     example = torch.zeros((1, 360, 480, 3), dtype=torch.uint8)
-    dims = {0: torch.export.Dim("batch", max=1024), 1: torch.export.Dim("height", max=8192),
-            2: torch.export.Dim("width", max=8192)}
+    dims = {
+        0: torch.export.Dim("batch", max=1024),
+        1: torch.export.Dim("height", max=8192),
+        2: torch.export.Dim("width", max=8192),
+    }
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         # The exporter's own deprecation chatter is not ours to fix; keep it out of
         # warnings-as-errors runs so that an export never fails on it.
@@ -36,8 +39,15 @@ def export_onnx(net: torch.nn.Module, out: Path, metadata: dict[str, str]) -> No
         warnings.simplefilter("ignore", DeprecationWarning)
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
-            wrapper, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes={"image": dims}, dynamo=True, opset_version=OPSET, external_data=False,
+            wrapper,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"image": dims},
+            dynamo=True,
+            opset_version=OPSET,
+            external_data=False,
             verbose=False,
         )
         model = onnx.load(str(path))

@@ -23,7 +23,9 @@ from cropseg_model.runtime import OnnxSegmenter
 PROFILE_VERSION = 1
 
 
-def build_profile(model: Path, data: Path, out: Path, threshold: float = 0.5, progress: bool = True) -> dict[str, object]:
+def build_profile(
+    model: Path, data: Path, out: Path, threshold: float = 0.5, progress: bool = True
+) -> dict[str, object]:
     segmenter = OnnxSegmenter(model)
     info = segmenter.load()
     histograms, properties, truth, predicted, names = [], [], [], [], []

@@ -27,7 +27,11 @@ def pseudo_mask(
     """Combine model probability and baseline masks into a mask with 128 where unsure."""
     vegetation = probability >= confidence
     soil = probability <= 1 - confidence
-    votes = np.stack([m > 127 for m in baseline_masks]) if baseline_masks else np.zeros((0, *probability.shape), bool)
+    votes = (
+        np.stack([m > 127 for m in baseline_masks])
+        if baseline_masks
+        else np.zeros((0, *probability.shape), bool)
+    )
     agree_vegetation = votes.sum(axis=0) >= min_agree
     agree_soil = (~votes).sum(axis=0) >= min_agree
     mask = np.full(probability.shape, IGNORE, np.uint8)
@@ -46,7 +50,9 @@ def pseudo_label(
     samples = discover(images, require_masks=False)
     for sample in tqdm(samples, desc="pseudo-labelling", unit="img", disable=not progress):
         image = read_image(sample.image_path)
-        mask = pseudo_mask(segmenter.predict(image), [f(image) for f in BASELINES.values()], confidence, min_agree)
+        mask = pseudo_mask(
+            segmenter.predict(image), [f(image) for f in BASELINES.values()], confidence, min_agree
+        )
         kept += int((mask != IGNORE).sum())
         total += mask.size
         target = out / "images" / f"{sample.name}{sample.image_path.suffix.lower()}"

@@ -52,7 +52,12 @@ SOILS: dict[str, tuple[float, ...]] = {
     "residue": (0.10, 0.13, 0.16, 0.19, 0.22),
 }
 SOIL_WEIGHTS = {
-    "dry": 0.2, "wet": 0.15, "dark": 0.15, "sandy": 0.12, "red": 0.1, "greenish": 0.1,
+    "dry": 0.2,
+    "wet": 0.15,
+    "dark": 0.15,
+    "sandy": 0.12,
+    "red": 0.1,
+    "greenish": 0.1,
     "residue": 0.18,
 }
 STRAW = (0.22, 0.32, 0.40, 0.46, 0.50)
@@ -205,9 +210,7 @@ def _sample_plants(rng: np.random.Generator, scene: Scene) -> None:
     else:  # broadcast sowing or pasture: no rows
         density = rng.uniform(0.2, 1.2) / (in_row_gap * row_spacing)
         for _ in range(rng.poisson(density * h * w)):
-            centres.append(
-                (rng.uniform(0, w), rng.uniform(0, h), plant_radius * rng.uniform(0.5, 1.3))
-            )
+            centres.append((rng.uniform(0, w), rng.uniform(0, h), plant_radius * rng.uniform(0.5, 1.3)))
     for x, y, radius in centres:
         plant_stress = float(np.clip(stress + rng.normal(0, 0.15), 0, 1))
         for leaf in _plant_leaves(rng, x, y, radius, scene.species, scene.sun_azimuth):
@@ -266,19 +269,18 @@ def leaf_polygon(leaf: Leaf, points: int = 10) -> np.ndarray:
     outline = np.concatenate([upper, lower])
     c, s = math.cos(leaf.angle), math.sin(leaf.angle)
     rotated = outline @ np.array([[c, s], [-s, c]])
-    return np.round(rotated + [leaf.x, leaf.y]).astype(np.int32)
+    return np.round(rotated + np.array([leaf.x, leaf.y])).astype(np.int32)
 
 
-def value_noise(
-    rng: np.random.Generator, height: int, width: int, cells: tuple[int, ...]
-) -> np.ndarray:
+def value_noise(rng: np.random.Generator, height: int, width: int, cells: tuple[int, ...]) -> np.ndarray:
     """Smooth multi-octave noise in roughly [-1, 1]; ``cells`` are octave sizes in pixels."""
     total = np.zeros((height, width), np.float32)
     weight = 0.0
     for cell in cells:
         grid = rng.standard_normal((height // cell + 3, width // cell + 3)).astype(np.float32)
-        up = cv2.resize(grid, ((width // cell + 3) * cell, (height // cell + 3) * cell),
-                        interpolation=cv2.INTER_CUBIC)
+        up = cv2.resize(
+            grid, ((width // cell + 3) * cell, (height // cell + 3) * cell), interpolation=cv2.INTER_CUBIC
+        )
         total += up[cell : cell + height, cell : cell + width] * math.sqrt(cell)
         weight += cell
     return total / math.sqrt(weight)
@@ -294,12 +296,12 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     leaf_stress = np.zeros((h, w), np.float32)
     for leaf, stress in zip(scene.leaves, scene.leaf_stress, strict=True):
         polygon = leaf_polygon(leaf)
-        cv2.fillPoly(leaf_shade, [polygon], leaf.shade)
-        cv2.fillPoly(leaf_stress, [polygon], stress)
+        cv2.fillPoly(leaf_shade, [polygon], (leaf.shade,))
+        cv2.fillPoly(leaf_stress, [polygon], (stress,))
         if leaf.length > 10:  # midrib, slightly lighter, only on leaves big enough to show it
             tip = polygon[len(polygon) // 2 - 1]
-            cv2.line(leaf_shade, (round(leaf.x), round(leaf.y)), tuple(int(v) for v in tip),
-                     leaf.shade * 1.12, 1)
+            base = (round(leaf.x), round(leaf.y))
+            cv2.line(leaf_shade, base, (int(tip[0]), int(tip[1])), (leaf.shade * 1.12,), 1)
     vegetation = leaf_shade > 0
 
     # Soil: reflectance times a multi-scale texture (clods, moisture patches, tracks).
@@ -313,11 +315,11 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         x, y = rng.uniform(0, w), rng.uniform(0, h)
         length, angle = rng.uniform(4, 25), rng.uniform(0, math.pi)
         end = (int(x + length * math.cos(angle)), int(y + length * math.sin(angle)))
-        cv2.line(overlay, (int(x), int(y)), end, 1, int(rng.integers(1, 3)))
+        cv2.line(overlay, (int(x), int(y)), end, (1,), int(rng.integers(1, 3)))
     for _ in range(scene.stone_count):
         centre = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
         axes = (int(rng.integers(1, 5)), int(rng.integers(1, 4)))
-        cv2.ellipse(overlay, centre, axes, rng.uniform(0, 180), 0, 360, 2, -1)
+        cv2.ellipse(overlay, centre, axes, rng.uniform(0, 180), 0, 360, (2,), -1)
     straw_brightness = rng.uniform(0.7, 1.2, size=(h, w)).astype(np.float32)[..., None]
     material = np.where((overlay == 1)[..., None], np.array(STRAW) * straw_brightness, material)
     material = np.where((overlay == 2)[..., None], np.array(STONE) * straw_brightness, material)
@@ -335,7 +337,7 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     if scene.shadow_length > 0 and vegetation.any():
         dx = scene.shadow_length * math.cos(scene.sun_azimuth + math.pi)
         dy = scene.shadow_length * math.sin(scene.sun_azimuth + math.pi)
-        shift = np.float32([[1, 0, dx], [0, 1, dy]])
+        shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
         cast = cv2.warpAffine(vegetation.astype(np.float32), shift, (w, h))
         cast = cv2.GaussianBlur(cast, (0, 0), 1.0 + scene.shadow_length / 6)
         light -= (1 - scene.shadow_depth) * np.clip(cast, 0, 1) * ~vegetation
@@ -346,7 +348,7 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     # Sensor and camera.
     channels = radiance[..., list(SENSORS[scene.sensor])]
     exposure = 0.18 / max(float(channels.mean()), 1e-4) * 2.0**scene.exposure_ev
-    linear = channels * exposure * np.array(scene.white_balance, np.float32)
+    linear: np.ndarray = channels * exposure * np.array(scene.white_balance, np.float32)
     if scene.vignetting > 0:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
@@ -354,18 +356,16 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     if scene.defocus_sigma > 0:
         linear = cv2.GaussianBlur(linear, (0, 0), scene.defocus_sigma)
     if scene.motion_length > 0:
-        kernel = np.zeros((scene.motion_length, scene.motion_length), np.float32)
+        kernel: np.ndarray = np.zeros((scene.motion_length, scene.motion_length), np.float32)
         kernel[scene.motion_length // 2, :] = 1.0 / scene.motion_length
-        centre = ((scene.motion_length - 1) / 2, (scene.motion_length - 1) / 2)
-        rotation = cv2.getRotationMatrix2D(centre, math.degrees(scene.motion_angle), 1.0)
+        middle = (scene.motion_length - 1) / 2
+        rotation = cv2.getRotationMatrix2D((middle, middle), math.degrees(scene.motion_angle), 1.0)
         kernel = cv2.warpAffine(kernel, rotation, kernel.shape[::-1])
         linear = cv2.filter2D(linear, -1, kernel / max(float(kernel.sum()), 1e-6))
     linear = np.clip(linear, 0, None)
     if scene.noise > 0:
         shot = np.sqrt(linear * scene.noise * 0.05)
-        linear = linear + rng.standard_normal(linear.shape).astype(np.float32) * (
-            shot + scene.noise * 0.1
-        )
+        linear = linear + rng.standard_normal(linear.shape).astype(np.float32) * (shot + scene.noise * 0.1)
     # Cameras boost saturation in their colour matrix; false-colour composites get it too.
     grey = linear.mean(axis=2, keepdims=True)
     linear = np.clip(grey + (linear - grey) * scene.saturation, 0, None)
@@ -415,8 +415,9 @@ def generate_tile(seed: int, index: int, height: int = 360, width: int = 480) ->
     image, mask = render(scene)
     encoded, ext = encode_tile(image, scene.jpeg_quality)
     if scene.jpeg_quality is not None:
-        image = cv2.cvtColor(cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR),
-                             cv2.COLOR_BGR2RGB)
+        image = cv2.cvtColor(
+            cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+        )
     meta: dict[str, object] = {
         "seed": seed,
         "index": index,
@@ -457,7 +458,9 @@ def write_dataset(
     workers = workers or min(os.cpu_count() or 1, 8)
     with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else nullcontext() as pool:
         results = pool.imap(_write_one, jobs, chunksize=4) if pool else map(_write_one, jobs)
-        meta = list(tqdm(results, total=count, desc=f"generating {out.name}", unit="tile", disable=not progress))
+        meta = list(
+            tqdm(results, total=count, desc=f"generating {out.name}", unit="tile", disable=not progress)
+        )
     lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in meta)
     write_atomic(out / "metadata.jsonl", lines.encode())
     return meta

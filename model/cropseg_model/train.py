@@ -76,7 +76,7 @@ class CropSampler:
         img, msk = np.rot90(img, turns), np.rot90(msk, turns)
         if rng.random() < 0.5:
             img, msk = img[:, ::-1], msk[:, ::-1]
-        pixels = img.astype(np.float32) / 255.0
+        pixels: np.ndarray = img.astype(np.float32) / 255.0
         black = img.max(axis=2) <= 2
         gain = math.exp(rng.normal(0, 0.3)) * rng.uniform(0.9, 1.1, size=3)
         pixels = np.clip(pixels * gain, 0, 1) ** math.exp(rng.normal(0, 0.2))
@@ -116,14 +116,20 @@ def predict_masks(net: UNet, images: list[np.ndarray], device: torch.device) -> 
     return masks
 
 
-def validate(net: UNet, pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device) -> dict[str, float | int]:
+def validate(
+    net: UNet, pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device
+) -> dict[str, float | int]:
     predictions = predict_masks(net, [image for image, _ in pairs], device)
     return summarise(score(p, m, i) for p, (i, m) in zip(predictions, pairs, strict=True))
 
 
-def save_checkpoint(path: Path, net: UNet, config: TrainConfig, step: int, metrics: dict[str, float | int]) -> None:
+def save_checkpoint(
+    path: Path, net: UNet, config: TrainConfig, step: int, metrics: dict[str, float | int]
+) -> None:
     buffer = io.BytesIO()
-    torch.save({"state_dict": net.state_dict(), "config": asdict(config), "step": step, "val": metrics}, buffer)
+    torch.save(
+        {"state_dict": net.state_dict(), "config": asdict(config), "step": step, "val": metrics}, buffer
+    )
     write_atomic(path, buffer.getvalue())
 
 
@@ -170,7 +176,7 @@ def train(
         logits = net(images.to(device))
         loss = segmentation_loss(logits, target.to(device), weight.to(device))
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
         schedule.step()
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cropseg_model.baselines import exg_otsu, excess_green, green_kmeans, kmeans, otsu_threshold
+from cropseg_model.baselines import excess_green, exg_otsu, green_kmeans, kmeans, otsu_threshold
 from cropseg_model.metrics import score
 
 from .conftest import disc_image

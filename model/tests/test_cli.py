@@ -15,8 +15,27 @@ from cropseg_model.pseudolabel import pseudo_mask
 
 def test_generate_writes_the_requested_tiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "tiles"
-    assert main(["-q", "generate", "--count", "3", "--seed", "5", "--out", str(out), "--height", "40",
-                 "--width", "50", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "generate",
+                "--count",
+                "3",
+                "--seed",
+                "5",
+                "--out",
+                str(out),
+                "--height",
+                "40",
+                "--width",
+                "50",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "wrote 3 tiles" in capsys.readouterr().out
     assert len(discover(out)) == 3
 
@@ -86,9 +105,13 @@ def test_pseudo_label_then_profile_on_a_flat_folder(tiny_dataset: Path, tmp_path
 def test_demo_runs_as_a_command(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cropseg_model.cli", "demo", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "vegetation" in result.stdout and "latency" in result.stdout
+    assert "vegetation" in result.stdout
+    assert "latency" in result.stdout
     for name in ("tile.png", "mask.png", "truth.png", "overlay.png"):
         assert (tmp_path / name).stat().st_size > 0

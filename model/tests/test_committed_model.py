@@ -51,7 +51,8 @@ def test_any_size_and_batch(segmenter: OnnxSegmenter, shape: tuple[int, ...]) ->
     batch = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     probability = segmenter.predict(batch)
     assert probability.shape == (shape[0], shape[1], shape[2])
-    assert 0.0 <= probability.min() and probability.max() <= 1.0
+    assert probability.min() >= 0.0
+    assert probability.max() <= 1.0
 
 
 def test_fresh_tiles_are_segmented_well(segmenter: OnnxSegmenter) -> None:

@@ -46,7 +46,8 @@ def test_summary_separates_black_tiles() -> None:
         score(masks("##", ".."), truth, field),  # IoU 0.5, accuracy 0.75
     ]
     summary = summarise(scores)
-    assert summary["images"] == 2 and summary["non_black_images"] == 1
+    assert summary["images"] == 2
+    assert summary["non_black_images"] == 1
     assert summary["iou"] == pytest.approx(0.75)
     assert summary["iou_non_black"] == pytest.approx(0.5)
     assert summary["pixel_accuracy_non_black"] == pytest.approx(0.75)

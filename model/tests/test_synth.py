@@ -9,9 +9,9 @@ import pytest
 
 from cropseg_model.baselines import excess_green
 from cropseg_model.synth import (
+    SOILS,
     Leaf,
     Scene,
-    SOILS,
     generate_tile,
     leaf_polygon,
     render,
@@ -47,7 +47,7 @@ def test_tile_shape_and_mask_values() -> None:
 
 def test_known_scene_mask_is_exactly_the_drawn_leaf() -> None:
     scene = one_leaf_scene("rgb")
-    image, mask = render(scene)
+    _image, mask = render(scene)
     expected = np.zeros((60, 80), np.uint8)
     cv2.fillPoly(expected, [leaf_polygon(scene.leaves[0])], 255)
     np.testing.assert_array_equal(mask, expected)
@@ -72,7 +72,8 @@ def test_partial_out_of_field_region_is_exactly_black_in_image_and_mask() -> Non
     black = image.max(axis=2) == 0
     assert 0.3 < black.mean() < 0.7
     assert not mask[black].any()
-    assert black[:, -1].all() and not black[:, 0].any()  # angle 0 cuts off the right side
+    assert black[:, -1].all()
+    assert not black[:, 0].any()
 
 
 def test_generated_sets_cover_the_promised_variety() -> None:
@@ -80,23 +81,31 @@ def test_generated_sets_cover_the_promised_variety() -> None:
     assert {m["sensor"] for m in metas} == {"rgb", "cir", "nir_re_r"}
     assert len({m["soil"] for m in metas}) >= 6
     assert {m["species"] for m in metas} == {"rosette", "grass", "broadleaf"}
-    assert any(m["jpeg_quality"] for m in metas) and any(m["jpeg_quality"] is None for m in metas)
+    assert any(m["jpeg_quality"] for m in metas)
+    assert any(m["jpeg_quality"] is None for m in metas)
     assert {"none", "partial"} <= {m["black"] for m in metas}
     fractions = [float(m["vegetation_fraction"]) for m in metas]
-    assert min(fractions) < 0.05 and max(fractions) > 0.3
+    assert min(fractions) < 0.05
+    assert max(fractions) > 0.3
 
 
 def test_jpeg_tiles_carry_real_compression_artefacts() -> None:
     index = next(i for i in range(50) if generate_tile(3, i)[0].meta["jpeg_quality"] is not None)
     tile, encoded, ext = generate_tile(3, index)
-    assert ext == "jpg" and encoded[:3] == b"\xff\xd8\xff"
-    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert ext == "jpg"
+    assert encoded[:3] == b"\xff\xd8\xff"
+    decoded = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
     np.testing.assert_array_equal(tile.image, decoded)
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_dataset_is_identical_whatever_the_number_of_workers(tmp_path: Path) -> None:

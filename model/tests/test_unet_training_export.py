@@ -67,18 +67,25 @@ def test_loss_ignores_pixels_marked_128() -> None:
 def test_sampler_keeps_masks_exact_and_black_black(tiny_dataset: Path) -> None:
     sampler = CropSampler(load_pairs(tiny_dataset), TrainConfig(crop=48, batch_size=4))
     images, target, weight = sampler.batch()
-    assert images.shape == (4, 3, 48, 48) and target.shape == (4, 1, 48, 48)
+    assert images.shape == (4, 3, 48, 48)
+    assert target.shape == (4, 1, 48, 48)
     assert set(torch.unique(target).tolist()) <= {0.0, 1.0}
     assert weight.min() == 1.0  # generated masks have no ignore pixels
-    assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert float(images.min()) >= 0.0
+    assert float(images.max()) <= 1.0
 
 
 @pytest.mark.slow
-def test_tiny_training_run_reduces_the_loss_and_exports_with_parity(tiny_dataset: Path, tmp_path: Path) -> None:
-    config = TrainConfig(steps=40, batch_size=4, crop=64, lr=5e-3, val_every=20, channels=(8, 16), bottleneck=16)
+def test_tiny_training_run_reduces_the_loss_and_exports_with_parity(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(
+        steps=40, batch_size=4, crop=64, lr=5e-3, val_every=20, channels=(8, 16), bottleneck=16
+    )
     report = train(tiny_dataset, tiny_dataset, tmp_path / "tiny.pt", config, progress=False)
     history = report["history"]
-    assert isinstance(history, list) and len(history) == 2
+    assert isinstance(history, list)
+    assert len(history) == 2
     first, last = history
     assert last["loss"] < first["loss"] * 0.9, history
     net, payload = load_checkpoint(tmp_path / "tiny.pt")

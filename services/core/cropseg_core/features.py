@@ -53,6 +53,4 @@ def image_properties(image: np.ndarray) -> np.ndarray:
     ) / 255.0
     interior = in_field[1:-1, 1:-1]
     sharpness = float(laplacian[interior].var()) if interior.any() else 0.0
-    return np.array(
-        [values.mean(), values.std(), *relative, sharpness, black_fraction], np.float32
-    )
+    return np.array([values.mean(), values.std(), *relative, sharpness, black_fraction], np.float32)

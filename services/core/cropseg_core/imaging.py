@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from cropseg_core.settings import PIXEL_CEILING, ImageLimits
 
@@ -106,18 +106,14 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
     if not data:
         raise EmptyImageError("the image is empty: send the file's bytes")
     if len(data) > limits.max_bytes:
-        raise ImageTooLargeError(
-            f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes"
-        )
+        raise ImageTooLargeError(f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
     fmt = sniff_format(data)
     if fmt is None:
-        raise NotAnImageError(
-            "the data is not a PNG, JPEG or TIFF image (detected from its content)"
-        )
+        raise NotAnImageError("the data is not a PNG, JPEG or TIFF image (detected from its content)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=[fmt])
+            image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
             width, height = image.size
             _check_pixels(width, height, limits)
             image.load()
@@ -128,15 +124,13 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
         raise ImageTooLargeError(
             f"the image declares more than {limits.max_pixels} pixels (decompression bomb)"
         ) from e
-    except Image.UnidentifiedImageError as e:
+    except UnidentifiedImageError as e:
         raise TruncatedImageError(
             f"the data starts like a {fmt} image but its header is truncated or invalid"
         ) from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
         if "mode" in str(e).lower() or "unsupported" in str(e).lower():
-            raise UnsupportedModeError(
-                f"the {fmt} image uses a pixel format that cannot be read: {e}"
-            ) from e
+            raise UnsupportedModeError(f"the {fmt} image uses a pixel format that cannot be read: {e}") from e
         raise TruncatedImageError(f"the {fmt} image is truncated or corrupt: {e}") from e
     return DecodedImage(pixels=_to_rgb_uint8(image), format=fmt, original_mode=image.mode)
 

@@ -19,7 +19,8 @@ def test_grey_histogram_counts_luma_fractions() -> None:
     image[0, 0] = 255
     histogram = grey_histogram(image)
     assert histogram.shape == (256,)
-    assert histogram[0] == pytest.approx(0.75) and histogram[255] == pytest.approx(0.25)
+    assert histogram[0] == pytest.approx(0.75)
+    assert histogram[255] == pytest.approx(0.25)
 
 
 def test_properties_of_a_constructed_image() -> None:
@@ -38,7 +39,9 @@ def test_brightening_raises_brightness_and_blurring_lowers_sharpness() -> None:
     image = rng.integers(30, 200, (40, 40, 3), dtype=np.uint8)
     brighter = np.clip(image.astype(int) + 40, 0, 255).astype(np.uint8)
     assert prop(brighter, "brightness") > prop(image, "brightness") + 0.1
-    blurred = ((image[:-1, :-1].astype(int) + image[1:, 1:] + image[:-1, 1:] + image[1:, :-1]) // 4).astype(np.uint8)
+    blurred = ((image[:-1, :-1].astype(int) + image[1:, 1:] + image[:-1, 1:] + image[1:, :-1]) // 4).astype(
+        np.uint8
+    )
     assert prop(blurred, "sharpness") < prop(image, "sharpness") / 2
 
 
@@ -55,7 +58,8 @@ def test_png_round_trip_and_overlay() -> None:
     image = np.full((3, 4, 3), 100, np.uint8)
     tinted = overlay(image, mask)
     assert tinted[0, 0].tolist() == [100, 100, 100]
-    assert tinted[1, 2, 0] > 100 and tinted[1, 2, 1] < 100
+    assert tinted[1, 2, 0] > 100
+    assert tinted[1, 2, 1] < 100
     assert vegetation_fraction(mask) == pytest.approx(1 / 12)
     with pytest.raises(ValueError, match="uint8"):
         encode_png(mask.astype(np.float32))
