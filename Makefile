@@ -13,7 +13,7 @@ ONNX   := model/artifacts/cropseg-unet.onnx
 # Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
 # evaluation 3 (never seen in training), reference profile 4.
 TRAIN_TILES ?= 2400
-TRAIN_STEPS ?= 3000
+TRAIN_STEPS ?= 4000
 
 .PHONY: up test lint typecheck pytest model clean help
 
@@ -60,7 +60,7 @@ model: $(VENV)/.dev
 	$(BIN)/cropseg-model generate --count 400 --seed 4 --out $(DATA)/reference
 	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet.pt --steps $(TRAIN_STEPS)
 	$(BIN)/cropseg-model export --checkpoint $(DATA)/unet.pt --out $(ONNX) --report $(DATA)/export.json
-	$(BIN)/cropseg-model evaluate --model $(ONNX) --data $(DATA)/eval --out $(DATA)/eval.json
+	$(BIN)/cropseg-model evaluate --model $(ONNX) --data $(DATA)/eval --out $(DATA)/eval.json --robustness
 	$(BIN)/cropseg-model profile --model $(ONNX) --data $(DATA)/reference
 	$(BIN)/cropseg-model card --train-report $(DATA)/unet.json --export-report $(DATA)/export.json \
 		--eval-report $(DATA)/eval.json

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cropseg_core.files import write_atomic, write_json
-from cropseg_model.evaluate import markdown_table, sensor_table
+from cropseg_model.evaluate import markdown_table, robustness_table, sensor_table
 from cropseg_model.runtime import file_sha256
 
 CARD_TEMPLATE = """\
@@ -57,11 +57,23 @@ IoU (non-black) by sensor:
 
 {sensor_table}
 
+IoU (non-black) when every evaluation image is darkened or brightened by a constant gain
+(then clipped to 8 bits) — what the relative inputs buy over absolute colour:
+
+{robustness_table}
+
 The baselines are the seed's traditional techniques (excess green + Otsu; green filter +
 k-means, k = 2), vectorised. They assume green leaves, so they fail on false-colour
 composites by design; on true-colour tiles the U-Net is still well ahead.
 
+![Examples](artifacts/examples.png)
+
+*Evaluation tiles (seed 3), one per sensor plus one at a field edge: the image, its exact
+mask, the U-Net's mask and the ExG + Otsu mask (magenta = predicted vegetation).*
+
 ## Training
+![Training curve](artifacts/training_curve.png)
+
 {steps} steps of batch {batch_size}, random {crop}×{crop} crops at scales {min_scale}–{max_scale}
 (multi-scale), flips, 90° turns, exposure/gamma/colour jitter, blur and noise; AdamW with a
 one-cycle schedule (max lr {lr}); loss BCE + soft Dice ignoring pixels labelled 128.
@@ -92,6 +104,7 @@ which runs `cropseg-model generate` (train/val/eval/reference sets), `train`, `e
 |---|---|
 | `artifacts/{onnx_name}` | the model |
 | `artifacts/metrics.json` | evaluation, training and export numbers behind this card |
+| `artifacts/examples.png`, `artifacts/training_curve.png` | the figures above |
 | `artifacts/reference_profile.npz` | drift reference: per-image grey histograms, image properties, true and predicted vegetation fractions of {reference_images} reference tiles (seed 4) |
 """
 
@@ -100,6 +113,28 @@ def _load(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text())
     assert isinstance(data, dict)
     return data
+
+
+def _figures(training: dict[str, Any], onnx_path: Path, artifacts: Path) -> None:
+    from cropseg_model.plots import examples, training_curve
+    from cropseg_model.runtime import OnnxSegmenter
+    from cropseg_model.synth import generate_tile
+
+    training_curve(training["history"], artifacts / "training_curve.png")
+    segmenter = OnnxSegmenter(onnx_path)
+    segmenter.load()
+    wanted = ["rgb", "cir", "nir_re_r", "partial"]
+    rows = []
+    for index in range(200):
+        tile = generate_tile(3, index)[0]
+        key = "partial" if tile.meta["black"] == "partial" else str(tile.meta["sensor"])
+        if key in wanted:
+            wanted.remove(key)
+            title = f"eval tile {index}: {tile.meta['sensor']}, {tile.meta['soil']} soil"
+            rows.append((title, tile.image, tile.mask, segmenter.segment(tile.image)))
+        if not wanted:
+            break
+    examples(rows, artifacts / "examples.png")
 
 
 def write_card(
@@ -156,6 +191,7 @@ def write_card(
         non_black=unet["non_black_images"],
         table=markdown_table(evaluation),
         sensor_table=sensor_table(evaluation),
+        robustness_table=robustness_table(evaluation["exposure_robustness"]),
         steps=config["steps"],
         batch_size=config["batch_size"],
         crop=config["crop"],
@@ -170,6 +206,7 @@ def write_card(
         parity=export["parity_max_abs_diff"],
         reference_images=reference_images,
     )
+    _figures(training, onnx_path, artifacts)
     card_path = artifacts.parent / "README.md"
     write_atomic(card_path, card.encode())
     return metrics_path, card_path

@@ -114,15 +114,20 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from cropseg_model.evaluate import evaluate, markdown_table, sensor_table
+    from cropseg_model.evaluate import evaluate, markdown_table, robustness_table, sensor_table
 
-    report = evaluate(args.model, args.data, progress=not args.quiet, threshold=args.threshold)
+    report = evaluate(
+        args.model, args.data, progress=not args.quiet, threshold=args.threshold, robustness=args.robustness
+    )
     if args.out:
         write_json(args.out, report)
     print(markdown_table(report))
     breakdown = sensor_table(report)
     if breakdown:
         print("\nIoU (non-black) by sensor:\n" + breakdown)
+    robustness = report.get("exposure_robustness")
+    if isinstance(robustness, dict):
+        print("\nIoU (non-black) under exposure changes:\n" + robustness_table(robustness))
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -181,9 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="checkpoint path (.pt); a .json report goes beside it"
     )
     p.add_argument("--init", type=_existing, default=None, help="checkpoint to fine-tune from")
-    p.add_argument("--steps", type=_positive, default=3000)
+    p.add_argument("--steps", type=_positive, default=4000)
     p.add_argument("--batch-size", type=_positive, default=16)
-    p.add_argument("--crop", type=_positive, default=160)
+    p.add_argument("--crop", type=_positive, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--val-every", type=_positive, default=250)
     p.add_argument("--seed", type=int, default=0)
@@ -202,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=_existing, required=True)
     p.add_argument("--threshold", type=_probability, default=0.5)
     p.add_argument("--out", type=Path, default=None, help="write the full report as JSON")
+    p.add_argument("--robustness", action="store_true", help="also score darkened and brightened copies")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("profile", help="build the reference profile for drift detection")

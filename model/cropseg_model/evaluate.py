@@ -27,7 +27,9 @@ def _groups(root: Path) -> dict[str, str]:
     return {m["name"]: m["sensor"] for m in map(json.loads, path.read_text().splitlines())}
 
 
-def evaluate(model: Path, data: Path, progress: bool = True, threshold: float = 0.5) -> dict[str, object]:
+def evaluate(
+    model: Path, data: Path, progress: bool = True, threshold: float = 0.5, robustness: bool = False
+) -> dict[str, object]:
     """Score every method on every image of ``data``; returns overall and per-sensor means."""
     segmenter = OnnxSegmenter(model)
     segmenter.load()
@@ -50,7 +52,7 @@ def evaluate(model: Path, data: Path, progress: bool = True, threshold: float = 
             scores[name].append(result)
             if sample.name in groups:
                 by_group[(groups[sample.name], name)].append(result)
-    return {
+    report: dict[str, object] = {
         "data": str(data),
         "model": str(model),
         "threshold": threshold,
@@ -62,6 +64,41 @@ def evaluate(model: Path, data: Path, progress: bool = True, threshold: float = 
             f"{group}/{name}": summarise(items) for (group, name), items in sorted(by_group.items())
         },
     }
+    if robustness:
+        report["exposure_robustness"] = exposure_robustness(model, data, progress=progress)
+    return report
+
+
+def exposure_robustness(
+    model: Path, data: Path, gains: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0), progress: bool = True
+) -> dict[str, dict[str, float]]:
+    """IoU (non-black) when every image is darkened or brightened by ``gain`` (then clipped).
+
+    Measures what the relative inputs buy: a network that keyed on absolute colour would
+    lose accuracy as soon as the exposure differs from training.
+    """
+    segmenter = OnnxSegmenter(model)
+    segmenter.load()
+    scores: dict[str, dict[str, list[ImageScore]]] = {f"{g:g}": {"unet": [], "exg_otsu": []} for g in gains}
+    for sample in tqdm(discover(data), desc="exposure robustness", unit="img", disable=not progress):
+        image, truth = load_masked(sample)
+        for gain in gains:
+            shifted = np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+            per_method = scores[f"{gain:g}"]
+            per_method["unet"].append(score(segmenter.segment(shifted), truth, image))
+            per_method["exg_otsu"].append(score(BASELINES["exg_otsu"](shifted), truth, image))
+    return {
+        gain: {name: float(summarise(items)["iou_non_black"]) for name, items in per_method.items()}
+        for gain, per_method in scores.items()
+    }
+
+
+def robustness_table(robustness: dict[str, dict[str, float]]) -> str:
+    rows = ["| exposure gain | " + " | ".join(robustness) + " |", "|---|" + "---:|" * len(robustness)]
+    for name in ("unet", "exg_otsu"):
+        cells = " | ".join(f"{robustness[g][name]:.3f}" for g in robustness)
+        rows.append(f"| {METHOD_LABELS[name]} | {cells} |")
+    return "\n".join(rows)
 
 
 def markdown_table(report: dict[str, object]) -> str:

@@ -165,7 +165,7 @@ def sample_scene(rng: np.random.Generator, height: int = 360, width: int = 480) 
         motion_length=int(rng.integers(3, 6)) if rng.random() < 0.1 else 0,
         motion_angle=rng.uniform(0, math.pi),
         noise=rng.uniform(0.0, 0.03),
-        jpeg_quality=int(rng.integers(35, 96)) if rng.random() < 0.5 else None,
+        jpeg_quality=int(rng.integers(50, 96)) if rng.random() < 0.5 else None,
         texture_seed=int(rng.integers(2**31)),
     )
     _sample_plants(rng, scene)
@@ -184,7 +184,7 @@ def _sample_plants(rng: np.random.Generator, scene: Scene) -> None:
     # Ground sampling distance varies a lot between flights: one scale drives row spacing
     # and plant size together so that small plants in wide rows and big ones both occur.
     scale = math.exp(rng.uniform(math.log(0.7), math.log(2.2)))
-    growth = rng.uniform(0.15, 1.0)  # 0: seedlings, 1: canopy closing
+    growth = rng.uniform(0.3, 1.0)  # low: seedlings, 1: canopy closing
     row_spacing = rng.uniform(28, 60) * scale
     plant_radius = max(4.0, growth * row_spacing * rng.uniform(0.3, 0.6))
     in_row_gap = plant_radius * rng.uniform(1.2, 3.0)
@@ -219,7 +219,7 @@ def _sample_plants(rng: np.random.Generator, scene: Scene) -> None:
     weed_count = int(rng.choice([0, rng.integers(1, 12), rng.integers(10, 60)], p=[0.25, 0.45, 0.3]))
     for _ in range(weed_count):
         x, y = rng.uniform(0, w), rng.uniform(0, h)
-        radius = rng.uniform(3, 12) * math.sqrt(scale)
+        radius = rng.uniform(4, 14) * math.sqrt(scale)
         species = SPECIES[int(rng.integers(len(SPECIES)))]
         weed_stress = float(rng.uniform(0, 0.8))
         for leaf in _plant_leaves(rng, x, y, radius, species, scene.sun_azimuth):
@@ -231,7 +231,7 @@ def _plant_leaves(
     rng: np.random.Generator, x: float, y: float, radius: float, species: str, sun: float
 ) -> list[Leaf]:
     if species == "grass":
-        count, aspect, roundness, bend = int(rng.integers(3, 8)), rng.uniform(4, 8), 0.6, 0.25
+        count, aspect, roundness, bend = int(rng.integers(3, 8)), rng.uniform(3, 6), 0.6, 0.25
     elif species == "broadleaf":
         count, aspect, roundness, bend = int(rng.integers(3, 7)), rng.uniform(0.9, 1.5), 0.3, 0.05
     else:
@@ -249,7 +249,7 @@ def _plant_leaves(
                 y=y,
                 angle=angle,
                 length=length,
-                width=max(2.0, length / aspect),
+                width=max(3.0, length / aspect),
                 roundness=roundness,
                 bend=bend * rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 1.0),
                 shade=float(np.clip(shade, 0.6, 1.4)),

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    steps: int = 3000
+    steps: int = 4000
     batch_size: int = 16
-    crop: int = 160
+    crop: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
     min_scale: float = 0.5

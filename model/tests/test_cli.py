@@ -44,13 +44,18 @@ def test_evaluate_prints_all_three_methods_and_writes_json(
     tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "eval.json"
-    assert main(["-q", "evaluate", "--data", str(tiny_dataset), "--out", str(report)]) == 0
+    argv = ["-q", "evaluate", "--data", str(tiny_dataset), "--out", str(report), "--robustness"]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
-    for label in ("U-Net (ONNX)", "ExG + Otsu", "Green filter + k-means", "by sensor"):
+    for label in ("U-Net (ONNX)", "ExG + Otsu", "Green filter + k-means", "by sensor", "exposure"):
         assert label in printed
-    methods = json.loads(report.read_text())["methods"]
-    assert set(methods) == {"unet", "exg_otsu", "green_kmeans"}
-    assert methods["unet"]["images"] == 8
+    saved = json.loads(report.read_text())
+    assert set(saved["methods"]) == {"unet", "exg_otsu", "green_kmeans"}
+    assert saved["methods"]["unet"]["images"] == 8
+    robustness = saved["exposure_robustness"]
+    assert set(robustness) == {"0.5", "0.7", "1", "1.4", "2"}
+    # gain 1 is the unchanged set: it must reproduce the plain evaluation
+    assert robustness["1"]["unet"] == saved["methods"]["unet"]["iou_non_black"]
 
 
 def test_missing_data_folder_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
