@@ -209,4 +209,20 @@ def write_card(
     _figures(training, onnx_path, artifacts)
     card_path = artifacts.parent / "README.md"
     write_atomic(card_path, card.encode())
+    _update_readme(artifacts.parent.parent / "README.md", markdown_table(evaluation))
     return metrics_path, card_path
+
+
+README_START, README_END = "<!-- model-table:start -->", "<!-- model-table:end -->"
+
+
+def _update_readme(readme: Path, table: str) -> None:
+    """Replace the evaluation table between the markers in the project README, if any."""
+    if not readme.exists():
+        return
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        return
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    write_atomic(readme, f"{head}{README_START}\n{table}\n{README_END}{tail}".encode())

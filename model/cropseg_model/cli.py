@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         lr=args.lr,
         seed=args.seed,
         val_every=args.val_every,
+        val_fraction=args.val_fraction,
     )
     report = train(args.data, args.val, args.out, config, init=args.init, progress=not args.quiet)
     write_json(args.out.with_suffix(".json"), report)
@@ -181,7 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the U-Net (needs the train extra)")
     p.add_argument("--data", type=_existing, required=True, help="training folder (any readable layout)")
-    p.add_argument("--val", type=_existing, required=True, help="validation folder")
+    p.add_argument(
+        "--val",
+        type=_existing,
+        default=None,
+        help="validation folder (default: hold out --val-fraction of --data)",
+    )
+    p.add_argument("--val-fraction", type=_probability, default=0.1)
     p.add_argument(
         "--out", type=Path, required=True, help="checkpoint path (.pt); a .json report goes beside it"
     )

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cropseg_core.files import write_atomic
-from cropseg_model.datasets import IGNORE, discover, load_masked
+from cropseg_model.datasets import IGNORE, DatasetError, discover, load_masked
 from cropseg_model.metrics import score, summarise
 from cropseg_model.unet import UNet, count_parameters
 
@@ -39,14 +39,25 @@ class TrainConfig:
     min_scale: float = 0.5
     max_scale: float = 1.6
     val_every: int = 250
+    val_fraction: float = 0.1
     seed: int = 0
     channels: tuple[int, ...] = (16, 32, 64)
     bottleneck: int = 128
 
 
-def load_pairs(root: Path, limit: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    samples = discover(root)[:limit]
-    return [load_masked(s) for s in samples]
+def load_pairs(root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [load_masked(s) for s in discover(root)]
+
+
+def split_pairs(
+    pairs: list[tuple[np.ndarray, np.ndarray]], val_fraction: float, seed: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
+    """Deterministic train/validation split of one folder (at least one image on each side)."""
+    if len(pairs) < 2:
+        raise DatasetError("need at least 2 labelled images to split off a validation set; pass --val")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    count = min(max(1, round(len(pairs) * val_fraction)), len(pairs) - 1)
+    return [pairs[i] for i in order[count:]], [pairs[i] for i in order[:count]]
 
 
 class CropSampler:
@@ -143,18 +154,24 @@ def load_checkpoint(path: Path) -> tuple[UNet, dict[str, object]]:
 
 def train(
     train_dir: Path,
-    val_dir: Path,
+    val_dir: Path | None,
     out: Path,
     config: TrainConfig,
     init: Path | None = None,
     progress: bool = True,
 ) -> dict[str, object]:
-    """Train and keep the best checkpoint (by validation IoU on non-black tiles) at ``out``."""
+    """Train and keep the best checkpoint (by validation IoU on non-black tiles) at ``out``.
+
+    Without ``val_dir`` a ``config.val_fraction`` of ``train_dir`` is held out for validation.
+    """
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train_pairs, val_pairs = load_pairs(train_dir), load_pairs(val_dir)
+    if val_dir is None:
+        train_pairs, val_pairs = split_pairs(load_pairs(train_dir), config.val_fraction, config.seed)
+    else:
+        train_pairs, val_pairs = load_pairs(train_dir), load_pairs(val_dir)
     if init is not None:
         net, _ = load_checkpoint(init)
     else:

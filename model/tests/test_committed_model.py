@@ -41,9 +41,10 @@ def test_evaluation_meets_the_bar() -> None:
     assert methods["unet"]["images"] >= 300
 
 
-def test_model_card_shows_the_measured_table() -> None:
-    card = (ARTIFACTS.parent / "README.md").read_text()
-    assert markdown_table(METRICS["evaluation"]) in card
+@pytest.mark.parametrize("document", ["model/README.md", "README.md"])
+def test_docs_show_the_measured_table(document: str) -> None:
+    text = (ARTIFACTS.parent.parent / document).read_text()
+    assert markdown_table(METRICS["evaluation"]) in text
 
 
 @pytest.mark.parametrize("shape", [(1, 360, 480, 3), (2, 101, 67, 3), (1, 8, 8, 3)], ids=str)
@@ -78,6 +79,12 @@ def test_reference_profile_matches_the_model() -> None:
 
 
 def test_artifacts_are_committed_files() -> None:
-    for name in ("cropseg-unet.onnx", "metrics.json", "reference_profile.npz"):
+    for name in (
+        "cropseg-unet.onnx",
+        "metrics.json",
+        "reference_profile.npz",
+        "examples.png",
+        "training_curve.png",
+    ):
         assert (ARTIFACTS / name).is_file(), name
     assert Path(METRICS["model"]["onnx_file"]).name == DEFAULT_MODEL.name

@@ -2,12 +2,15 @@
 
 In CI these must run: a missing torch is a failure there, not a skip."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cropseg_model.cli import main
+from cropseg_model.datasets import DatasetError
 from cropseg_model.export import PARITY_ATOL, check_parity, export_onnx
 from cropseg_model.runtime import OnnxSegmenter
 from cropseg_model.train import (
@@ -16,6 +19,7 @@ from cropseg_model.train import (
     load_checkpoint,
     load_pairs,
     segmentation_loss,
+    split_pairs,
     train,
 )
 from cropseg_model.unet import UNet, input_features
@@ -112,3 +116,45 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tiny_dataset: Path, tmp_pa
     for name, value in start.state_dict().items():
         if value.dtype.is_floating_point and "running" not in name:
             torch.testing.assert_close(value, tuned.state_dict()[name], atol=1e-6, rtol=0)
+
+
+def test_split_is_deterministic_and_keeps_both_sides() -> None:
+    pairs = [(np.full((2, 2, 3), i, np.uint8), np.zeros((2, 2), np.uint8)) for i in range(10)]
+    train_a, val_a = split_pairs(pairs, 0.2, seed=3)
+    _, val_b = split_pairs(pairs, 0.2, seed=3)
+    assert [int(p[0][0, 0, 0]) for p in val_a] == [int(p[0][0, 0, 0]) for p in val_b]
+    assert (len(train_a), len(val_a)) == (8, 2)
+    assert len(split_pairs(pairs[:2], 0.9, seed=0)[0]) == 1
+    with pytest.raises(DatasetError, match="at least 2"):
+        split_pairs(pairs[:1], 0.1, seed=0)
+
+
+@pytest.mark.slow
+def test_train_and_export_commands_without_a_validation_folder(tiny_dataset: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "cli.pt"
+    argv = [
+        "-q",
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(checkpoint),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop",
+        "32",
+        "--val-every",
+        "1",
+        "--val-fraction",
+        "0.25",
+    ]
+    assert main(argv) == 0
+    report = json.loads(checkpoint.with_suffix(".json").read_text())
+    assert (report["train_images"], report["val_images"]) == (6, 2)
+    onnx_path = tmp_path / "cli.onnx"
+    argv = ["-q", "export", "--checkpoint", str(checkpoint), "--out", str(onnx_path), "--version", "9.9.9"]
+    assert main(argv) == 0
+    segmenter = OnnxSegmenter(onnx_path)
+    assert segmenter.load().version == "9.9.9"
