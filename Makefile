@@ -59,7 +59,8 @@ model: $(VENV)/.dev
 	$(BIN)/cropseg-model generate --count 300 --seed 3 --out $(DATA)/eval
 	$(BIN)/cropseg-model generate --count 400 --seed 4 --out $(DATA)/reference
 	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet.pt --steps $(TRAIN_STEPS)
-	$(BIN)/cropseg-model export --checkpoint $(DATA)/unet.pt --out $(ONNX) --report $(DATA)/export.json
+	$(BIN)/cropseg-model export --checkpoint $(DATA)/unet.pt --out $(ONNX) --report $(DATA)/export.json \
+		--calibrate $(DATA)/val
 	$(BIN)/cropseg-model evaluate --model $(ONNX) --data $(DATA)/eval --out $(DATA)/eval.json --robustness
 	$(BIN)/cropseg-model profile --model $(ONNX) --data $(DATA)/reference
 	$(BIN)/cropseg-model card --train-report $(DATA)/unet.json --export-report $(DATA)/export.json \

@@ -108,7 +108,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     _require_torch()
     from cropseg_model.export import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, args.out, args.name, args.version)
+    result = export_checkpoint(args.checkpoint, args.out, args.name, args.version, args.calibrate)
     if args.report:
         write_json(args.report, result)
     print(json.dumps(result, indent=2))
@@ -207,12 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="cropseg-unet")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--report", type=Path, default=None, help="write the export result as JSON")
+    p.add_argument(
+        "--calibrate",
+        type=_existing,
+        default=None,
+        help="labelled validation folder: store the threshold with the best IoU in the model",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="pixel accuracy and IoU of the U-Net and the baselines")
     p.add_argument("--model", type=_existing, default=DEFAULT_MODEL)
     p.add_argument("--data", type=_existing, required=True)
-    p.add_argument("--threshold", type=_probability, default=0.5)
+    p.add_argument("--threshold", type=_probability, default=None, help="default: the model's own")
     p.add_argument("--out", type=Path, default=None, help="write the full report as JSON")
     p.add_argument("--robustness", action="store_true", help="also score darkened and brightened copies")
     p.set_defaults(func=cmd_evaluate)

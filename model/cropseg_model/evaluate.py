@@ -28,11 +28,12 @@ def _groups(root: Path) -> dict[str, str]:
 
 
 def evaluate(
-    model: Path, data: Path, progress: bool = True, threshold: float = 0.5, robustness: bool = False
+    model: Path, data: Path, progress: bool = True, threshold: float | None = None, robustness: bool = False
 ) -> dict[str, object]:
     """Score every method on every image of ``data``; returns overall and per-sensor means."""
     segmenter = OnnxSegmenter(model)
-    segmenter.load()
+    info = segmenter.load()
+    threshold = info.threshold if threshold is None else threshold
     methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "unet": lambda image: segmenter.segment(image, threshold),
         **BASELINES,

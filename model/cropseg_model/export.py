@@ -13,14 +13,16 @@ import onnx
 import torch
 
 from cropseg_core.files import write_atomic
-from cropseg_model.runtime import INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
+from cropseg_model.metrics import score, summarise
+from cropseg_model.runtime import DEFAULT_THRESHOLD, INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
 from cropseg_model.synth import generate_tile
-from cropseg_model.train import load_checkpoint
+from cropseg_model.train import load_checkpoint, load_pairs
 from cropseg_model.unet import ExportedSegmenter
 
 log = logging.getLogger(__name__)
 PARITY_ATOL = 1e-4  # on probabilities in [0, 1]; float32 kernels differ in summation order
 OPSET = 18
+CALIBRATION_THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)
 
 
 def export_onnx(net: torch.nn.Module, out: Path, metadata: dict[str, str]) -> None:
@@ -84,9 +86,35 @@ def check_parity(net: torch.nn.Module, onnx_path: Path) -> float:
     return worst
 
 
-def export_checkpoint(checkpoint: Path, out: Path, name: str, version: str) -> dict[str, object]:
+def calibrate_threshold(
+    net: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[float, dict[str, float]]:
+    """The probability threshold with the best mean IoU (non-black) on validation ``pairs``."""
+    wrapper = ExportedSegmenter(net).eval()  # type: ignore[arg-type]
+    probabilities = []
+    with torch.no_grad():
+        for image, _ in pairs:
+            probabilities.append(wrapper(torch.tensor(image)[None]).numpy()[0, 0])
+    by_threshold = {}
+    for threshold in CALIBRATION_THRESHOLDS:
+        scores = (
+            score(np.where(p > threshold, 255, 0).astype(np.uint8), mask, image)
+            for p, (image, mask) in zip(probabilities, pairs, strict=True)
+        )
+        by_threshold[f"{threshold:.2f}"] = float(summarise(scores)["iou_non_black"])
+    best = max(by_threshold, key=lambda t: (by_threshold[t], -abs(float(t) - 0.5)))
+    return float(best), by_threshold
+
+
+def export_checkpoint(
+    checkpoint: Path, out: Path, name: str, version: str, calibration: Path | None = None
+) -> dict[str, object]:
+    """Export, optionally choosing the threshold on a validation folder, and check parity."""
     net, payload = load_checkpoint(checkpoint)
     net.eval()
+    threshold, by_threshold = DEFAULT_THRESHOLD, dict[str, float]()
+    if calibration is not None:
+        threshold, by_threshold = calibrate_threshold(net, load_pairs(calibration))
     metadata = {
         "name": name,
         "version": version,
@@ -94,8 +122,15 @@ def export_checkpoint(checkpoint: Path, out: Path, name: str, version: str) -> d
         "input": "image: uint8 RGB (N,H,W,3), any H and W",
         "output": "vegetation_probability: float32 (N,1,H,W)",
         "trained_steps": str(payload["step"]),
+        "threshold": f"{threshold:.2f}",
     }
     export_onnx(net, out, metadata)
     worst = check_parity(net, out)
     log.info("exported %s (%d bytes), parity max |diff| %.2e", out, out.stat().st_size, worst)
-    return {"onnx": str(out), "bytes": out.stat().st_size, "parity_max_abs_diff": worst, **metadata}
+    return {
+        "onnx": str(out),
+        "bytes": out.stat().st_size,
+        "parity_max_abs_diff": worst,
+        "threshold_calibration": by_threshold,
+        **metadata,
+    }

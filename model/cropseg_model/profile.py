@@ -23,11 +23,10 @@ from cropseg_model.runtime import OnnxSegmenter
 PROFILE_VERSION = 1
 
 
-def build_profile(
-    model: Path, data: Path, out: Path, threshold: float = 0.5, progress: bool = True
-) -> dict[str, object]:
+def build_profile(model: Path, data: Path, out: Path, progress: bool = True) -> dict[str, object]:
     segmenter = OnnxSegmenter(model)
     info = segmenter.load()
+    threshold = info.threshold
     histograms, properties, truth, predicted, names = [], [], [], [], []
     for sample in tqdm(discover(data), desc="profiling", unit="img", disable=not progress):
         image, mask = load_masked(sample)

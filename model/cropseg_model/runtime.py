@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "vegetation_probability"
+DEFAULT_THRESHOLD = 0.5  # used when the model file does not carry a calibrated one
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class ModelInfo:
     name: str
     version: str
     sha256: str
+    threshold: float
     metadata: dict[str, str]
 
 
@@ -55,6 +57,7 @@ class OnnxSegmenter:
             name=metadata.get("name", self.path.stem),
             version=metadata.get("version", "unknown"),
             sha256=file_sha256(self.path),
+            threshold=float(metadata.get("threshold", DEFAULT_THRESHOLD)),
             metadata=metadata,
         )
         return self.info
@@ -73,6 +76,8 @@ class OnnxSegmenter:
         probability = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})[0][:, 0]
         return probability[0] if single else probability
 
-    def segment(self, image: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-        """One RGB uint8 image -> uint8 mask, 255 = vegetation."""
+    def segment(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """One RGB uint8 image -> uint8 mask, 255 = vegetation (default: the model's threshold)."""
+        if threshold is None:
+            threshold = self.info.threshold if self.info else DEFAULT_THRESHOLD
         return np.where(self.predict(image) > threshold, 255, 0).astype(np.uint8)

@@ -13,6 +13,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -27,6 +28,16 @@ def write_atomic(path: Path, data: bytes) -> None:
 def write_json(path: Path, payload: object) -> None:
     """Write ``payload`` as indented, key-sorted JSON, atomically."""
     write_atomic(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; do it once at import, before any threads.
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+_UMASK = _read_umask()
 
 
 def _fsync_dir(folder: Path) -> None:

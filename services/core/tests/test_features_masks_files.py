@@ -83,3 +83,11 @@ def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
         write_atomic(target, object())  # type: ignore[arg-type]
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["model.onnx"]
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "mask.png"
+    write_atomic(target, b"x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
