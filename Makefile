@@ -12,8 +12,11 @@ ONNX   := model/artifacts/cropseg-unet.onnx
 
 # Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
 # evaluation 3 (never seen in training), reference profile 4.
+# Training runs in two stages: a one-cycle run at max lr 3e-3, then a second, gentler
+# cycle (max lr 1e-3, new crop seed) from the first stage's best checkpoint.
 TRAIN_TILES ?= 2400
 TRAIN_STEPS ?= 4000
+FINETUNE_STEPS ?= 3000
 
 .PHONY: up test lint typecheck pytest model clean help
 
@@ -58,12 +61,16 @@ model: $(VENV)/.dev
 	$(BIN)/cropseg-model generate --count 200 --seed 2 --out $(DATA)/val
 	$(BIN)/cropseg-model generate --count 300 --seed 3 --out $(DATA)/eval
 	$(BIN)/cropseg-model generate --count 400 --seed 4 --out $(DATA)/reference
-	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet.pt --steps $(TRAIN_STEPS)
+	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet-stage1.pt \
+		--steps $(TRAIN_STEPS)
+	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet.pt \
+		--init $(DATA)/unet-stage1.pt --steps $(FINETUNE_STEPS) --lr 1e-3 --seed 1
 	$(BIN)/cropseg-model export --checkpoint $(DATA)/unet.pt --out $(ONNX) --report $(DATA)/export.json \
 		--calibrate $(DATA)/val
 	$(BIN)/cropseg-model evaluate --model $(ONNX) --data $(DATA)/eval --out $(DATA)/eval.json --robustness
 	$(BIN)/cropseg-model profile --model $(ONNX) --data $(DATA)/reference
-	$(BIN)/cropseg-model card --train-report $(DATA)/unet.json --export-report $(DATA)/export.json \
+	$(BIN)/cropseg-model card --stage1-report $(DATA)/unet-stage1.json --train-report $(DATA)/unet.json \
+		--export-report $(DATA)/export.json \
 		--eval-report $(DATA)/eval.json
 
 clean:

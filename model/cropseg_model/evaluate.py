@@ -8,11 +8,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
 from cropseg_model.baselines import BASELINES
-from cropseg_model.datasets import discover, load_masked
+from cropseg_model.datasets import IGNORE, discover, load_masked
 from cropseg_model.metrics import ImageScore, score, summarise
 from cropseg_model.runtime import OnnxSegmenter
 
@@ -42,6 +43,8 @@ def evaluate(
     scores: dict[str, list[ImageScore]] = defaultdict(list)
     by_group: dict[tuple[str, str], list[ImageScore]] = defaultdict(list)
     seconds: dict[str, float] = defaultdict(float)
+    errors: dict[str, int] = defaultdict(int)
+    edge: dict[str, int] = defaultdict(int)
     samples = discover(data)
     for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
         image, truth = load_masked(sample)
@@ -51,6 +54,9 @@ def evaluate(
             seconds[name] += time.perf_counter() - started
             result = score(prediction, truth, image)
             scores[name].append(result)
+            wrong, near_edge = edge_errors(prediction, truth)
+            errors[name] += wrong
+            edge[name] += near_edge
             if sample.name in groups:
                 by_group[(groups[sample.name], name)].append(result)
     report: dict[str, object] = {
@@ -58,7 +64,11 @@ def evaluate(
         "model": str(model),
         "threshold": threshold,
         "methods": {
-            name: {**summarise(items), "seconds_per_image": seconds[name] / len(items)}
+            name: {
+                **summarise(items),
+                "seconds_per_image": seconds[name] / len(items),
+                "wrong_pixels_within_1px_of_edge": edge[name] / max(errors[name], 1),
+            }
             for name, items in scores.items()
         },
         "by_sensor": {
@@ -68,6 +78,16 @@ def evaluate(
     if robustness:
         report["exposure_robustness"] = exposure_robustness(model, data, progress=progress)
     return report
+
+
+def edge_errors(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
+    """Wrong pixels, and how many of them lie within one pixel of a true vegetation edge."""
+    counted = truth != IGNORE
+    wrong = ((prediction > 127) != (truth > 127)) & counted
+    vegetation = (truth > 127).astype(np.uint8)
+    kernel = np.ones((3, 3), np.uint8)
+    near_edge = cv2.dilate(vegetation, kernel) != cv2.erode(vegetation, kernel)
+    return int(wrong.sum()), int((wrong & near_edge).sum())
 
 
 def exposure_robustness(

@@ -20,7 +20,11 @@ from cropseg_model.train import load_checkpoint, load_pairs
 from cropseg_model.unet import ExportedSegmenter
 
 log = logging.getLogger(__name__)
-PARITY_ATOL = 1e-4  # on probabilities in [0, 1]; float32 kernels differ in summation order
+# On probabilities in [0, 1]. The per-image statistics are float32 sums over every pixel
+# (170k for a tile); PyTorch and ONNX Runtime add them in different orders, which moves
+# probabilities by up to ~1e-3 on real tiles (measured 8e-4) and by ~1e-5 elsewhere.
+PARITY_ATOL = 2e-3
+PARITY_MAX_MASK_DISAGREEMENT = 1e-4  # fraction of pixels whose 0.5-thresholded mask differs
 OPSET = 18
 CALIBRATION_THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)
 
@@ -28,6 +32,8 @@ CALIBRATION_THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)
 def export_onnx(net: torch.nn.Module, out: Path, metadata: dict[str, str]) -> None:
     """Export ``net`` (a UNet) to ``out`` atomically, with ``metadata`` in the file."""
     wrapper = ExportedSegmenter(net).eval()  # type: ignore[arg-type]
+    for noisy in ("onnxscript", "onnx_ir"):  # they log every graph rewrite at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     example = torch.zeros((1, 360, 480, 3), dtype=torch.uint8)
     dims = {
         0: torch.export.Dim("batch", max=1024),
@@ -76,13 +82,18 @@ def check_parity(net: torch.nn.Module, onnx_path: Path) -> float:
     segmenter = OnnxSegmenter(onnx_path)
     segmenter.load()
     worst = 0.0
+    disagreeing = total = 0
     for batch in parity_inputs():
         with torch.no_grad():
             expected = wrapper(torch.from_numpy(batch)).numpy()[:, 0]
         actual = segmenter.predict(batch)
         worst = max(worst, float(np.abs(expected - actual).max()))
+        disagreeing += int(((expected > 0.5) != (actual > 0.5)).sum())
+        total += expected.size
     if worst > PARITY_ATOL:
         raise AssertionError(f"ONNX Runtime differs from PyTorch by {worst:.2e} > {PARITY_ATOL:.0e}")
+    if disagreeing > PARITY_MAX_MASK_DISAGREEMENT * total:
+        raise AssertionError(f"ONNX Runtime and PyTorch masks differ on {disagreeing} of {total} pixels")
     return worst
 
 

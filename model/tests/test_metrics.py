@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from cropseg_model.evaluate import edge_errors
 from cropseg_model.metrics import score, summarise
 
 
@@ -53,3 +54,12 @@ def test_summary_separates_black_tiles() -> None:
     assert summary["pixel_accuracy_non_black"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="no images"):
         summarise([])
+
+
+def test_edge_errors_count_mistakes_next_to_true_edges() -> None:
+    truth = np.zeros((7, 7), np.uint8)
+    truth[2:5, 2:5] = 255
+    prediction = truth.copy()
+    prediction[1, 3] = 255  # one pixel too far out: next to the edge
+    prediction[6, 6] = 255  # isolated false positive far from any edge
+    assert edge_errors(prediction, truth) == (2, 1)
