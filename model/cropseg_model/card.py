@@ -130,17 +130,20 @@ def _figures(stages: list[dict[str, Any]], onnx_path: Path, artifacts: Path) -> 
     from cropseg_model.runtime import OnnxSegmenter
     from cropseg_model.synth import generate_tile
 
-    history, offset = [], 0
+    history, offset, boundaries = [], 0, []
     for stage in stages:  # later stages continue the step count of earlier ones
         history += [{**h, "step": h["step"] + offset} for h in stage["history"]]
         offset += stage["config"]["steps"]
-    training_curve(history, artifacts / "training_curve.png")
+        boundaries.append(offset)
+    training_curve(history, boundaries[:-1], artifacts / "training_curve.png")
     segmenter = OnnxSegmenter(onnx_path)
     segmenter.load()
     wanted = ["rgb", "cir", "nir_re_r", "partial"]
     rows = []
     for index in range(200):
         tile = generate_tile(3, index)[0]
+        if tile.meta["black"] == "full":
+            continue
         key = "partial" if tile.meta["black"] == "partial" else str(tile.meta["sensor"])
         if key in wanted:
             wanted.remove(key)

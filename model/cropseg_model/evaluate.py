@@ -128,7 +128,8 @@ def markdown_table(report: dict[str, object]) -> str:
     assert isinstance(methods, dict)
     columns = ["IoU (non-black)", "pixel accuracy (non-black)", "IoU (all)", "pixel accuracy (all)"]
     rows = ["| method | " + " | ".join(columns) + " | ms / image |", "|---|" + "---:|" * (len(columns) + 1)]
-    for name, m in methods.items():
+    for name in sorted(methods, key=lambda n: list(METHOD_LABELS).index(n) if n in METHOD_LABELS else 99):
+        m = methods[name]
         values = [m["iou_non_black"], m["pixel_accuracy_non_black"], m["iou"], m["pixel_accuracy"]]
         cells = " | ".join(f"{v:.3f}" for v in values)
         rows.append(f"| {METHOD_LABELS.get(name, name)} | {cells} | {1000 * m['seconds_per_image']:.1f} |")

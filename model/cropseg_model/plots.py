@@ -15,15 +15,15 @@ from cropseg_model.baselines import exg_otsu
 from cropseg_model.metrics import score
 
 
-def _save(figure: Any, path: Path) -> None:
+def _save(figure: Any, path: Path, dpi: int = 110) -> None:
     # Figure objects render without pyplot's global state or a display backend.
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     write_atomic(path, buffer.getvalue())
 
 
-def training_curve(history: list[dict[str, float]], path: Path) -> None:
-    """Validation IoU (non-black) and training loss against the step."""
+def training_curve(history: list[dict[str, float]], stage_ends: list[int], path: Path) -> None:
+    """Validation IoU (non-black) and training loss against the step; stages split by lines."""
     steps = [h["step"] for h in history]
     figure = Figure(figsize=(6.5, 3.2))
     left = figure.subplots()
@@ -35,7 +35,10 @@ def training_curve(history: list[dict[str, float]], path: Path) -> None:
     right = left.twinx()
     right.plot(steps, [h["loss"] for h in history], "s--", color="tab:gray", label="train loss (EMA)")
     right.set_ylabel("training loss")
-    figure.legend(loc="lower center", ncol=2, bbox_to_anchor=(0.5, -0.08), frameon=False)
+    for end in stage_ends:
+        left.axvline(end, color="tab:blue", linestyle=":", linewidth=1)
+        left.annotate(" stage 2", (end, max(iou)), ha="left", va="top", fontsize=8, color="tab:blue")
+    figure.legend(loc="center right", bbox_to_anchor=(0.88, 0.5), fontsize=8)
     left.set_title("U-Net training on synthetic tiles")
     _save(figure, path)
 
@@ -57,4 +60,4 @@ def examples(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: P
             axis.set_title(label, fontsize=9)
             axis.axis("off")
     figure.tight_layout()
-    _save(figure, path)
+    _save(figure, path, dpi=72)

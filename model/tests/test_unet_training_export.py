@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from cropseg_model.card import write_card
 from cropseg_model.cli import main
 from cropseg_model.datasets import DatasetError
+from cropseg_model.evaluate import markdown_table
 from cropseg_model.export import PARITY_ATOL, check_parity, export_onnx
 from cropseg_model.runtime import OnnxSegmenter
 from cropseg_model.train import (
@@ -158,3 +160,95 @@ def test_train_and_export_commands_without_a_validation_folder(tiny_dataset: Pat
     assert main(argv) == 0
     segmenter = OnnxSegmenter(onnx_path)
     assert segmenter.load().version == "9.9.9"
+
+
+@pytest.mark.slow
+def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> None:
+    """generate -> train (2 stages) -> export (calibrated) -> evaluate -> profile -> card."""
+    artifacts = tmp_path / "model" / "artifacts"
+    onnx_path = artifacts / "cropseg-unet.onnx"
+    (tmp_path / "README.md").write_text(
+        "intro\n<!-- model-table:start -->\nold\n<!-- model-table:end -->\nend\n"
+    )
+    common = ["--data", str(tiny_dataset), "--val", str(tiny_dataset), "--batch-size", "2", "--crop", "32"]
+    assert (
+        main(["-q", "train", *common, "--out", str(tmp_path / "s1.pt"), "--steps", "2", "--val-every", "1"])
+        == 0
+    )
+    argv = [
+        "-q",
+        "train",
+        *common,
+        "--out",
+        str(tmp_path / "s2.pt"),
+        "--steps",
+        "2",
+        "--val-every",
+        "1",
+        "--init",
+        str(tmp_path / "s1.pt"),
+        "--lr",
+        "1e-3",
+        "--seed",
+        "1",
+    ]
+    assert main(argv) == 0
+    argv = [
+        "-q",
+        "export",
+        "--checkpoint",
+        str(tmp_path / "s2.pt"),
+        "--out",
+        str(onnx_path),
+        "--report",
+        str(tmp_path / "export.json"),
+        "--calibrate",
+        str(tiny_dataset),
+    ]
+    assert main(argv) == 0
+    export = json.loads((tmp_path / "export.json").read_text())
+    assert export["threshold"] in export["threshold_calibration"]
+    argv = [
+        "-q",
+        "evaluate",
+        "--model",
+        str(onnx_path),
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(tmp_path / "eval.json"),
+        "--robustness",
+    ]
+    assert main(argv) == 0
+    argv = [
+        "-q",
+        "profile",
+        "--model",
+        str(onnx_path),
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(artifacts / "reference_profile.npz"),
+    ]
+    assert main(argv) == 0
+
+    metrics_path, card_path = write_card(
+        tmp_path / "s2.json",
+        tmp_path / "export.json",
+        tmp_path / "eval.json",
+        artifacts,
+        tmp_path / "s1.json",
+    )
+    metrics = json.loads(metrics_path.read_text())
+    assert len(metrics["training"]["stages"]) == 2
+    table = markdown_table(metrics["evaluation"])
+    card = card_path.read_text()
+    assert table in card
+    assert "| 2 | 2 | 0.001 | 1 |" in card
+    assert "of 8 reference tiles" in card
+    readme = (tmp_path / "README.md").read_text()
+    assert readme.startswith("intro\n")
+    assert table in readme
+    assert "old" not in readme
+    for figure in ("examples.png", "training_curve.png"):
+        assert (artifacts / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
