@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from cropseg_core.files import write_atomic
 
-BANDS = ("blue", "green", "red", "red_edge", "nir")
+# Band order everywhere below: blue, green, red, red edge, near infrared.
 SENSORS: dict[str, tuple[int, int, int]] = {"rgb": (2, 1, 0), "cir": (4, 2, 1), "nir_re_r": (4, 3, 2)}
 SENSOR_WEIGHTS = {"rgb": 0.6, "cir": 0.25, "nir_re_r": 0.15}
 

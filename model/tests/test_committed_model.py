@@ -32,6 +32,14 @@ def test_model_is_small_and_describes_itself(segmenter: OnnxSegmenter) -> None:
     assert segmenter.info.sha256 == METRICS["model"]["sha256"], "metrics.json is stale: rerun make model"
 
 
+def test_unloaded_model_refuses_to_predict() -> None:
+    model = OnnxSegmenter(DEFAULT_MODEL)
+    model.load()
+    model.unload()
+    with pytest.raises(RuntimeError, match="load"):
+        model.predict(np.zeros((4, 4, 3), np.uint8))
+
+
 def test_evaluation_meets_the_bar() -> None:
     methods = METRICS["evaluation"]["methods"]
     unet = methods["unet"]["iou_non_black"]

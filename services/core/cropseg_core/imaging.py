@@ -109,7 +109,8 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
         raise ImageTooLargeError(f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
     fmt = sniff_format(data)
     if fmt is None:
-        raise NotAnImageError("the data is not a PNG, JPEG or TIFF image (detected from its content)")
+        formats = ", ".join(SUPPORTED_FORMATS)
+        raise NotAnImageError(f"the data is not a {formats} image (detected from its content)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
