@@ -17,6 +17,7 @@ from cropseg_model.datasets import IGNORE, discover, load_masked
 from cropseg_model.metrics import ImageScore, score, summarise
 from cropseg_model.runtime import OnnxSegmenter
 
+EXPOSURE_GAINS = (0.5, 0.7, 1.0, 1.4, 2.0)
 METHOD_LABELS = {"unet": "U-Net (ONNX)", "exg_otsu": "ExG + Otsu", "green_kmeans": "Green filter + k-means"}
 
 
@@ -31,7 +32,12 @@ def _groups(root: Path) -> dict[str, str]:
 def evaluate(
     model: Path, data: Path, progress: bool = True, threshold: float | None = None, robustness: bool = False
 ) -> dict[str, object]:
-    """Score every method on every image of ``data``; returns overall and per-sensor means."""
+    """Score every method on every image of ``data``; returns overall and per-sensor means.
+
+    With ``robustness`` the U-Net and ExG + Otsu are also scored on copies of each image
+    darkened or brightened by the ``EXPOSURE_GAINS`` (then clipped): a network keyed on
+    absolute colour would lose accuracy as soon as the exposure differs from training.
+    """
     segmenter = OnnxSegmenter(model)
     info = segmenter.load()
     threshold = info.threshold if threshold is None else threshold
@@ -45,6 +51,7 @@ def evaluate(
     seconds: dict[str, float] = defaultdict(float)
     errors: dict[str, int] = defaultdict(int)
     edge: dict[str, int] = defaultdict(int)
+    exposure: dict[tuple[str, str], list[ImageScore]] = defaultdict(list)
     samples = discover(data)
     for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
         image, truth = load_masked(sample)
@@ -59,6 +66,10 @@ def evaluate(
             edge[name] += near_edge
             if sample.name in groups:
                 by_group[(groups[sample.name], name)].append(result)
+        for gain in EXPOSURE_GAINS if robustness else ():
+            shifted = np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+            for name in ("unet", "exg_otsu"):
+                exposure[(f"{gain:g}", name)].append(score(methods[name](shifted), truth, image))
     report: dict[str, object] = {
         "data": str(data),
         "model": str(model),
@@ -76,7 +87,13 @@ def evaluate(
         },
     }
     if robustness:
-        report["exposure_robustness"] = exposure_robustness(model, data, progress=progress)
+        report["exposure_robustness"] = {
+            f"{gain:g}": {
+                name: float(summarise(exposure[(f"{gain:g}", name)])["iou_non_black"])
+                for name in ("unet", "exg_otsu")
+            }
+            for gain in EXPOSURE_GAINS
+        }
     return report
 
 
@@ -88,30 +105,6 @@ def edge_errors(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
     kernel = np.ones((3, 3), np.uint8)
     near_edge = cv2.dilate(vegetation, kernel) != cv2.erode(vegetation, kernel)
     return int(wrong.sum()), int((wrong & near_edge).sum())
-
-
-def exposure_robustness(
-    model: Path, data: Path, gains: tuple[float, ...] = (0.5, 0.7, 1.0, 1.4, 2.0), progress: bool = True
-) -> dict[str, dict[str, float]]:
-    """IoU (non-black) when every image is darkened or brightened by ``gain`` (then clipped).
-
-    Measures what the relative inputs buy: a network that keyed on absolute colour would
-    lose accuracy as soon as the exposure differs from training.
-    """
-    segmenter = OnnxSegmenter(model)
-    segmenter.load()
-    scores: dict[str, dict[str, list[ImageScore]]] = {f"{g:g}": {"unet": [], "exg_otsu": []} for g in gains}
-    for sample in tqdm(discover(data), desc="exposure robustness", unit="img", disable=not progress):
-        image, truth = load_masked(sample)
-        for gain in gains:
-            shifted = np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-            per_method = scores[f"{gain:g}"]
-            per_method["unet"].append(score(segmenter.segment(shifted), truth, image))
-            per_method["exg_otsu"].append(score(BASELINES["exg_otsu"](shifted), truth, image))
-    return {
-        gain: {name: float(summarise(items)["iou_non_black"]) for name, items in per_method.items()}
-        for gain, per_method in scores.items()
-    }
 
 
 def robustness_table(robustness: dict[str, dict[str, float]]) -> str:
