@@ -16,8 +16,8 @@ from cropseg_core.files import write_atomic
 from cropseg_model.metrics import score, summarise
 from cropseg_model.runtime import DEFAULT_THRESHOLD, INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
 from cropseg_model.synth import generate_tile
-from cropseg_model.train import load_checkpoint, load_pairs
-from cropseg_model.unet import ExportedSegmenter
+from cropseg_model.train import load_checkpoint, load_pairs, predict_probabilities
+from cropseg_model.unet import ExportedSegmenter, UNet
 
 log = logging.getLogger(__name__)
 # On probabilities in [0, 1]. The per-image statistics are float32 sums over every pixel
@@ -98,14 +98,10 @@ def check_parity(net: torch.nn.Module, onnx_path: Path) -> float:
 
 
 def calibrate_threshold(
-    net: torch.nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]
+    net: UNet, pairs: list[tuple[np.ndarray, np.ndarray]]
 ) -> tuple[float, dict[str, float]]:
     """The probability threshold with the best mean IoU (non-black) on validation ``pairs``."""
-    wrapper = ExportedSegmenter(net).eval()  # type: ignore[arg-type]
-    probabilities = []
-    with torch.no_grad():
-        for image, _ in pairs:
-            probabilities.append(wrapper(torch.tensor(image)[None]).numpy()[0, 0])
+    probabilities = predict_probabilities(net, [image for image, _ in pairs], torch.device("cpu"))
     by_threshold = {}
     for threshold in CALIBRATION_THRESHOLDS:
         scores = (

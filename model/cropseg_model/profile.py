@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from cropseg_core.features import PROPERTY_NAMES, grey_histogram, image_properties
 from cropseg_core.files import write_atomic
+from cropseg_core.masks import vegetation_fraction
 from cropseg_model.datasets import discover, load_masked
 from cropseg_model.runtime import OnnxSegmenter
 
@@ -26,7 +27,6 @@ PROFILE_VERSION = 1
 def build_profile(model: Path, data: Path, out: Path, progress: bool = True) -> dict[str, object]:
     segmenter = OnnxSegmenter(model)
     info = segmenter.load()
-    threshold = info.threshold
     histograms, properties, truth, predicted, names = [], [], [], [], []
     for sample in tqdm(discover(data), desc="profiling", unit="img", disable=not progress):
         image, mask = load_masked(sample)
@@ -34,7 +34,7 @@ def build_profile(model: Path, data: Path, out: Path, progress: bool = True) -> 
         histograms.append(grey_histogram(image))
         properties.append(image_properties(image))
         truth.append(float((mask > 127).mean()))
-        predicted.append(float((segmenter.predict(image) > threshold).mean()))
+        predicted.append(vegetation_fraction(segmenter.segment(image)))
     meta = {
         "profile_version": PROFILE_VERSION,
         "model_name": info.name,
@@ -42,7 +42,7 @@ def build_profile(model: Path, data: Path, out: Path, progress: bool = True) -> 
         "model_sha256": info.sha256,
         "source": data.name,
         "images": len(names),
-        "threshold": threshold,
+        "threshold": info.threshold,
         "property_names": list(PROPERTY_NAMES),
     }
     buffer = io.BytesIO()

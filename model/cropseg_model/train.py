@@ -118,13 +118,18 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
 
 
 @torch.no_grad()
-def predict_masks(net: UNet, images: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
+def predict_probabilities(net: UNet, images: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
+    """Vegetation probability (H, W) of each RGB uint8 image, one image at a time."""
     net.eval()
-    masks = []
+    probabilities = []
     for image in images:
         x = torch.tensor(image).permute(2, 0, 1)[None].float().div(255).to(device)
-        masks.append((torch.sigmoid(net(x))[0, 0] > 0.5).cpu().numpy().astype(np.uint8) * 255)
-    return masks
+        probabilities.append(torch.sigmoid(net(x))[0, 0].cpu().numpy())
+    return probabilities
+
+
+def predict_masks(net: UNet, images: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
+    return [np.where(p > 0.5, 255, 0).astype(np.uint8) for p in predict_probabilities(net, images, device)]
 
 
 def validate(
