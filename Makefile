@@ -5,8 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-PKGS   := -e services/core -e model
-SOURCES := services/core/cropseg_core model/cropseg_model
+PKGS   := -e 'services/core[onnx,service]' -e model -e services/inference
+SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference
 DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
 
@@ -32,7 +32,8 @@ $(BIN)/python:
 	$(PIP) install --quiet --upgrade "pip>=24"
 
 # Runtime install: what `make up` needs (no torch).
-$(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml model/pyproject.toml
+$(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml model/pyproject.toml \
+		services/inference/pyproject.toml
 	$(PIP) install --quiet -c constraints.txt $(PKGS)
 	@touch $@
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from cropseg_core.files import write_atomic, write_json
+from cropseg_core.segmenter import file_sha256
 from cropseg_model.evaluate import markdown_table, robustness_table, sensor_table
-from cropseg_model.runtime import file_sha256
 
 CARD_TEMPLATE = """\
 # Model card: {name} {version}
@@ -126,8 +126,8 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _figures(stages: list[dict[str, Any]], onnx_path: Path, artifacts: Path) -> None:
+    from cropseg_core.segmenter import OnnxSegmenter
     from cropseg_model.plots import examples, training_curve
-    from cropseg_model.runtime import OnnxSegmenter
     from cropseg_model.synth import generate_tile
 
     history, offset, boundaries = [], 0, []

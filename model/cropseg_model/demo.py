@@ -8,8 +8,8 @@ from pathlib import Path
 
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import encode_png, overlay, vegetation_fraction
+from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.metrics import score
-from cropseg_model.runtime import OnnxSegmenter
 from cropseg_model.synth import generate_tile
 
 

@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.baselines import BASELINES
 from cropseg_model.datasets import IGNORE, discover, load_masked
 from cropseg_model.metrics import ImageScore, score, summarise
-from cropseg_model.runtime import OnnxSegmenter
 
 EXPOSURE_GAINS = (0.5, 0.7, 1.0, 1.4, 2.0)
 METHOD_LABELS = {"unet": "U-Net (ONNX)", "exg_otsu": "ExG + Otsu", "green_kmeans": "Green filter + k-means"}

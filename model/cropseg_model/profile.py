@@ -18,8 +18,8 @@ from tqdm import tqdm
 from cropseg_core.features import PROPERTY_NAMES, grey_histogram, image_properties
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import vegetation_fraction
+from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.datasets import discover, load_masked
-from cropseg_model.runtime import OnnxSegmenter
 
 PROFILE_VERSION = 1
 

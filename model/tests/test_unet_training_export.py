@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.card import write_card
 from cropseg_model.cli import main
 from cropseg_model.datasets import DatasetError
 from cropseg_model.evaluate import markdown_table
 from cropseg_model.export import PARITY_ATOL, check_parity, export_onnx
-from cropseg_model.runtime import OnnxSegmenter
 from cropseg_model.train import (
     CropSampler,
     TrainConfig,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -18,6 +19,14 @@ import onnxruntime as ort
 INPUT_NAME = "image"
 OUTPUT_NAME = "vegetation_probability"
 DEFAULT_THRESHOLD = 0.5  # used when the model file does not carry a calibrated one
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+_GRAPH_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
 
 
 @dataclass(frozen=True)
@@ -40,16 +49,23 @@ def file_sha256(path: Path) -> str:
 class OnnxSegmenter:
     """Loads the ONNX U-Net once; ``predict`` maps RGB uint8 images to probabilities."""
 
-    def __init__(self, path: Path, *, intra_op_threads: int = 0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        intra_op_threads: int = 0,
+        graph_optimization: GraphOptimization = "all",
+    ) -> None:
         self.path = path
-        self.intra_op_threads = intra_op_threads
+        self.intra_op_threads = intra_op_threads  # 0: one thread per physical core
+        self.graph_optimization = graph_optimization
         self._session: ort.InferenceSession | None = None
         self.info: ModelInfo | None = None
 
     def load(self) -> ModelInfo:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.graph_optimization_level = _GRAPH_OPTIMIZATION[self.graph_optimization]
         session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         self._session = session
@@ -61,6 +77,10 @@ class OnnxSegmenter:
             metadata=metadata,
         )
         return self.info
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
 
     def unload(self) -> None:
         self._session = None

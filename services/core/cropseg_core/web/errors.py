@@ -1,0 +1,136 @@
+"""One error shape for every service, registered once per app.
+
+Hierarchy (the HTTP status lives on the class)::
+
+    ServiceError                     500 internal_error
+     ├── ClientError                 400 bad_request      the client can fix it
+     │    ├── NotFoundError          404 not_found
+     │    ├── PayloadTooLargeError   413 payload_too_large
+     │    └── UnsupportedMediaTypeError 415 unsupported_media_type
+     └── UnavailableError            503 unavailable      retry later (Retry-After)
+
+``cropseg_core.imaging.ImageDecodeError`` carries ``code`` and ``status_code`` the same way
+and is answered by the same handler. Bodies look like
+``{"error": {"code": "not_an_image", "message": "..."}}``; routes under a *plain* prefix
+(the Open Inference Protocol's ``/v2``) answer ``{"error": "..."}`` as that protocol requires.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cropseg_core.imaging import ImageDecodeError
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class ClientError(ServiceError):
+    status_code = 400
+    code = "bad_request"
+
+
+class NotFoundError(ClientError):
+    status_code = 404
+    code = "not_found"
+
+
+class PayloadTooLargeError(ClientError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(ClientError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class UnavailableError(ServiceError):
+    status_code = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+ERROR_RESPONSE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["code", "message"],
+        }
+    },
+    "required": ["error"],
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` entries for the error statuses a route can answer."""
+    return {
+        status: {"description": "Error", "content": {"application/json": {"schema": ERROR_RESPONSE_SCHEMA}}}
+        for status in statuses
+    }
+
+
+def _describe_validation(error: dict[str, Any]) -> str:
+    location = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+    return f"{location}: {error.get('msg', 'invalid')}" if location else str(error.get("msg", "invalid"))
+
+
+def install_error_handlers(app: FastAPI, *, plain_prefixes: Sequence[str] = ()) -> None:
+    """Register the one error handler for every error a request can end in."""
+
+    def respond(
+        request: Request, status: int, code: str, message: str, headers: dict[str, str]
+    ) -> JSONResponse:
+        if any(request.url.path.startswith(prefix) for prefix in plain_prefixes):
+            body: dict[str, Any] = {"error": message}
+        else:
+            body = {"error": {"code": code, "message": message}}
+        return JSONResponse(body, status_code=status, headers=headers or None)
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError | ImageDecodeError)
+        headers = exc.headers if isinstance(exc, ServiceError) else {}
+        return respond(request, exc.status_code, exc.code, str(exc), headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        message = "; ".join(_describe_validation(error) for error in exc.errors())
+        return respond(request, 422, "invalid_request", message, {})
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code in (404, 405) and message in ("Not Found", "Method Not Allowed"):
+            message = f"{message}: {request.method} {request.url.path} is not an endpoint here (see /docs)"
+        return respond(request, exc.status_code, code, message, dict(exc.headers or {}))
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return respond(request, 500, "internal_error", "internal error; see the service log", {})
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(ImageDecodeError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

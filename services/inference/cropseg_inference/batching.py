@@ -1,0 +1,169 @@
+"""Micro-batching: tiles from concurrent requests run together in one ONNX Runtime call.
+
+Requests put their tiles in one bounded queue; a single worker takes the oldest tile plus
+up to ``max_batch_size - 1`` more of the same shape (waiting at most ``max_wait_s`` for
+them), runs the batch in a worker thread so the event loop stays free, and resolves each
+tile's future. While one batch runs, the next one gathers, so batches grow with load by
+themselves. A full queue refuses new work at once (the caller answers 503 + Retry-After)
+instead of letting requests wait into client timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class QueueFullError(Exception):
+    """The queue holds ``max_queue`` tiles already; try again later."""
+
+
+class BatcherStoppedError(Exception):
+    """The batcher is shutting down and takes no new work."""
+
+
+@dataclass
+class BatchStats:
+    """What the batcher reports per batch (for metrics)."""
+
+    size: int
+    queued_s: float  # the oldest tile's wait
+    run_s: float
+
+
+@dataclass
+class _Pending:
+    array: np.ndarray
+    future: asyncio.Future[TileResult]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(frozen=True)
+class TileResult:
+    output: np.ndarray
+    queued_s: float
+    run_s: float
+    batch_size: int
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[BatchStats], None] = lambda stats: None,
+        on_depth: Callable[[int], None] = lambda depth: None,
+    ) -> None:
+        self._run = run
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._on_depth = on_depth
+        self._queue: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self._worker: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._serve(), name="micro-batcher")
+
+    def submit(self, arrays: list[np.ndarray]) -> list[asyncio.Future[TileResult]]:
+        """Queue ``arrays`` (all of them, or none when the queue is already full)."""
+        if self._stopping:
+            raise BatcherStoppedError("the service is shutting down")
+        if len(self._queue) >= self.max_queue:
+            raise QueueFullError(f"{len(self._queue)} tiles are waiting (limit {self.max_queue})")
+        loop = asyncio.get_running_loop()
+        pending = [_Pending(array, loop.create_future()) for array in arrays]
+        self._queue.extend(pending)
+        self._on_depth(len(self._queue))
+        self._arrived.set()
+        return [p.future for p in pending]
+
+    async def run(self, arrays: list[np.ndarray]) -> list[TileResult]:
+        futures = self.submit(arrays)
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for future in futures:
+                future.cancel()  # the worker skips cancelled tiles
+            raise
+
+    async def stop(self) -> None:
+        """Refuse new work, finish what is queued, then stop the worker."""
+        self._stopping = True
+        while self._queue:
+            await asyncio.sleep(0.005)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._executor.shutdown(wait=True)
+
+    def _take_batch(self) -> list[_Pending]:
+        head = self._queue.popleft()
+        batch, keep = [head], deque[_Pending]()
+        shape = head.array.shape
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.future.cancelled():
+                continue
+            (batch if item.array.shape == shape else keep).append(item)
+        self._queue.extendleft(reversed(keep))
+        return batch
+
+    def _has_full_batch(self) -> bool:
+        shape = self._queue[0].array.shape
+        return sum(1 for item in self._queue if item.array.shape == shape) >= self.max_batch_size
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+            if self._queue[0].future.cancelled():
+                self._queue.popleft()
+                self._on_depth(len(self._queue))
+                continue
+            if self.max_wait_s > 0:
+                deadline = self._queue[0].enqueued_at + self.max_wait_s
+                while not self._has_full_batch() and (remaining := deadline - time.perf_counter()) > 0:
+                    self._arrived.clear()
+                    try:
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                    except TimeoutError:
+                        break
+            batch = self._take_batch()
+            self._on_depth(len(self._queue))
+            started = time.perf_counter()
+            try:
+                outputs = await loop.run_in_executor(
+                    self._executor, self._run, np.stack([p.array for p in batch])
+                )
+            except Exception as e:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+                continue
+            run_s = time.perf_counter() - started
+            self._on_batch(BatchStats(len(batch), started - batch[0].enqueued_at, run_s))
+            for item, output in zip(batch, outputs, strict=True):
+                if not item.future.done():
+                    item.future.set_result(TileResult(output, started - item.enqueued_at, run_s, len(batch)))

@@ -1,0 +1,148 @@
+"""The model behind the HTTP layer: tiling, micro-batching, thresholding. Knows nothing of HTTP
+except the service errors it raises."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cropseg_core.segmenter import ModelInfo, OnnxSegmenter
+from cropseg_core.web.errors import UnavailableError
+from cropseg_inference.batching import BatcherStoppedError, BatchStats, MicroBatcher, QueueFullError
+from cropseg_inference.metrics import InferenceMetrics
+from cropseg_inference.settings import InferenceSettings
+from cropseg_inference.tiling import plan_tiles, stitch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segmentation:
+    probability: np.ndarray  # (H, W) float32 in [0, 1]
+    mask: np.ndarray  # (H, W) uint8, 255 = vegetation
+    threshold: float
+    tiles: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def height(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def vegetation_fraction(self) -> float:
+        return float(np.count_nonzero(self.mask)) / self.mask.size if self.mask.size else 0.0
+
+
+class SegmentationEngine:
+    def __init__(self, settings: InferenceSettings, metrics: InferenceMetrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.segmenter = OnnxSegmenter(
+            settings.model_path,
+            intra_op_threads=settings.intra_op_threads,
+            graph_optimization=settings.graph_optimization,
+        )
+        self._batcher: MicroBatcher | None = None
+        self._warmup: asyncio.Task[None] | None = None
+        self.ready = False
+
+    @property
+    def info(self) -> ModelInfo:
+        if self.segmenter.info is None:
+            raise UnavailableError("the model is not loaded yet")
+        return self.segmenter.info
+
+    def load(self) -> ModelInfo:
+        info = self.segmenter.load()
+        self.metrics.set_model(info)
+        log.info(
+            "loaded model %s %s (sha256 %s) from %s",
+            info.name,
+            info.version,
+            info.sha256[:12],
+            self.segmenter.path,
+        )
+        return info
+
+    async def start(self) -> None:
+        """Start the batcher and warm the model up in the background; ready afterwards."""
+        self._batcher = MicroBatcher(
+            self.segmenter.predict,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_s=self.settings.max_batch_wait_ms / 1000,
+            max_queue=self.settings.max_queue_tiles,
+            on_batch=self._observe_batch,
+            on_depth=self.metrics.queue_depth.set,
+        )
+        self._batcher.start()
+        self._warmup = asyncio.get_running_loop().create_task(self._warm_up(), name="warm-up")
+
+    async def _warm_up(self) -> None:
+        started = time.perf_counter()
+        size = self.settings.tile_size
+        blank = np.full((size, size, 3), 96, dtype=np.uint8)
+        for _ in range(self.settings.warmup_runs):
+            await self.run_tiles([blank])
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: %d warm-up runs in %.2f s", self.settings.warmup_runs, time.perf_counter() - started)
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.metrics.ready.set(0)
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+        if self._batcher is not None:
+            await self._batcher.stop()
+        self.segmenter.unload()
+
+    def _observe_batch(self, stats: BatchStats) -> None:
+        self.metrics.batch_size.observe(stats.size)
+        self.metrics.batch_duration.observe(stats.run_s)
+
+    async def run_tiles(self, tiles: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """Probabilities of each tile and how long the first one waited in the queue."""
+        if self._batcher is None:
+            raise UnavailableError("the model is not loaded yet")
+        try:
+            results = await self._batcher.run(tiles)
+        except QueueFullError as e:
+            self.metrics.rejected.inc()
+            raise UnavailableError(
+                f"the service is at capacity ({e}); retry after {self.settings.retry_after_s} s",
+                retry_after_s=self.settings.retry_after_s,
+            ) from e
+        except BatcherStoppedError as e:
+            raise UnavailableError(str(e), retry_after_s=self.settings.retry_after_s) from e
+        return [r.output for r in results], results[0].queued_s
+
+    async def segment(self, pixels: np.ndarray, threshold: float | None = None) -> Segmentation:
+        """Segment one RGB uint8 image of any size (tiled when larger than ``tile_size``)."""
+        if not self.ready:
+            raise UnavailableError("the model is warming up", retry_after_s=self.settings.retry_after_s)
+        threshold = self.info.threshold if threshold is None else threshold
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        height, width = pixels.shape[:2]
+        plan = plan_tiles(height, width, self.settings.tile_size, self.settings.tile_overlap)
+        tiles = [tile.read(pixels) for tile in plan]
+        timings["preprocess"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        outputs, queued_s = await self.run_tiles(tiles)
+        timings["queue"] = queued_s
+        timings["infer"] = time.perf_counter() - started - queued_s
+
+        started = time.perf_counter()
+        probability = stitch(outputs, plan, height, width)
+        mask = np.where(probability > threshold, np.uint8(255), np.uint8(0))
+        timings["postprocess"] = time.perf_counter() - started
+        return Segmentation(probability, mask, threshold, len(plan), timings)

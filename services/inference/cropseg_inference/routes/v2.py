@@ -1,0 +1,295 @@
+"""Open Inference Protocol v2 (the KServe / Triton / MLServer REST API), so existing clients work.
+
+Supported: server and model metadata, health, and ``infer`` with JSON tensors or Triton's
+binary tensor extension (``Inference-Header-Content-Length``). The one input is ``image``
+(UINT8, [N, H, W, 3], RGB); outputs are ``vegetation_probability`` (FP32, [N, 1, H, W]),
+``mask`` (UINT8, [N, 1, H, W], 255 = vegetation) and ``vegetation_fraction`` (FP32, [N]).
+Request parameter ``threshold`` overrides the model's. Errors are ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from cropseg_core.segmenter import INPUT_NAME, OUTPUT_NAME
+from cropseg_core.web.bodies import read_limited_body
+from cropseg_core.web.errors import ClientError, NotFoundError, PayloadTooLargeError
+from cropseg_inference import SERVICE_NAME
+from cropseg_inference.deps import get_app_settings, get_engine, get_metrics
+from cropseg_inference.engine import Segmentation, SegmentationEngine
+from cropseg_inference.metrics import InferenceMetrics
+from cropseg_inference.settings import InferenceSettings
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+MASK_OUTPUT, FRACTION_OUTPUT = "mask", "vegetation_fraction"
+OUTPUTS = {
+    OUTPUT_NAME: ("FP32", np.float32),
+    MASK_OUTPUT: ("UINT8", np.uint8),
+    FRACTION_OUTPUT: ("FP32", np.float32),
+}
+Parameters = dict[str, str | int | float | bool]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class RequestInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class RequestOutput(BaseModel):
+    name: str
+    parameters: Parameters | None = None
+
+
+class InferenceRequest(BaseModel):
+    id: str | None = None
+    parameters: Parameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Parameters | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+def _check_model(engine: SegmentationEngine, name: str, version: str | None = None) -> None:
+    info = engine.info
+    if name != info.name:
+        raise NotFoundError(f"unknown model {name!r}; this server serves {info.name!r}")
+    if version is not None and version != info.version:
+        raise NotFoundError(f"model {name!r} has no version {version!r}; served version is {info.version!r}")
+
+
+@router.get("", summary="Server metadata")
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVICE_NAME, "version": "2", "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live", summary="Server liveness")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server readiness")
+def ready(engine: Annotated[SegmentationEngine, Depends(get_engine)]) -> JSONResponse:
+    return JSONResponse({"ready": engine.ready}, status_code=200 if engine.ready else 503)
+
+
+@router.get("/models/{model_name}", response_model=ModelMetadata, summary="Model metadata")
+@router.get(
+    "/models/{model_name}/versions/{model_version}", response_model=ModelMetadata, include_in_schema=False
+)
+def model_metadata(
+    engine: Annotated[SegmentationEngine, Depends(get_engine)],
+    model_name: str,
+    model_version: str | None = None,
+) -> ModelMetadata:
+    _check_model(engine, model_name, model_version)
+    return ModelMetadata(
+        name=engine.info.name,
+        versions=[engine.info.version],
+        platform="onnxruntime_onnx",
+        inputs=[TensorMetadata(name=INPUT_NAME, datatype="UINT8", shape=[-1, -1, -1, 3])],
+        outputs=[
+            TensorMetadata(name=OUTPUT_NAME, datatype="FP32", shape=[-1, 1, -1, -1]),
+            TensorMetadata(name=MASK_OUTPUT, datatype="UINT8", shape=[-1, 1, -1, -1]),
+            TensorMetadata(name=FRACTION_OUTPUT, datatype="FP32", shape=[-1]),
+        ],
+    )
+
+
+@router.get("/models/{model_name}/ready", summary="Model readiness")
+def model_ready(engine: Annotated[SegmentationEngine, Depends(get_engine)], model_name: str) -> JSONResponse:
+    _check_model(engine, model_name)
+    return JSONResponse({"name": model_name, "ready": engine.ready}, status_code=200 if engine.ready else 503)
+
+
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
+    """The JSON part and the binary part (Triton's binary tensor extension) of a request."""
+    split = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ClientError(
+                f"{HEADER_LENGTH} must be the byte length of the JSON header (at most {len(body)})"
+            )
+        split = int(header_length)
+    try:
+        request = InferenceRequest.model_validate_json(body[:split])
+    except ValidationError as e:
+        details = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
+        raise ClientError(f"invalid inference request: {details}") from e
+    return request, body[split:]
+
+
+def input_images(request: InferenceRequest, binary: bytes, max_pixels: int) -> np.ndarray:
+    """The ``image`` input as a (N, H, W, 3) uint8 array, checked against the declared shape."""
+    if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
+        raise ClientError(f"expected exactly one input named {INPUT_NAME!r}")
+    tensor = request.inputs[0]
+    if tensor.datatype != "UINT8":
+        raise ClientError(f"input {INPUT_NAME!r} must have datatype UINT8 (RGB bytes), got {tensor.datatype}")
+    shape = tensor.shape
+    if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
+        raise ClientError(f"input {INPUT_NAME!r} must have shape [N, H, W, 3] with N, H, W >= 1, got {shape}")
+    if shape[0] * shape[1] * shape[2] > max_pixels:
+        raise PayloadTooLargeError(
+            f"{shape[0]} x {shape[1]} x {shape[2]} pixels exceed the limit of {max_pixels}: "
+            "send fewer or smaller images"
+        )
+    expected = int(np.prod(shape))
+    binary_size = (tensor.parameters or {}).get("binary_data_size")
+    if binary_size is not None:
+        if binary_size != expected or len(binary) != expected:
+            raise ClientError(f"binary image data must be exactly {expected} bytes for shape {shape}")
+        return np.frombuffer(binary, dtype=np.uint8).reshape(shape)
+    if tensor.data is None:
+        raise ClientError(f"input {INPUT_NAME!r} has no data (give 'data' or binary_data_size)")
+    try:
+        values = np.asarray(tensor.data, dtype=np.int64).ravel()
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255") from e
+    if values.size != expected:
+        raise ClientError(f"input {INPUT_NAME!r} has {values.size} values, shape {shape} needs {expected}")
+    if values.size and (values.min() < 0 or values.max() > 255):
+        raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255")
+    return values.astype(np.uint8).reshape(shape)
+
+
+def _requested_outputs(request: InferenceRequest) -> list[RequestOutput]:
+    if not request.outputs:
+        return [RequestOutput(name=name) for name in OUTPUTS]
+    for output in request.outputs:
+        if output.name not in OUTPUTS:
+            raise ClientError(f"unknown output {output.name!r}; available: {', '.join(OUTPUTS)}")
+    return request.outputs
+
+
+def _output_array(name: str, results: list[Segmentation]) -> np.ndarray:
+    if name == OUTPUT_NAME:
+        return np.stack([r.probability for r in results])[:, None]
+    if name == MASK_OUTPUT:
+        return np.stack([r.mask for r in results])[:, None]
+    return np.array([r.vegetation_fraction for r in results], dtype=np.float32)
+
+
+def build_response(
+    request: InferenceRequest, engine: SegmentationEngine, results: list[Segmentation]
+) -> tuple[bytes, dict[str, str], str]:
+    """Body, extra headers and media type; binary when any output asks for binary_data."""
+    outputs, blobs = [], []
+    for wanted in _requested_outputs(request):
+        datatype, dtype = OUTPUTS[wanted.name]
+        array = _output_array(wanted.name, results).astype(dtype, copy=False)
+        output = ResponseOutput(name=wanted.name, shape=list(array.shape), datatype=datatype)
+        if (wanted.parameters or {}).get("binary_data"):
+            blob = np.ascontiguousarray(array).tobytes()
+            output.parameters = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            output.data = array.ravel().tolist()
+        outputs.append(output)
+    response = InferenceResponse(
+        model_name=engine.info.name, model_version=engine.info.version, id=request.id, outputs=outputs
+    )
+    header = response.model_dump_json(exclude_none=True).encode()
+    if not blobs:
+        return header, {}, "application/json"
+    return header + b"".join(blobs), {HEADER_LENGTH: str(len(header))}, "application/octet-stream"
+
+
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": InferenceRequest.model_json_schema(),
+                "example": {
+                    "id": "tile-1",
+                    "parameters": {"threshold": 0.5},
+                    "inputs": [
+                        {"name": "image", "shape": [1, 2, 2, 3], "datatype": "UINT8", "data": [0] * 12}
+                    ],
+                    "outputs": [{"name": "mask"}, {"name": "vegetation_fraction"}],
+                },
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+@router.post(
+    "/models/{model_name}/infer",
+    summary="Run inference (Open Inference Protocol v2)",
+    response_model=InferenceResponse,
+    openapi_extra=INFER_BODY,
+    responses={
+        400: {"description": "Invalid request"},
+        404: {"description": "Unknown model"},
+        413: {"description": "Too large"},
+        503: {"description": "At capacity"},
+    },
+)
+@router.post("/models/{model_name}/versions/{model_version}/infer", include_in_schema=False)
+async def infer(
+    request: Request,
+    model_name: str,
+    engine: Annotated[SegmentationEngine, Depends(get_engine)],
+    metrics: Annotated[InferenceMetrics, Depends(get_metrics)],
+    settings: Annotated[InferenceSettings, Depends(get_app_settings)],
+    model_version: str | None = None,
+) -> Response:
+    try:
+        _check_model(engine, model_name, model_version)
+        body = await read_limited_body(request, settings.max_tensor_request_bytes)
+        inference, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
+        images = input_images(inference, binary, settings.image_limits.max_pixels)
+        threshold = (inference.parameters or {}).get("threshold")
+        if threshold is not None and (isinstance(threshold, bool | str) or not 0 <= threshold <= 1):
+            raise ClientError(
+                f"parameter 'threshold' must be a number from 0 to 1, got {json.dumps(threshold)}"
+            )
+        results = await asyncio.gather(*(engine.segment(image, threshold) for image in images))
+        content, headers, media_type = build_response(inference, engine, results)
+    except Exception:
+        metrics.segmentation_result.labels("failure").inc()
+        raise
+    for result in results:
+        metrics.observe(result.timings, result.vegetation_fraction)
+    return Response(content, media_type=media_type, headers=headers)

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from cropseg_inference.batching import BatcherStoppedError, BatchStats, MicroBatcher, QueueFullError
+from inference_testing import MODEL
+
+from cropseg_core.segmenter import OnnxSegmenter
+
+
+def run_async(coroutine_function, *args):  # type: ignore[no-untyped-def]
+    return asyncio.run(coroutine_function(*args))
+
+
+def test_batched_results_equal_single_results(field_tile: np.ndarray) -> None:
+    segmenter = OnnxSegmenter(MODEL)
+    segmenter.load()
+    rng = np.random.default_rng(0)
+    tiles = [np.ascontiguousarray(np.roll(field_tile, rng.integers(0, 300), axis=1)) for _ in range(6)]
+    batches: list[BatchStats] = []
+
+    async def main() -> list[np.ndarray]:
+        batcher = MicroBatcher(segmenter.predict, max_batch_size=4, max_wait_s=0.05, max_queue=64,
+                               on_batch=batches.append)  # fmt: skip
+        batcher.start()
+        results = await asyncio.gather(*(batcher.run([tile]) for tile in tiles))
+        await batcher.stop()
+        return [r[0].output for r in results]
+
+    batched = run_async(main)
+    assert sorted(b.size for b in batches) == [2, 4]  # six tiles gathered within the wait
+    for tile, output in zip(tiles, batched, strict=True):
+        single = segmenter.predict(tile)
+        assert np.abs(output - single).max() < 1e-5
+        assert np.array_equal(output > 0.55, single > 0.55)
+
+
+def recording_model(calls: list[tuple[int, ...]], gate: threading.Event | None = None):  # type: ignore[no-untyped-def]
+    def run(batch: np.ndarray) -> np.ndarray:
+        if gate is not None:
+            gate.wait(5)
+        calls.append(batch.shape)
+        return batch.sum(axis=-1).astype(np.float32)
+
+    return run
+
+
+def test_only_tiles_of_one_shape_share_a_batch() -> None:
+    calls: list[tuple[int, ...]] = []
+
+    async def main() -> None:
+        batcher = MicroBatcher(recording_model(calls), max_batch_size=8, max_wait_s=0.02, max_queue=64)
+        batcher.start()
+        small, large = np.ones((2, 3, 3), np.uint8), np.ones((4, 5, 3), np.uint8)
+        results = await asyncio.gather(batcher.run([small, large, small]), batcher.run([large]))
+        assert results[0][0].output.shape == (2, 3)
+        assert results[0][1].output.shape == (4, 5)
+        await batcher.stop()
+
+    run_async(main)
+    assert sorted(calls) == [(2, 2, 3, 3), (2, 4, 5, 3)]
+
+
+def test_full_queue_refuses_at_once_and_stop_drains() -> None:
+    calls: list[tuple[int, ...]] = []
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher = MicroBatcher(recording_model(calls, gate), max_batch_size=1, max_wait_s=0, max_queue=2)
+        batcher.start()
+        tile = np.zeros((2, 2, 3), np.uint8)
+        first = asyncio.ensure_future(batcher.run([tile]))  # taken by the worker, blocked on the gate
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(batcher.run([tile, tile]))  # fills the queue
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError):
+            batcher.submit([tile])
+        assert batcher.depth == 2
+        gate.set()
+        stopping = asyncio.ensure_future(batcher.stop())
+        await asyncio.sleep(0.01)
+        with pytest.raises(BatcherStoppedError):
+            batcher.submit([tile])
+        await stopping
+        assert first.done()
+        assert len(queued.result()) == 2
+
+    run_async(main)
+    assert len(calls) == 3
+
+
+def test_model_errors_reach_every_request_of_the_batch() -> None:
+    def broken(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("onnxruntime failed")
+
+    async def main() -> None:
+        batcher = MicroBatcher(broken, max_batch_size=4, max_wait_s=0.01, max_queue=8)
+        batcher.start()
+        outcomes = await asyncio.gather(
+            batcher.run([np.zeros((2, 2, 3), np.uint8)]), batcher.run([np.zeros((2, 2, 3), np.uint8)]),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert [str(o) for o in outcomes] == ["onnxruntime failed"] * 2
+        await batcher.stop()
+
+    run_async(main)
+
+
+def test_cancelled_requests_are_not_run() -> None:
+    calls: list[tuple[int, ...]] = []
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher = MicroBatcher(recording_model(calls, gate), max_batch_size=4, max_wait_s=0, max_queue=8)
+        batcher.start()
+        busy = asyncio.ensure_future(batcher.run([np.zeros((1, 1, 3), np.uint8)]))
+        await asyncio.sleep(0.05)
+        abandoned = asyncio.ensure_future(batcher.run([np.zeros((9, 9, 3), np.uint8)]))
+        await asyncio.sleep(0.01)
+        abandoned.cancel()
+        gate.set()
+        await busy
+        await batcher.stop()
+
+    run_async(main)
+    assert calls == [(1, 1, 1, 3)]
