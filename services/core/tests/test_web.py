@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from cropseg_core.imaging import NotAnImageError
+from cropseg_core.web.bodies import read_limited_body, read_upload
+from cropseg_core.web.errors import NotFoundError, UnavailableError, install_error_handlers
+from cropseg_core.web.metrics import install_metrics
+from cropseg_core.web.server import dependency_versions
+
+
+@pytest.fixture
+def client() -> TestClient:
+    app = FastAPI()
+    install_error_handlers(app, plain_prefixes=("/plain",))
+    install_metrics(app, CollectorRegistry())
+
+    @app.get("/items/{item_id}")
+    def item(item_id: int) -> dict[str, int]:
+        if item_id == 0:
+            raise NotFoundError("item 0 does not exist")
+        if item_id == 1:
+            raise UnavailableError("busy", retry_after_s=7)
+        if item_id == 2:
+            raise NotAnImageError("not an image")
+        if item_id == 3:
+            raise RuntimeError("bug")
+        return {"id": item_id}
+
+    @app.get("/plain/{item_id}")
+    def plain(item_id: int) -> None:
+        raise NotFoundError(f"no {item_id}")
+
+    @app.post("/body")
+    async def body(request: Request) -> dict[str, int]:
+        return {"size": len(await read_limited_body(request, 10))}
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict[str, int]:
+        return {"size": len(await read_upload(request, 10, accepted=("image/png",)))}
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        ("/items/0", 404, "not_found"),
+        ("/items/1", 503, "unavailable"),
+        ("/items/2", 415, "not_an_image"),
+        ("/items/3", 500, "internal_error"),
+        ("/items/x", 422, "invalid_request"),
+        ("/missing", 404, "not_found"),
+    ],
+)
+def test_every_error_has_one_shape(client: TestClient, path: str, status: int, code: str) -> None:
+    response = client.get(path)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+
+
+def test_messages_say_what_to_fix(client: TestClient) -> None:
+    assert client.get("/items/1").headers["retry-after"] == "7"
+    assert client.get("/items/x").json()["error"]["message"].startswith("item_id: ")
+    assert "/missing" in client.get("/missing").json()["error"]["message"]
+    assert client.get("/items/3").json()["error"]["message"] == "internal error; see the service log"
+
+
+def test_plain_prefix_uses_the_protocol_error_shape(client: TestClient) -> None:
+    assert client.get("/plain/5").json() == {"error": "no 5"}
+
+
+def test_body_limit_by_header_and_by_stream(client: TestClient) -> None:
+    assert client.post("/body", content=b"x" * 10).json() == {"size": 10}
+    assert client.post("/body", content=b"x" * 11).status_code == 413
+
+    def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: chunked transfer
+        yield b"x" * 6
+        yield b"x" * 6
+
+    response = client.post("/body", content=chunks())
+    assert response.status_code == 413
+    assert "10 bytes" in response.json()["error"]["message"]
+
+
+def test_upload_accepts_raw_and_multipart(client: TestClient) -> None:
+    assert client.post("/upload", content=b"abc", headers={"content-type": "image/png"}).json() == {"size": 3}
+    assert client.post("/upload", files={"file": ("a.png", b"abcd", "image/png")}).json() == {"size": 4}
+    response = client.post("/upload", content=b"abc", headers={"content-type": "text/plain"})
+    assert response.status_code == 415
+    assert "multipart/form-data" in response.json()["error"]["message"]
+    malformed = {"content-type": "multipart/form-data; boundary=zz"}
+    assert client.post("/upload", content=b"garbage", headers=malformed).status_code == 400
+
+
+def test_request_metrics_use_route_templates(client: TestClient) -> None:
+    client.get("/items/42")
+    client.get("/items/43")
+    client.get("/nowhere/at/all")
+    text = client.get("/metrics").text
+    assert 'http_requests_total{handler="/items/{item_id}",method="GET",status="200"} 2.0' in text
+    assert 'http_requests_total{handler="none",method="GET",status="404"} 1.0' in text
+    assert 'http_requests_inprogress{handler="/metrics",method="GET"} 1.0' in text
+
+
+def test_dependency_versions() -> None:
+    versions = dependency_versions("numpy", "no-such-distribution")
+    assert versions["numpy"][0].isdigit()
+    assert versions["no-such-distribution"] == "not installed"

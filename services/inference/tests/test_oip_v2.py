@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from inference_testing import MODEL
+
+from cropseg_core.segmenter import OnnxSegmenter
+
+INFER = "/v2/models/cropseg-unet/infer"
+
+
+@pytest.fixture(scope="module")
+def small_tile(field_tile: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(field_tile[:64, :96])
+
+
+def reference(image: np.ndarray) -> np.ndarray:
+    segmenter = OnnxSegmenter(MODEL)
+    segmenter.load()
+    return segmenter.predict(image)
+
+
+def test_server_and_model_metadata(client: TestClient) -> None:
+    assert client.get("/v2").json()["extensions"] == ["binary_tensor_data"]
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").json() == {"ready": True}
+    assert client.get("/v2/models/cropseg-unet/ready").json() == {"name": "cropseg-unet", "ready": True}
+    meta = client.get("/v2/models/cropseg-unet").json()
+    assert meta["platform"] == "onnxruntime_onnx"
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    assert [o["name"] for o in meta["outputs"]] == ["vegetation_probability", "mask", "vegetation_fraction"]
+    assert client.get("/v2/models/cropseg-unet/versions/1.0.0").status_code == 200
+
+
+def test_json_inference_matches_the_model(client: TestClient, small_tile: np.ndarray) -> None:
+    batch = np.stack([small_tile, small_tile[::-1]])
+    request = {
+        "id": "req-7",
+        "inputs": [
+            {"name": "image", "shape": list(batch.shape), "datatype": "UINT8", "data": batch.ravel().tolist()}
+        ],
+    }
+    response = client.post(INFER, json=request)
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model_name"], body["model_version"], body["id"]) == ("cropseg-unet", "1.0.0", "req-7")
+    outputs = {o["name"]: o for o in body["outputs"]}
+    probability = np.array(outputs["vegetation_probability"]["data"], np.float32).reshape(2, 1, 64, 96)
+    assert outputs["vegetation_probability"]["shape"] == [2, 1, 64, 96]
+    for i in range(2):
+        assert np.abs(probability[i, 0] - reference(batch[i])).max() < 1e-5
+    mask = np.array(outputs["mask"]["data"]).reshape(2, 64, 96)
+    assert np.array_equal(mask, np.where(probability[:, 0] > 0.55, 255, 0))
+    assert outputs["vegetation_fraction"]["data"] == pytest.approx((mask == 255).mean(axis=(1, 2)), abs=1e-6)
+
+
+def test_binary_tensor_extension(client: TestClient, small_tile: np.ndarray) -> None:
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, 64, 96, 3],
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": small_tile.size},
+                }
+            ],
+            "outputs": [
+                {"name": "mask", "parameters": {"binary_data": True}},
+                {"name": "vegetation_fraction"},
+            ],
+            "parameters": {"threshold": 0.3},
+        }
+    ).encode()
+    response = client.post(
+        INFER,
+        content=header + small_tile.tobytes(),
+        headers={
+            "Inference-Header-Content-Length": str(len(header)),
+            "content-type": "application/octet-stream",
+        },
+    )
+    assert response.status_code == 200
+    split = int(response.headers["inference-header-content-length"])
+    meta = json.loads(response.content[:split])
+    assert meta["outputs"][0]["parameters"]["binary_data_size"] == 64 * 96
+    mask = np.frombuffer(response.content[split:], np.uint8).reshape(64, 96)
+    assert np.array_equal(mask, np.where(reference(small_tile) > 0.3, 255, 0))
+    assert meta["outputs"][1]["data"][0] == pytest.approx((mask == 255).mean(), abs=1e-6)
+
+
+def tensor(shape: list[int], datatype: str = "UINT8", data: object = None) -> dict[str, object]:
+    count = int(np.prod(shape)) if shape else 0
+    return {
+        "name": "image",
+        "shape": shape,
+        "datatype": datatype,
+        "data": [0] * count if data is None else data,
+    }
+
+
+@pytest.mark.parametrize(
+    ("request_body", "status", "fragment"),
+    [
+        ({"inputs": []}, 400, "inputs"),
+        ({"inputs": [tensor([1, 4, 4, 3], "FP32")]}, 400, "UINT8"),
+        ({"inputs": [tensor([4, 4, 3])]}, 400, "[N, H, W, 3]"),
+        ({"inputs": [tensor([1, 4, 4, 3], data=[1, 2, 3])]}, 400, "48"),
+        ({"inputs": [tensor([1, 2, 2, 3], data=[300] * 12)]}, 400, "0..255"),
+        ({"inputs": [tensor([1, 2, 2, 3], data=["a"] * 12)]}, 400, "integers"),
+        ({"inputs": [{**tensor([1, 2, 2, 3]), "name": "pixels"}]}, 400, "'image'"),
+        ({"inputs": [tensor([1, 2, 2, 3])], "outputs": [{"name": "logits"}]}, 400, "unknown output"),
+        ({"inputs": [tensor([1, 2, 2, 3])], "parameters": {"threshold": 3}}, 400, "threshold"),
+        ({"inputs": [tensor([1, 10000, 10000, 3], data=[])]}, 413, "limit"),
+    ],
+    ids=[
+        "no-inputs",
+        "wrong-datatype",
+        "wrong-rank",
+        "wrong-count",
+        "out-of-range",
+        "not-numbers",
+        "wrong-name",
+        "unknown-output",
+        "bad-threshold",
+        "too-many-pixels",
+    ],
+)
+def test_bad_requests_answer_an_oip_error(
+    client: TestClient, request_body: dict[str, object], status: int, fragment: str
+) -> None:
+    response = client.post(INFER, json=request_body)
+    assert response.status_code == status
+    assert fragment in response.json()["error"]
+
+
+def test_unknown_model_and_malformed_json(client: TestClient) -> None:
+    assert client.post("/v2/models/other/infer", json={"inputs": [tensor([1, 1, 1, 3])]}).status_code == 404
+    assert client.get("/v2/models/cropseg-unet/versions/9.9").status_code == 404
+    response = client.post(INFER, content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert "invalid inference request" in response.json()["error"]
+    response = client.post(INFER, content=b"{}", headers={"Inference-Header-Content-Length": "99"})
+    assert response.status_code == 400

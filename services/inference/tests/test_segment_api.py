@@ -1,0 +1,271 @@
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import httpx2 as httpx
+import numpy as np
+import pytest
+from cropseg_inference.encoding import rle_decode, rle_encode
+from cropseg_inference.main import create_app
+from fastapi.testclient import TestClient
+from inference_testing import make_settings, png, wait_ready
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from cropseg_core.segmenter import OnnxSegmenter
+
+SEGMENT = "/api/v1/segment"
+PNG = {"content-type": "image/png"}
+
+
+def read_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def expected_mask(pixels: np.ndarray) -> np.ndarray:
+    segmenter = OnnxSegmenter(make_settings().model_path)
+    segmenter.load()
+    return segmenter.segment(pixels)
+
+
+def segment(client: TestClient, body: bytes, **params: object) -> httpx.Response:
+    return client.post(SEGMENT, content=body, headers=PNG, params=params)
+
+
+def test_default_answer_is_the_mask_with_headers(
+    client: TestClient, field_png: bytes, field_tile: np.ndarray
+) -> None:
+    response = client.post(SEGMENT, content=field_png, headers=PNG)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    mask = read_png(response.content)
+    assert mask.shape == (360, 480)
+    assert np.array_equal(mask, expected_mask(field_tile))
+    headers = response.headers
+    assert float(headers["x-vegetation-fraction"]) == pytest.approx((mask == 255).mean(), abs=1e-6)
+    assert (headers["x-image-width"], headers["x-image-height"]) == ("480", "360")
+    assert (headers["x-model-name"], headers["x-model-version"]) == ("cropseg-unet", "1.0.0")
+    stages = [part.split(";")[0] for part in headers["server-timing"].split(", ")]
+    assert stages == ["decode", "preprocess", "queue", "infer", "postprocess", "encode"]
+
+
+def test_multipart_jpeg_and_octet_stream_are_accepted(client: TestClient, field_tile: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(field_tile).save(buffer, "JPEG", quality=95)
+    multipart = client.post(SEGMENT, files={"file": ("tile.jpg", buffer.getvalue(), "image/jpeg")})
+    raw = client.post(
+        SEGMENT, content=buffer.getvalue(), headers={"content-type": "application/octet-stream"}
+    )
+    assert multipart.status_code == raw.status_code == 200
+    assert multipart.content == raw.content
+
+
+def test_threshold_changes_the_mask(client: TestClient, field_png: bytes) -> None:
+    fractions = [
+        float(segment(client, field_png, threshold=t).headers["x-vegetation-fraction"])
+        for t in (0.05, 0.55, 0.95)
+    ]
+    assert fractions[0] > fractions[1] > fractions[2]
+
+
+def test_overlay_is_rgb_of_the_input_size(client: TestClient, field_png: bytes) -> None:
+    response = client.post(SEGMENT, params={"output": "overlay"}, content=field_png, headers=PNG)
+    assert response.status_code == 200
+    assert read_png(response.content).shape == (360, 480, 3)
+
+
+@pytest.mark.parametrize("encoding", ["png", "rle"])
+def test_json_carries_the_same_mask(client: TestClient, field_png: bytes, encoding: str) -> None:
+    mask = read_png(client.post(SEGMENT, content=field_png, headers=PNG).content)
+    body = client.post(
+        SEGMENT, params={"output": "json", "mask_encoding": encoding}, content=field_png, headers=PNG
+    ).json()
+    assert (body["width"], body["height"], body["tiles"]) == (480, 360, 1)
+    assert body["model"] == {"name": "cropseg-unet", "version": "1.0.0"}
+    assert body["vegetation_fraction"] == pytest.approx((mask == 255).mean(), abs=1e-6)
+    assert set(body["timings_ms"]) == {"decode", "preprocess", "queue", "infer", "postprocess"}
+    if encoding == "png":
+        decoded = read_png(base64.b64decode(body["mask"]["data"]))
+    else:
+        decoded = rle_decode(body["mask"]["counts"], *body["mask"]["size"])
+    assert np.array_equal(decoded, mask)
+
+
+def test_json_without_mask(client: TestClient, field_png: bytes) -> None:
+    body = client.post(
+        SEGMENT, params={"output": "json", "mask_encoding": "none"}, content=field_png, headers=PNG
+    ).json()
+    assert "mask" not in body
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [np.zeros((3, 4), np.uint8), np.full((3, 4), 255, np.uint8), np.eye(5, 7, dtype=np.uint8) * 255],
+    ids=["empty", "full", "diagonal"],
+)
+def test_rle_round_trips(mask: np.ndarray) -> None:
+    counts = rle_encode(mask)
+    assert sum(counts) == mask.size
+    assert np.array_equal(rle_decode(counts, *mask.shape), mask)
+
+
+def test_large_image_is_tiled_and_keeps_its_size(client: TestClient, field_tile: np.ndarray) -> None:
+    big = np.tile(field_tile, (3, 3, 1))[:1000, :1300]
+    response = client.post(
+        SEGMENT, params={"output": "json", "mask_encoding": "none"}, content=png(big), headers=PNG
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["width"], body["height"], body["tiles"]) == (1300, 1000, 9)
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A PNG header that declares a huge image, followed by a little compressed data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+def float_tiff() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "params", "status", "code"),
+    [
+        (b"", PNG, {}, 400, "empty_image"),
+        (b"this is not an image", PNG, {}, 415, "not_an_image"),
+        ("TRUNCATED", PNG, {}, 400, "truncated_image"),
+        ("FLOAT_TIFF", {"content-type": "image/tiff"}, {}, 415, "unsupported_mode"),
+        (bomb_png(30000, 30000), PNG, {}, 413, "image_too_large"),
+        ("TILE", {"content-type": "text/plain"}, {}, 415, "unsupported_media_type"),
+        ("TILE", {}, {}, 415, "unsupported_media_type"),
+        ("TILE", PNG, {"threshold": "1.5"}, 422, "invalid_request"),
+        ("TILE", PNG, {"threshold": "half"}, 422, "invalid_request"),
+        ("TILE", PNG, {"output": "svg"}, 422, "invalid_request"),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="other"\r\n\r\n1\r\n--x--\r\n',
+            {"content-type": "multipart/form-data; boundary=x"},
+            {},
+            400,
+            "bad_request",
+        ),
+    ],
+    ids=[
+        "empty",
+        "not-an-image",
+        "truncated",
+        "unsupported-mode",
+        "decompression-bomb",
+        "text-content-type",
+        "no-content-type",
+        "threshold-above-1",
+        "threshold-not-a-number",
+        "unknown-output",
+        "multipart-without-file",
+    ],
+)
+def test_bad_input_is_a_4xx_saying_what_to_fix(
+    client: TestClient,
+    field_png: bytes,
+    body: object,
+    headers: dict[str, str],
+    params: dict[str, str],
+    status: int,
+    code: str,
+) -> None:
+    content = {
+        "TILE": field_png,
+        "TRUNCATED": field_png[: len(field_png) // 2],
+        "FLOAT_TIFF": float_tiff(),
+    }.get(
+        body,
+        body,  # type: ignore[call-overload]
+    )
+    response = client.post(SEGMENT, content=content, headers=headers, params=params)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert len(error["message"]) > 10
+
+
+def test_pixel_and_byte_limits_are_settings(field_png: bytes) -> None:
+    settings = make_settings(image_limits={"max_pixels": 100_000, "max_bytes": 10_000_000})
+    with TestClient(create_app(settings, CollectorRegistry())) as small:
+        wait_ready(small)
+        response = small.post(SEGMENT, content=field_png, headers=PNG)
+        assert response.status_code == 413
+        assert "172800" in response.json()["error"]["message"]  # 480 x 360 pixels
+    settings = make_settings(image_limits={"max_pixels": 1_000, "max_bytes": 100_000})
+    with TestClient(create_app(settings, CollectorRegistry())) as tiny:
+        wait_ready(tiny)
+        response = tiny.post(SEGMENT, content=field_png + b"\0" * 100_000, headers=PNG)
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+
+
+def test_unknown_route_and_method(client: TestClient) -> None:
+    assert client.get("/api/v1/nothing").json()["error"]["code"] == "not_found"
+    response = client.get(SEGMENT)
+    assert response.status_code == 405
+    assert "POST" in response.headers["allow"]
+
+
+def test_model_description(client: TestClient) -> None:
+    body = client.get("/api/v1/model").json()
+    assert body["name"] == "cropseg-unet"
+    assert len(body["sha256"]) == 64
+    assert body["threshold"] == pytest.approx(0.55)
+    assert body["input"]["shape"] == [-1, -1, -1, 3]
+    assert body["metrics"]["evaluation"]  # the model card's metrics.json
+    assert (body["tile_size"], body["tile_overlap"]) == (512, 96)
+
+
+def test_info_lists_versions(client: TestClient) -> None:
+    body = client.get("/api/v1/info").json()
+    assert body["service"] == "cropseg-inference"
+    assert body["model"]["version"] == "1.0.0"
+    assert body["dependencies"]["onnxruntime"][0].isdigit()
+    assert "torch" not in body["dependencies"]
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_not_ready_before_warm_up_and_no_card(tmp_path, field_png: bytes) -> None:  # type: ignore[no-untyped-def]
+    model = tmp_path / "model.onnx"
+    model.write_bytes(make_settings().model_path.read_bytes())
+    app = create_app(make_settings(model_path=model, warmup_runs=0), CollectorRegistry())
+    engine = app.state.engine
+    with TestClient(app) as client:
+        wait_ready(client)
+        assert client.get("/api/v1/model").json()["metrics"] is None
+        engine.ready = False  # as during warm-up or shutdown
+        assert client.get("/readyz").status_code == 503
+        response = client.post(SEGMENT, content=field_png, headers=PNG)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        engine.ready = True
+
+
+def test_docs_and_openapi(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/api/v1/segment"]["post"]["requestBody"]["content"]
+    assert {"image/png", "image/jpeg", "image/tiff", "multipart/form-data"} <= set(body)
+    assert "/v2/models/{model_name}/infer" in spec["paths"]
