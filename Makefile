@@ -6,9 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PKGS   := -e 'services/core[onnx,service]' -e model -e services/inference
-SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference
+SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference benchmarks
 DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
+INFERENCE_PORT ?= 8001
 
 # Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
 # evaluation 3 (never seen in training), reference profile 4.
@@ -18,10 +19,12 @@ TRAIN_TILES ?= 2400
 TRAIN_STEPS ?= 4000
 FINETUNE_STEPS ?= 3000
 
-.PHONY: up test lint typecheck pytest model clean help
+.PHONY: up demo bench test lint typecheck pytest model clean help
 
 help:
-	@echo "make up     set up .venv and run cropseg (for now: the model demo)"
+	@echo "make up     set up .venv and run cropseg (for now: the inference service on :8001)"
+	@echo "make demo   segment one generated tile without a server (var/demo/)"
+	@echo "make bench  inference benchmark; rewrites the table in docs/performance.md"
 	@echo "make test   set up .venv and run lint, type checks and the whole test suite"
 	@echo "make model  regenerate data, retrain, export and evaluate the committed model"
 
@@ -43,7 +46,14 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	@touch $@
 
 up: $(VENV)/.runtime
+	@echo "cropseg inference: http://127.0.0.1:$(INFERENCE_PORT)  (API docs /docs, metrics /metrics; Ctrl-C stops)"
+	$(BIN)/cropseg-inference --host 127.0.0.1 --port $(INFERENCE_PORT)
+
+demo: $(VENV)/.runtime
 	$(BIN)/cropseg-model demo --out var/demo
+
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/inference.py --write docs/performance.md
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -10,12 +10,12 @@ from PIL import Image
 OVERLAY_COLOUR = (255, 0, 255)  # magenta: visible on soil, green leaves and false-colour leaves
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Losslessly encode a uint8 (H, W) mask or (H, W, 3) RGB image as PNG."""
+def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
+    """Losslessly encode a uint8 (H, W) mask or (H, W, 3) RGB image as PNG (level 0-9: size vs time)."""
     if pixels.dtype != np.uint8:
         raise ValueError(f"expected uint8 pixels, got {pixels.dtype}")
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG", compress_level=6)
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 

@@ -14,6 +14,9 @@ from cropseg_inference.engine import Segmentation
 
 Output = Literal["mask", "overlay", "json"]
 MaskEncoding = Literal["png", "rle", "none"]
+# Responses are encoded on the request path: level 3 takes 1.3 ms for a 360x480 mask where
+# the default 6 takes 2.2 ms, for 25 % more bytes (measured with Pillow 10.4).
+PNG_LEVEL = 3
 
 
 def rle_encode(mask: np.ndarray) -> list[int]:
@@ -74,7 +77,9 @@ def result_json(
     size = (segmentation.height, segmentation.width)
     if mask_encoding == "png":
         mask = EncodedMask(
-            encoding="png_base64", size=size, data=base64.b64encode(encode_png(segmentation.mask)).decode()
+            encoding="png_base64",
+            size=size,
+            data=base64.b64encode(encode_png(segmentation.mask, PNG_LEVEL)).decode(),
         )
     elif mask_encoding == "rle":
         mask = EncodedMask(encoding="rle", size=size, counts=rle_encode(segmentation.mask))
@@ -99,9 +104,9 @@ def render(
 ) -> tuple[bytes, str]:
     """Response body and media type for the requested ``output``."""
     if output == "mask":
-        return encode_png(segmentation.mask), "image/png"
+        return encode_png(segmentation.mask, PNG_LEVEL), "image/png"
     if output == "overlay":
-        return encode_png(overlay(pixels, segmentation.mask)), "image/png"
+        return encode_png(overlay(pixels, segmentation.mask), PNG_LEVEL), "image/png"
     return result_json(segmentation, info, mask_encoding).model_dump_json(
         exclude_none=True
     ).encode(), "application/json"

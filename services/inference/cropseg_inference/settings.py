@@ -36,11 +36,13 @@ class InferenceSettings(ServiceSettings):
     tile_overlap: int = Field(default=96, ge=0)
     """Pixels shared by neighbouring tiles; each tile keeps only its centre, so seams fall
     where both tiles see at least overlap/2 pixels of context (the U-Net looks 44 px around)."""
-    max_batch_size: int = Field(default=4, ge=1, le=64)
-    """Most tiles of equal shape run together in one ONNX Runtime call."""
+    max_batch_size: int = Field(default=1, ge=1, le=64)
+    """Most tiles of equal shape run together in one ONNX Runtime call. On CPU a batch is no
+    faster per tile than single runs and needs more memory (docs/performance.md), so the
+    default is 1; raise it on GPUs or many-core nodes."""
     max_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     """How long the batcher waits for more tiles before running a partial batch (0 = take
-    what is already queued: on CPU, waiting costs latency and buys no throughput)."""
+    what is already queued, never wait)."""
     max_queue_tiles: int = Field(default=128, ge=1)
     """When this many tiles are waiting, new requests get 503 with Retry-After at once."""
     max_tensor_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,11 +13,13 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from inference_testing import REPO, png
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +139,23 @@ def test_invalid_setting_is_refused() -> None:
     )
     assert result.returncode == 2
     assert "tile_overlap" in result.stderr
+
+
+def test_drone_photo_fits_the_documented_memory_limit(field_tile: np.ndarray) -> None:
+    """docs/performance.md documents 1 GiB for the inference container."""
+    photo = np.ascontiguousarray(np.tile(field_tile, (9, 9, 1))[:3000, :4000])
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "JPEG", quality=90)
+    with running_service() as (process, url):
+        response = httpx.post(
+            f"{url}/api/v1/segment",
+            content=buffer.getvalue(),
+            headers={"content-type": "image/jpeg"},
+            timeout=120,
+        )
+        assert response.status_code == 200
+        assert (response.headers["x-image-width"], response.headers["x-image-height"]) == ("4000", "3000")
+        assert int(response.headers["x-tiles"]) == 70
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        peak_kib = int(re.search(r"VmHWM:\s+(\d+) kB", status)[1])  # type: ignore[index]
+        assert peak_kib < 1024 * 1024, f"peak memory {peak_kib / 1024:.0f} MiB"
