@@ -15,7 +15,7 @@ from cropseg_core.web.errors import UnavailableError
 from cropseg_inference.batching import BatcherStoppedError, BatchStats, MicroBatcher, QueueFullError
 from cropseg_inference.metrics import InferenceMetrics
 from cropseg_inference.settings import InferenceSettings
-from cropseg_inference.tiling import plan_tiles, stitch
+from cropseg_inference.tiling import Tile, plan_tiles, stitch
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,13 @@ class Segmentation:
     @property
     def vegetation_fraction(self) -> float:
         return float(np.count_nonzero(self.mask)) / self.mask.size if self.mask.size else 0.0
+
+
+def _postprocess(
+    outputs: list[np.ndarray], plan: list[Tile], height: int, width: int, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    probability = stitch(outputs, plan, height, width)
+    return probability, np.where(probability > threshold, np.uint8(255), np.uint8(0))
 
 
 class SegmentationEngine:
@@ -142,7 +149,9 @@ class SegmentationEngine:
         timings["infer"] = time.perf_counter() - started - queued_s
 
         started = time.perf_counter()
-        probability = stitch(outputs, plan, height, width)
-        mask = np.where(probability > threshold, np.uint8(255), np.uint8(0))
+        if len(plan) == 1:  # a fraction of a millisecond: not worth a thread hop
+            probability, mask = _postprocess(outputs, plan, height, width, threshold)
+        else:  # tens of milliseconds for a photo: keep the event loop free
+            probability, mask = await asyncio.to_thread(_postprocess, outputs, plan, height, width, threshold)
         timings["postprocess"] = time.perf_counter() - started
         return Segmentation(probability, mask, threshold, len(plan), timings)
