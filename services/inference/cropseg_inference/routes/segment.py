@@ -45,7 +45,24 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "Headers carry the vegetation fraction, size, model and per-stage timings (Server-Timing).",
         "content": {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "application/json": {"schema": SegmentationResult.model_json_schema()},
+            "application/json": {
+                "schema": SegmentationResult.model_json_schema(),
+                "example": {
+                    "width": 480,
+                    "height": 360,
+                    "vegetation_fraction": 0.13724,
+                    "threshold": 0.55,
+                    "tiles": 1,
+                    "model": {"name": "cropseg-unet", "version": "1.0.0"},
+                    "timings_ms": {
+                        "decode": 3.9,
+                        "preprocess": 0.03,
+                        "queue": 0.05,
+                        "infer": 55.2,
+                        "postprocess": 0.3,
+                    },
+                },
+            },
         },
     },
     **error_responses(400, 413, 415, 422, 503),
