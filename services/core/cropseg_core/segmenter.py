@@ -78,10 +78,6 @@ class OnnxSegmenter:
         )
         return self.info
 
-    @property
-    def loaded(self) -> bool:
-        return self._session is not None
-
     def unload(self) -> None:
         self._session = None
 

@@ -34,7 +34,6 @@ class BatchStats:
     """What the batcher reports per batch (for metrics)."""
 
     size: int
-    queued_s: float  # the oldest tile's wait
     run_s: float
 
 
@@ -48,9 +47,7 @@ class _Pending:
 @dataclass(frozen=True)
 class TileResult:
     output: np.ndarray
-    queued_s: float
-    run_s: float
-    batch_size: int
+    queued_s: float  # from submission until its batch started
 
 
 class MicroBatcher:
@@ -163,7 +160,7 @@ class MicroBatcher:
                         item.future.set_exception(e)
                 continue
             run_s = time.perf_counter() - started
-            self._on_batch(BatchStats(len(batch), started - batch[0].enqueued_at, run_s))
+            self._on_batch(BatchStats(len(batch), run_s))
             for item, output in zip(batch, outputs, strict=True):
                 if not item.future.done():
-                    item.future.set_result(TileResult(output, started - item.enqueued_at, run_s, len(batch)))
+                    item.future.set_result(TileResult(output, started - item.enqueued_at))

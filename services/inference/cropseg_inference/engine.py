@@ -59,7 +59,17 @@ class SegmentationEngine:
         )
         self._batcher: MicroBatcher | None = None
         self._warmup: asyncio.Task[None] | None = None
-        self.ready = False
+        self._ready = False
+
+    @property
+    def ready(self) -> bool:
+        """Loaded, warmed up and not shutting down (also exported as a gauge)."""
+        return self._ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+        self.metrics.ready.set(int(value))
 
     @property
     def info(self) -> ModelInfo:
@@ -99,12 +109,10 @@ class SegmentationEngine:
         for _ in range(self.settings.warmup_runs):
             await self.run_tiles([blank])
         self.ready = True
-        self.metrics.ready.set(1)
         log.info("ready: %d warm-up runs in %.2f s", self.settings.warmup_runs, time.perf_counter() - started)
 
     async def stop(self) -> None:
         self.ready = False
-        self.metrics.ready.set(0)
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         if self._batcher is not None:

@@ -11,10 +11,6 @@ from inference_testing import MODEL
 from cropseg_core.segmenter import OnnxSegmenter
 
 
-def run_async(coroutine_function, *args):  # type: ignore[no-untyped-def]
-    return asyncio.run(coroutine_function(*args))
-
-
 def test_batched_results_equal_single_results(field_tile: np.ndarray) -> None:
     segmenter = OnnxSegmenter(MODEL)
     segmenter.load()
@@ -30,7 +26,7 @@ def test_batched_results_equal_single_results(field_tile: np.ndarray) -> None:
         await batcher.stop()
         return [r[0].output for r in results]
 
-    batched = run_async(main)
+    batched = asyncio.run(main())
     assert sorted(b.size for b in batches) == [2, 4]  # six tiles gathered within the wait
     for tile, output in zip(tiles, batched, strict=True):
         single = segmenter.predict(tile)
@@ -60,7 +56,7 @@ def test_only_tiles_of_one_shape_share_a_batch() -> None:
         assert results[0][1].output.shape == (4, 5)
         await batcher.stop()
 
-    run_async(main)
+    asyncio.run(main())
     assert sorted(calls) == [(2, 2, 3, 3), (2, 4, 5, 3)]
 
 
@@ -88,7 +84,7 @@ def test_full_queue_refuses_at_once_and_stop_drains() -> None:
         assert first.done()
         assert len(queued.result()) == 2
 
-    run_async(main)
+    asyncio.run(main())
     assert len(calls) == 3
 
 
@@ -106,7 +102,7 @@ def test_model_errors_reach_every_request_of_the_batch() -> None:
         assert [str(o) for o in outcomes] == ["onnxruntime failed"] * 2
         await batcher.stop()
 
-    run_async(main)
+    asyncio.run(main())
 
 
 def test_cancelled_requests_are_not_run() -> None:
@@ -125,5 +121,5 @@ def test_cancelled_requests_are_not_run() -> None:
         await busy
         await batcher.stop()
 
-    run_async(main)
+    asyncio.run(main())
     assert calls == [(1, 1, 1, 3)]

@@ -37,7 +37,6 @@ class ServiceError(Exception):
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.message = message
         self.headers = headers or {}
 
 

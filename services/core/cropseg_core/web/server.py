@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 
 import uvicorn
 from fastapi import FastAPI
-
-log = logging.getLogger(__name__)
 
 
 def serve(app: FastAPI, *, host: str, port: int, shutdown_timeout_s: float) -> None:
