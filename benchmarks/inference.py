@@ -21,9 +21,6 @@ import http.client
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cropseg_core.masks import encode_png
+from cropseg_core.processes import free_port, running_service
 from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.synth import generate_tile
 
@@ -60,41 +58,17 @@ def timed(function: Callable[[], object], runs: int, warmup: int = 3) -> list[fl
     return times
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def service(**settings: str) -> Iterator[tuple[str, int]]:
     port = free_port()
-    env = {
-        **os.environ,
-        **{f"INFERENCE_{k.upper()}": v for k, v in settings.items()},
-        "INFERENCE_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cropseg_inference", "--port", str(port), "--model", str(MODEL)],
-        env=env,
-        cwd=REPO,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the inference service did not start")
-            time.sleep(0.05)
+    with running_service(
+        [sys.executable, "-m", "cropseg_inference", "--port", str(port), "--model", str(MODEL)],
+        f"{url}/readyz",
+        env={**{f"INFERENCE_{k.upper()}": v for k, v in settings.items()}, "INFERENCE_LOG_LEVEL": "WARNING"},
+        cwd=REPO,
+    ) as process:
         yield url, process.pid
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
 
 
 def peak_rss_mib(pid: int) -> float:

@@ -6,7 +6,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,58 +20,36 @@ import pytest
 from inference_testing import REPO, png
 from PIL import Image
 
+from cropseg_core import processes
+from cropseg_core.processes import free_port
+
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
-def running_service(**env: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def running_service(
+    log_path: Path | None = None, **env: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
-    environment = {
-        **os.environ,
-        "INFERENCE_WARMUP_RUNS": "1",
-        **{f"INFERENCE_{k.upper()}": v for k, v in env.items()},
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cropseg_inference", "--port", str(port)],
-        cwd=REPO,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.1)
+    with processes.running_service(
+        [sys.executable, "-m", "cropseg_inference", "--port", str(port)],
+        f"{url}/readyz",
+        env={"INFERENCE_WARMUP_RUNS": "1", **{f"INFERENCE_{k.upper()}": v for k, v in env.items()}},
+        cwd=REPO,
+        log_path=log_path,
+    ) as process:
         yield process, url
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-        if process.stdout:
-            process.stdout.close()
 
 
 def large_png(field_tile: np.ndarray, size: int) -> bytes:
     return png(np.ascontiguousarray(np.tile(field_tile, (size // 360 + 1, size // 480 + 1, 1))[:size, :size]))
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits(field_tile: np.ndarray) -> None:
+def test_sigterm_finishes_in_flight_requests_then_exits(field_tile: np.ndarray, tmp_path: Path) -> None:
     body = large_png(field_tile, 1800)  # 25 tiles: about two seconds of work
-    with running_service() as (process, url), ThreadPoolExecutor(1) as pool:
+    log_path = tmp_path / "inference.log"
+    with running_service(log_path) as (process, url), ThreadPoolExecutor(1) as pool:
         pending = pool.submit(
             httpx.post,
             f"{url}/api/v1/segment",
@@ -94,8 +71,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(field_tile: np.ndarray) 
         # uvicorn re-raises the signal once it has shut down cleanly, so the exit status is the
         # ordinary "terminated by SIGTERM" one; the log line below shows the clean path ran.
         assert process.wait(timeout=30) in (0, -signal.SIGTERM)
-        log = process.stdout.read().decode() if process.stdout else ""
-        assert "shutting down: finishing queued work" in log
+        assert "shutting down: finishing queued work" in log_path.read_text()
 
 
 def test_full_queue_answers_503_with_retry_after_at_once(field_tile: np.ndarray) -> None:

