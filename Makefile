@@ -12,7 +12,7 @@ ONNX   := model/artifacts/cropseg-unet.onnx
 INFERENCE_PORT ?= 8001
 
 # Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
-# evaluation 3 (never seen in training), reference profile 4.
+# evaluation 3 (never seen in training), reference profile 4, sample gallery 5.
 # Training runs in two stages: a one-cycle run at max lr 3e-3, then a second, gentler
 # cycle (max lr 1e-3, new crop seed) from the first stage's best checkpoint.
 TRAIN_TILES ?= 2400
@@ -72,6 +72,8 @@ model: $(VENV)/.dev
 	$(BIN)/cropseg-model generate --count 200 --seed 2 --out $(DATA)/val
 	$(BIN)/cropseg-model generate --count 300 --seed 3 --out $(DATA)/eval
 	$(BIN)/cropseg-model generate --count 400 --seed 4 --out $(DATA)/reference
+	rm -rf model/artifacts/samples  # the storage service's sample gallery, with labels
+	$(BIN)/cropseg-model generate --count 12 --seed 5 --out model/artifacts/samples
 	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet-stage1.pt \
 		--steps $(TRAIN_STEPS)
 	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet.pt \

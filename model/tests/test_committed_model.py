@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cropseg_core.features import PROPERTY_NAMES
 from cropseg_core.segmenter import OnnxSegmenter, file_sha256
@@ -96,3 +97,16 @@ def test_artifacts_are_committed_files() -> None:
     ):
         assert (ARTIFACTS / name).is_file(), name
     assert Path(METRICS["model"]["onnx_file"]).name == DEFAULT_MODEL.name
+
+
+def test_committed_sample_tiles_are_what_the_generator_makes() -> None:
+    """model/artifacts/samples (the storage gallery's seed) is ``generate --count 12 --seed 5``."""
+    samples = ARTIFACTS / "samples"
+    lines = (samples / "metadata.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    for line in lines[:3]:
+        meta = json.loads(line)
+        tile, encoded, ext = generate_tile(meta["seed"], meta["index"])
+        assert (samples / "images" / f"{meta['name']}.{ext}").read_bytes() == encoded
+        stored_mask = np.asarray(Image.open(samples / "masks" / f"{meta['name']}.png"))
+        np.testing.assert_array_equal(stored_mask, tile.mask)
