@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from cropseg_core.imaging import DecodedImage, ImageDecodeError, decode_image
+from cropseg_core.masks import IGNORE
 from cropseg_core.settings import ImageLimits
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-IGNORE = 128
 _LIMITS = ImageLimits(max_bytes=500 * 1024 * 1024, max_pixels=150_000_000)
 
 

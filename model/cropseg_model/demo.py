@@ -7,9 +7,8 @@ import time
 from pathlib import Path
 
 from cropseg_core.files import write_atomic
-from cropseg_core.masks import encode_png, overlay, vegetation_fraction
+from cropseg_core.masks import encode_png, overlay, score, vegetation_fraction
 from cropseg_core.segmenter import OnnxSegmenter
-from cropseg_model.metrics import score
 from cropseg_model.synth import generate_tile
 
 

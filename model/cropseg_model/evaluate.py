@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cropseg_core.masks import IGNORE, MaskScore, score
 from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.baselines import BASELINES
-from cropseg_model.datasets import IGNORE, discover, load_masked
-from cropseg_model.metrics import ImageScore, score, summarise
+from cropseg_model.datasets import discover, load_masked
+from cropseg_model.metrics import summarise
 
 EXPOSURE_GAINS = (0.5, 0.7, 1.0, 1.4, 2.0)
 METHOD_LABELS = {"unet": "U-Net (ONNX)", "exg_otsu": "ExG + Otsu", "green_kmeans": "Green filter + k-means"}
@@ -46,12 +47,12 @@ def evaluate(
         **BASELINES,
     }
     groups = _groups(data)
-    scores: dict[str, list[ImageScore]] = defaultdict(list)
-    by_group: dict[tuple[str, str], list[ImageScore]] = defaultdict(list)
+    scores: dict[str, list[MaskScore]] = defaultdict(list)
+    by_group: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
     seconds: dict[str, float] = defaultdict(float)
     errors: dict[str, int] = defaultdict(int)
     edge: dict[str, int] = defaultdict(int)
-    exposure: dict[tuple[str, str], list[ImageScore]] = defaultdict(list)
+    exposure: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
     samples = discover(data)
     for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
         image, truth = load_masked(sample)

@@ -13,8 +13,9 @@ import onnx
 import torch
 
 from cropseg_core.files import write_atomic
+from cropseg_core.masks import score
 from cropseg_core.segmenter import DEFAULT_THRESHOLD, INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
-from cropseg_model.metrics import score, summarise
+from cropseg_model.metrics import summarise
 from cropseg_model.synth import generate_tile
 from cropseg_model.train import load_checkpoint, load_pairs, predict_probabilities
 from cropseg_model.unet import ExportedSegmenter, UNet

@@ -10,9 +10,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cropseg_core.files import write_atomic
-from cropseg_core.masks import overlay
+from cropseg_core.masks import overlay, score
 from cropseg_model.baselines import exg_otsu
-from cropseg_model.metrics import score
 
 
 def _save(figure: Any, path: Path, dpi: int = 110) -> None:

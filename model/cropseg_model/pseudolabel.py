@@ -16,9 +16,10 @@ import numpy as np
 from tqdm import tqdm
 
 from cropseg_core.files import write_atomic
+from cropseg_core.masks import IGNORE
 from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.baselines import BASELINES
-from cropseg_model.datasets import IGNORE, discover, read_image
+from cropseg_model.datasets import discover, read_image
 
 
 def pseudo_mask(

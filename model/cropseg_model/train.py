@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cropseg_core.files import write_atomic
-from cropseg_model.datasets import IGNORE, DatasetError, discover, load_masked
-from cropseg_model.metrics import score, summarise
+from cropseg_core.masks import IGNORE, score
+from cropseg_model.datasets import DatasetError, discover, load_masked
+from cropseg_model.metrics import summarise
 from cropseg_model.unet import UNet, count_parameters
 
 log = logging.getLogger(__name__)

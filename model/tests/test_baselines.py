@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from cropseg_core.masks import score
 from cropseg_model.baselines import excess_green, exg_otsu, green_kmeans, kmeans, otsu_threshold
-from cropseg_model.metrics import score
 
 from .conftest import disc_image
 

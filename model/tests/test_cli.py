@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropseg_core.masks import encode_png
+from cropseg_core.masks import IGNORE, encode_png
 from cropseg_model.cli import main
-from cropseg_model.datasets import IGNORE, discover, read_mask
+from cropseg_model.datasets import discover, read_mask
 from cropseg_model.profile import load_profile
 from cropseg_model.pseudolabel import pseudo_mask
 

@@ -8,10 +8,11 @@ import pytest
 from PIL import Image
 
 from cropseg_core.features import PROPERTY_NAMES
+from cropseg_core.masks import score
 from cropseg_core.segmenter import OnnxSegmenter, file_sha256
 from cropseg_model.cli import ARTIFACTS, DEFAULT_MODEL
 from cropseg_model.evaluate import markdown_table
-from cropseg_model.metrics import score, summarise
+from cropseg_model.metrics import summarise
 from cropseg_model.profile import load_profile
 from cropseg_model.synth import generate_tile
 

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cropseg_core.masks import encode_png
-from cropseg_model.datasets import IGNORE, DatasetError, discover, iter_pairs, load_masked
+from cropseg_core.masks import IGNORE, encode_png
+from cropseg_model.datasets import DatasetError, discover, iter_pairs, load_masked
 
 
 def write_png(path: Path, pixels: np.ndarray) -> None:

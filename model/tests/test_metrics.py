@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from cropseg_core.masks import score
 from cropseg_model.evaluate import edge_errors
-from cropseg_model.metrics import score, summarise
+from cropseg_model.metrics import summarise
 
 
 def masks(*rows: str) -> np.ndarray:

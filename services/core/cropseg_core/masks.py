@@ -1,12 +1,21 @@
-"""Mask helpers shared by the pipeline and the services: PNG encoding and overlays."""
+"""Mask helpers shared by the pipeline and the services: PNG encoding, overlays, scores.
+
+Masks are uint8 with 255 = vegetation, 0 = soil and optionally 128 = ignore (pixels left
+out of every score). IoU of an image where both masks are empty is 1: the prediction is
+exactly right.
+"""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from cropseg_core.features import BLACK_LEVEL
+
+IGNORE = 128
 OVERLAY_COLOUR = (255, 0, 255)  # magenta: visible on soil, green leaves and false-colour leaves
 
 
@@ -31,3 +40,31 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
 
 def vegetation_fraction(mask: np.ndarray) -> float:
     return float((mask > 127).mean()) if mask.size else 0.0
+
+
+@dataclass(frozen=True)
+class MaskScore:
+    pixel_accuracy: float
+    iou: float
+    black: bool
+    """The image is entirely out of field (every method scores 1 there trivially)."""
+
+
+def score(prediction: np.ndarray, truth: np.ndarray, image: np.ndarray | None = None) -> MaskScore:
+    """Score a predicted mask against the truth (the seed's accuracy and IoU); ``image``
+    tells whether the tile is all black."""
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction {prediction.shape} and truth {truth.shape} differ in shape")
+    counted = truth != IGNORE
+    predicted = (prediction > 127) & counted
+    actual = (truth > 127) & counted
+    total = int(counted.sum())
+    correct = total - int((predicted ^ actual).sum())
+    union = int((predicted | actual).sum())
+    intersection = int((predicted & actual).sum())
+    black = bool(image is not None and int(image.max()) <= BLACK_LEVEL)
+    return MaskScore(
+        pixel_accuracy=correct / total if total else 1.0,
+        iou=intersection / union if union else 1.0,
+        black=black,
+    )
