@@ -5,8 +5,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-PKGS   := -e 'services/core[onnx,service]' -e model -e services/inference
-SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference benchmarks
+PKGS   := -e 'services/core[onnx,service,s3]' -e model -e services/inference -e services/storage
+SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference \
+	services/storage/cropseg_storage benchmarks
 DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
 INFERENCE_PORT ?= 8001
@@ -36,7 +37,7 @@ $(BIN)/python:
 
 # Runtime install: what `make up` needs (no torch).
 $(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml model/pyproject.toml \
-		services/inference/pyproject.toml
+		services/inference/pyproject.toml services/storage/pyproject.toml
 	$(PIP) install --quiet -c constraints.txt $(PKGS)
 	@touch $@
 

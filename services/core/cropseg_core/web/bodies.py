@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
@@ -22,15 +24,32 @@ async def read_limited_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded file: its bytes, the client's file name, and other file fields of the form."""
+
+    data: bytes
+    filename: str | None = None
+    extra: dict[str, bytes] = field(default_factory=dict)
+
+
 async def read_upload(request: Request, max_bytes: int, *, accepted: tuple[str, ...]) -> bytes:
-    """Bytes of an upload sent as a raw body (one of ``accepted`` types) or multipart ``file``.
+    """Bytes of an upload sent as a raw body (one of ``accepted`` types) or multipart ``file``."""
+    return (await receive_upload(request, max_bytes, accepted=accepted)).data
+
+
+async def receive_upload(
+    request: Request, max_bytes: int, *, accepted: tuple[str, ...], extra_files: tuple[str, ...] = ()
+) -> Upload:
+    """An upload sent as a raw body (one of ``accepted`` types) or as multipart/form-data
+    with a ``file`` field and optionally the ``extra_files`` fields (each up to ``max_bytes``).
 
     The multipart envelope is a few hundred bytes, so the same limit applies to both forms.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        body = await read_limited_body(request, max_bytes + 64 * 1024)
-        return await _multipart_file(request, body)
+        body = await read_limited_body(request, max_bytes * (1 + len(extra_files)) + 64 * 1024)
+        return await _multipart(request, body, max_bytes, extra_files)
     if content_type not in accepted and content_type != "application/octet-stream":
         shown = content_type or "none"
         raise UnsupportedMediaTypeError(
@@ -38,10 +57,10 @@ async def read_upload(request: Request, max_bytes: int, *, accepted: tuple[str, 
             f"Content-Type {', '.join(accepted)} or application/octet-stream, "
             "or as multipart/form-data with a 'file' field"
         )
-    return await read_limited_body(request, max_bytes)
+    return Upload(await read_limited_body(request, max_bytes))
 
 
-async def _multipart_file(request: Request, body: bytes) -> bytes:
+async def _multipart(request: Request, body: bytes, max_bytes: int, extra_files: tuple[str, ...]) -> Upload:
     sent = False
 
     async def replay() -> dict[str, object]:
@@ -53,14 +72,22 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
 
     replayed = Request(request.scope, replay)
     try:
-        form = await replayed.form(max_files=1, max_fields=8)
+        form = await replayed.form(max_files=1 + len(extra_files), max_fields=8)
     except Exception as e:  # python-multipart and Starlette raise several types for bad input
         raise ClientError(f"malformed multipart body: {e}") from e
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        await form.close()
-        raise ClientError("multipart body has no 'file' field with the image")
     try:
-        return await upload.read()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ClientError("multipart body has no 'file' field with the image")
+        files = {}
+        for name in ("file", *extra_files):
+            part = form.get(name)
+            if isinstance(part, UploadFile):
+                files[name] = await part.read()
+                if len(files[name]) > max_bytes:
+                    raise PayloadTooLargeError(
+                        f"field {name!r} is {len(files[name])} bytes; the limit is {max_bytes}"
+                    )
+        return Upload(files.pop("file"), upload.filename, files)
     finally:
         await form.close()

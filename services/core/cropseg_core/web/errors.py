@@ -4,10 +4,15 @@ Hierarchy (the HTTP status lives on the class)::
 
     ServiceError                     500 internal_error
      ├── ClientError                 400 bad_request      the client can fix it
+     │    ├── UnauthorizedError      401 unauthorized     (WWW-Authenticate: Bearer)
+     │    ├── ForbiddenError         403 forbidden
      │    ├── NotFoundError          404 not_found
+     │    ├── ConflictError          409 conflict         not possible in the resource's state
      │    ├── PayloadTooLargeError   413 payload_too_large
      │    └── UnsupportedMediaTypeError 415 unsupported_media_type
-     └── UnavailableError            503 unavailable      retry later (Retry-After)
+     ├── BadGatewayError             502 bad_gateway      a service we call failed
+     ├── UnavailableError            503 unavailable      retry later (Retry-After)
+     └── GatewayTimeoutError         504 gateway_timeout  a service we call did not answer in time
 
 ``cropseg_core.imaging.ImageDecodeError`` carries ``code`` and ``status_code`` the same way
 and is answered by the same handler. Bodies look like
@@ -45,9 +50,27 @@ class ClientError(ServiceError):
     code = "bad_request"
 
 
+class UnauthorizedError(ClientError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ForbiddenError(ClientError):
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFoundError(ClientError):
     status_code = 404
     code = "not_found"
+
+
+class ConflictError(ClientError):
+    status_code = 409
+    code = "conflict"
 
 
 class PayloadTooLargeError(ClientError):
@@ -58,6 +81,16 @@ class PayloadTooLargeError(ClientError):
 class UnsupportedMediaTypeError(ClientError):
     status_code = 415
     code = "unsupported_media_type"
+
+
+class BadGatewayError(ServiceError):
+    status_code = 502
+    code = "bad_gateway"
+
+
+class GatewayTimeoutError(ServiceError):
+    status_code = 504
+    code = "gateway_timeout"
 
 
 class UnavailableError(ServiceError):

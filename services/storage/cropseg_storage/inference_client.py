@@ -1,0 +1,141 @@
+"""The inference service as seen from storage: one call, its failures mapped to clear answers.
+
+connection refused / reset      -> 503 inference_unavailable (Retry-After)
+inference answers 503 (full)    -> 503 with its Retry-After
+no answer within the timeout    -> 504 inference_timeout
+inference answers 4xx           -> the same status and its message (the image is refused)
+inference answers 5xx or junk   -> 502 inference_failed
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from cropseg_core.web.errors import BadGatewayError, ClientError, GatewayTimeoutError, UnavailableError
+
+SEGMENT_PATH = "/api/v1/segment"
+
+
+class InferenceUnavailableError(UnavailableError):
+    code = "inference_unavailable"
+
+
+class InferenceTimeoutError(GatewayTimeoutError):
+    code = "inference_timeout"
+
+
+class InferenceFailedError(BadGatewayError):
+    code = "inference_failed"
+
+
+class InferenceRejectedError(ClientError):
+    """Inference refused the image; status and code are the ones it answered."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(f"the inference service refused the image: {message}")
+        self.status_code = status_code
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    mask_png: bytes
+    vegetation_fraction: float
+    threshold: float
+    model_name: str
+    model_version: str
+    latency_s: float
+
+
+class InferenceClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float,
+        retry_after_s: int,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry_after_s = retry_after_s
+        self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, transport=transport)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def segment(self, image: bytes, media_type: str, threshold: float | None = None) -> Segmentation:
+        """Send ``image`` to ``POST /api/v1/segment``; the PNG mask and what the headers say."""
+        params: dict[str, Any] = {"output": "mask"}
+        if threshold is not None:
+            params["threshold"] = threshold
+        started = time.perf_counter()
+        response = await self._send(
+            "POST", SEGMENT_PATH, content=image, params=params, headers={"content-type": media_type}
+        )
+        latency = time.perf_counter() - started
+        try:
+            return Segmentation(
+                mask_png=response.content,
+                vegetation_fraction=float(response.headers["x-vegetation-fraction"]),
+                threshold=float(response.headers["x-threshold"]),
+                model_name=response.headers["x-model-name"],
+                model_version=response.headers["x-model-version"],
+                latency_s=latency,
+            )
+        except (KeyError, ValueError) as e:
+            raise InferenceFailedError(
+                f"the inference service answered without the expected headers: {e}"
+            ) from e
+
+    async def ready(self) -> bool:
+        try:
+            response = await self.client.get("/readyz", timeout=5)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.client.request(method, path, **kwargs)
+        except httpx.TimeoutException as e:
+            raise InferenceTimeoutError(
+                f"the inference service at {self.base_url} did not answer in time"
+            ) from e
+        except httpx.TransportError as e:
+            raise InferenceUnavailableError(
+                f"the inference service at {self.base_url} is not reachable ({type(e).__name__}): "
+                "retry shortly",
+                retry_after_s=self.retry_after_s,
+            ) from e
+        if response.status_code == 503:
+            retry_after = response.headers.get("retry-after", str(self.retry_after_s))
+            raise InferenceUnavailableError(
+                f"the inference service is busy or starting: {_message(response)}",
+                retry_after_s=int(retry_after) if retry_after.isdigit() else self.retry_after_s,
+            )
+        if 400 <= response.status_code < 500:
+            code = _error_field(response, "code") or "inference_rejected"
+            raise InferenceRejectedError(response.status_code, code, _message(response))
+        if response.status_code != 200:
+            raise InferenceFailedError(
+                f"the inference service failed with {response.status_code}: {_message(response)}"
+            )
+        return response
+
+
+def _error_field(response: httpx.Response, field: str) -> str | None:
+    try:
+        error = response.json().get("error")
+    except ValueError:
+        return None
+    if isinstance(error, dict) and isinstance(error.get(field), str):
+        return str(error[field])
+    return None
+
+
+def _message(response: httpx.Response) -> str:
+    return _error_field(response, "message") or response.text[:200] or response.reason_phrase

@@ -1,0 +1,155 @@
+"""Builds the storage app: settings, store, inference client, routers, web UI, background checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
+
+from cropseg_core.store import StoreError, open_store
+from cropseg_core.web.errors import install_error_handlers
+from cropseg_core.web.metrics import install_metrics
+from cropseg_storage.inference_client import InferenceClient
+from cropseg_storage.metrics import StorageMetrics
+from cropseg_storage.repository import ImageRepository
+from cropseg_storage.routes import drift, images, meta, segmentation
+from cropseg_storage.seeding import seed_samples
+from cropseg_storage.settings import StorageSettings, get_settings
+from cropseg_storage.status import Check, StatusMonitor
+
+log = logging.getLogger(__name__)
+
+WEB = Path(__file__).parent / "web"
+
+DESCRIPTION = """\
+The front door of cropseg: stores UAV field images by content, their ground-truth labels and
+predicted masks, segments them through the inference service, evaluates masks against labels,
+and serves the web UI at `/`.
+
+* `POST /api/v1/images` stores an image (same bytes, same id); `GET /api/v1/images/sample` is the gallery.
+* `POST /api/v1/images/{id}/segmentation` segments it; `GET .../evaluation` scores the mask.
+* Writes need `Authorization: Bearer <token>` when `STORAGE_API_TOKEN` is set; reads are public.
+
+Errors are JSON: `{"error": {"code": "...", "message": "what to fix"}}`.
+"""
+
+
+async def _every(interval_s: float, action: Callable[[], Awaitable[object]], name: str) -> None:
+    while True:
+        try:
+            await action()
+        except Exception:  # a background chore must never die; the next round retries
+            log.exception("%s failed", name)
+        await asyncio.sleep(interval_s)
+
+
+def create_app(
+    settings: StorageSettings | None = None,
+    registry: CollectorRegistry | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> FastAPI:
+    """The app; ``transport`` carries every outgoing HTTP call (tests pass ``httpx.MockTransport``)."""
+    settings = settings or get_settings()
+    registry = registry or CollectorRegistry()
+    metrics = StorageMetrics(registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            store = open_store(settings.store)
+        except StoreError as e:  # an unusable data folder or bucket stops start-up, saying why
+            log.error("cannot open the store: %s", e)
+            raise
+        repository = ImageRepository(store, settings.image_limits)
+        if settings.samples_path is not None:
+            await run_in_threadpool(seed_samples, repository, settings.samples_path)
+
+        async def check_store() -> str | None:
+            try:
+                await run_in_threadpool(store.check_writable)
+            except StoreError as e:
+                return str(e)
+            return None
+
+        def record_check(check: Check) -> None:
+            metrics.service_up.labels(check.service).set(1 if check.ok else 0)
+
+        outgoing = httpx.AsyncClient(transport=transport)
+        inference = InferenceClient(
+            str(settings.inference_url),
+            timeout_s=settings.inference_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            transport=transport,
+        )
+        app.state.repository = repository
+        app.state.inference = inference
+        app.state.check_store = check_store
+        app.state.drift_client = httpx.AsyncClient(
+            base_url=str(settings.drift_url), timeout=30, transport=transport
+        )
+        app.state.status_monitor = StatusMonitor(
+            store,
+            {"inference": str(settings.inference_url), "drift-monitor": str(settings.drift_url)},
+            check_store,
+            interval_s=settings.status_interval_s,
+            history_days=settings.status_history_days,
+            client=outgoing,
+            on_check=record_check,
+        )
+        chores = [
+            asyncio.create_task(
+                _every(settings.status_interval_s, app.state.status_monitor.check_all, "status check")
+            ),
+            asyncio.create_task(
+                _every(
+                    settings.stats_interval_s,
+                    lambda: run_in_threadpool(metrics.recount, repository, store),
+                    "recount",
+                )
+            ),
+        ]
+        log.info("storage ready: %s, inference at %s", store.describe(), settings.inference_url)
+        yield
+        for chore in chores:
+            chore.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await chore
+        await inference.aclose()
+        await app.state.drift_client.aclose()
+        await outgoing.aclose()
+
+    app = FastAPI(title="cropseg storage", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    install_metrics(app, registry)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Location", "ETag", "X-Vegetation-Fraction", "X-Model-Version"],
+        )
+    app.include_router(images.router)
+    app.include_router(segmentation.router)
+    app.include_router(meta.router)
+    app.include_router(drift.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=WEB), name="static")
+    return app

@@ -1,0 +1,40 @@
+"""Drift reports, read from the drift-monitor API so the UI needs only this service.
+
+In a cluster the Ingress sends ``/api/v1/drift`` straight to drift-monitor; locally (no
+Ingress) this route forwards the same paths, so the UI works unchanged in both.
+"""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import APIRouter, Request, Response
+
+from cropseg_core.web.errors import ClientError, GatewayTimeoutError, UnavailableError, error_responses
+
+router = APIRouter(tags=["drift"])
+
+FORWARDED_HEADERS = ("content-type", "cache-control", "etag", "last-modified")
+
+
+class DriftUnavailableError(UnavailableError):
+    code = "drift_monitor_unavailable"
+
+
+@router.get(
+    "/api/v1/drift/{path:path}", response_class=Response, responses=error_responses(400, 502, 503, 504)
+)
+async def drift(path: str, request: Request) -> Response:
+    """Forward a read of the drift-monitor API (reports, plots, latest result)."""
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        raise ClientError(f"invalid drift path {path!r}: use the links the drift API returns")
+    client: httpx.AsyncClient = request.app.state.drift_client
+    try:
+        upstream = await client.get(f"/api/v1/drift/{path}", params=request.query_params)
+    except httpx.TimeoutException as e:
+        raise GatewayTimeoutError(f"the drift monitor at {client.base_url} did not answer in time") from e
+    except httpx.TransportError as e:
+        raise DriftUnavailableError(
+            f"the drift monitor at {client.base_url} is not reachable: start it, or set STORAGE_DRIFT_URL"
+        ) from e
+    headers = {name: upstream.headers[name] for name in FORWARDED_HEADERS if name in upstream.headers}
+    return Response(upstream.content, status_code=upstream.status_code, headers=headers)

@@ -1,0 +1,170 @@
+"""Segmentation through the inference service, stored masks and overlays, evaluation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from cropseg_core.imaging import decode_image
+from cropseg_core.masks import encode_png, overlay, score, vegetation_fraction
+from cropseg_core.web.errors import error_responses
+from cropseg_storage.deps import WRITE, Inference, Metrics, Repository
+from cropseg_storage.inference_client import (
+    InferenceFailedError,
+    InferenceRejectedError,
+    InferenceTimeoutError,
+    InferenceUnavailableError,
+)
+from cropseg_storage.repository import MODEL_VERSION, SegmentationRecord, binary_label, check_id
+
+router = APIRouter(prefix="/api/v1/images/{image_id}", tags=["segmentation"])
+
+ModelVersion = Annotated[
+    str | None,
+    Query(pattern=MODEL_VERSION.pattern, description="Model version (default: the newest segmentation)"),
+]
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}}
+OUTCOMES: dict[type[Exception], str] = {
+    InferenceUnavailableError: "unavailable",
+    InferenceTimeoutError: "timeout",
+    InferenceRejectedError: "rejected",
+    InferenceFailedError: "failed",
+}
+
+
+class SegmentationOut(SegmentationRecord):
+    links: dict[str, str]
+
+
+class SegmentationList(BaseModel):
+    items: list[SegmentationOut] = Field(description="One per model version, newest first")
+
+
+class Evaluation(BaseModel):
+    image_id: str
+    model_version: str
+    pixel_accuracy: float = Field(description="Share of pixels where mask and label agree")
+    iou: float = Field(description="Intersection over union of vegetation (1 when both are empty)")
+    vegetation_fraction_predicted: float
+    vegetation_fraction_label: float
+    pixels: int
+
+
+def _out(record: SegmentationRecord) -> SegmentationOut:
+    base = f"/api/v1/images/{record.image_id}"
+    query = f"?model_version={record.model_version}"
+    links = {
+        "mask": f"{base}/mask{query}",
+        "overlay": f"{base}/overlay{query}",
+        "evaluation": f"{base}/evaluation{query}",
+    }
+    return SegmentationOut(**record.model_dump(), links=links)
+
+
+@router.post(
+    "/segmentation",
+    status_code=201,
+    response_model=SegmentationOut,
+    dependencies=WRITE,
+    responses=error_responses(400, 401, 403, 404, 413, 502, 503, 504),
+)
+async def segment(
+    image_id: str,
+    repository: Repository,
+    inference: Inference,
+    metrics: Metrics,
+    threshold: Annotated[
+        float | None, Query(gt=0, lt=1, description="Default: the model's calibrated one")
+    ] = None,
+) -> JSONResponse:
+    """Segment the stored image with the inference service; store the mask and a prediction record."""
+    record = await run_in_threadpool(repository.get, image_id)
+    data = await run_in_threadpool(repository.image_bytes, record)
+    try:
+        result = await inference.segment(data, record.media_type, threshold)
+    except (
+        InferenceUnavailableError,
+        InferenceTimeoutError,
+        InferenceRejectedError,
+        InferenceFailedError,
+    ) as e:
+        metrics.inference_requests.labels(OUTCOMES[type(e)]).inc()
+        raise
+    metrics.inference_requests.labels("success").inc()
+    metrics.inference_duration.observe(result.latency_s)
+    segmentation = SegmentationRecord(
+        image_id=record.id,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        threshold=result.threshold,
+        vegetation_fraction=result.vegetation_fraction,
+        latency_ms=round(result.latency_s * 1000, 2),
+        created_at=datetime.now(UTC),
+    )
+    await run_in_threadpool(repository.save_segmentation, segmentation, result.mask_png)
+    body = _out(segmentation)
+    return JSONResponse(
+        body.model_dump(mode="json"), status_code=201, headers={"Location": body.links["mask"]}
+    )
+
+
+@router.get("/segmentations", response_model=SegmentationList, responses=error_responses(400, 404))
+def segmentations(image_id: str, repository: Repository) -> SegmentationList:
+    """The stored segmentations of the image, one per model version."""
+    repository.get(image_id)
+    return SegmentationList(items=[_out(s) for s in repository.segmentations(image_id)])
+
+
+@router.get(
+    "/mask", response_class=Response, responses={**PNG_RESPONSE, **error_responses(400, 404, 409, 422)}
+)
+def mask(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Response:
+    """The predicted mask as a PNG (255 = vegetation)."""
+    segmentation, png = repository.mask(image_id, model_version)
+    return Response(png, media_type="image/png", headers=_model_headers(segmentation))
+
+
+@router.get(
+    "/overlay", response_class=Response, responses={**PNG_RESPONSE, **error_responses(400, 404, 409, 422)}
+)
+def overlay_image(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Response:
+    """The image with predicted vegetation tinted magenta."""
+    segmentation, png = repository.mask(image_id, model_version)
+    pixels = repository.decode(repository.get(image_id))
+    predicted = decode_image(png, repository.limits).pixels[..., 0]
+    return Response(encode_png(overlay(pixels, predicted), compress_level=3), media_type="image/png",
+                    headers=_model_headers(segmentation))  # fmt: skip
+
+
+@router.get("/evaluation", response_model=Evaluation, responses=error_responses(400, 404, 409, 422))
+def evaluation(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Evaluation:
+    """Pixel accuracy and IoU of the stored mask against the label (the seed's ``/metrics``)."""
+    check_id(image_id)
+    label = binary_label(decode_image(repository.label(image_id), repository.limits))
+    segmentation, png = repository.mask(image_id, model_version)
+    predicted = decode_image(png, repository.limits).pixels[..., 0]
+    result = score(predicted, label)
+    return Evaluation(
+        image_id=image_id,
+        model_version=segmentation.model_version,
+        pixel_accuracy=result.pixel_accuracy,
+        iou=result.iou,
+        vegetation_fraction_predicted=vegetation_fraction(predicted),
+        vegetation_fraction_label=vegetation_fraction(label),
+        pixels=int(np.prod(label.shape)),
+    )
+
+
+def _model_headers(segmentation: SegmentationRecord) -> dict[str, str]:
+    return {
+        "X-Model-Name": segmentation.model_name,
+        "X-Model-Version": segmentation.model_version,
+        "X-Vegetation-Fraction": f"{segmentation.vegetation_fraction:.6f}",
+        "Cache-Control": "no-cache",
+    }

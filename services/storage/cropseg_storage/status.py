@@ -1,0 +1,193 @@
+"""The status page's data: periodic readiness checks of every service, kept on the volume.
+
+Each check appends one record to ``status/<date>``; the summary reads the last days back
+to report each service's current state, daily uptime and incidents (runs of failed
+checks), like the seed's hosted uptime page but self-hosted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import httpx
+from pydantic import BaseModel
+
+from cropseg_core.store import BlobStore, StoreError
+
+log = logging.getLogger(__name__)
+
+State = Literal["up", "down", "unknown"]
+SelfCheck = Callable[[], Awaitable[str | None]]
+
+
+class Check(BaseModel):
+    service: str
+    ok: bool
+    latency_ms: float
+    detail: str
+    time: datetime
+
+
+class Incident(BaseModel):
+    service: str
+    started_at: datetime
+    ended_at: datetime | None = None
+    """None while it lasts."""
+    checks_failed: int
+    detail: str
+
+
+class DayUptime(BaseModel):
+    date: str
+    uptime: float | None
+    """Share of passed checks; None when nothing was checked that day."""
+
+
+class ServiceStatus(BaseModel):
+    name: str
+    url: str
+    state: State
+    detail: str
+    latency_ms: float | None
+    checked_at: datetime | None
+    uptime: float | None
+    """Share of passed checks over the history window."""
+    days: list[DayUptime]
+
+
+class StatusSummary(BaseModel):
+    overall: State
+    interval_s: float
+    services: list[ServiceStatus]
+    incidents: list[Incident]
+    """Newest first."""
+
+
+class StatusMonitor:
+    def __init__(
+        self,
+        store: BlobStore,
+        targets: Mapping[str, str],
+        self_check: SelfCheck,
+        *,
+        interval_s: float,
+        history_days: int,
+        client: httpx.AsyncClient,
+        on_check: Callable[[Check], None] = lambda check: None,
+    ) -> None:
+        self.store = store
+        self.targets = dict(targets)
+        self.self_check = self_check
+        self.interval_s = interval_s
+        self.history_days = history_days
+        self.client = client
+        self.on_check = on_check
+
+    async def check_all(self) -> list[Check]:
+        """Check every service now and record the results."""
+        checks = await asyncio.gather(
+            self._check_self(), *(self._check(n, u) for n, u in self.targets.items())
+        )
+        for check in checks:
+            self.on_check(check)
+            try:
+                self.store.append_record(f"status/{check.time:%Y-%m-%d}", check.model_dump(mode="json"))
+            except StoreError as e:
+                log.warning("cannot record a status check: %s", e)
+        return list(checks)
+
+    async def _check_self(self) -> Check:
+        started = time.perf_counter()
+        problem = await self.self_check()
+        return Check(
+            service="storage",
+            ok=problem is None,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            detail=problem or "ready",
+            time=datetime.now(UTC),
+        )
+
+    async def _check(self, name: str, base_url: str) -> Check:
+        started = time.perf_counter()
+        try:
+            response = await self.client.get(f"{base_url.rstrip('/')}/readyz", timeout=5)
+            ok = response.status_code == 200
+            detail = "ready" if ok else f"/readyz answered {response.status_code}"
+        except httpx.HTTPError as e:
+            ok, detail = False, f"unreachable: {type(e).__name__}"
+        return Check(
+            service=name,
+            ok=ok,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            detail=detail,
+            time=datetime.now(UTC),
+        )
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.check_all()
+            await asyncio.sleep(self.interval_s)
+
+    def summary(self, now: datetime | None = None) -> StatusSummary:
+        now = now or datetime.now(UTC)
+        days = [
+            (now - timedelta(days=back)).strftime("%Y-%m-%d") for back in range(self.history_days - 1, -1, -1)
+        ]
+        by_day = {
+            day: [Check.model_validate(r) for r in self.store.read_records(f"status/{day}")] for day in days
+        }
+        checks = sorted((c for day in days for c in by_day[day]), key=lambda c: c.time)
+        urls = {"storage": "(this service)", **self.targets}
+        services = []
+        for name, url in urls.items():
+            own = [c for c in checks if c.service == name]
+            last = own[-1] if own else None
+            services.append(
+                ServiceStatus(
+                    name=name,
+                    url=url,
+                    state="unknown" if last is None else "up" if last.ok else "down",
+                    detail=last.detail if last else "not checked yet",
+                    latency_ms=last.latency_ms if last else None,
+                    checked_at=last.time if last else None,
+                    uptime=_uptime(own),
+                    days=[
+                        DayUptime(date=day, uptime=_uptime([c for c in by_day[day] if c.service == name]))
+                        for day in days
+                    ],
+                )
+            )
+        states = {s.state for s in services}
+        overall: State = "down" if "down" in states else "unknown" if states == {"unknown"} else "up"
+        incidents = [i for name in urls for i in _incidents(name, [c for c in checks if c.service == name])]
+        incidents.sort(key=lambda i: i.started_at, reverse=True)
+        return StatusSummary(
+            overall=overall, interval_s=self.interval_s, services=services, incidents=incidents
+        )
+
+
+def _uptime(checks: list[Check]) -> float | None:
+    return sum(c.ok for c in checks) / len(checks) if checks else None
+
+
+def _incidents(service: str, checks: list[Check]) -> list[Incident]:
+    """Runs of consecutive failed checks; one that has not ended yet has ``ended_at`` None."""
+    incidents: list[Incident] = []
+    current: Incident | None = None
+    for check in checks:
+        if not check.ok and current is None:
+            current = Incident(service=service, started_at=check.time, checks_failed=1, detail=check.detail)
+        elif not check.ok and current is not None:
+            current.checks_failed += 1
+        elif check.ok and current is not None:
+            current.ended_at = check.time
+            incidents.append(current)
+            current = None
+    if current is not None:
+        incidents.append(current)
+    return incidents
