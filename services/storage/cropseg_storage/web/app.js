@@ -1,0 +1,350 @@
+// cropseg web UI: plain JavaScript, no build step, talks only to this service's API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN_KEY = "cropseg-token";
+const state = { selected: null, authentication: false };
+
+// ---------- API ----------
+
+class ApiError extends Error {}
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token && options.method && options.method !== "GET") headers.set("Authorization", `Bearer ${token}`);
+  let response;
+  try {
+    response = await fetch(path, { ...options, headers });
+  } catch (e) {
+    throw new ApiError("The service cannot be reached. Check your connection and try again.");
+  }
+  if (!response.ok) {
+    let message = `${response.status} ${response.statusText}`;
+    try {
+      const body = await response.json();
+      const error = body.error;
+      message = typeof error === "string" ? error : (error && error.message) || message;
+    } catch (_) { /* not JSON */ }
+    if (response.status === 401 || response.status === 403) {
+      $("token-button").hidden = false;
+      message += " — set the API token (top right).";
+    }
+    throw new ApiError(message);
+  }
+  return response;
+}
+
+const json = async (path, options) => (await api(path, options)).json();
+
+// ---------- helpers ----------
+
+function showAlert(message, kind = "error") {
+  $("alert-text").textContent = message;
+  $("alert").className = `alert ${kind === "info" ? "info" : ""}`;
+  $("alert").hidden = false;
+}
+$("alert-close").addEventListener("click", () => { $("alert").hidden = true; });
+
+function busy(text) {
+  $("busy").hidden = !text;
+  $("busy-text").textContent = text || "";
+}
+
+function element(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  node.append(...children.filter((child) => child !== null && child !== undefined));
+  return node;
+}
+
+const percent = (value) => `${(100 * value).toFixed(1)} %`;
+const when = (iso) => new Date(iso).toLocaleString();
+
+function loadImage(img, src) {
+  return new Promise((resolve, reject) => {
+    img.onload = () => { img.hidden = false; resolve(); };
+    img.onerror = () => reject(new ApiError(`Could not load ${src}`));
+    img.src = src;
+  });
+}
+
+// ---------- segment page ----------
+
+function thumbButton(image, container) {
+  const button = element("button", {
+    type: "button",
+    title: image.filename || image.id.slice(0, 12),
+    "data-id": image.id,
+    onclick: () => select(image),
+  }, element("img", { src: image.links.thumbnail, alt: image.filename || "image", loading: "lazy" }));
+  if (image.has_label) button.append(element("span", { class: "tag", text: "label" }));
+  if (state.selected && state.selected.id === image.id) button.classList.add("selected");
+  container.append(button);
+}
+
+async function loadGallery() {
+  const gallery = $("gallery");
+  gallery.replaceChildren(element("span", { class: "empty", text: "Loading samples…" }));
+  try {
+    const { items } = await json("/api/v1/images/sample?limit=9&source=sample");
+    gallery.replaceChildren();
+    if (!items.length) gallery.append(element("span", { class: "empty", text: "No samples stored." }));
+    items.forEach((image) => thumbButton(image, gallery));
+  } catch (e) {
+    gallery.replaceChildren(element("span", { class: "empty", text: e.message }));
+  }
+}
+
+async function loadUploads() {
+  const uploads = $("uploads");
+  try {
+    const { items } = await json("/api/v1/images?source=upload&limit=8");
+    uploads.replaceChildren();
+    if (!items.length) uploads.append(element("span", { class: "empty", text: "Nothing uploaded yet." }));
+    items.forEach((image) => thumbButton(image, uploads));
+  } catch (e) {
+    uploads.replaceChildren(element("span", { class: "empty", text: e.message }));
+  }
+}
+
+function markSelected() {
+  document.querySelectorAll(".grid button").forEach((button) => {
+    button.classList.toggle("selected", state.selected && button.dataset.id === state.selected.id);
+  });
+}
+
+async function select(image) {
+  state.selected = image;
+  markSelected();
+  $("result-empty").hidden = true;
+  $("result").hidden = false;
+  $("segment-button").disabled = false;
+  $("stats").hidden = true;
+  $("image-caption").textContent =
+    `${image.filename || "image"} · ${image.width}×${image.height} px · ${image.format} · id ${image.id.slice(0, 12)}…`;
+  for (const name of ["mask", "overlay"]) {
+    $(`view-${name}`).hidden = true;
+    $(`view-${name}`).removeAttribute("src");
+  }
+  $("figure-label").hidden = !image.has_label;
+  if (window.matchMedia("(max-width: 800px)").matches) $("result-title").scrollIntoView({ behavior: "smooth" });
+  try {
+    await loadImage($("view-original"), image.links.self);
+    if (image.has_label) await loadImage($("view-label"), `${image.links.label}?v=${Date.now()}`);
+    const { items } = await json(`/api/v1/images/${image.id}/segmentations`);
+    if (items.length) await showSegmentation(items[0]);
+  } catch (e) {
+    showAlert(e.message);
+  }
+}
+
+async function showSegmentation(segmentation) {
+  const stamp = encodeURIComponent(segmentation.created_at);
+  await Promise.all([
+    loadImage($("view-mask"), `${segmentation.links.mask}&t=${stamp}`),
+    loadImage($("view-overlay"), `${segmentation.links.overlay}&t=${stamp}`),
+  ]);
+  $("stat-fraction").textContent = percent(segmentation.vegetation_fraction);
+  $("stat-model").textContent = `${segmentation.model_name} ${segmentation.model_version}`;
+  $("stat-latency").textContent = `${Math.round(segmentation.latency_ms)} ms`;
+  $("stats").hidden = false;
+  const labelled = state.selected && state.selected.has_label;
+  $("stat-accuracy-box").hidden = !labelled;
+  $("stat-iou-box").hidden = !labelled;
+  if (labelled) {
+    const evaluation = await json(segmentation.links.evaluation);
+    $("stat-accuracy").textContent = percent(evaluation.pixel_accuracy);
+    $("stat-iou").textContent = evaluation.iou.toFixed(3);
+  }
+}
+
+async function segmentSelected() {
+  if (!state.selected) return;
+  $("segment-button").disabled = true;
+  busy("Segmenting… large images take a few seconds.");
+  try {
+    const segmentation = await json(`/api/v1/images/${state.selected.id}/segmentation`, { method: "POST" });
+    busy("Loading the mask…");
+    await showSegmentation(segmentation);
+    $("alert").hidden = true;
+  } catch (e) {
+    showAlert(`Segmentation failed: ${e.message}`);
+  } finally {
+    busy(null);
+    $("segment-button").disabled = false;
+  }
+}
+
+async function upload(file) {
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const label = $("label-input").files[0];
+  if (label) form.append("label", label, label.name);
+  busy(`Uploading ${file.name}…`);
+  $("result-empty").hidden = true;
+  $("result").hidden = false;
+  try {
+    const response = await api("/api/v1/images", { method: "POST", body: form });
+    const image = await response.json();
+    showAlert(response.status === 201 ? `Stored ${file.name}.` : `${file.name} was already stored: showing it.`, "info");
+    $("label-input").value = "";
+    await loadUploads();
+    await select(image);
+  } catch (e) {
+    showAlert(`Upload failed: ${e.message}`);
+  } finally {
+    busy(null);
+    $("file-input").value = "";
+  }
+}
+
+function setUpDropzone() {
+  const zone = $("dropzone");
+  $("file-input").addEventListener("change", (event) => upload(event.target.files[0]));
+  ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (event) => {
+    event.preventDefault();
+    zone.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((type) => zone.addEventListener(type, () => zone.classList.remove("over")));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    upload(event.dataTransfer.files[0]);
+  });
+}
+
+// ---------- drift page ----------
+
+async function loadDrift() {
+  const list = $("drift-list");
+  list.replaceChildren(element("li", { class: "muted", text: "Loading reports…" }));
+  try {
+    const { items } = await json("/api/v1/drift/reports?limit=30");
+    list.replaceChildren();
+    if (!items.length) list.append(element("li", { class: "muted", text: "No drift report yet: the drift job has not run." }));
+    items.forEach((report) => list.append(element("li", { "data-id": report.id },
+      element("button", { type: "button", onclick: () => showReport(report.id) },
+        element("span", { class: `badge ${report.status}`, text: report.status.replace("_", " ") }), " ",
+        element("span", { text: when(report.created_at) }),
+        element("div", { class: "muted", text: `${report.images ?? "?"} images · ${report.predictions ?? "?"} predictions` })))));
+    if (items.length) showReport(items[0].id);
+  } catch (e) {
+    list.replaceChildren(element("li", { class: "muted", text: e.message }));
+  }
+}
+
+async function showReport(id) {
+  document.querySelectorAll("#drift-list li").forEach((li) => li.classList.toggle("selected", li.dataset.id === id));
+  const detail = $("drift-detail");
+  detail.replaceChildren(element("div", { class: "busy" }, element("span", { class: "spinner" }), "Loading the report…"));
+  try {
+    const report = await json(`/api/v1/drift/reports/${encodeURIComponent(id)}`);
+    $("drift-title").textContent = `Report ${when(report.created_at)}`;
+    const rows = Object.entries(report.detectors || {}).map(([name, result]) => element("tr", {},
+      element("td", { text: name }),
+      element("td", {}, element("span", { class: `badge ${result.is_drift ? "drift" : "no_drift"}`, text: result.is_drift ? "drift" : "no drift" })),
+      element("td", { text: result.p_val !== undefined && result.p_val !== null ? Number(result.p_val).toExponential(2) : "–" }),
+      element("td", { text: (result.drifted || []).join(", ") || "–" })));
+    const plots = (report.plots || []).map((plot) => element("figure", {},
+      element("img", { src: plot.url, alt: plot.name, loading: "lazy" }), element("figcaption", { text: plot.name })));
+    detail.replaceChildren(
+      element("p", {}, element("span", { class: `badge ${report.status}`, text: report.status.replace("_", " ") }),
+        " ", report.summary || ""),
+      rows.length ? element("table", {}, element("thead", {}, element("tr", {},
+        element("th", { text: "Check" }), element("th", { text: "Verdict" }), element("th", { text: "p-value" }),
+        element("th", { text: "Drifted features" }))), element("tbody", {}, ...rows)) : null,
+      plots.length ? element("div", { class: "plots" }, ...plots) : null,
+      report.links && report.links.html
+        ? element("p", {}, element("a", { href: report.links.html, target: "_blank", rel: "noopener", text: "Full HTML report" }))
+        : null,
+    );
+  } catch (e) {
+    detail.replaceChildren(element("p", { class: "muted", text: e.message }));
+  }
+}
+
+// ---------- status page ----------
+
+function bar(day) {
+  const level = day.uptime === null ? "" : day.uptime >= 0.999 ? "good" : day.uptime >= 0.9 ? "partial" : "bad";
+  const text = day.uptime === null ? "no data" : percent(day.uptime);
+  return element("span", { class: level, title: `${day.date}: ${text}` });
+}
+
+async function loadStatus() {
+  try {
+    const status = await json("/api/v1/status");
+    const words = { up: "All systems operational", down: "Some services are down", unknown: "Not checked yet" };
+    $("status-overall").textContent = words[status.overall];
+    $("status-overall").className = `overall ${status.overall}`;
+    $("status-services").replaceChildren(...status.services.map((service) => element("div", { class: "service", "data-service": service.name },
+      element("div", { class: "service-head" },
+        element("strong", { text: service.name }),
+        element("span", { class: `badge ${service.state}`, text: service.state })),
+      element("div", { class: "muted", text:
+        `${service.detail}${service.latency_ms !== null ? ` · ${Math.round(service.latency_ms)} ms` : ""}` +
+        `${service.checked_at ? ` · checked ${when(service.checked_at)}` : ""}` +
+        `${service.uptime !== null ? ` · uptime ${percent(service.uptime)} over ${service.days.length} days` : ""}` }),
+      element("div", { class: "bars", "aria-label": "uptime per day" }, ...service.days.map(bar)))));
+    const incidents = status.incidents.slice(0, 20);
+    $("status-incidents").replaceChildren(...(incidents.length ? incidents.map((incident) => element("li", {},
+      element("span", { class: `badge ${incident.ended_at ? "unknown" : "down"}`, text: incident.ended_at ? "resolved" : "ongoing" }),
+      " ", element("strong", { text: incident.service }), " ",
+      element("span", { text: `${when(incident.started_at)}${incident.ended_at ? ` – ${when(incident.ended_at)}` : ""}` }),
+      element("div", { class: "muted", text: `${incident.detail} (${incident.checks_failed} failed checks)` })))
+      : [element("li", { class: "muted", text: `No incidents in the last ${status.services[0]?.days.length ?? 7} days.` })]));
+  } catch (e) {
+    $("status-overall").textContent = e.message;
+    $("status-overall").className = "overall down";
+  }
+}
+
+// ---------- routing, token ----------
+
+const loaders = { segment: () => {}, drift: loadDrift, status: loadStatus };
+
+function route() {
+  const page = (location.hash.replace(/^#\//, "") || "segment").split("/")[0];
+  const known = page in loaders ? page : "segment";
+  for (const name of Object.keys(loaders)) $(`page-${name}`).hidden = name !== known;
+  document.querySelectorAll("nav a").forEach((link) => link.classList.toggle("active", link.dataset.page === known));
+  loaders[known]();
+}
+
+function setUpToken() {
+  $("token-button").addEventListener("click", () => {
+    $("token-input").value = localStorage.getItem(TOKEN_KEY) || "";
+    $("token-dialog").showModal();
+  });
+  $("token-dialog").addEventListener("close", () => {
+    if ($("token-dialog").returnValue === "save") {
+      const token = $("token-input").value.trim();
+      if (token) localStorage.setItem(TOKEN_KEY, token); else localStorage.removeItem(TOKEN_KEY);
+    }
+  });
+}
+
+async function start() {
+  setUpDropzone();
+  setUpToken();
+  $("shuffle").addEventListener("click", loadGallery);
+  $("segment-button").addEventListener("click", segmentSelected);
+  $("drift-refresh").addEventListener("click", loadDrift);
+  $("status-refresh").addEventListener("click", loadStatus);
+  window.addEventListener("hashchange", route);
+  route();
+  loadGallery();
+  loadUploads();
+  try {
+    const info = await json("/api/v1/info");
+    $("token-button").hidden = !info.authentication;
+  } catch (_) { /* the gallery shows the error */ }
+}
+
+start();
