@@ -143,8 +143,9 @@ class ImageRepository:
                 _sidecar_key(image_id), encode_json(record.model_dump(mode="json"))
             )
             if not created:  # a concurrent upload of the same bytes committed first
-                self.store.delete(marker)
                 record = self.get(image_id)
+                if marker != f"index/{record.source}/{_marker_name(record)}":  # same millisecond: same marker
+                    self.store.delete(marker)
         if label_png is not None:
             self.store.put(f"labels/{image_id}.png", label_png)
         return record, created

@@ -27,7 +27,9 @@ router = APIRouter(prefix="/api/v1/images/{image_id}", tags=["segmentation"])
 
 ModelVersion = Annotated[
     str | None,
-    Query(pattern=MODEL_VERSION.pattern, description="Model version (default: the newest segmentation)"),
+    Query(
+        pattern=f"^{MODEL_VERSION.pattern}$", description="Model version (default: the newest segmentation)"
+    ),
 ]
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}}}
 OUTCOMES: dict[type[Exception], str] = {

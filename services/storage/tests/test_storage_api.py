@@ -1,0 +1,413 @@
+"""The storage API with TestClient and a fake inference service (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from cropseg_storage.main import create_app
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+from storage_testing import TOKEN, column_mask, encode, fake_inference, field_image, make_settings, routed
+
+from cropseg_core.imaging import decode_image
+
+IMAGE = encode(field_image())  # 40x30, vegetation in the first 20 columns
+LABEL = encode(column_mask(40, 30, 30))  # the "truth": 30 columns
+
+
+def upload(
+    client: TestClient,
+    data: bytes = IMAGE,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    return client.post(
+        "/api/v1/images",
+        content=data,
+        headers={"content-type": "image/png", **(headers or {})},
+        params=params,
+    )
+
+
+@pytest.fixture
+def make_client(tmp_path: Path) -> Iterator[Callable[..., TestClient]]:
+    """Build an app with extra settings and its own outgoing transport."""
+    clients: list[TestClient] = []
+
+    def build(transport: httpx.MockTransport | None = None, **settings: object) -> TestClient:
+        app = create_app(
+            make_settings(tmp_path / f"data{len(clients)}", **settings),
+            CollectorRegistry(),
+            transport or routed(inference=fake_inference),
+        )
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+# Uploads
+
+
+def test_upload_raw_then_duplicate(client: TestClient) -> None:
+    first = upload(client, params={"filename": "field.png"})
+    assert first.status_code == 201
+    body = first.json()
+    assert body["id"] == __import__("hashlib").sha256(IMAGE).hexdigest()
+    assert (body["width"], body["height"], body["size"], body["source"]) == (40, 30, len(IMAGE), "upload")
+    assert body["filename"] == "field.png"
+    assert body["has_label"] is False
+    assert first.headers["location"] == f"/api/v1/images/{body['id']}"
+    again = upload(client)
+    assert again.status_code == 200
+    assert again.json()["id"] == body["id"]
+    assert again.json()["created_at"] == body["created_at"]
+
+
+def test_upload_multipart_with_label(client: TestClient) -> None:
+    response = client.post(
+        "/api/v1/images",
+        files={"file": ("plot 7.png", IMAGE, "image/png"), "label": ("mask.png", LABEL, "image/png")},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["filename"] == "plot 7.png"
+    assert response.json()["has_label"] is True
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "code"),
+    [
+        (b"", "image/png", 400, "empty_image"),
+        (b"%PDF-1.4 not an image", "application/octet-stream", 415, "not_an_image"),
+        (IMAGE[: len(IMAGE) // 2], "image/png", 400, "truncated_image"),
+        (IMAGE, "text/plain", 415, "unsupported_media_type"),
+    ],
+    ids=["empty", "not-an-image", "truncated", "wrong-content-type"],
+)
+def test_bad_uploads_say_what_to_fix(
+    client: TestClient, content: bytes, content_type: str, status: int, code: str
+) -> None:
+    response = client.post("/api/v1/images", content=content, headers={"content-type": content_type})
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert response.json()["error"]["message"]
+    assert client.get("/api/v1/images").json()["items"] == []
+
+
+def test_oversized_body_is_refused(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(image_limits={"max_bytes": 1000, "max_pixels": 1000})
+    response = upload(client, encode(field_image(200, 200)))
+    assert response.status_code == 413
+    assert "limit is 1000 bytes" in response.json()["error"]["message"]
+
+
+def test_multipart_without_file_field(client: TestClient) -> None:
+    response = client.post("/api/v1/images", files={"image": ("x.png", IMAGE, "image/png")})
+    assert response.status_code == 400
+    assert "'file' field" in response.json()["error"]["message"]
+
+
+def test_label_of_the_wrong_size(client: TestClient) -> None:
+    response = client.post(
+        "/api/v1/images",
+        files={
+            "file": ("f.png", IMAGE, "image/png"),
+            "label": ("m.png", encode(column_mask(10, 10, 5)), "image/png"),
+        },
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "label_size_mismatch"
+    image_id = upload(client).json()["id"]
+    response = client.put(f"/api/v1/images/{image_id}/label", content=encode(column_mask(41, 30, 5)),
+                          headers={"content-type": "image/png"})  # fmt: skip
+    assert response.status_code == 400
+    assert "41x30 but the image is 40x30" in response.json()["error"]["message"]
+
+
+# Reads
+
+
+def test_unknown_and_malformed_ids(client: TestClient) -> None:
+    unknown = "0" * 64
+    for path in (
+        "",
+        "/metadata",
+        "/thumbnail",
+        "/label",
+        "/mask",
+        "/overlay",
+        "/evaluation",
+        "/segmentations",
+    ):
+        response = client.get(f"/api/v1/images/{unknown}{path}")
+        assert response.status_code == 404, path
+        assert response.json()["error"]["code"] == "image_not_found"
+        malformed = client.get(f"/api/v1/images/..%2F..%2Fetc{path}")
+        assert malformed.status_code in (400, 404), path
+    response = client.get("/api/v1/images/not-a-sha256")
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_id"
+    assert client.delete(f"/api/v1/images/{unknown}").status_code == 404
+    assert client.post(f"/api/v1/images/{'z' * 64}/segmentation").status_code == 400
+
+
+def test_image_bytes_are_cacheable_by_etag(client: TestClient) -> None:
+    image_id = upload(client).json()["id"]
+    response = client.get(f"/api/v1/images/{image_id}")
+    assert response.content == IMAGE
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["etag"] == f'"{image_id}"'
+    assert "immutable" in response.headers["cache-control"]
+    cached = client.get(f"/api/v1/images/{image_id}", headers={"if-none-match": f'"{image_id}"'})
+    assert cached.status_code == 304
+    assert cached.content == b""
+    thumbnail = client.get(f"/api/v1/images/{image_id}/thumbnail")
+    assert thumbnail.headers["content-type"] == "image/jpeg"
+    assert decode_image(thumbnail.content).width == 40  # never enlarged
+
+
+def test_listing_pages_and_sample(client: TestClient) -> None:
+    ids = [upload(client, encode(field_image(seed=n))).json()["id"] for n in range(5)]
+    first = client.get("/api/v1/images", params={"limit": 3}).json()
+    second = client.get("/api/v1/images", params={"limit": 3, "cursor": first["next_cursor"]}).json()
+    assert [i["id"] for i in first["items"] + second["items"]] == ids[::-1]
+    assert second["next_cursor"] is None
+    assert client.get("/api/v1/images", params={"source": "sample"}).json()["items"] == []
+    sample = client.get("/api/v1/images/sample", params={"limit": 2}).json()["items"]
+    assert len(sample) == 2
+    assert {i["id"] for i in sample} <= set(ids)
+    bad = client.get("/api/v1/images", params={"cursor": "nonsense"})
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_cursor")
+    assert client.get("/api/v1/images", params={"limit": 0}).status_code == 422
+    assert client.get("/api/v1/images", params={"source": "elsewhere"}).status_code == 422
+
+
+# Segmentation and evaluation
+
+
+def test_segment_then_mask_overlay_and_evaluation(client: TestClient) -> None:
+    image_id = client.post(
+        "/api/v1/images",
+        files={"file": ("f.png", IMAGE, "image/png"), "label": ("m.png", LABEL, "image/png")},
+    ).json()["id"]
+    assert client.get(f"/api/v1/images/{image_id}/evaluation").json()["error"]["code"] == "no_segmentation"
+    response = client.post(f"/api/v1/images/{image_id}/segmentation")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["model_name"], body["model_version"], body["vegetation_fraction"]) == (
+        "cropseg-unet",
+        "1.0.0",
+        0.5,
+    )
+    assert body["latency_ms"] >= 0
+    mask = client.get(f"/api/v1/images/{image_id}/mask")
+    np.testing.assert_array_equal(decode_image(mask.content).pixels[..., 0], column_mask(40, 30, 20))
+    assert mask.headers["x-model-version"] == "1.0.0"
+    overlay = decode_image(client.get(body["links"]["overlay"]).content).pixels
+    original = decode_image(IMAGE).pixels
+    assert (overlay[:, 20:] == original[:, 20:]).all()  # soil untouched
+    assert (overlay[:, :20, 0] > original[:, :20, 0]).all()  # vegetation tinted magenta
+    evaluation = client.get(f"/api/v1/images/{image_id}/evaluation").json()
+    assert evaluation["iou"] == pytest.approx(20 / 30)
+    assert evaluation["pixel_accuracy"] == pytest.approx(30 / 40)
+    assert evaluation["vegetation_fraction_label"] == pytest.approx(0.75)
+    assert evaluation["pixels"] == 1200
+    listed = client.get(f"/api/v1/images/{image_id}/segmentations").json()["items"]
+    assert [s["model_version"] for s in listed] == ["1.0.0"]
+
+
+def test_evaluation_without_label_is_a_conflict(client: TestClient) -> None:
+    image_id = upload(client).json()["id"]
+    client.post(f"/api/v1/images/{image_id}/segmentation")
+    response = client.get(f"/api/v1/images/{image_id}/evaluation")
+    assert response.status_code == 409
+    assert "PUT /api/v1/images/" in response.json()["error"]["message"]
+    put = client.put(f"/api/v1/images/{image_id}/label", content=LABEL, headers={"content-type": "image/png"})
+    assert put.status_code == 204
+    assert client.get(f"/api/v1/images/{image_id}/evaluation").json()["iou"] == pytest.approx(20 / 30)
+
+
+def test_threshold_is_validated_and_passed_on(client: TestClient) -> None:
+    image_id = upload(client).json()["id"]
+    assert (
+        client.post(f"/api/v1/images/{image_id}/segmentation", params={"threshold": 1.5}).status_code == 422
+    )
+    response = client.post(f"/api/v1/images/{image_id}/segmentation", params={"threshold": 0.3})
+    assert response.json()["threshold"] == 0.3
+    assert client.get(f"/api/v1/images/{image_id}/mask", params={"model_version": "../x"}).status_code == 422
+
+
+def failing(kind: str) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if kind == "refused":
+            raise httpx.ConnectError("connection refused", request=request)
+        if kind == "timeout":
+            raise httpx.ReadTimeout("timed out", request=request)
+        if kind == "busy":
+            return httpx.Response(503, json={"error": {"code": "unavailable", "message": "queue full"}},
+                                  headers={"retry-after": "7"})  # fmt: skip
+        if kind == "too-large":
+            return httpx.Response(
+                413, json={"error": {"code": "image_too_large", "message": "too many pixels"}}
+            )
+        if kind == "crash":
+            return httpx.Response(500, text="Internal Server Error")
+        return httpx.Response(200, content=b"\x89PNG...")  # no headers: a broken answer
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "code", "outcome"),
+    [
+        ("refused", 503, "inference_unavailable", "unavailable"),
+        ("busy", 503, "inference_unavailable", "unavailable"),
+        ("timeout", 504, "inference_timeout", "timeout"),
+        ("too-large", 413, "image_too_large", "rejected"),
+        ("crash", 502, "inference_failed", "failed"),
+        ("malformed", 502, "inference_failed", "failed"),
+    ],
+)
+def test_inference_failures_become_clear_answers(
+    make_client: Callable[..., TestClient], kind: str, status: int, code: str, outcome: str
+) -> None:
+    client = make_client(routed(inference=failing(kind)))
+    image_id = upload(client).json()["id"]
+    response = client.post(f"/api/v1/images/{image_id}/segmentation")
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    if kind == "busy":
+        assert response.headers["retry-after"] == "7"
+    if kind == "refused":
+        assert response.headers["retry-after"] == "2"
+    metrics = client.get("/metrics").text
+    assert f'cropseg_storage_inference_requests_total{{outcome="{outcome}"}} 1.0' in metrics
+    assert client.get(f"/api/v1/images/{image_id}/segmentations").json()["items"] == []  # nothing stored
+
+
+# Deletes, authentication, CORS
+
+
+def test_delete(client: TestClient) -> None:
+    image_id = upload(client).json()["id"]
+    assert client.delete(f"/api/v1/images/{image_id}").status_code == 204
+    assert client.get(f"/api/v1/images/{image_id}").status_code == 404
+    assert client.get("/api/v1/images").json()["items"] == []
+
+
+def test_writes_need_the_token_reads_do_not(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(api_token=TOKEN)
+    missing = upload(client)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in missing.json()["error"]["message"]
+    assert upload(client, headers={"authorization": "Basic abc"}).status_code == 401
+    wrong = upload(client, headers={"authorization": "Bearer wrong-token"})
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (403, "forbidden")
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    image_id = upload(client, headers=auth).json()["id"]
+    assert client.get(f"/api/v1/images/{image_id}").status_code == 200  # reads are public
+    assert client.post(f"/api/v1/images/{image_id}/segmentation").status_code == 401
+    assert client.put(f"/api/v1/images/{image_id}/label", content=LABEL).status_code == 401
+    assert client.delete(f"/api/v1/images/{image_id}").status_code == 401
+    assert client.post(f"/api/v1/images/{image_id}/segmentation", headers=auth).status_code == 201
+    assert client.delete(f"/api/v1/images/{image_id}", headers=auth).status_code == 204
+    assert client.get("/api/v1/info").json()["authentication"] is True
+
+
+def test_short_tokens_are_refused_at_start() -> None:
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        make_settings(Path("unused"), api_token="short")
+
+
+def test_cors_allowlist(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(cors_origins=["https://fields.example"])
+    allowed = client.options(
+        "/api/v1/images",
+        headers={"origin": "https://fields.example", "access-control-request-method": "POST"},
+    )
+    assert allowed.headers["access-control-allow-origin"] == "https://fields.example"
+    other = client.get("/api/v1/info", headers={"origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+# Service endpoints
+
+
+def test_info_health_and_readiness(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    info = client.get("/api/v1/info").json()
+    assert info["service"] == "cropseg-storage"
+    assert info["store"].startswith("filesystem ")
+    assert info["dependencies"]["fastapi"] != "not installed"
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert (ready.status_code, ready.json()["checks"]) == (200, {"store": "ok", "inference": "ok"})
+    down = make_client(routed()).get("/readyz")
+    assert down.status_code == 503
+    assert down.json()["checks"]["inference"].startswith("not ready at http://127.0.0.1:8001")
+
+
+def test_metrics_count_uploads_and_stored_images(client: TestClient) -> None:
+    upload(client)
+    upload(client)
+    upload(client, encode(field_image(seed=3)))
+    metrics = client.get("/metrics").text
+    assert 'cropseg_storage_uploads_total{result="created"} 2.0' in metrics
+    assert 'cropseg_storage_uploads_total{result="duplicate"} 1.0' in metrics
+    assert 'cropseg_storage_images{source="upload"} 2.0' in metrics
+    assert "cropseg_storage_upload_size_bytes_count 3.0" in metrics
+    assert "cropseg_storage_volume_free_bytes" in metrics
+    assert 'http_requests_total{handler="/api/v1/images",method="POST",status="201"} 2.0' in metrics
+
+
+def test_status_page_data(client: TestClient) -> None:
+    asyncio.run(client.app.state.status_monitor.check_all())  # type: ignore[attr-defined]
+    status = client.get("/api/v1/status").json()
+    states = {s["name"]: s["state"] for s in status["services"]}
+    assert states == {"storage": "up", "inference": "up", "drift-monitor": "down"}
+    assert status["overall"] == "down"
+    assert [i["service"] for i in status["incidents"]] == ["drift-monitor"]
+    assert status["incidents"][0]["ended_at"] is None
+    assert 'cropseg_service_up{service="drift-monitor"} 0.0' in client.get("/metrics").text
+
+
+def test_drift_reports_are_forwarded(make_client: Callable[..., TestClient]) -> None:
+    def drift(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/drift/reports"
+        return httpx.Response(200, json={"items": [{"id": "r1"}], "limit": request.url.params["limit"]})
+
+    client = make_client(routed(inference=fake_inference, drift=drift))
+    response = client.get("/api/v1/drift/reports", params={"limit": 5})
+    assert response.json() == {"items": [{"id": "r1"}], "limit": "5"}
+    assert client.get("/api/v1/drift/reports/..%2F..%2Fmetrics").status_code in (400, 404)
+    absent = make_client().get("/api/v1/drift/reports")
+    assert absent.status_code == 503
+    assert "STORAGE_DRIFT_URL" in absent.json()["error"]["message"]
+
+
+def test_web_ui_is_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "<title>cropseg" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    assert client.get("/static/missing.js").status_code == 404
+
+
+def test_samples_seeded_on_first_start(make_client: Callable[..., TestClient]) -> None:
+    from storage_testing import SAMPLES
+
+    client = make_client(samples_path=SAMPLES)
+    items = client.get("/api/v1/images/sample", params={"limit": 50, "source": "sample"}).json()["items"]
+    assert len(items) == 12
+    assert all(item["has_label"] for item in items)
