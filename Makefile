@@ -20,7 +20,7 @@ TRAIN_TILES ?= 2400
 TRAIN_STEPS ?= 4000
 FINETUNE_STEPS ?= 3000
 
-.PHONY: up demo bench test lint typecheck pytest model clean help
+.PHONY: up demo bench test lint typecheck pytest system-deps model clean help
 
 help:
 	@echo "make up     set up .venv and run cropseg (for now: the inference service on :8001)"
@@ -63,7 +63,11 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy $(SOURCES)
 
-pytest: $(VENV)/.dev
+# Debian packages the tests drive (Chromium); installs what is missing when root or sudo allows.
+system-deps:
+	@bash scripts/system-deps.sh
+
+pytest: $(VENV)/.dev system-deps
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -15,13 +15,18 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from cropseg_core.processes import free_port, stop
 from cropseg_core.store import S3Settings, StoreError
 
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
 REPO = Path(__file__).resolve().parent
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright drives it, never downloads one
 
 
 def require_tool(name: str, path: str | None, install: str) -> str:
@@ -79,3 +84,19 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
 def s3_settings(seaweedfs: S3Settings) -> S3Settings:
     """The session's SeaweedFS bucket under a fresh key prefix: each test starts empty."""
     return seaweedfs.model_copy(update={"prefix": f"test-{uuid.uuid4().hex[:12]}/"})
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium driven by Playwright."""
+    path = require_tool(
+        "Chromium",
+        str(CHROMIUM) if CHROMIUM.exists() else None,
+        "apt-get install -y chromium (make test does it as root)",
+    )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=path, args=["--headless", "--no-sandbox"])
+        yield launched
+        launched.close()

@@ -1,0 +1,164 @@
+"""The storage service as a real process: concurrent uploads, SIGKILL mid-upload, real inference."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from storage_testing import REPO, encode, field_image
+
+from cropseg_core.imaging import decode_image
+from cropseg_core.processes import free_port, running_service, wait_ready
+
+pytestmark = pytest.mark.slow
+
+
+def storage_command(port: int, data: Path) -> list[str]:
+    # No inference in these tests: /healthz answers once start-up (store, seeding) is done.
+    return [sys.executable, "-m", "cropseg_storage", "--port", str(port), "--data", str(data)]
+
+
+ENV = {"STORAGE_LOG_LEVEL": "WARNING", "STORAGE_SAMPLES_PATH": ""}
+
+
+@contextmanager
+def storage(data: Path) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running_service(storage_command(port, data), f"{url}/healthz", env=ENV, cwd=REPO):
+        yield url
+
+
+def visible_files(data: Path) -> list[Path]:
+    return [
+        p
+        for p in data.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(data).parts)
+    ]
+
+
+def assert_store_is_consistent(data: Path) -> None:
+    """Every visible file is whole: images hash to their name, sidecars parse, labels decode."""
+    for path in visible_files(data):
+        relative = path.relative_to(data).as_posix()
+        if relative.startswith("images/") and path.suffix == ".json":
+            record = json.loads(path.read_text())
+            assert record["id"] == path.stem
+        elif relative.startswith("images/"):
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem, f"partial file {relative}"
+        elif relative.startswith("index/"):
+            assert path.stat().st_size == 0
+
+
+def test_fifty_concurrent_uploads_of_distinct_and_identical_images(tmp_path: Path) -> None:
+    distinct = [encode(field_image(96, 64, seed=n)) for n in range(40)]
+    identical = [encode(field_image(96, 64, seed=1000))] * 10
+    bodies = distinct + identical
+
+    async def upload_all(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post("/api/v1/images", content=b, headers={"content-type": "image/png"})
+                    for b in bodies
+                )
+            )
+
+    with storage(tmp_path / "data") as url:
+        responses = asyncio.run(upload_all(url))
+        assert all(r.status_code in (200, 201) for r in responses), [r.text for r in responses if r.is_error]
+        assert [r.status_code for r in responses[:40]] == [201] * 40
+        assert sorted(r.status_code for r in responses[40:]) == [200] * 9 + [201]
+        for body, response in zip(bodies, responses, strict=True):
+            image_id = response.json()["id"]
+            assert image_id == hashlib.sha256(body).hexdigest()
+            assert httpx.get(f"{url}/api/v1/images/{image_id}").content == body
+        listed = httpx.get(f"{url}/api/v1/images", params={"limit": 100}).json()["items"]
+        assert len(listed) == len({r.json()["id"] for r in responses}) == 41
+    assert_store_is_consistent(tmp_path / "data")
+    assert not [p for p in (tmp_path / "data").rglob(".*.tmp")]  # a clean shutdown leaves no temp file
+
+
+def test_sigkill_during_uploads_loses_no_acknowledged_upload(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    bodies = [encode(field_image(640, 480, seed=n)) for n in range(60)]  # ~1 MB each: writes take time
+    acknowledged: dict[str, bytes] = {}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(storage_command(port, data), env={**os.environ, **ENV}, cwd=REPO)
+    try:
+        wait_ready(process, f"{url}/healthz", 60)
+
+        def upload(body: bytes) -> None:
+            try:
+                response = httpx.post(
+                    f"{url}/api/v1/images", content=body, headers={"content-type": "image/png"}, timeout=30
+                )
+            except httpx.TransportError:
+                return  # killed before answering: not acknowledged
+            if response.status_code == 201:
+                acknowledged[response.json()["id"]] = body
+
+        threads = [threading.Thread(target=upload, args=(body,)) for body in bodies]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.01)
+        deadline = time.monotonic() + 30
+        while len(acknowledged) < 5:
+            assert time.monotonic() < deadline, "no upload was acknowledged"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        for thread in threads:
+            thread.join()
+    finally:
+        process.kill()
+        process.wait()
+    assert 5 <= len(acknowledged) < len(bodies), "the kill should land in the middle of the uploads"
+    assert_store_is_consistent(data)
+    with storage(data) as url:
+        for image_id, body in acknowledged.items():
+            assert httpx.get(f"{url}/api/v1/images/{image_id}").content == body
+        listed = {
+            item["id"] for item in httpx.get(f"{url}/api/v1/images", params={"limit": 100}).json()["items"]
+        }
+        assert set(acknowledged) <= listed
+        for image_id in listed:  # whatever is listed is whole
+            assert httpx.get(f"{url}/api/v1/images/{image_id}").status_code == 200
+
+
+def test_segmentation_through_the_real_inference_service(live_stack: dict[str, str]) -> None:
+    url = live_stack["storage"]
+    samples = httpx.get(f"{url}/api/v1/images/sample", params={"limit": 12, "source": "sample"}).json()[
+        "items"
+    ]
+    assert len(samples) == 12
+    in_field = [s for s in samples if s["filename"] != "tile_5_000007.png"]  # 7 is all out of field
+    for sample in in_field[:3]:
+        response = httpx.post(f"{url}{sample['links']['segmentation']}", timeout=60)
+        assert response.status_code == 201, response.text
+        assert response.json()["model_version"] == "1.0.0"
+        evaluation = httpx.get(f"{url}{sample['links']['evaluation']}").json()
+        assert evaluation["iou"] > 0.75, evaluation
+        assert evaluation["pixel_accuracy"] > 0.9
+        mask = decode_image(httpx.get(f"{url}{sample['links']['mask']}").content)
+        assert (mask.width, mask.height) == (sample["width"], sample["height"])
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'cropseg_storage_inference_requests_total{outcome="success"} 3.0' in metrics
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+    records = (Path(live_stack["data"]) / "predictions" / f"{day}.jsonl").read_text().splitlines()
+    assert len(records) >= 3
+    assert {"image_id", "model_version", "vegetation_fraction", "latency_ms", "created_at"} <= set(
+        json.loads(records[-1])
+    )
