@@ -11,6 +11,7 @@ SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cro
 DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
 INFERENCE_PORT ?= 8001
+STORAGE_PORT ?= 8002
 
 # Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
 # evaluation 3 (never seen in training), reference profile 4, sample gallery 5.
@@ -23,7 +24,7 @@ FINETUNE_STEPS ?= 3000
 .PHONY: up demo bench test lint typecheck pytest system-deps model clean help
 
 help:
-	@echo "make up     set up .venv and run cropseg (for now: the inference service on :8001)"
+	@echo "make up     set up .venv and run cropseg: web UI on :8002, inference on :8001 (data in var/data)"
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
 	@echo "make bench  inference benchmark; rewrites the table in docs/performance.md"
 	@echo "make test   set up .venv and run lint, type checks and the whole test suite"
@@ -47,8 +48,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	@touch $@
 
 up: $(VENV)/.runtime
-	@echo "cropseg inference: http://127.0.0.1:$(INFERENCE_PORT)  (API docs /docs, metrics /metrics; Ctrl-C stops)"
-	$(BIN)/cropseg-inference --host 127.0.0.1 --port $(INFERENCE_PORT)
+	@echo "cropseg web UI: http://127.0.0.1:$(STORAGE_PORT)  (inference :$(INFERENCE_PORT); API docs /docs; Ctrl-C stops both)"
+	@trap 'kill $$inference 2>/dev/null; wait' EXIT INT TERM; \
+	$(BIN)/cropseg-inference --host 127.0.0.1 --port $(INFERENCE_PORT) & inference=$$!; \
+	$(BIN)/cropseg-storage --host 127.0.0.1 --port $(STORAGE_PORT) --data var/data \
+		--inference-url http://127.0.0.1:$(INFERENCE_PORT)
 
 demo: $(VENV)/.runtime
 	$(BIN)/cropseg-model demo --out var/demo

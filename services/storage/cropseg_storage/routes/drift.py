@@ -9,6 +9,7 @@ from __future__ import annotations
 import httpx
 from fastapi import APIRouter, Request, Response
 
+from cropseg_core.store import InvalidKeyError, check_key
 from cropseg_core.web.errors import ClientError, GatewayTimeoutError, UnavailableError, error_responses
 
 router = APIRouter(tags=["drift"])
@@ -25,8 +26,10 @@ class DriftUnavailableError(UnavailableError):
 )
 async def drift(path: str, request: Request) -> Response:
     """Forward a read of the drift-monitor API (reports, plots, latest result)."""
-    if any(part in ("", ".", "..") for part in path.split("/")):
-        raise ClientError(f"invalid drift path {path!r}: use the links the drift API returns")
+    try:
+        check_key(path)  # plain names only: no "..", no control characters
+    except InvalidKeyError as e:
+        raise ClientError(f"invalid drift path {path!r}: use the links the drift API returns") from e
     client: httpx.AsyncClient = request.app.state.drift_client
     try:
         upstream = await client.get(f"/api/v1/drift/{path}", params=request.query_params)
