@@ -96,4 +96,4 @@ model: $(VENV)/.dev
 		--eval-report $(DATA)/eval.json
 
 clean:
-	rm -rf var/demo .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf var/demo var/test-artifacts .pytest_cache .mypy_cache .ruff_cache .coverage
