@@ -411,3 +411,20 @@ def test_samples_seeded_on_first_start(make_client: Callable[..., TestClient]) -
     items = client.get("/api/v1/images/sample", params={"limit": 50, "source": "sample"}).json()["items"]
     assert len(items) == 12
     assert all(item["has_label"] for item in items)
+
+
+def test_the_service_runs_on_s3(make_client: Callable[..., TestClient], s3_settings: object) -> None:
+    client = make_client(store={"backend": "s3", "s3": s3_settings})
+    assert client.get("/api/v1/info").json()["store"].startswith("s3 http://127.0.0.1:")
+    image_id = client.post(
+        "/api/v1/images",
+        files={"file": ("f.png", IMAGE, "image/png"), "label": ("m.png", LABEL, "image/png")},
+    ).json()["id"]
+    assert upload(client).status_code == 200
+    assert client.get(f"/api/v1/images/{image_id}").content == IMAGE
+    assert client.post(f"/api/v1/images/{image_id}/segmentation").status_code == 201
+    assert client.get(f"/api/v1/images/{image_id}/evaluation").json()["iou"] == pytest.approx(20 / 30)
+    assert [i["id"] for i in client.get("/api/v1/images").json()["items"]] == [image_id]
+    assert client.get("/readyz").json()["checks"]["store"] == "ok"
+    assert client.delete(f"/api/v1/images/{image_id}").status_code == 204
+    assert client.get("/api/v1/images").json()["items"] == []
