@@ -187,7 +187,13 @@ class FilesystemStore(BlobStore):
             subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
             for name in files:
                 path = Path(directory, name)
-                if name.startswith(".") and name.endswith(".tmp") and path.stat().st_mtime < cutoff:
+                if not (name.startswith(".") and name.endswith(".tmp")):
+                    continue
+                try:
+                    stale = path.stat().st_mtime < cutoff
+                except FileNotFoundError:  # its writer renamed or removed it meanwhile
+                    continue
+                if stale:
                     path.unlink(missing_ok=True)
                     removed += 1
         if removed:
