@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from cropseg_core.processes import free_port, stop
-from cropseg_core.store import S3Settings, StoreError
+from cropseg_core.store import BlobStore, S3Settings, StoreError, StoreSettings, open_store
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
@@ -84,6 +84,15 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Settings]:
 def s3_settings(seaweedfs: S3Settings) -> S3Settings:
     """The session's SeaweedFS bucket under a fresh key prefix: each test starts empty."""
     return seaweedfs.model_copy(update={"prefix": f"test-{uuid.uuid4().hex[:12]}/"})
+
+
+@pytest.fixture(params=["filesystem", "s3"])
+def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    """An empty store on each backend: tests using it run once on a folder, once on SeaweedFS."""
+    if request.param == "filesystem":
+        return open_store(StoreSettings(backend="filesystem", path=tmp_path / "data"))
+    s3: S3Settings = request.getfixturevalue("s3_settings")
+    return open_store(StoreSettings(backend="s3", s3=s3))
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,9 @@ from cropseg_core.store import (
 from cropseg_core.store.filesystem import STALE_TEMP_AGE_S, FilesystemStore
 
 
-@pytest.fixture(params=["filesystem", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
-    if request.param == "filesystem":
-        return open_store(StoreSettings(backend="filesystem", path=tmp_path / "data"))
-    s3: S3Settings = request.getfixturevalue("s3_settings")
-    return open_store(StoreSettings(backend="s3", s3=s3))
+@pytest.fixture
+def store(blob_store: BlobStore) -> BlobStore:
+    return blob_store
 
 
 def test_put_get_overwrite_and_missing(store: BlobStore) -> None:

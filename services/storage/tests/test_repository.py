@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,20 +21,12 @@ from storage_testing import SAMPLES, column_mask, encode, field_image
 
 from cropseg_core.imaging import NotAnImageError, decode_image
 from cropseg_core.settings import ImageLimits
-from cropseg_core.store import BlobStore, S3Settings, StoreSettings, open_store
-
-
-@pytest.fixture(params=["filesystem", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
-    if request.param == "filesystem":
-        return open_store(StoreSettings(path=tmp_path / "data"))
-    s3: S3Settings = request.getfixturevalue("s3_settings")
-    return open_store(StoreSettings(backend="s3", s3=s3))
+from cropseg_core.store import BlobStore
 
 
 @pytest.fixture
-def repository(store: BlobStore) -> ImageRepository:
-    return ImageRepository(store, ImageLimits())
+def repository(blob_store: BlobStore) -> ImageRepository:
+    return ImageRepository(blob_store, ImageLimits())
 
 
 def segmentation(image_id: str, version: str = "1.0.0", fraction: float = 0.5) -> SegmentationRecord:
