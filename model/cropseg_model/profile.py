@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cropseg_core.features import PROPERTY_NAMES, grey_histogram, image_properties
+from cropseg_core.features import PROPERTY_NAMES, image_features
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import vegetation_fraction
 from cropseg_core.segmenter import OnnxSegmenter
@@ -31,8 +31,9 @@ def build_profile(model: Path, data: Path, out: Path, progress: bool = True) -> 
     for sample in tqdm(discover(data), desc="profiling", unit="img", disable=not progress):
         image, mask = load_masked(sample)
         names.append(sample.name)
-        histograms.append(grey_histogram(image))
-        properties.append(image_properties(image))
+        histogram, image_properties = image_features(image)
+        histograms.append(histogram)
+        properties.append(image_properties)
         truth.append(float((mask > 127).mean()))
         predicted.append(vegetation_fraction(segmenter.segment(image)))
     meta = {

@@ -4,11 +4,13 @@ The model pipeline stores them for the training distribution (the reference prof
 ships with the model); the drift monitor computes them for recent uploads. One definition
 keeps the two comparable.
 
-* ``grey_histogram``: 256-bin histogram of ITU-R BT.601 luma over all pixels, as fractions
-  (the seed's Alibi Detect feature).
-* ``image_properties``: the properties the seed checked with Deepchecks, over in-field
-  (non-black) pixels: brightness, RMS contrast, relative intensity of each channel,
-  sharpness (variance of the Laplacian of luma) and the out-of-field black fraction.
+:func:`image_features` returns both kinds:
+
+* the grey histogram: 256 bins of ITU-R BT.601 luma over all pixels, as fractions (the
+  seed's Alibi Detect feature);
+* the image properties the seed checked with Deepchecks, over in-field (non-black) pixels:
+  brightness, RMS contrast, relative intensity of each channel, sharpness (variance of the
+  Laplacian of luma) and the out-of-field black fraction.
 """
 
 from __future__ import annotations
@@ -30,27 +32,50 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 def luma(image: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) float32 luma in [0, 255]."""
-    return image.astype(np.float32) @ _LUMA
+    return (image.reshape(-1, 3).astype(np.float32) @ _LUMA).reshape(image.shape[:2])
 
 
-def grey_histogram(image: np.ndarray) -> np.ndarray:
-    counts = np.bincount(np.clip(np.rint(luma(image)), 0, 255).astype(np.int64).ravel(), minlength=256)
-    return (counts / max(counts.sum(), 1)).astype(np.float32)
+def image_features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The grey histogram (256,) and the PROPERTY_NAMES vector (7,) of one image, as float32.
 
-
-def image_properties(image: np.ndarray) -> np.ndarray:
-    """The PROPERTY_NAMES of one image as a float32 vector (zeros for an all-black tile)."""
+    Both come from one pass over the pixels (luma, in-field mask and channel sums are shared
+    and variances are centred dot products): this is the drift job's inner loop, and it
+    costs less than decoding the image (docs/performance.md).
+    """
     grey = luma(image)
-    in_field = image.max(axis=2) > BLACK_LEVEL
-    black_fraction = 1.0 - float(in_field.mean())
-    if not in_field.any():
-        return np.array([0, 0, 1 / 3, 1 / 3, 1 / 3, 0, black_fraction], np.float32)
-    values = grey[in_field] / 255.0
-    channel_means = image[in_field].astype(np.float64).mean(axis=0)
-    relative = channel_means / max(channel_means.sum(), 1e-9)
-    laplacian = (
-        grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
-    ) / 255.0
-    interior = in_field[1:-1, 1:-1]
-    sharpness = float(laplacian[interior].var()) if interior.any() else 0.0
-    return np.array([values.mean(), values.std(), *relative, sharpness, black_fraction], np.float32)
+    histogram = np.bincount(np.rint(grey).astype(np.uint8).ravel(), minlength=256) / grey.size
+    in_field = np.maximum(np.maximum(image[..., 0], image[..., 1]), image[..., 2]) > BLACK_LEVEL
+    count = int(np.count_nonzero(in_field))
+    black_fraction = 1.0 - count / in_field.size
+    if count == 0:
+        neutral = [0.0, 0.0, 1 / 3, 1 / 3, 1 / 3, 0.0, black_fraction]
+        return histogram.astype(np.float32), np.array(neutral, np.float32)
+    everywhere = count == in_field.size
+    values = grey.ravel() if everywhere else grey[in_field]
+    channel_sums = np.array([image[..., c].sum(dtype=np.uint64) for c in range(3)], np.float64)
+    if not everywhere:
+        channel_sums -= image[~in_field].sum(axis=0, dtype=np.uint64)
+    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1]
+    laplacian += grey[1:-1, :-2]
+    laplacian += grey[1:-1, 2:]
+    laplacian -= 4 * grey[1:-1, 1:-1]
+    edges = laplacian.ravel() if everywhere else laplacian[in_field[1:-1, 1:-1]]
+    properties = [
+        _mean(values) / 255.0,
+        np.sqrt(_variance(values)) / 255.0,
+        *(channel_sums / max(channel_sums.sum(), 1e-9)),
+        _variance(edges) / 255.0**2,
+        black_fraction,
+    ]
+    return histogram.astype(np.float32), np.array(properties, np.float32)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.sum(dtype=np.float64)) / values.size
+
+
+def _variance(values: np.ndarray) -> float:
+    if values.size == 0:
+        return 0.0
+    centred = values - np.float32(_mean(values))
+    return float(centred @ centred) / values.size

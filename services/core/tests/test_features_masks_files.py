@@ -4,20 +4,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cropseg_core.features import PROPERTY_NAMES, grey_histogram, image_properties
+from cropseg_core.features import PROPERTY_NAMES, image_features
 from cropseg_core.files import write_atomic, write_json
 from cropseg_core.imaging import decode_image
 from cropseg_core.masks import encode_png, overlay, vegetation_fraction
 
 
 def prop(image: np.ndarray, name: str) -> float:
-    return float(image_properties(image)[PROPERTY_NAMES.index(name)])
+    return float(image_features(image)[1][PROPERTY_NAMES.index(name)])
 
 
 def test_grey_histogram_counts_luma_fractions() -> None:
     image = np.zeros((2, 2, 3), np.uint8)
     image[0, 0] = 255
-    histogram = grey_histogram(image)
+    histogram = image_features(image)[0]
     assert histogram.shape == (256,)
     assert histogram[0] == pytest.approx(0.75)
     assert histogram[255] == pytest.approx(0.25)
@@ -45,8 +45,26 @@ def test_brightening_raises_brightness_and_blurring_lowers_sharpness() -> None:
     assert prop(blurred, "sharpness") < prop(image, "sharpness") / 2
 
 
+def test_properties_match_their_plain_definitions_on_a_partly_black_tile() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    image[:, :12] = 0  # out of field
+    grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    field = image.max(axis=2) > 2
+    laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
+    channels = image[field].astype(np.float64).sum(axis=0)
+    expected = [
+        grey[field].mean() / 255,
+        grey[field].std() / 255,
+        *(channels / channels.sum()),
+        laplacian[field[1:-1, 1:-1]].var() / 255**2,
+        1 - field.mean(),
+    ]
+    np.testing.assert_allclose(image_features(image)[1], expected, rtol=1e-5)
+
+
 def test_all_black_tile_has_neutral_properties() -> None:
-    values = image_properties(np.zeros((4, 4, 3), np.uint8))
+    values = image_features(np.zeros((4, 4, 3), np.uint8))[1]
     assert values[PROPERTY_NAMES.index("black_fraction")] == 1.0
     assert values[PROPERTY_NAMES.index("brightness")] == 0.0
 
