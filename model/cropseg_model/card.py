@@ -210,9 +210,9 @@ def write_card(
     profile_path = artifacts / "reference_profile.npz"
     reference_images = "?"
     if profile_path.exists():
-        from cropseg_model.profile import load_profile
+        from cropseg_core.features import load_reference_profile
 
-        reference_images = str(len(load_profile(profile_path)["image_names"]))
+        reference_images = str(len(load_reference_profile(profile_path).image_names))
     metrics_path = artifacts / "metrics.json"
     write_json(metrics_path, metrics)
     config = training["config"]

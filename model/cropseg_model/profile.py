@@ -59,8 +59,3 @@ def build_profile(model: Path, data: Path, out: Path, progress: bool = True) -> 
     )
     write_atomic(out, buffer.getvalue())
     return meta
-
-
-def load_profile(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cropseg_core.features import load_reference_profile
 from cropseg_core.masks import IGNORE, encode_png
 from cropseg_model.cli import main
 from cropseg_model.datasets import discover, read_mask
-from cropseg_model.profile import load_profile
 from cropseg_model.pseudolabel import pseudo_mask
 
 
@@ -104,7 +104,7 @@ def test_pseudo_label_then_profile_on_a_flat_folder(tiny_dataset: Path, tmp_path
 
     profile_path = tmp_path / "profile.npz"
     assert main(["-q", "profile", "--data", str(tiny_dataset), "--out", str(profile_path)]) == 0
-    assert load_profile(profile_path)["grey_histograms"].shape == (8, 256)
+    assert load_reference_profile(profile_path).grey_histograms.shape == (8, 256)
 
 
 def test_demo_runs_as_a_command(tmp_path: Path) -> None:

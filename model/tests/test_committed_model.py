@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cropseg_core.features import PROPERTY_NAMES
+from cropseg_core.features import PROPERTY_NAMES, load_reference_profile
 from cropseg_core.masks import score
 from cropseg_core.segmenter import OnnxSegmenter, file_sha256
 from cropseg_model.cli import ARTIFACTS, DEFAULT_MODEL
 from cropseg_model.evaluate import markdown_table
 from cropseg_model.metrics import summarise
-from cropseg_model.profile import load_profile
 from cropseg_model.synth import generate_tile
 
 METRICS = json.loads((ARTIFACTS / "metrics.json").read_text())
@@ -73,16 +72,14 @@ def test_fresh_tiles_are_segmented_well(segmenter: OnnxSegmenter) -> None:
 
 
 def test_reference_profile_matches_the_model() -> None:
-    profile = load_profile(ARTIFACTS / "reference_profile.npz")
-    meta = json.loads(str(profile["meta_json"]))
-    count = meta["images"]
+    profile = load_reference_profile(ARTIFACTS / "reference_profile.npz")
+    count = profile.meta["images"]
     assert count >= 300
-    assert meta["model_sha256"] == file_sha256(DEFAULT_MODEL)
-    assert profile["grey_histograms"].shape == (count, 256)
-    np.testing.assert_allclose(profile["grey_histograms"].sum(axis=1), 1.0, atol=1e-4)
-    assert profile["properties"].shape == (count, len(PROPERTY_NAMES))
-    assert tuple(profile["property_names"]) == PROPERTY_NAMES
-    truth, predicted = profile["vegetation_fraction"], profile["predicted_vegetation_fraction"]
+    assert profile.meta["model_sha256"] == file_sha256(DEFAULT_MODEL)
+    assert profile.grey_histograms.shape == (count, 256)
+    np.testing.assert_allclose(profile.grey_histograms.sum(axis=1), 1.0, atol=1e-4)
+    assert profile.properties.shape == (count, len(PROPERTY_NAMES))
+    truth, predicted = profile.vegetation_fraction, profile.predicted_vegetation_fraction
     assert truth.shape == predicted.shape == (count,)
     # the model's fractions track the truth on its own training distribution
     assert np.corrcoef(truth, predicted)[0, 1] > 0.95

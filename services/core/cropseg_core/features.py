@@ -15,6 +15,12 @@ keeps the two comparable.
 
 from __future__ import annotations
 
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 PROPERTY_NAMES = (
@@ -79,3 +85,49 @@ def _variance(values: np.ndarray) -> float:
         return 0.0
     centred = values - np.float32(_mean(values))
     return float(centred @ centred) / values.size
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    """What "normal" input looks like: features of a reference set from the training distribution.
+
+    Written by ``cropseg-model profile`` and shipped with the model; the drift monitor
+    compares recent uploads and predictions against it.
+    """
+
+    grey_histograms: np.ndarray
+    """(n, 256) per-image grey histograms."""
+    properties: np.ndarray
+    """(n, len(PROPERTY_NAMES)) per-image properties."""
+    vegetation_fraction: np.ndarray
+    """(n,) true vegetation fraction of each image."""
+    predicted_vegetation_fraction: np.ndarray
+    """(n,) the model's predicted vegetation fraction of each image."""
+    image_names: np.ndarray
+    meta: dict[str, Any]
+
+
+def load_reference_profile(path: Path) -> ReferenceProfile:
+    """Read a reference profile (.npz); ValueError saying what is wrong with the file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot read the reference profile {path}: {e}") from e
+    fields = (
+        "grey_histograms",
+        "properties",
+        "vegetation_fraction",
+        "predicted_vegetation_fraction",
+        "image_names",
+    )
+    missing = [key for key in (*fields, "property_names", "meta_json") if key not in arrays]
+    if missing:
+        raise ValueError(
+            f"the reference profile {path} lacks {', '.join(missing)}: rebuild it with cropseg-model profile"
+        )
+    if tuple(arrays["property_names"]) != PROPERTY_NAMES:
+        raise ValueError(
+            f"the reference profile {path} has other image properties than this version computes"
+        )
+    return ReferenceProfile(**{key: arrays[key] for key in fields}, meta=json.loads(str(arrays["meta_json"])))
