@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from cropseg_core.web.errors import ForbiddenError, UnauthorizedError
+from cropseg_core.web.auth import check_bearer
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
 from cropseg_storage.repository import ImageRepository
@@ -41,15 +40,7 @@ def require_token(
     ] = None,
 ) -> None:
     """Writes need ``Authorization: Bearer <token>`` when ``STORAGE_API_TOKEN`` is set."""
-    if settings.api_token is None:
-        return
-    if not authorization:
-        raise UnauthorizedError("this request changes data: send Authorization: Bearer <token>")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
-    if not hmac.compare_digest(token.strip().encode(), settings.api_token.get_secret_value().encode()):
-        raise ForbiddenError("the token is not valid for this service")
+    check_bearer(settings.api_token, authorization)
 
 
 Repository = Annotated[ImageRepository, Depends(get_repository)]

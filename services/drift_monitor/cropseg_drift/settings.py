@@ -1,0 +1,68 @@
+"""Settings of the drift monitor (environment variables prefixed ``DRIFT_``), for both commands."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from cropseg_core.settings import ServiceSettings
+from cropseg_core.store import StoreSettings
+from cropseg_core.web.auth import ApiToken
+
+Engine = Literal["alibi", "scipy"]
+
+
+class DriftSettings(ServiceSettings):
+    model_config = ServiceSettings.model_config | {"env_prefix": "DRIFT_"}
+
+    store: StoreSettings = StoreSettings()
+    """The data storage writes (``DRIFT_STORE__PATH``: the shared volume); reports go under drift/."""
+    reference_path: Path = Path("model/artifacts/reference_profile.npz")
+    """Reference profile shipped with the model (the image bakes it in)."""
+    engine: Engine = "alibi"
+    """``alibi`` (Alibi Detect, Business Source License) or ``scipy`` (the same tests, BSD/MIT)."""
+    p_value: float = Field(default=0.01, gt=0, lt=1)
+    """Significance of each test (the seed's 0.01); feature-wise tests use Bonferroni on top."""
+    window_images: int = Field(default=500, ge=1)
+    """Compare at most the newest this many images (and as many prediction records)."""
+    window_hours: float | None = Field(default=None, gt=0)
+    """Only images uploaded within this many hours (none: no age limit)."""
+    source: Literal["upload", "sample"] = "upload"
+    """Which images to check: user uploads (default) or the seeded samples."""
+    min_samples: int = Field(default=30, ge=5)
+    """Fewer images (or predictions) than this give ``insufficient_data`` instead of a verdict."""
+    vegetation_presence: float = Field(default=0.01, ge=0, lt=1)
+    """An image "has vegetation" when its predicted vegetation fraction is above this."""
+    classifier_folds: int = Field(default=5, ge=2, le=20)
+    """Cross-validation folds of the domain classifier (multivariate check)."""
+    classifier_trees: int = Field(default=100, ge=10, le=1000)
+    """Trees of the domain classifier's random forest."""
+    seed: int = 0
+    """Seed of the domain classifier's folds and forest: the same data gives the same verdict."""
+    fail_on_drift: bool = True
+    """``run`` exits 1 when drift is detected (the seed's M6 improvement), so the Job shows failed."""
+    workers: int = Field(default=0, ge=0)
+    """Processes extracting features; 0 = one per CPU."""
+    lock_ttl_s: float = Field(default=3600.0, gt=0)
+    """A run's lock older than this belongs to a run that died and is taken over."""
+
+    host: str = "127.0.0.1"
+    """``serve``: address to listen on."""
+    port: int = Field(default=8003, ge=1, le=65535)
+    """``serve``: TCP port."""
+    api_token: ApiToken = None
+    """``serve``: when set, starting a run needs ``Authorization: Bearer <token>``."""
+    cronjob_name: str = "cropseg-drift"
+    """In a cluster, on-demand runs are Jobs created from this CronJob."""
+    namespace: str | None = None
+    """Namespace of the CronJob; default: the pod's own."""
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    """``serve``: on SIGTERM, how long in-flight requests may take."""
+
+
+@lru_cache
+def get_settings() -> DriftSettings:
+    return DriftSettings()
