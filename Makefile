@@ -5,9 +5,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
-PKGS   := -e 'services/core[onnx,service,s3]' -e model -e services/inference -e services/storage
+PKGS   := -e 'services/core[onnx,service,s3]' -e model -e services/inference -e services/storage \
+	-e services/drift_monitor
 SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference \
-	services/storage/cropseg_storage benchmarks
+	services/storage/cropseg_storage services/drift_monitor/cropseg_drift benchmarks
 DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
 INFERENCE_PORT ?= 8001
@@ -38,7 +39,7 @@ $(BIN)/python:
 
 # Runtime install: what `make up` needs (no torch).
 $(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml model/pyproject.toml \
-		services/inference/pyproject.toml services/storage/pyproject.toml
+		services/inference/pyproject.toml services/storage/pyproject.toml services/drift_monitor/pyproject.toml
 	$(PIP) install --quiet -c constraints.txt $(PKGS)
 	@touch $@
 

@@ -320,24 +320,28 @@ def run_checks(
     p, need = settings.p_value, settings.min_samples
     images, predictions = len(current.images.ids), len(current.predicted_fractions)
     results: dict[str, dict[str, Any]] = {}
-    image_checks = {
-        "grey_histogram": ("KSDrift", lambda: check_grey_histogram(used, profile, current, p)),
-        "image_properties": ("KSDrift", lambda: check_image_properties(used, profile, current, p)),
-        "dataset": ("ClassifierDrift", lambda: check_dataset(used, profile, current, p, settings)),
-    }
-    prediction_checks = {
-        "prediction_vegetation_fraction": (
-            "KSDrift",
-            lambda: check_predicted_fraction(used, profile, current, p),
-        ),
-        "prediction_has_vegetation": (
-            "ChiSquareDrift",
-            lambda: check_vegetation_presence(used, profile, current, p, settings.vegetation_presence),
-        ),
-    }
-    for checks, have in ((image_checks, images), (prediction_checks, predictions)):
-        for name, (method, run) in checks.items():
-            results[name] = run() if have >= need else _insufficient(name, method, used, have, need)
+    if images >= need:
+        results["grey_histogram"] = check_grey_histogram(used, profile, current, p)
+        results["image_properties"] = check_image_properties(used, profile, current, p)
+        results["dataset"] = check_dataset(used, profile, current, p, settings)
+    else:
+        for name, method in (
+            ("grey_histogram", "KSDrift"),
+            ("image_properties", "KSDrift"),
+            ("dataset", "ClassifierDrift"),
+        ):
+            results[name] = _insufficient(name, method, used, images, need)
+    if predictions >= need:
+        results["prediction_vegetation_fraction"] = check_predicted_fraction(used, profile, current, p)
+        results["prediction_has_vegetation"] = check_vegetation_presence(
+            used, profile, current, p, settings.vegetation_presence
+        )
+    else:
+        for name, method in (
+            ("prediction_vegetation_fraction", "KSDrift"),
+            ("prediction_has_vegetation", "ChiSquareDrift"),
+        ):
+            results[name] = _insufficient(name, method, used, predictions, need)
     return results
 
 

@@ -80,6 +80,7 @@ class SegmentationRecord(BaseModel):
     """A stored prediction of one model version for one image."""
 
     image_id: str
+    source: Source = Field(default="upload", description="Source of the image (drift checks uploads only)")
     model_name: str
     model_version: str
     threshold: float

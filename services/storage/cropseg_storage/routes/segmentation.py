@@ -102,6 +102,7 @@ async def segment(
     metrics.inference_duration.observe(result.latency_s)
     segmentation = SegmentationRecord(
         image_id=record.id,
+        source=record.source,
         model_name=result.model_name,
         model_version=result.model_version,
         threshold=result.threshold,

@@ -246,11 +246,12 @@ async function showReport(id) {
   try {
     const report = await json(`/api/v1/drift/reports/${encodeURIComponent(id)}`);
     $("drift-title").textContent = `Report ${when(report.created_at)}`;
-    const rows = Object.entries(report.detectors || {}).map(([name, result]) => element("tr", {},
-      element("td", { text: name }),
-      element("td", {}, element("span", { class: `badge ${result.is_drift ? "drift" : "no_drift"}`, text: result.is_drift ? "drift" : "no drift" })),
-      element("td", { text: result.p_val !== undefined && result.p_val !== null ? Number(result.p_val).toExponential(2) : "–" }),
-      element("td", { text: (result.drifted || []).join(", ") || "–" })));
+    // Each check is shaped as Alibi Detect shapes results: {meta: {...}, data: {is_drift, p_val, ...}}.
+    const rows = Object.entries(report.detectors || {}).map(([name, { data }]) => element("tr", {},
+      element("td", { text: name.replaceAll("_", " ") }),
+      element("td", {}, element("span", { class: `badge ${data.status}`, text: data.status.replace("_", " ") })),
+      element("td", { text: typeof data.p_val === "number" ? data.p_val.toExponential(2) : "–" }),
+      element("td", { text: (data.drifted || []).join(", ") || data.reason || "–" })));
     const plots = (report.plots || []).map((plot) => element("figure", {},
       element("img", { src: plot.url, alt: plot.name, loading: "lazy" }), element("figcaption", { text: plot.name })));
     detail.replaceChildren(

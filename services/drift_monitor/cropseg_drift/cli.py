@@ -1,0 +1,128 @@
+"""``cropseg-drift``: the drift monitor's commands.
+
+    cropseg-drift run          one drift run (the CronJob); exit 0 no drift, 1 drift, 2 error
+    cropseg-drift serve        the API (reports, on-demand runs, metrics)
+    cropseg-drift experiment   the seed's brightness experiment, as a table
+
+Settings are environment variables prefixed DRIFT_ (cropseg_drift/settings.py); flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cropseg_core.log import configure_logging
+from cropseg_drift.settings import DriftSettings
+
+
+def _settings(args: argparse.Namespace, *names: str) -> DriftSettings:
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    settings = DriftSettings(**overrides)
+    if getattr(args, "data", None):
+        settings.store.path = Path(args.data)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cropseg_drift.runner import run, summary_table
+
+    settings = _settings(args, "engine", "fail_on_drift", "window_images", "source")
+    configure_logging(settings.log_level, settings.log_format)
+    result = run(
+        settings, progress=args.progress and sys.stderr.isatty(), report_id=os.environ.get("DRIFT_REPORT_ID")
+    )
+    print(summary_table(result), end="")
+    if result.status == "error":
+        print(f"cropseg-drift run: {result.message}", file=sys.stderr)
+    return result.exit_code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cropseg_core.web.server import serve
+    from cropseg_drift.main import create_app
+
+    settings = _settings(args, "host", "port", "engine")
+    if not settings.reference_path.is_file():
+        print(f"cropseg-drift serve: reference profile {settings.reference_path} not found: run from the "
+              "repository root or set DRIFT_REFERENCE_PATH", file=sys.stderr)  # fmt: skip
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    serve(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+    )
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from cropseg_drift.experiment import format_table, run_experiment
+
+    settings = _settings(args, "engine")
+    rows = run_experiment(
+        args.count, images=args.images, seed=args.seed, engine_name=settings.engine, p_value=settings.p_value,
+        workers=settings.workers, progress=not args.quiet,
+    )  # fmt: skip
+    half = args.count // 2
+    print(format_table(rows, half, args.count - half), end="")
+    unaltered = [row for row in rows if row["case"] == "unaltered" and "per-image" in str(row["method"])]
+    shifted = [
+        row for row in rows if row["case"] in ("darker", "brighter") and "per-image" in str(row["method"])
+    ]
+    return 0 if not any(r["drift"] for r in unaltered) and all(r["drift"] for r in shifted) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cropseg-drift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="one drift run (the CronJob's command)")
+    run.add_argument("--data", help="data folder of the filesystem backend (DRIFT_STORE__PATH)")
+    run.add_argument("--engine", choices=("alibi", "scipy"), help="DRIFT_ENGINE")
+    run.add_argument("--window-images", type=int, help="DRIFT_WINDOW_IMAGES")
+    run.add_argument("--source", choices=("upload", "sample"), help="DRIFT_SOURCE")
+    run.add_argument("--no-fail-on-drift", dest="fail_on_drift", action="store_const", const=False,
+                     help="exit 0 even when drift is found (DRIFT_FAIL_ON_DRIFT=false)")  # fmt: skip
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    run.set_defaults(handler=cmd_run)
+
+    serve = commands.add_parser("serve", help="the API: reports, on-demand runs, metrics")
+    serve.add_argument("--data", help="data folder of the filesystem backend (DRIFT_STORE__PATH)")
+    serve.add_argument("--host", help="DRIFT_HOST")
+    serve.add_argument("--port", type=int, help="DRIFT_PORT")
+    serve.add_argument("--engine", choices=("alibi", "scipy"), help="engine of on-demand runs (DRIFT_ENGINE)")
+    serve.set_defaults(handler=cmd_serve)
+
+    experiment = commands.add_parser("experiment", help="the seed's brightness experiment")
+    experiment.add_argument(
+        "--count", type=int, default=1000, help="images in all, half reference (default 1000)"
+    )
+    experiment.add_argument("--images", type=Path, help="a folder of images instead of generated tiles")
+    experiment.add_argument(
+        "--seed", type=int, default=1, help="generator seed of the tiles (1 = training set)"
+    )
+    experiment.add_argument("--engine", choices=("alibi", "scipy"), help="DRIFT_ENGINE")
+    experiment.add_argument("--quiet", action="store_true", help="no progress bar")
+    experiment.set_defaults(handler=cmd_experiment)
+
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ValidationError as e:
+        print(f"cropseg-drift: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"cropseg-drift {args.command}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Builds the drift-monitor API: store, reference profile, run launcher, metrics, routers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from cropseg_core.features import load_reference_profile
+from cropseg_core.store import open_store
+from cropseg_core.web.errors import install_error_handlers
+from cropseg_core.web.metrics import install_metrics
+from cropseg_drift.metrics import DriftCollector
+from cropseg_drift.routes import meta, reports, runs
+from cropseg_drift.runs import RunLauncher
+from cropseg_drift.settings import DriftSettings, get_settings
+
+DESCRIPTION = """\
+Reports whether recent uploads and predictions still look like the data the model was trained
+on (Alibi Detect, or the same tests with scipy).
+
+* `GET /api/v1/drift/reports/latest`: the newest report; `/reports`: all, newest first.
+* `POST /api/v1/drift/runs`: run now (a Job from the CronJob in a cluster).
+* `/metrics`: the latest verdicts, p-values and distances for Prometheus.
+"""
+
+
+def create_app(settings: DriftSettings | None = None, registry: CollectorRegistry | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    registry = registry or CollectorRegistry()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.profile = load_reference_profile(settings.reference_path)  # a broken profile stops start-up
+        app.state.store = open_store(settings.store)
+        app.state.launcher = RunLauncher(settings, app.state.store)
+        registry.register(DriftCollector(app.state.store))
+        yield
+
+    app = FastAPI(title="cropseg drift monitor", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    install_error_handlers(app)
+    install_metrics(app, registry)
+    app.include_router(reports.router)
+    app.include_router(runs.router)
+    app.include_router(meta.router)
+    return app

@@ -1,0 +1,203 @@
+"""One drift run (the CronJob's ``run``): window, features, checks, report, log line, exit code.
+
+Exit codes: 0 no drift (or not enough data for a verdict), 1 drift detected (when
+``fail_on_drift``), 2 error -- with the reason on stderr and in drift/drift.log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from cropseg_storage.repository import ImageRecord, ImageRepository
+
+from cropseg_core.features import ReferenceProfile, load_reference_profile
+from cropseg_core.store import BlobStore, StoreError, open_store
+from cropseg_drift.detectors import Current, overall_status, run_checks
+from cropseg_drift.extraction import extract
+from cropseg_drift.lock import RunLockedError, run_lock
+from cropseg_drift.report import LOG_STREAM, make_plots, new_report_id, summarise, write_report
+from cropseg_drift.settings import DriftSettings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class RunResult:
+    exit_code: int
+    status: str
+    """drift, no_drift, insufficient_data or error."""
+    report_id: str | None
+    message: str
+    report: dict[str, Any] | None = None
+
+
+def _window(repository: ImageRepository, settings: DriftSettings, now: datetime) -> list[ImageRecord]:
+    """The newest ``window_images`` images of the source, no older than ``window_hours``."""
+    oldest = now - timedelta(hours=settings.window_hours) if settings.window_hours else None
+    chosen: list[ImageRecord] = []
+    cursor = None
+    while len(chosen) < settings.window_images:
+        page, cursor = repository.page(limit=min(100, settings.window_images - len(chosen)), cursor=cursor,
+                                       source=settings.source)  # fmt: skip
+        for record in page:
+            if oldest is not None and record.created_at < oldest:
+                return chosen
+            chosen.append(record)
+        if cursor is None:
+            break
+    return chosen
+
+
+def _predictions(store: BlobStore, settings: DriftSettings, now: datetime) -> np.ndarray:
+    """Predicted vegetation fractions of the newest records of the source, one per image."""
+    oldest = now - timedelta(hours=settings.window_hours) if settings.window_hours else None
+    latest: dict[str, float] = {}
+    for stream in reversed(store.streams("predictions/")):
+        for record in reversed(store.read_records(stream)):
+            if oldest is not None and datetime.fromisoformat(record["created_at"]) < oldest:
+                return np.array(list(latest.values()), np.float32)
+            if record.get("source", "upload") != settings.source or record["image_id"] in latest:
+                continue
+            latest[record["image_id"]] = float(record["vegetation_fraction"])
+            if len(latest) >= settings.window_images:
+                return np.array(list(latest.values()), np.float32)
+    return np.array(list(latest.values()), np.float32)
+
+
+def _image_bytes(
+    repository: ImageRepository, records: list[ImageRecord], unreadable: list[dict[str, str]]
+) -> Iterator[tuple[str, bytes]]:
+    for record in records:
+        try:
+            yield record.id, repository.image_bytes(record)
+        except StoreError as e:  # deleted meanwhile, or the backend failed for this one
+            unreadable.append({"id": record.id, "reason": str(e)})
+
+
+def execute(
+    settings: DriftSettings,
+    profile: ReferenceProfile,
+    store: BlobStore,
+    *,
+    progress: bool = False,
+    report_id: str | None = None,
+) -> RunResult:
+    """The run itself, under the lock; raises RunLockedError, StoreError."""
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    report_id = report_id or new_report_id(now)
+    with run_lock(store, settings.lock_ttl_s):
+        repository = ImageRepository(store, settings.image_limits)
+        records = _window(repository, settings, now)
+        unreadable: list[dict[str, str]] = []
+        features = extract(
+            _image_bytes(repository, records, unreadable),
+            len(records),
+            workers=settings.workers,
+            progress=progress,
+        )
+        features.skipped.extend(unreadable)
+        for skipped in features.skipped:
+            log.warning("skipping image %s: %s", skipped["id"], skipped["reason"])
+        current = Current(features, _predictions(store, settings, now))
+        results = run_checks(profile, current, settings)
+        status = overall_status(results)
+        report: dict[str, Any] = {
+            "id": report_id,
+            "created_at": now.isoformat(),
+            "status": status,
+            "summary": summarise(status, results),
+            "engine": settings.engine,
+            "p_value": settings.p_value,
+            "images": len(features.ids),
+            "predictions": len(current.predicted_fractions),
+            "skipped": features.skipped,
+            "window": {
+                "images": settings.window_images,
+                "hours": settings.window_hours,
+                "source": settings.source,
+            },
+            "reference": {
+                "images": len(profile.image_names),
+                "model_name": profile.meta.get("model_name", ""),
+                "model_version": profile.meta.get("model_version", ""),
+            },
+            "detectors": results,
+        }
+        plots = make_plots(profile, current, results)
+        report["plots"] = [
+            {
+                "name": name.removesuffix(".png"),
+                "file": name,
+                "url": f"/api/v1/drift/reports/{report_id}/files/{name}",
+            }
+            for name in plots
+        ]
+        report["links"] = {
+            "self": f"/api/v1/drift/reports/{report_id}",
+            "html": f"/api/v1/drift/reports/{report_id}/files/report.html",
+        }
+        report["duration_s"] = round(time.perf_counter() - started, 3)
+        write_report(store, report, plots, current, features.ids)
+    exit_code = EXIT_DRIFT if status == "drift" and settings.fail_on_drift else EXIT_OK
+    return RunResult(exit_code, status, report_id, report["summary"], report)
+
+
+def run(
+    settings: DriftSettings, *, progress: bool = False, report_id: str | None = None,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> RunResult:  # fmt: skip
+    """Run once and record the outcome in drift/drift.log; errors become exit code 2, never a crash."""
+    started = time.time()
+    store: BlobStore | None = None
+    try:
+        profile = load_reference_profile(settings.reference_path)
+        store = open_store(settings.store)
+        result = execute(settings, profile, store, progress=progress, report_id=report_id)
+    except (ValueError, StoreError, RunLockedError, OSError) as e:
+        result = RunResult(EXIT_ERROR, "error", None, str(e))
+    if store is not None:
+        entry = {
+            "time": datetime.fromtimestamp(started, UTC).isoformat(),
+            "outcome": result.status,
+            "exit_code": result.exit_code,
+            "report_id": result.report_id,
+            "duration_s": round(time.time() - started, 3),
+            "message": result.message,
+        }
+        try:
+            store.append_record(LOG_STREAM, entry)
+        except StoreError as e:
+            log.error("cannot append to %s: %s", LOG_STREAM, e)
+    if on_result:
+        on_result(result)
+    return result
+
+
+def summary_table(result: RunResult) -> str:
+    """What ``kubectl logs`` on the CronJob's pod shows: one line per check, then the verdict."""
+    if result.report is None:
+        return f"drift run failed: {result.message}\n"
+    lines = [f"{'check':<32}{'detector':<17}{'verdict':<19}{'p-value':>10}{'distance':>10}  drifted"]
+    for name, check in result.report["detectors"].items():
+        data = check["data"]
+        p_val = f"{data['p_val']:.3g}" if isinstance(data.get("p_val"), float) else "-"
+        distance = f"{data['distance']:.3f}" if isinstance(data.get("distance"), float) else "-"
+        drifted = ", ".join(data.get("drifted", [])[:5]) or data.get("reason", "")
+        detector = check["meta"]["detector"]
+        lines.append(f"{name:<32}{detector:<17}{data['status']:<19}{p_val:>10}{distance:>10}  {drifted}")
+    report = result.report
+    lines.append(f"\n{report['status'].upper()}: {report['summary']}")
+    lines.append(
+        f"{report['images']} images, {report['predictions']} predictions, {len(report['skipped'])} skipped; "
+        f"report {report['id']} ({report['duration_s']:.1f} s)"
+    )
+    return "\n".join(lines) + "\n"
