@@ -1,0 +1,193 @@
+"""The CronJob's run end to end on a store: reports, exit codes, skipped images, the lock, errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from cropseg_drift import report as report_module
+from cropseg_drift.cli import main
+from cropseg_drift.lock import LOCK_KEY, RunLockedError, run_lock
+from cropseg_drift.report import LOG_STREAM, REPORT_ID
+from cropseg_drift.runner import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, execute, run
+from drift_testing import add_uploads, make_profile, settings_for
+
+from cropseg_core.store import BlobStore, StoreSettings, open_store
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+def store_at(data: Path) -> BlobStore:
+    return open_store(StoreSettings(path=data))
+
+
+def test_no_drift_on_uploads_like_the_reference(data: Path, profile_path: Path) -> None:
+    store = store_at(data)
+    add_uploads(store, 40)
+    result = run(settings_for(data, profile_path))
+    assert (result.exit_code, result.status) == (EXIT_OK, "no_drift"), result.message
+    assert result.report_id is not None
+    assert REPORT_ID.fullmatch(result.report_id)
+    files = {b.key.rsplit("/", 1)[1] for b in store.list_blobs(f"drift/reports/{result.report_id}/")}
+    assert files == {
+        "report.json",
+        "report.html",
+        "grey_histogram.png",
+    }  # no drifted feature: no feature plots
+    report = store.get_json(f"drift/reports/{result.report_id}/report.json")
+    assert (report["images"], report["predictions"], report["engine"]) == (40, 40, "alibi")
+    assert set(report["detectors"]) == {
+        "grey_histogram",
+        "image_properties",
+        "dataset",
+        "prediction_vegetation_fraction",
+        "prediction_has_vegetation",
+    }
+    assert all(set(check) == {"meta", "data"} for check in report["detectors"].values())
+    assert [b.key for b in store.list_blobs("drift/features/")] == [
+        f"drift/features/{result.report_id}-features.npz"
+    ]
+    log = store.read_records(LOG_STREAM)
+    assert [(entry["outcome"], entry["exit_code"], entry["report_id"]) for entry in log] == [
+        ("no_drift", 0, result.report_id)
+    ]
+
+
+def test_drift_on_brightened_uploads_fails_the_run(data: Path, profile_path: Path) -> None:
+    store = store_at(data)
+    add_uploads(store, 40, brightness=1.5)
+    result = run(settings_for(data, profile_path, engine="scipy"))
+    assert (result.exit_code, result.status) == (EXIT_DRIFT, "drift")
+    assert result.report is not None
+    assert "brightness" in result.report["detectors"]["image_properties"]["data"]["drifted"]
+    names = {plot["file"] for plot in result.report["plots"]}
+    assert {"grey_histogram.png", "brightness.png", "dataset_importances.png"} <= names
+    html = store.get(f"drift/reports/{result.report_id}/report.html").decode()
+    assert "data:image/png;base64," in html  # self-contained
+    assert "brightness" in html
+    tolerant = run(settings_for(data, profile_path, engine="scipy", fail_on_drift=False))
+    assert (tolerant.exit_code, tolerant.status) == (EXIT_OK, "drift")
+
+
+def test_the_window_takes_the_newest_uploads(data: Path, profile_path: Path) -> None:
+    store = store_at(data)
+    add_uploads(store, 30, brightness=1.5, seed=1)
+    add_uploads(store, 30, seed=2)  # newer, like the reference
+    result = run(settings_for(data, profile_path, window_images=30))
+    assert (result.status, result.report["images"]) == ("no_drift", 30)  # type: ignore[index]
+
+
+def test_too_few_images_is_not_a_verdict(data: Path, profile_path: Path) -> None:
+    add_uploads(store_at(data), 5)
+    result = run(settings_for(data, profile_path))
+    assert (result.exit_code, result.status) == (EXIT_OK, "insufficient_data")
+    assert "5 samples, at least 20 needed" in result.message
+
+
+def test_unreadable_image_is_reported_and_skipped(data: Path, profile_path: Path) -> None:
+    store = store_at(data)
+    ids = add_uploads(store, 25)
+    broken = next(
+        b.key for b in store.list_blobs(f"images/{ids[0][:2]}/") if b.key.endswith(".png") and ids[0] in b.key
+    )
+    store.put(broken, b"\x89PNG\r\n\x1a\n garbage")  # a damaged file on the volume
+    store.delete(
+        next(
+            b.key
+            for b in store.list_blobs(f"images/{ids[1][:2]}/")
+            if ids[1] in b.key and b.key.endswith(".png")
+        )
+    )
+    result = run(settings_for(data, profile_path))
+    assert result.exit_code == EXIT_OK
+    assert result.report is not None
+    skipped = {entry["id"]: entry["reason"] for entry in result.report["skipped"]}
+    assert set(skipped) == {ids[0], ids[1]}
+    assert "truncated or corrupt" in skipped[ids[0]] or "invalid" in skipped[ids[0]]
+    assert "not found" in skipped[ids[1]]
+    assert result.report["images"] == 23
+
+
+def test_errors_exit_2_with_the_reason_and_a_log_line(data: Path, tmp_path: Path) -> None:
+    store = store_at(data)
+    result = run(settings_for(data, tmp_path / "missing.npz"))
+    assert (result.exit_code, result.status) == (EXIT_ERROR, "error")
+    assert "cannot read the reference profile" in result.message
+    assert store.read_records(LOG_STREAM) == []  # the store was never opened: nothing to log to
+    (tmp_path / "bad.npz").write_bytes(b"not a profile")
+    assert run(settings_for(data, tmp_path / "bad.npz")).exit_code == EXIT_ERROR
+
+
+def test_a_second_run_is_refused_while_the_first_holds_the_lock(data: Path, profile_path: Path) -> None:
+    store = store_at(data)
+    add_uploads(store, 25)
+    with run_lock(store, ttl_s=60):
+        with pytest.raises(RunLockedError):
+            execute(settings_for(data, profile_path), make_profile(), store)
+        result = run(settings_for(data, profile_path))
+        assert result.exit_code == EXIT_ERROR
+        assert "another drift run" in result.message
+        assert store.read_records(LOG_STREAM)[-1]["outcome"] == "error"
+    assert not store.exists(LOCK_KEY)  # released
+    assert run(settings_for(data, profile_path)).exit_code == EXIT_OK
+
+
+def test_a_stale_lock_is_taken_over(data: Path, profile_path: Path) -> None:
+    store = store_at(data)
+    add_uploads(store, 25)
+    past = time.time() - 7200
+    store.put(
+        LOCK_KEY, json.dumps({"owner": "dead-pod", "acquired_at": past, "expires_at": past + 3600}).encode()
+    )
+    assert run(settings_for(data, profile_path)).exit_code == EXIT_OK
+    assert not store.exists(LOCK_KEY)
+
+
+def test_a_report_is_visible_only_once_whole(
+    data: Path, profile_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = store_at(data)
+    add_uploads(store, 25)
+
+    def crash(*args: object) -> str:
+        raise OSError("disk full while writing the page")
+
+    monkeypatch.setattr(report_module, "render_html", crash)
+    result = run(settings_for(data, profile_path))
+    assert result.exit_code == EXIT_ERROR
+    assert "disk full" in result.message
+    assert not [b for b in store.list_blobs("drift/reports/") if b.key.endswith("report.json")]
+    assert not store.exists(LOCK_KEY)
+
+
+def test_runs_on_the_s3_backend_too(blob_store: BlobStore, profile_path: Path, tmp_path: Path) -> None:
+    add_uploads(blob_store, 25, brightness=1.5)
+    settings = settings_for(tmp_path, profile_path, engine="scipy")
+    result = execute(settings, make_profile(), blob_store)
+    assert result.status == "drift"
+    assert blob_store.exists(f"drift/reports/{result.report_id}/report.json")
+
+
+def test_cli_prints_the_summary_table(data: Path, profile_path: Path, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    add_uploads(store_at(data), 25, brightness=1.5)
+    monkeypatch.setenv("DRIFT_REFERENCE_PATH", str(profile_path))
+    monkeypatch.setenv("DRIFT_MIN_SAMPLES", "20")
+    monkeypatch.setenv("DRIFT_CLASSIFIER_TREES", "20")
+    assert main(["run", "--data", str(data), "--engine", "scipy", "--no-progress"]) == EXIT_DRIFT
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:4] == ["check", "detector", "verdict", "p-value"]
+    assert "image_properties" in out
+    assert "DRIFT: drift in" in out
+    assert (
+        main(["run", "--data", str(data), "--no-fail-on-drift", "--engine", "scipy", "--no-progress"])
+        == EXIT_OK
+    )
+    monkeypatch.setenv("DRIFT_P_VALUE", "3")
+    assert main(["run", "--data", str(data)]) == EXIT_ERROR
+    assert "invalid settings" in capsys.readouterr().err
