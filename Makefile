@@ -13,6 +13,7 @@ DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
 INFERENCE_PORT ?= 8001
 STORAGE_PORT ?= 8002
+DRIFT_PORT ?= 8003
 
 # Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
 # evaluation 3 (never seen in training), reference profile 4, sample gallery 5.
@@ -22,12 +23,14 @@ TRAIN_TILES ?= 2400
 TRAIN_STEPS ?= 4000
 FINETUNE_STEPS ?= 3000
 
-.PHONY: up demo bench test lint typecheck pytest system-deps model clean help
+.PHONY: up drift experiment demo bench test lint typecheck pytest system-deps model clean help
 
 help:
-	@echo "make up     set up .venv and run cropseg: web UI on :8002, inference on :8001 (data in var/data)"
+	@echo "make up     set up .venv and run cropseg: web UI on :8002, inference :8001, drift monitor :8003 (data in var/data)"
+	@echo "make drift  one drift run over var/data (the CronJob's command)"
+	@echo "make experiment  the seed's brightness drift experiment on 7,100 tiles"
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
-	@echo "make bench  inference benchmark; rewrites the table in docs/performance.md"
+	@echo "make bench  inference and drift benchmarks; rewrite their tables in docs/performance.md"
 	@echo "make test   set up .venv and run lint, type checks and the whole test suite"
 	@echo "make model  regenerate data, retrain, export and evaluate the committed model"
 
@@ -49,17 +52,27 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	@touch $@
 
 up: $(VENV)/.runtime
-	@echo "cropseg web UI: http://127.0.0.1:$(STORAGE_PORT)  (inference :$(INFERENCE_PORT); API docs /docs; Ctrl-C stops both)"
-	@trap 'kill $$inference 2>/dev/null; wait' EXIT INT TERM; \
+	@echo "cropseg web UI: http://127.0.0.1:$(STORAGE_PORT)  (inference :$(INFERENCE_PORT), drift monitor :$(DRIFT_PORT); API docs /docs; Ctrl-C stops all)"
+	@trap 'kill $$inference $$drift 2>/dev/null; wait' EXIT INT TERM; \
 	$(BIN)/cropseg-inference --host 127.0.0.1 --port $(INFERENCE_PORT) & inference=$$!; \
+	$(BIN)/cropseg-drift serve --host 127.0.0.1 --port $(DRIFT_PORT) --data var/data & drift=$$!; \
 	$(BIN)/cropseg-storage --host 127.0.0.1 --port $(STORAGE_PORT) --data var/data \
 		--inference-url http://127.0.0.1:$(INFERENCE_PORT)
+
+# One drift run over var/data (what the CronJob does); exit 1 when drift is found.
+drift: $(VENV)/.runtime
+	$(BIN)/cropseg-drift run --data var/data
+
+# The seed's brightness experiment on 7,100 generated tiles (about 15 minutes on 2 cores).
+experiment: $(VENV)/.runtime
+	$(BIN)/cropseg-drift experiment --count 7100
 
 demo: $(VENV)/.runtime
 	$(BIN)/cropseg-model demo --out var/demo
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/inference.py --write docs/performance.md
+	$(BIN)/python benchmarks/drift.py --write docs/performance.md
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
