@@ -164,6 +164,9 @@ def run(
         result = execute(settings, profile, store, progress=progress, report_id=report_id)
     except (ValueError, StoreError, RunLockedError, OSError) as e:
         result = RunResult(EXIT_ERROR, "error", None, str(e))
+    except Exception as e:  # a bug must still exit 2 ("error"), never 1 ("drift")
+        log.exception("drift run failed unexpectedly")
+        result = RunResult(EXIT_ERROR, "error", None, f"unexpected error: {type(e).__name__}: {e}")
     if store is not None:
         entry = {
             "time": datetime.fromtimestamp(started, UTC).isoformat(),

@@ -148,6 +148,19 @@ def test_a_stale_lock_is_taken_over(data: Path, profile_path: Path) -> None:
     assert not store.exists(LOCK_KEY)
 
 
+def test_an_unexpected_failure_is_an_error_not_drift(
+    data: Path, profile_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_uploads(store_at(data), 25)
+
+    def broken(*args: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("cropseg_drift.runner.run_checks", broken)
+    result = run(settings_for(data, profile_path))
+    assert (result.exit_code, result.message) == (EXIT_ERROR, "unexpected error: ZeroDivisionError: a bug")
+
+
 def test_a_report_is_visible_only_once_whole(
     data: Path, profile_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
