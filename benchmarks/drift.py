@@ -28,6 +28,7 @@ from cropseg_drift.runner import execute
 from cropseg_drift.settings import DriftSettings
 from cropseg_storage.repository import ImageRecord, ImageRepository, SegmentationRecord
 from PIL import Image
+from sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.features import image_features, load_reference_profile
@@ -142,10 +143,7 @@ def main() -> None:
     table = markdown(measure(args.data, args.count))
     print(table)
     if args.write:
-        text = args.write.read_text()
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        args.write.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        replace_section(args.write, START, END, table)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.masks import encode_png
@@ -282,10 +283,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     if args.write:
-        text = args.write.read_text()
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1]
-        args.write.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        replace_section(args.write, START, END, table)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cropseg_core.web.server import serve
+    from cropseg_core.web.server import serve_settings
     from cropseg_drift.main import create_app
 
     settings = _settings(args, "host", "port", "engine")
@@ -51,13 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"cropseg-drift serve: reference profile {settings.reference_path} not found: run from the "
               "repository root or set DRIFT_REFERENCE_PATH", file=sys.stderr)  # fmt: skip
         return 2
-    configure_logging(settings.log_level, settings.log_format)
-    serve(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-    )
+    serve_settings(create_app, settings)
     return 0
 
 

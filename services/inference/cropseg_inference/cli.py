@@ -7,8 +7,7 @@ import sys
 
 from pydantic import ValidationError
 
-from cropseg_core.log import configure_logging
-from cropseg_core.web.server import serve
+from cropseg_core.web.server import serve_settings
 from cropseg_inference.main import create_app
 from cropseg_inference.settings import InferenceSettings
 
@@ -36,13 +35,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    configure_logging(settings.log_level, settings.log_format)
-    serve(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-    )
+    serve_settings(create_app, settings)
     return 0
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cropseg_core.log import configure_logging
-from cropseg_core.web.server import serve
+from cropseg_core.web.server import serve_settings
 from cropseg_storage.main import create_app
 from cropseg_storage.settings import StorageSettings
 
@@ -33,13 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.data:
         settings.store.path = Path(args.data)
-    configure_logging(settings.log_level, settings.log_format)
-    serve(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout_s=settings.shutdown_timeout_s,
-    )
+    serve_settings(create_app, settings)
     return 0
 
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import importlib.metadata
+from collections.abc import Callable
+from typing import Literal, Protocol, TypeVar
 
 import uvicorn
 from fastapi import FastAPI
+
+from cropseg_core.log import configure_logging
+
+S = TypeVar("S", bound="Served")
 
 
 def serve(app: FastAPI, *, host: str, port: int, shutdown_timeout_s: float) -> None:
@@ -25,6 +31,27 @@ def serve(app: FastAPI, *, host: str, port: int, shutdown_timeout_s: float) -> N
         proxy_headers=True,
     )
     uvicorn.Server(config).run()
+
+
+class Served(Protocol):
+    """What every service's settings carry for serving."""
+
+    host: str
+    port: int
+    shutdown_timeout_s: float
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+    log_format: Literal["text", "json"]
+
+
+def serve_settings(create_app: Callable[[S], FastAPI], settings: S) -> None:
+    """Configure logging from ``settings``, build the app and serve it until a signal."""
+    configure_logging(settings.log_level, settings.log_format)
+    serve(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
+    )
 
 
 def dependency_versions(*distributions: str) -> dict[str, str]:
