@@ -6,10 +6,10 @@ The seed checked 7,100 tiles. This fills a store with that many 360x480 generate
 (400 distinct tiles, each copy changed in one pixel so every upload is a new image, in the
 generator's mix of PNG and JPEG) with one prediction record each, then, side by side:
 1. decode-only: read every image from the store and decode it (the floor for any run);
-2. a real drift run (``execute``, scipy engine; the alibi engine computes the same) over the
-   same images: read, decode, features, five checks, plots, report;
+2. a real drift run (``execute``) with each engine over the same images: read, decode,
+   features, five checks, plots, report (Alibi Detect's import is timed apart: once per process);
 3. per image, in one process: decode vs feature extraction.
-The bar: the run within 2x of decode-only time. Same worker count for both.
+The bar: the run within 2x of decode-only time. Same worker count for both; both engines.
 """
 
 from __future__ import annotations
@@ -63,10 +63,11 @@ def fill(data: Path, count: int) -> None:
     with multiprocessing.get_context("spawn").Pool(os.cpu_count() or 1) as pool:
         tiles = list(tqdm(pool.imap(_tile, range(DISTINCT)), total=DISTINCT, desc="generating", unit="tile"))
     day = f"predictions/{datetime.now(UTC):%Y-%m-%d}"
-    for n in tqdm(range(count), desc="uploading", unit="img"):
+    for n in tqdm(range(repository.count("upload"), count), desc="uploading", unit="img"):
         image, ext, fraction = tiles[n % DISTINCT]
         copy = image.copy()
-        copy[0, 0] = (n // DISTINCT, 0, 0)  # a new image each time: uploads are content-addressed
+        copy[:8, :8] = n // DISTINCT  # a new image each time (a whole JPEG block, so it survives
+        copy[8:16, :8] = n % 256  # the encoding): uploads are content-addressed
         record, _ = repository.add_image(_encode(copy, ext), source="upload")
         store.append_record(day, SegmentationRecord(
             image_id=record.id, model_name="cropseg-unet", model_version="1.0.0", threshold=0.55,
@@ -87,11 +88,20 @@ def measure(data: Path, count: int) -> dict[str, float]:
     started = time.perf_counter()
     decode_all(((r.id, repository.image_bytes(r)) for r in records), len(records))
     decode_s = time.perf_counter() - started
-    settings = DriftSettings(store=StoreSettings(path=data), reference_path=PROFILE, engine="scipy",
-                             window_images=count)  # fmt: skip
+    profile = load_reference_profile(PROFILE)
+    runs = {}
     started = time.perf_counter()
-    result = execute(settings, load_reference_profile(PROFILE), store)
-    run_s = time.perf_counter() - started
+    import alibi_detect.cd  # noqa: F401  - a one-off cost per process, reported on its own
+
+    alibi_import_s = time.perf_counter() - started
+    for engine in ("scipy", "alibi"):
+        settings = DriftSettings(store=StoreSettings(path=data), reference_path=PROFILE, engine=engine,
+                                 window_images=count)  # fmt: skip
+        started = time.perf_counter()
+        result = execute(settings, profile, store)
+        runs[engine] = time.perf_counter() - started
+        assert result.report is not None
+        timings = result.report["timings_s"]
     sample = [repository.image_bytes(r) for r in records[:300]]
     started = time.perf_counter()
     pixels = [decode_image(b).pixels for b in sample]
@@ -104,28 +114,37 @@ def measure(data: Path, count: int) -> dict[str, float]:
         "images": float(len(records)),
         "workers": float(os.cpu_count() or 1),
         "decode_only_s": decode_s,
-        "run_s": run_s,
-        "ratio": run_s / decode_s,
-        "run_images_per_s": len(records) / run_s,
+        "run_scipy_s": runs["scipy"],
+        "run_alibi_s": runs["alibi"],
+        "alibi_import_s": alibi_import_s,
+        "features_s": timings["read_and_features"],
+        "checks_s": timings["checks"],
+        "plots_s": timings["plots"],
         "decode_ms": decode_ms,
         "features_ms": features_ms,
-        "report_status_drift": float(result.status == "drift"),
     }
 
 
 def markdown(r: dict[str, float]) -> str:
+    ratio = max(r["run_scipy_s"], r["run_alibi_s"]) / r["decode_only_s"]
     return "\n".join([
         f"Measured by `benchmarks/drift.py` on {int(r['images'])} stored 360×480 tiles "
         f"({int(r['workers'])} worker processes for both):",
         "",
-        "| what | seconds | images/s |",
-        "|---|---:|---:|",
-        f"| read + decode only | {r['decode_only_s']:.1f} | {r['images'] / r['decode_only_s']:.0f} |",
-        f"| drift run (read, decode, features, 5 checks, plots, report) | {r['run_s']:.1f} "
-        f"| {r['run_images_per_s']:.0f} |",
+        "| what | seconds | images/s | × decode-only |",
+        "|---|---:|---:|---:|",
+        f"| read + decode only | {r['decode_only_s']:.1f} | {r['images'] / r['decode_only_s']:.0f} | 1.00 |",
+        f"| drift run, scipy engine | {r['run_scipy_s']:.1f} | {r['images'] / r['run_scipy_s']:.0f} "
+        f"| {r['run_scipy_s'] / r['decode_only_s']:.2f} |",
+        f"| drift run, alibi engine | {r['run_alibi_s']:.1f} | {r['images'] / r['run_alibi_s']:.0f} "
+        f"| {r['run_alibi_s'] / r['decode_only_s']:.2f} |",
         "",
-        f"**The run takes {r['ratio']:.2f}× the decode-only time** (bar: 2×). Per image in one process: "
-        f"decoding {r['decode_ms']:.2f} ms, all drift features {r['features_ms']:.2f} ms.",
+        f"**A run takes at most {ratio:.2f}× the decode-only time** (bar: 2×). Of the alibi run: "
+        f"read + decode + features {r['features_s']:.1f} s, the five checks {r['checks_s']:.1f} s, plots and "
+        f"report {r['plots_s']:.1f} s. Per image in one process: decoding {r['decode_ms']:.2f} ms, all drift "
+        f"features {r['features_ms']:.2f} ms. Importing Alibi Detect costs {r['alibi_import_s']:.1f} s "
+        "once per process (most of it torch, which this development environment has and the drift image "
+        "does not).",
     ])  # fmt: skip
 
 

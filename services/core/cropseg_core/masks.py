@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from cropseg_core.features import BLACK_LEVEL
-
 IGNORE = 128
+BLACK_LEVEL = 2  # a pixel whose channels are all at most this is out of field (black)
 OVERLAY_COLOUR = (255, 0, 255)  # magenta: visible on soil, green leaves and false-colour leaves
 
 

@@ -24,8 +24,10 @@ and the same stratified folds and forest; the tests prove both give the same p-v
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +41,8 @@ from cropseg_drift.extraction import ImageFeatures
 from cropseg_drift.settings import DriftSettings, Engine
 
 log = logging.getLogger(__name__)
+# Alibi's sklearn classifier logs a warning per run about parameters it sets itself.
+logging.getLogger("alibi_detect.cd.sklearn.classifier").setLevel(logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,17 @@ class DriftEngine(Protocol):
     def classifier(
         self, reference: np.ndarray, current: np.ndarray, p_value: float, settings: DriftSettings
     ) -> ClassifierTest: ...
+
+
+@contextlib.contextmanager
+def _exact_ks_may_fall_back() -> Iterator[None]:
+    """Above a few thousand samples scipy's exact one-sided KS falls back to the asymptotic
+    one and warns; both engines call it the same way, so the fallback is expected."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="ks_2samp: Exact calculation unsuccessful", category=RuntimeWarning
+        )
+        yield
 
 
 def _forest(settings: DriftSettings) -> RandomForestClassifier:
@@ -126,7 +141,10 @@ class ScipyEngine:
             probabilities.append(model.predict_proba(x[test])[:, 1])
             indices.append(test)
         probability, label = np.concatenate(probabilities), y[np.concatenate(indices)]
-        distance, p_val = ks_2samp(probability[label == 0], probability[label == 1], alternative="greater")
+        with _exact_ks_may_fall_back():
+            distance, p_val = ks_2samp(
+                probability[label == 0], probability[label == 1], alternative="greater"
+            )
         return ClassifierTest(float(p_val), float(distance), p_value, model.feature_importances_)
 
 
@@ -167,7 +185,8 @@ class AlibiEngine:
             n_folds=settings.classifier_folds,
             seed=settings.seed,
         )
-        result = detector.predict(current.astype(np.float32), return_model=True)["data"]
+        with _exact_ks_may_fall_back():
+            result = detector.predict(current.astype(np.float32), return_model=True)["data"]
         return ClassifierTest(
             float(result["p_val"]), float(result["distance"]), p_value, result["model"].feature_importances_
         )
@@ -298,7 +317,13 @@ def check_vegetation_presence(
 def check_dataset(
     used: DriftEngine, profile: ReferenceProfile, current: Current, p_value: float, settings: DriftSettings
 ) -> dict[str, Any]:
-    test = used.classifier(profile.properties, current.images.properties, p_value, settings)
+    properties = current.images.properties
+    if len(properties) > settings.classifier_max_samples:
+        chosen = np.random.default_rng(settings.seed).choice(
+            len(properties), settings.classifier_max_samples, replace=False
+        )
+        properties = properties[np.sort(chosen)]
+    test = used.classifier(profile.properties, properties, p_value, settings)
     ranked = sorted(zip(PROPERTY_NAMES, test.importances.tolist(), strict=True), key=lambda item: -item[1])
     data = {
         "is_drift": test.is_drift,
@@ -309,7 +334,7 @@ def check_dataset(
         "importances": dict(ranked),
         "drifted": [name for name, _ in ranked[:3]] if test.is_drift else [],
     }
-    return _result("dataset", "ClassifierDrift", used, data, {"samples": len(current.images.ids)})
+    return _result("dataset", "ClassifierDrift", used, data, {"samples": len(properties)})
 
 
 def run_checks(

@@ -105,10 +105,12 @@ def execute(
             progress=progress,
         )
         features.skipped.extend(unreadable)
+        extracted = time.perf_counter()
         for skipped in features.skipped:
             log.warning("skipping image %s: %s", skipped["id"], skipped["reason"])
         current = Current(features, _predictions(store, settings, now))
         results = run_checks(profile, current, settings)
+        checked = time.perf_counter()
         status = overall_status(results)
         report: dict[str, Any] = {
             "id": report_id,
@@ -146,6 +148,11 @@ def execute(
             "html": f"/api/v1/drift/reports/{report_id}/files/report.html",
         }
         report["duration_s"] = round(time.perf_counter() - started, 3)
+        report["timings_s"] = {
+            "read_and_features": round(extracted - started, 3),
+            "checks": round(checked - extracted, 3),
+            "plots": round(time.perf_counter() - checked, 3),
+        }
         write_report(store, report, plots, current, features.ids)
     exit_code = EXIT_DRIFT if status == "drift" and settings.fail_on_drift else EXIT_OK
     return RunResult(exit_code, status, report_id, report["summary"], report)

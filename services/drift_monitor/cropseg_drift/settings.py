@@ -40,6 +40,9 @@ class DriftSettings(ServiceSettings):
     """Cross-validation folds of the domain classifier (multivariate check)."""
     classifier_trees: int = Field(default=100, ge=10, le=1000)
     """Trees of the domain classifier's random forest."""
+    classifier_max_samples: int = Field(default=2000, ge=100)
+    """The domain classifier learns from at most this many current images (a seeded random
+    subset): against a few hundred reference images, more only costs time."""
     seed: int = 0
     """Seed of the domain classifier's folds and forest: the same data gives the same verdict."""
     fail_on_drift: bool = True
