@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright drives it, never downloads one
+PROMETHEUS_INSTALL = "apt-get install -y --no-install-recommends prometheus (make test does it as root)"
 
 
 def require_tool(name: str, path: str | None, install: str) -> str:
@@ -93,6 +94,18 @@ def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
         return open_store(StoreSettings(backend="filesystem", path=tmp_path / "data"))
     s3: S3Settings = request.getfixturevalue("s3_settings")
     return open_store(StoreSettings(backend="s3", s3=s3))
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's promtool (Debian's prometheus package)."""
+    return require_tool("promtool", shutil.which("promtool"), PROMETHEUS_INSTALL)
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    """The Prometheus server binary (Debian's prometheus package; never started as a system service)."""
+    return require_tool("Prometheus", shutil.which("prometheus"), PROMETHEUS_INSTALL)
 
 
 @pytest.fixture(scope="session")
