@@ -17,7 +17,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -109,6 +112,11 @@ def install_metrics(app: FastAPI, registry: CollectorRegistry) -> HttpMetrics:
     known once routing has run, which is after the middleware starts).
     """
     metrics = HttpMetrics(registry)
+    # The process and interpreter metrics the default registry would carry (the seed's
+    # dashboard had a row of Python GC panels): CPU, memory, file descriptors, GC.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     def track_in_progress(request: Request) -> Iterator[None]:
