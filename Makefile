@@ -6,14 +6,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PKGS   := -e 'services/core[onnx,service,s3]' -e model -e services/inference -e services/storage \
-	-e services/drift_monitor
+	-e services/drift_monitor -e stack
 SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference \
-	services/storage/cropseg_storage services/drift_monitor/cropseg_drift benchmarks
+	services/storage/cropseg_storage services/drift_monitor/cropseg_drift stack/cropseg_stack benchmarks
 DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
 INFERENCE_PORT ?= 8001
 STORAGE_PORT ?= 8002
 DRIFT_PORT ?= 8003
+PROMETHEUS_PORT ?= 9090
 
 # Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
 # evaluation 3 (never seen in training), reference profile 4, sample gallery 5.
@@ -26,7 +27,8 @@ FINETUNE_STEPS ?= 3000
 .PHONY: up drift experiment demo bench test lint typecheck pytest system-deps model clean help
 
 help:
-	@echo "make up     set up .venv and run cropseg: web UI on :8002, inference :8001, drift monitor :8003 (data in var/data)"
+	@echo "make up     set up .venv and run cropseg: web UI :8002, inference :8001, drift monitor :8003 (a drift"
+	@echo "           run every 5 min), Prometheus :9090 when installed; data in var/data; Ctrl-C stops all"
 	@echo "make drift  one drift run over var/data (the CronJob's command)"
 	@echo "make experiment  the seed's brightness drift experiment on 7,100 tiles"
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
@@ -42,7 +44,8 @@ $(BIN)/python:
 
 # Runtime install: what `make up` needs (no torch).
 $(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml model/pyproject.toml \
-		services/inference/pyproject.toml services/storage/pyproject.toml services/drift_monitor/pyproject.toml
+		services/inference/pyproject.toml services/storage/pyproject.toml services/drift_monitor/pyproject.toml \
+		stack/pyproject.toml
 	$(PIP) install --quiet -c constraints.txt $(PKGS)
 	@touch $@
 
@@ -52,12 +55,8 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	@touch $@
 
 up: $(VENV)/.runtime
-	@echo "cropseg web UI: http://127.0.0.1:$(STORAGE_PORT)  (inference :$(INFERENCE_PORT), drift monitor :$(DRIFT_PORT); API docs /docs; Ctrl-C stops all)"
-	@trap 'kill $$inference $$drift 2>/dev/null; wait' EXIT INT TERM; \
-	$(BIN)/cropseg-inference --host 127.0.0.1 --port $(INFERENCE_PORT) & inference=$$!; \
-	$(BIN)/cropseg-drift serve --host 127.0.0.1 --port $(DRIFT_PORT) --data var/data & drift=$$!; \
-	$(BIN)/cropseg-storage --host 127.0.0.1 --port $(STORAGE_PORT) --data var/data \
-		--inference-url http://127.0.0.1:$(INFERENCE_PORT)
+	$(BIN)/cropseg-stack up --inference-port $(INFERENCE_PORT) --storage-port $(STORAGE_PORT) \
+		--drift-port $(DRIFT_PORT) --prometheus-port $(PROMETHEUS_PORT)
 
 # One drift run over var/data (what the CronJob does); exit 1 when drift is found.
 drift: $(VENV)/.runtime

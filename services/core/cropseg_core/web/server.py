@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 from collections.abc import Callable
 from typing import Literal, Protocol, TypeVar
@@ -30,7 +31,9 @@ def serve(app: FastAPI, *, host: str, port: int, shutdown_timeout_s: float) -> N
         server_header=False,
         proxy_headers=True,
     )
-    uvicorn.Server(config).run()
+    # On Ctrl-C uvicorn shuts down gracefully, then re-raises KeyboardInterrupt: nothing to report.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run()
 
 
 class Served(Protocol):
