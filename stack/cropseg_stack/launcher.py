@@ -47,6 +47,8 @@ class StackConfig:
     """Run the drift check this often (None: never)."""
     scrape_interval_s: float = 5.0
     """Prometheus scrape interval of the local stack."""
+    prometheus_dir: Path = REPO / "var" / "prometheus"
+    """Prometheus's generated configuration and its database."""
     environment: dict[str, str] = field(default_factory=dict)
     """Extra environment for every service (e.g. STORAGE_STATUS_INTERVAL_S)."""
     ready_timeout_s: float = 120.0
@@ -126,12 +128,12 @@ class Stack:
             argv = [*python, "cropseg_storage", "--port", str(self.config.storage_port), "--data", data,
                     "--inference-url", self.urls()["inference"]]  # fmt: skip
             return argv, f"{url}/healthz"  # ready also needs inference: liveness is enough to go on
-        config = prometheus_config(self.config, REPO / "var" / "prometheus" / "prometheus.yml")
+        config = prometheus_config(self.config, self.config.prometheus_dir / "prometheus.yml")
         argv = [
             "prometheus",
             f"--config.file={config}",
             f"--web.listen-address=127.0.0.1:{self.config.prometheus_port}",
-            f"--storage.tsdb.path={REPO / 'var' / 'prometheus' / 'data'}",
+            f"--storage.tsdb.path={self.config.prometheus_dir / 'data'}",
         ]
         return argv, f"{url}/-/ready"
 
