@@ -223,20 +223,15 @@ class Stack:
                         "stack", f"{name} exited with code {process.returncode}; the others keep running"
                     )
 
-    def run_drift(self) -> int:
-        """One drift run over the stack's data (the CronJob's command); its exit code."""
-        argv = [
-            sys.executable,
-            "-m",
-            "cropseg_drift",
-            "run",
-            "--data",
-            str(self.config.data),
-            "--no-progress",
-        ]
-        result = subprocess.run(
-            argv, cwd=REPO, env={**os.environ, **self.environment()}, capture_output=True, check=False
-        )
+    def run_drift(self, **settings: str) -> int:
+        """One drift run over the stack's data (the CronJob's command); its exit code.
+
+        ``settings`` override DRIFT_ variables for this run (``window_images="25"``).
+        """
+        data = str(self.config.data)
+        argv = [sys.executable, "-m", "cropseg_drift", "run", "--data", data, "--no-progress"]
+        env = {**os.environ, **self.environment(), **{f"DRIFT_{k.upper()}": v for k, v in settings.items()}}
+        result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, check=False)
         for line in (result.stdout + result.stderr).decode(errors="replace").splitlines():
             self.output("drift-run", line)
         self.drift_runs.append(result.returncode)
