@@ -109,4 +109,4 @@ model: $(VENV)/.dev
 		--eval-report $(DATA)/eval.json
 
 clean:
-	rm -rf var/demo var/test-artifacts .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf var/demo var/test-artifacts var/prometheus .pytest_cache .mypy_cache .ruff_cache .coverage
