@@ -49,9 +49,10 @@ $(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml mod
 	$(PIP) install --quiet -c constraints.txt $(PKGS)
 	@touch $@
 
-# Development install: the training extra (torch CPU, onnx) and the test tools.
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+# Development install: the training extra (torch CPU, onnx), the test tools and helm.
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt scripts/install_helm.py
 	$(PIP) install --quiet -c constraints.txt -e 'model[train]' -r requirements-dev.txt
+	$(BIN)/python scripts/install_helm.py $(BIN)
 	@touch $@
 
 up: $(VENV)/.runtime

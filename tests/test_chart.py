@@ -1,0 +1,247 @@
+"""The Helm chart, checked offline with real tools (helm, kubernetes-validate) and against the code.
+
+No API server or container engine exists on the build machine: these tests prove what can be
+proven without them (see the README's Deploy section for what a cluster still has to show).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cropseg_drift.main import create_app as drift_app
+from cropseg_drift.settings import DriftSettings
+from cropseg_inference.main import create_app as inference_app
+from cropseg_inference.settings import InferenceSettings
+from cropseg_storage.main import create_app as storage_app
+from cropseg_storage.settings import StorageSettings
+from pydantic_settings import BaseSettings
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "cropseg"
+VALUE_SETS = sorted((CHART / "ci").glob("*-values.yaml"))
+KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # the chart's kubeVersion floor and the newest schemas shipped
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "INFERENCE_": InferenceSettings,
+    "STORAGE_": StorageSettings,
+    "DRIFT_": DriftSettings,
+}
+ROUTES = {  # the paths each service's OpenAPI schema declares
+    "inference": set(inference_app(InferenceSettings()).openapi()["paths"]),
+    "storage": set(storage_app(StorageSettings()).openapi()["paths"]),
+    "drift-monitor": set(drift_app(DriftSettings()).openapi()["paths"]),
+}
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
+MODULES = {"inference": "cropseg_inference", "storage": "cropseg_storage", "drift-monitor": "cropseg_drift"}
+
+
+def helm() -> str:
+    path = shutil.which("helm") or str(Path(sys.executable).parent / "helm")
+    if not Path(path).exists():
+        pytest.fail("helm is not installed: make test installs it into .venv/bin (scripts/install_helm.py)")
+    return path
+
+
+def render(values: Path) -> list[dict[str, Any]]:
+    command = [helm(), "template", "rel", str(CHART), "-f", str(values), "--namespace", "fields"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    specs = []
+    for obj in objects:
+        kind = obj["kind"]
+        if kind == "Deployment":
+            specs.append((obj["metadata"]["name"], obj["spec"]["template"]["spec"]))
+        elif kind == "CronJob":
+            specs.append((obj["metadata"]["name"], obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
+        elif kind == "Pod":
+            specs.append((obj["metadata"]["name"], obj["spec"]))
+    return specs
+
+
+def component(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"]["labels"]["app.kubernetes.io/component"])
+
+
+@pytest.fixture(scope="module", params=VALUE_SETS, ids=lambda p: p.stem)
+def rendered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[dict[str, Any]]]:
+    values: Path = request.param
+    return values, render(values)
+
+
+def test_lint_strict(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
+    values, _ = rendered
+    result = subprocess.run(
+        [helm(), "lint", "--strict", str(CHART), "-f", str(values)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_manifests_validate_strictly(
+    rendered: tuple[Path, list[dict[str, Any]]], version: str, tmp_path: Path
+) -> None:
+    _, objects = rendered
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump_all(objects))
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run([str(validate), "--strict", "-k", version, "--quiet", "--no-warn", str(manifest)],
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_values_schema_refuses_unknown_keys_and_short_tokens() -> None:
+    command = [helm(), "template", "rel", str(CHART), "--set"]
+    unknown = subprocess.run([*command, "inference.replica=3"], capture_output=True, text=True)
+    assert unknown.returncode != 0
+    assert "additional properties 'replica' not allowed" in unknown.stderr
+    short = subprocess.run([*command, "apiToken.value=short"], capture_output=True, text=True)
+    assert short.returncode != 0
+
+
+def test_every_value_is_documented() -> None:
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if re.match(r"^\s*(?!requests|limits)[A-Za-z]\w*:\s*\S", line):  # requests/limits: part of resources
+            above = lines[number - 1].strip()
+            assert above.startswith("#"), f"values.yaml line {number + 1} has no comment: {line.strip()}"
+
+
+def test_restricted_pod_security_probes_and_resources(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for name, spec in pod_specs(objects):
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in spec["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert container["resources"]["requests"], name
+            assert container["resources"]["limits"], name
+            if not name.endswith("test-readiness"):  # a read-only root needs a writable /tmp
+                assert "/tmp" in {mount["mountPath"] for mount in container["volumeMounts"]}, name
+
+
+def test_standard_labels_and_names(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        for key in STANDARD_LABELS:
+            assert key in labels, (obj["kind"], obj["metadata"]["name"], key)
+        assert len(obj["metadata"]["name"]) <= 63
+
+
+# Contract tests: the chart and the code agree.
+
+
+def test_every_env_var_is_a_setting_the_service_reads(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for name, spec in pod_specs(objects):
+        for container in spec["containers"]:
+            for variable in container.get("env", []):
+                prefix = next((p for p in SETTINGS if variable["name"].startswith(p)), None)
+                if prefix is None:
+                    continue
+                field = variable["name"].removeprefix(prefix).lower().split("__")[0]
+                assert field in SETTINGS[prefix].model_fields, f"{name}: {variable['name']} is not a setting"
+
+
+def test_service_urls_point_to_rendered_services(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    services = {obj["metadata"]["name"]: {p["port"] for p in obj["spec"]["ports"]} for obj in objects
+                if obj["kind"] == "Service"}  # fmt: skip
+    storage = next(spec for name, spec in pod_specs(objects) if name.endswith("-storage"))
+    urls = {v["name"]: v["value"] for v in storage["containers"][0]["env"] if v["name"].endswith("_URL")}
+    assert set(urls) == {"STORAGE_INFERENCE_URL", "STORAGE_DRIFT_URL"}
+    for url in urls.values():
+        host, port = re.fullmatch(r"http://([a-z0-9-]+):(\d+)", url).groups()  # type: ignore[union-attr]
+        assert int(port) in services[host], url
+
+
+def test_probes_hit_real_routes_on_the_served_port(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        container = obj["spec"]["template"]["spec"]["containers"][0]
+        served_port = int(container["args"][container["args"].index("--port") + 1])
+        assert container["ports"][0]["containerPort"] == served_port
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            if probe in container:
+                assert container[probe]["httpGet"]["path"] in ROUTES[component(obj)], (
+                    obj["metadata"]["name"],
+                    probe,
+                )
+
+
+def test_commands_are_the_real_entry_points(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "CronJob"):
+            continue
+        workload = obj["spec"] if obj["kind"] == "Deployment" else obj["spec"]["jobTemplate"]["spec"]
+        template = workload["template"]
+        spec = template["spec"]
+        container = spec["containers"][0]
+        module = MODULES["drift-monitor" if obj["kind"] == "CronJob" else component(obj)]
+        help_text = subprocess.run([sys.executable, "-m", module, *container["args"][:1], "--help"]
+                                   if module == "cropseg_drift" else [sys.executable, "-m", module, "--help"],
+                                   capture_output=True, text=True, cwd=REPO).stdout  # fmt: skip
+        for flag in (a for a in container["args"] if a.startswith("--")):
+            assert flag in help_text, f"{obj['metadata']['name']}: {flag} is not an option of {module}"
+        if obj["kind"] == "CronJob":
+            assert container["args"][0] == "run"  # the drift job itself
+        if "--data" in container["args"]:  # the data path is where the shared volume is mounted
+            data = container["args"][container["args"].index("--data") + 1]
+            assert data in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def test_dockerfiles_match_the_chart_and_packages() -> None:
+    images = {
+        "inference": "services/inference",
+        "storage": "services/storage",
+        "drift-monitor": "services/drift_monitor",
+    }
+    for name, folder in images.items():
+        dockerfile = (REPO / folder / "Dockerfile").read_text()
+        entry = re.search(r'ENTRYPOINT \["([a-z-]+)"\]', dockerfile).group(1)  # type: ignore[union-attr]
+        assert f"{entry} = " in (REPO / folder / "pyproject.toml").read_text(), (
+            f"{entry} is no console script"
+        )
+        assert "USER 10001:10001" in dockerfile
+        assert "HEALTHCHECK" in dockerfile
+        assert "/healthz" in dockerfile
+        assert "/healthz" in ROUTES[name]
+        installs_drift = "drift_monitor" in dockerfile
+        assert installs_drift == (name == "drift-monitor"), (
+            f"only the drift image carries Alibi Detect ({name})"
+        )
+        for copied in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, re.MULTILINE):
+            assert (REPO / copied).exists(), f"{folder}/Dockerfile copies {copied}, which does not exist"
+    assert "STORAGE_STORE__PATH=/data" in (REPO / "services/storage/Dockerfile").read_text()
+
+
+def test_chart_monitoring_files_are_the_projects() -> None:
+    assert (CHART / "files" / "alerts.yml").read_text() == (REPO / "monitoring" / "alerts.yml").read_text()
+    dashboard = REPO / "monitoring" / "grafana" / "dashboards" / "cropseg.json"
+    assert (CHART / "files" / "dashboard.json").read_text() == dashboard.read_text()
