@@ -24,7 +24,7 @@ TRAIN_TILES ?= 2400
 TRAIN_STEPS ?= 4000
 FINETUNE_STEPS ?= 3000
 
-.PHONY: up drift experiment demo bench test lint typecheck pytest system-deps model clean help
+.PHONY: up drift experiment demo bench k8s test lint typecheck pytest system-deps model clean help
 
 help:
 	@echo "make up     set up .venv and run cropseg: web UI :8002, inference :8001, drift monitor :8003 (a drift"
@@ -34,6 +34,7 @@ help:
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
 	@echo "make bench  inference and drift benchmarks; rewrite their tables in docs/performance.md"
 	@echo "make test   set up .venv and run lint, type checks and the whole test suite"
+	@echo "make k8s    render the Helm chart into k8s/ (plain manifests for kubectl apply -k)"
 	@echo "make model  regenerate data, retrain, export and evaluate the committed model"
 
 $(BIN)/python:
@@ -73,6 +74,10 @@ demo: $(VENV)/.runtime
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/inference.py --write docs/performance.md
 	$(BIN)/python benchmarks/drift.py --write docs/performance.md
+
+# Plain manifests for `kubectl apply -k k8s/`: the chart rendered with its default values.
+k8s: $(VENV)/.dev
+	$(BIN)/helm template cropseg charts/cropseg --namespace cropseg --skip-tests > k8s/cropseg.yaml
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -245,3 +245,43 @@ def test_chart_monitoring_files_are_the_projects() -> None:
     assert (CHART / "files" / "alerts.yml").read_text() == (REPO / "monitoring" / "alerts.yml").read_text()
     dashboard = REPO / "monitoring" / "grafana" / "dashboards" / "cropseg.json"
     assert (CHART / "files" / "dashboard.json").read_text() == dashboard.read_text()
+
+
+def test_k8s_manifests_are_the_chart_rendered_with_defaults() -> None:
+    command = [helm(), "template", "cropseg", str(CHART), "--namespace", "cropseg", "--skip-tests"]
+    rendered = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert (REPO / "k8s" / "cropseg.yaml").read_text() == rendered, "k8s/ is stale: run make k8s"
+    kustomization = yaml.safe_load((REPO / "k8s" / "kustomization.yaml").read_text())
+    assert kustomization["resources"] == ["namespace.yaml", "cropseg.yaml"]
+
+
+def test_okteto_manifest_matches_the_chart_and_the_dockerfiles() -> None:
+    okteto = yaml.safe_load((REPO / "okteto.yml").read_text())
+    for name, build in okteto["build"].items():
+        assert (REPO / build["context"] / build["dockerfile"]).is_file(), name
+    command = okteto["deploy"][0]["command"].split()
+    assert command[:4] == ["helm", "upgrade", "--install", "cropseg"]
+    sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
+    images = {f"OKTETO_BUILD_{name.upper().replace('-', '_')}_IMAGE" for name in okteto["build"]}
+    digest = "@sha256:" + "0" * 64
+    fake = [
+        re.sub(r"\$\{(\w+)\}", lambda m: f"registry.okteto/{m.group(1).lower()}{digest}", s) for s in sets
+    ]
+    assert {m for s in sets for m in re.findall(r"\$\{(\w+)\}", s)} <= images
+    rendered = subprocess.run(
+        [helm(), "template", "cropseg", str(CHART), *(x for s in fake for x in ("--set", s))],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    assert set(okteto["dev"]) == set(deployments)
+    for name, dev in okteto["dev"].items():
+        container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
+        assert "@sha256:" in container["image"]  # the built image, not the default tag
+        assert dev["command"][1:] == container["args"], name  # the same command line as the chart's
+
+
+def test_stignore_keeps_data_caches_and_environments_out_of_the_sync() -> None:
+    ignored = (REPO / ".stignore").read_text().split()
+    for entry in (".venv", "var", "**/__pycache__", ".pytest_cache", "*.pt"):
+        assert entry in ignored

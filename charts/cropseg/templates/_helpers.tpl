@@ -42,11 +42,14 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 app.kubernetes.io/part-of: cropseg
 {{- end }}
 
-{{/* image reference of a component: registry/repository:tag (tag defaults to the app version). */}}
+{{/* Image of a component: its full `reference` when set (Okteto passes built images so),
+     else registry/repository:tag with the tag defaulting to the app version. */}}
 {{- define "cropseg.image" -}}
+{{- if .image.reference }}{{ .image.reference }}{{ else -}}
 {{- $registry := .root.Values.image.registry -}}
 {{- $tag := default .root.Chart.AppVersion .image.tag -}}
 {{- if $registry }}{{ printf "%s/%s:%s" $registry .image.repository $tag }}{{ else }}{{ printf "%s:%s" .image.repository $tag }}{{ end }}
+{{- end }}
 {{- end }}
 
 {{/* Restricted Pod Security Standard: pod level. */}}
