@@ -15,6 +15,7 @@ INFERENCE_PORT ?= 8001
 STORAGE_PORT ?= 8002
 DRIFT_PORT ?= 8003
 PROMETHEUS_PORT ?= 9090
+CHECKOV_VERSION := 3.3.30
 
 # Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
 # evaluation 3 (never seen in training), reference profile 4, sample gallery 5.
@@ -54,6 +55,8 @@ $(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml mod
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt scripts/install_helm.py
 	$(PIP) install --quiet -c constraints.txt -e 'model[train]' -r requirements-dev.txt
 	$(BIN)/python scripts/install_helm.py $(BIN)
+	$(PYTHON) -m venv $(VENV)/checkov  # checkov pins its own versions of shared libraries: keep it apart
+	$(VENV)/checkov/bin/pip install --quiet "checkov==$(CHECKOV_VERSION)"
 	@touch $@
 
 up: $(VENV)/.runtime

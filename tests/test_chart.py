@@ -319,3 +319,30 @@ def test_compose_file_validates_and_matches_the_services() -> None:
     composed = (REPO / "monitoring" / "prometheus.compose.yml").read_text()
     strip = lambda text: yaml.safe_load(re.sub(r'"[\w.-]+:800\d"', '"TARGET"', text))  # noqa: E731
     assert strip(local) == strip(composed)
+
+
+def test_checkov_finds_nothing_in_the_chart_and_the_dockerfiles() -> None:
+    checkov = Path(sys.executable).parent.parent / "checkov" / "bin" / "checkov"
+    if not checkov.exists():
+        pytest.fail("checkov is not installed: make test installs it into .venv/checkov")
+    # helm must be on PATH: without it checkov's helm framework silently scans nothing
+    env = {"PATH": f"{Path(helm()).parent}:/usr/bin:/bin", "HOME": str(REPO / "var")}
+    config = ["--config-file", str(REPO / "charts" / "checkov.yaml"), "-d", str(CHART)]
+    chart = subprocess.run([str(checkov), *config], capture_output=True, text=True, env=env, timeout=300)
+    assert chart.returncode == 0, chart.stdout[-3000:]
+    passed = re.search(r"Passed checks: (\d+), Failed checks: (\d+)", chart.stdout)
+    assert passed is not None, chart.stdout
+    assert int(passed.group(1)) > 300, "the helm framework scanned almost nothing: is helm on PATH?"
+    assert passed.group(2) == "0"
+    arguments = [
+        "-d",
+        str(REPO / "services"),
+        "--framework",
+        "dockerfile",
+        "--skip-download",
+        "--quiet",
+        "--compact",
+    ]
+    images = subprocess.run([str(checkov), *arguments], capture_output=True, text=True, env=env, timeout=300)
+    assert images.returncode == 0, images.stdout[-3000:]
+    assert "Failed checks: 0" in images.stdout
