@@ -346,3 +346,12 @@ def test_checkov_finds_nothing_in_the_chart_and_the_dockerfiles() -> None:
     images = subprocess.run([str(checkov), *arguments], capture_output=True, text=True, env=env, timeout=300)
     assert images.returncode == 0, images.stdout[-3000:]
     assert "Failed checks: 0" in images.stdout
+
+
+def test_chart_readme_lists_every_value() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "chart_values_table.py"), "--check"], check=False
+    )
+    assert result.returncode == 0, (
+        "charts/cropseg/README.md is stale: run python scripts/chart_values_table.py"
+    )
