@@ -1,7 +1,7 @@
 """Write the values table of charts/cropseg/README.md from the comments in values.yaml.
 
-    python scripts/chart_values_table.py            # rewrite the table
-    python scripts/chart_values_table.py --check    # exit 1 when the README is stale
+python scripts/chart_values_table.py            # rewrite the table
+python scripts/chart_values_table.py --check    # exit 1 when the README is stale
 """
 
 from __future__ import annotations
