@@ -21,7 +21,8 @@ def test_smoke_profile_has_no_failures(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     stats = next(tmp_path.glob("smoke/*/locust_stats.csv"))
-    rows = {row["Name"]: row for row in csv.DictReader(stats.open())}
+    with stats.open() as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"info", "gallery", "image", "upload", "segment", "evaluation", "Aggregated"}
     assert rows["Aggregated"]["Failure Count"] == "0"
     assert int(rows["Aggregated"]["Request Count"]) > 500  # 50 users, 1-5 s apart, for a minute

@@ -28,6 +28,9 @@ def serve(app: FastAPI, *, host: str, port: int, shutdown_timeout_s: float) -> N
         log_config=None,  # keep cropseg_core.log's handlers
         access_log=False,  # request metrics cover it; errors are logged by the handlers
         timeout_graceful_shutdown=int(shutdown_timeout_s),
+        # Longer than any client or proxy keeps an idle connection (nginx: 75 s): uvicorn's 5 s
+        # default closes connections that clients are about to reuse, and the request is lost.
+        timeout_keep_alive=90,
         server_header=False,
         proxy_headers=True,
     )
