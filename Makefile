@@ -118,4 +118,4 @@ model: $(VENV)/.dev
 		--eval-report $(DATA)/eval.json
 
 clean:
-	rm -rf var/demo var/test-artifacts var/prometheus .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf var/demo var/test-artifacts var/prometheus var/loadtest .pytest_cache .mypy_cache .ruff_cache .coverage
