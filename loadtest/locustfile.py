@@ -159,6 +159,7 @@ if os.environ.get("CROPSEG_SHAPE") == "stress":
         step_users = int(os.environ.get("CROPSEG_STRESS_STEP_USERS", "10"))
         step_seconds = float(os.environ.get("CROPSEG_STRESS_STEP_S", "30"))
         max_users = int(os.environ.get("CROPSEG_STRESS_MAX_USERS", "400"))
+        max_seconds = float(os.environ.get("CROPSEG_STRESS_MAX_S", "1800"))  # a shape ignores --run-time
 
         def tick(self) -> tuple[int, float] | None:
             runner = self.runner
@@ -166,6 +167,6 @@ if os.environ.get("CROPSEG_SHAPE") == "stress":
                 error.error and "503" in str(error.error) for error in runner.stats.errors.values()
             )
             users = self.step_users * (1 + int(self.get_run_time() // self.step_seconds))
-            if shedding or users > self.max_users:
+            if shedding or users > self.max_users or self.get_run_time() > self.max_seconds:
                 return None
             return users, float(self.step_users)

@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
                "--stop-timeout", "30"]  # fmt: skip
     if args.profile == "stress":
-        env |= {"CROPSEG_SHAPE": "stress"}
+        env |= {"CROPSEG_SHAPE": "stress", "CROPSEG_STRESS_MAX_S": str(profile.duration_s * args.scale)}
         command += ["-t", f"{int(profile.duration_s * args.scale)}s"]
     else:
         command += [
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = subprocess.run(command, env=env, cwd=REPO, check=False)
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
         if stack is not None:
             stack.stop()
     print(summary(out / "locust"))
