@@ -16,11 +16,14 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+import urllib.request
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,9 +58,85 @@ P95_LIMITS_MS = {
 }
 
 
-def summary(csv_prefix: Path) -> str:
+class MemorySampler:
+    """Resident memory of each service every ``interval_s``, read from its /metrics, into a CSV."""
+
+    def __init__(self, urls: dict[str, str], path: Path, interval_s: float = 15.0) -> None:
+        self.urls, self.path, self.interval_s = urls, path, interval_s
+        self.samples: dict[str, list[tuple[float, float]]] = {name: [] for name in urls}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="memory", daemon=True)
+
+    def __enter__(self) -> MemorySampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        with self.path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["elapsed_s", "service", "rss_mib"])
+            while True:
+                elapsed = time.monotonic() - start
+                for name, url in self.urls.items():
+                    rss = resident_mib(url)
+                    if rss is not None:
+                        self.samples[name].append((elapsed, rss))
+                        writer.writerow([f"{elapsed:.0f}", name, f"{rss:.1f}"])
+                handle.flush()
+                if self.stopping.wait(self.interval_s):
+                    return
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """First, last and largest sample per service, and the trend over the run's second half."""
+        result = {}
+        for name, samples in self.samples.items():
+            if len(samples) < 2:
+                continue
+            values = [rss for _, rss in samples]
+            result[name] = {
+                "start_mib": values[0],
+                "end_mib": values[-1],
+                "max_mib": max(values),
+                "trend_mib_per_hour": trend(samples[len(samples) // 2 :]) * 3600,
+            }
+        return result
+
+
+def resident_mib(base_url: str) -> float | None:
+    """``process_resident_memory_bytes`` of a service in MiB, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("process_resident_memory_bytes "):
+            return float(line.split()[1]) / 2**20
+    return None
+
+
+def trend(samples: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (x, y) points: growth per second."""
+    if len(samples) < 2:
+        return 0.0
+    mean_x = sum(x for x, _ in samples) / len(samples)
+    mean_y = sum(y for _, y in samples) / len(samples)
+    spread = sum((x - mean_x) ** 2 for x, _ in samples)
+    return sum((x - mean_x) * (y - mean_y) for x, y in samples) / spread if spread else 0.0
+
+
+def read_stats(csv_prefix: Path) -> list[dict[str, str]]:
     with (csv_prefix.parent / f"{csv_prefix.name}_stats.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
+        return list(csv.DictReader(handle))
+
+
+def summary(csv_prefix: Path) -> str:
+    rows = read_stats(csv_prefix)
     lines = [
         f"{'request':<12}{'count':>8}{'failures':>10}{'median ms':>11}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>8}"
     ]
@@ -87,14 +166,17 @@ def main(argv: list[str] | None = None) -> int:
 
         from cropseg_core.processes import free_port
 
+        data = REPO / "var" / "loadtest" / "data"
+        shutil.rmtree(data, ignore_errors=True)  # every run starts from the seeded samples alone
         config = StackConfig(
-            data=REPO / "var" / "loadtest" / "data", inference_port=free_port(), storage_port=free_port(),
+            data=data, inference_port=free_port(), storage_port=free_port(),
             drift_port=free_port(), prometheus=False, drift_every_s=None,
         )  # fmt: skip
         log = (out / "stack.log").open("w")
         stack = Stack(config, output=lambda name, line: print(f"{name:<13}| {line}", file=log, flush=True))
         stack.start()
         host = stack.urls()["storage"]
+    services = dict(stack.urls()) if stack else {"storage": host}
     env = {**os.environ, "CROPSEG_MAX_P95_MS": json.dumps(P95_LIMITS_MS)}
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
                "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
@@ -112,12 +194,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{int(profile.duration_s * args.scale)}s",
         ]
     print(f"profile {args.profile}: {profile.description}; reports in {out}", flush=True)
+    sampler = MemorySampler(services, out / "memory.csv")
+    started = time.time()
     try:
-        result = subprocess.run(command, env=env, cwd=REPO, check=False)
+        with sampler:
+            result = subprocess.run(command, env=env, cwd=REPO, check=False)
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
         if stack is not None:
             stack.stop()
+    record = {
+        "profile": args.profile,
+        **asdict(profile),
+        "run_s": round(time.time() - started),
+        "scale": args.scale,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "exit_code": result.returncode,
+        "requests": read_stats(out / "locust"),
+        "memory": sampler.summary(),
+    }
+    (out / "summary.json").write_text(json.dumps(record, indent=2))
     print(summary(out / "locust"))
     print(f"locust exit code {result.returncode}; HTML report {out / 'report.html'}")
     return result.returncode
