@@ -25,7 +25,7 @@ TRAIN_TILES ?= 2400
 TRAIN_STEPS ?= 4000
 FINETUNE_STEPS ?= 3000
 
-.PHONY: up drift experiment demo bench k8s test lint typecheck pytest system-deps model clean help
+.PHONY: up drift experiment demo bench loadtest k8s test lint typecheck pytest system-deps model clean help
 
 help:
 	@echo "make up     set up .venv and run cropseg: web UI :8002, inference :8001, drift monitor :8003 (a drift"
@@ -33,7 +33,9 @@ help:
 	@echo "make drift  one drift run over var/data (the CronJob's command)"
 	@echo "make experiment  the seed's brightness drift experiment on 7,100 tiles"
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
-	@echo "make bench  inference and drift benchmarks; rewrite their tables in docs/performance.md"
+	@echo "make bench  inference, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
+	@echo "make loadtest PROFILE=high  a Locust profile against a fresh local stack (baseline, moderate, high,"
+	@echo "           longevity, stress, smoke); reports in reports/locust/"
 	@echo "make test   set up .venv and run lint, type checks and the whole test suite"
 	@echo "make k8s    render the Helm chart into k8s/ (plain manifests for kubectl apply -k)"
 	@echo "make model  regenerate data, retrain, export and evaluate the committed model"
@@ -77,6 +79,11 @@ demo: $(VENV)/.runtime
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/inference.py --write docs/performance.md
 	$(BIN)/python benchmarks/drift.py --write docs/performance.md
+	$(BIN)/python benchmarks/cold_start.py --write docs/performance.md
+
+PROFILE ?= smoke
+loadtest: $(VENV)/.dev
+	$(BIN)/python loadtest/run.py $(PROFILE)
 
 # Plain manifests for `kubectl apply -k k8s/`: the chart rendered with its default values.
 k8s: $(VENV)/.dev

@@ -151,7 +151,17 @@ def enforce_thresholds(environment: Environment, **_: Any) -> None:
 
 
 if os.environ.get("CROPSEG_SHAPE") == "stress":
-    from locust import LoadTestShape
+    from locust import LoadTestShape, constant
+
+    class Segmenter(HttpUser):
+        """The capacity search's user: segments a random labelled sample, back to back."""
+
+        wait_time = constant(0)
+        on_start = Agronomist.on_start
+
+        @task
+        def segment(self) -> None:
+            Agronomist.segment(self)
 
     class StressShape(LoadTestShape):
         """Add users step by step until inference sheds load (segment answers 503) or the cap."""
@@ -164,7 +174,7 @@ if os.environ.get("CROPSEG_SHAPE") == "stress":
         def tick(self) -> tuple[int, float] | None:
             runner = self.runner
             shedding = runner is not None and any(
-                error.error and "503" in str(error.error) for error in runner.stats.errors.values()
+                "503" in str(error.error) for error in runner.stats.errors.values()
             )
             users = self.step_users * (1 + int(self.get_run_time() // self.step_seconds))
             if shedding or users > self.max_users or self.get_run_time() > self.max_seconds:

@@ -135,6 +135,72 @@ def read_stats(csv_prefix: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def stress_steps(history: Path, settle_s: float = 10.0) -> list[dict[str, float]]:
+    """Segmentations per second at each user count, leaving out each step's first ``settle_s``.
+
+    Locust's full history has one row per request name and second with running totals.
+    """
+    with history.open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row["Name"] == "segment"]
+    steps: dict[int, list[dict[str, str]]] = {}
+    for row in rows:
+        steps.setdefault(int(row["User Count"]), []).append(row)
+    result = []
+    for users, group in sorted(steps.items()):
+        start = float(group[0]["Timestamp"]) + settle_s
+        kept = [row for row in group if float(row["Timestamp"]) >= start]
+        if len(kept) < 2:
+            continue
+        first, last = kept[0], kept[-1]
+        seconds = float(last["Timestamp"]) - float(first["Timestamp"])
+        done = int(last["Total Request Count"]) - int(first["Total Request Count"])
+        result.append({
+            "users": users,
+            "seconds": seconds,
+            "segmentations_per_s": done / seconds,
+            "failures": int(last["Total Failure Count"]) - int(first["Total Failure Count"]),
+            "p50_ms": float(last["50%"]),
+            "p95_ms": float(last["95%"]),
+        })  # fmt: skip
+    return result
+
+
+def physical_limit() -> dict[str, float]:
+    """The model's FLOPs per tile, this CPU's measured float32 peak, and bare ONNX Runtime's rate.
+
+    Uses the inference benchmark's measurements (``benchmarks/inference.py``; needs torch).
+    """
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from inference import MODEL, cpu_peak_gflops, timed, torch_eager  # type: ignore[import-not-found]
+
+    from cropseg_core.segmenter import OnnxSegmenter
+    from cropseg_model.synth import generate_tile
+
+    tile = generate_tile(3, 0, 360, 480)[0].image
+    segmenter = OnnxSegmenter(MODEL)
+    segmenter.load()
+    bare_s = sorted(timed(lambda: segmenter.predict(tile[None]), 30))[15]
+    segmenter.unload()
+    flops = torch_eager(tile, 1)[1]
+    peak = cpu_peak_gflops() * 1e9
+    return {
+        "flops_per_tile": flops,
+        "cpu_peak_flops_per_s": peak,
+        "limit_tiles_per_s": peak / flops,
+        "bare_onnxruntime_tiles_per_s": 1 / bare_s,
+    }
+
+
+def steps_table(steps: list[dict[str, float]]) -> str:
+    lines = [f"{'users':>6}{'segment/s':>11}{'failures':>10}{'p50 ms':>9}{'p95 ms':>9}"]
+    for step in steps:
+        lines.append(
+            f"{step['users']:>6}{step['segmentations_per_s']:>11.2f}{step['failures']:>10}"
+            f"{step['p50_ms']:>9.0f}{step['p95_ms']:>9.0f}"
+        )
+    return "\n".join(lines)
+
+
 def summary(csv_prefix: Path) -> str:
     rows = read_stats(csv_prefix)
     lines = [
@@ -181,18 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
                "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
                "--stop-timeout", "30"]  # fmt: skip
+    run_time = f"{int(profile.duration_s * args.scale)}s"
     if args.profile == "stress":
         env |= {"CROPSEG_SHAPE": "stress", "CROPSEG_STRESS_MAX_S": str(profile.duration_s * args.scale)}
-        command += ["-t", f"{int(profile.duration_s * args.scale)}s"]
+        command += ["--csv-full-history", "-t", run_time, "Segmenter"]
     else:
-        command += [
-            "-u",
-            str(profile.users),
-            "-r",
-            str(profile.spawn_rate),
-            "-t",
-            f"{int(profile.duration_s * args.scale)}s",
-        ]
+        command += ["-u", str(profile.users), "-r", str(profile.spawn_rate), "-t", run_time, "Agronomist"]
     print(f"profile {args.profile}: {profile.description}; reports in {out}", flush=True)
     sampler = MemorySampler(services, out / "memory.csv")
     started = time.time()
@@ -213,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         "requests": read_stats(out / "locust"),
         "memory": sampler.summary(),
     }
+    if args.profile == "stress":
+        record["steps"] = stress_steps(out / "locust_stats_history.csv")
+        record["physical_limit"] = physical_limit()  # right after, on the same machine
+        print(steps_table(record["steps"]))
     (out / "summary.json").write_text(json.dumps(record, indent=2))
     print(summary(out / "locust"))
     print(f"locust exit code {result.returncode}; HTML report {out / 'report.html'}")

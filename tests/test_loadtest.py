@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "loadtest"))
+import report  # noqa: E402  (loadtest/ is a folder of scripts, not a package)
+import run  # noqa: E402
 
 
+@pytest.mark.slow
 def test_smoke_profile_has_no_failures(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "loadtest" / "run.py"), "smoke", "--out", str(tmp_path)],
@@ -27,3 +29,35 @@ def test_smoke_profile_has_no_failures(tmp_path: Path) -> None:
     assert rows["Aggregated"]["Failure Count"] == "0"
     assert int(rows["Aggregated"]["Request Count"]) > 500  # 50 users, 1-5 s apart, for a minute
     assert (stats.parent / "report.html").is_file()
+
+
+def write_history(path: Path, rows: list[tuple[int, int, int, int]]) -> None:
+    """Locust's full-history CSV: (second, users, segmentations so far, failures so far)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Timestamp", "User Count", "Name", "Total Request Count", "Total Failure Count",
+                         "50%", "95%"])  # fmt: skip
+        for second, users, done, failed in rows:
+            writer.writerow([second, users, "segment", done, failed, 100 * users, 200 * users])
+            writer.writerow([second, users, "Aggregated", done, failed, 100 * users, 200 * users])
+
+
+def test_stress_steps_and_capacity(tmp_path: Path) -> None:
+    # 10 users: 5/s for 30 s; 20 users: 8/s; 30 users: 8/s but 3 failures (shedding began)
+    rows = [(t, 10, 5 * t, 0) for t in range(30)]
+    rows += [(30 + t, 20, 150 + 8 * t, 0) for t in range(30)]
+    rows += [(60 + t, 30, 390 + 8 * t, 0 if t < 15 else 3) for t in range(30)]
+    write_history(tmp_path / "history.csv", rows)
+    steps = run.stress_steps(tmp_path / "history.csv")  # the first 10 s of each step left out
+    assert [step["users"] for step in steps] == [10, 20, 30]
+    assert [round(step["segmentations_per_s"], 6) for step in steps] == [5, 8, 8]
+    assert [step["failures"] for step in steps] == [0, 0, 3]
+    found = report.capacity({"steps": steps, "physical_limit": {"limit_tiles_per_s": 28.0}})
+    assert found["best"]["users"] == 20
+    assert found["shed_at_users"] == 30
+
+
+def test_memory_trend_is_the_least_squares_slope() -> None:
+    assert run.trend([(0, 100), (3600, 100), (7200, 100)]) == 0
+    assert run.trend([(0, 100), (1800, 106), (3600, 108), (5400, 118)]) * 3600 == pytest.approx(11.2)
+    assert run.trend([(0, 100)]) == 0

@@ -57,12 +57,16 @@ class InferenceClient:
         base_url: str,
         *,
         timeout_s: float,
+        max_connections: int,
         retry_after_s: int,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_after_s = retry_after_s
-        self.client = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, transport=transport)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.client = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout_s, limits=limits, transport=transport
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()

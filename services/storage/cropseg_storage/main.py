@@ -85,19 +85,18 @@ def create_app(
         def record_check(check: Check) -> None:
             metrics.service_up.labels(check.service).set(1 if check.ok else 0)
 
-        outgoing = httpx.AsyncClient(transport=transport)
+        outgoing = httpx.AsyncClient(timeout=30, transport=transport)  # status checks, drift reads
         inference = InferenceClient(
             str(settings.inference_url),
             timeout_s=settings.inference_timeout_s,
+            max_connections=settings.inference_max_connections,
             retry_after_s=settings.retry_after_s,
             transport=transport,
         )
         app.state.repository = repository
         app.state.inference = inference
         app.state.check_store = check_store
-        app.state.drift_client = httpx.AsyncClient(
-            base_url=str(settings.drift_url), timeout=30, transport=transport
-        )
+        app.state.outgoing = outgoing
         app.state.status_monitor = StatusMonitor(
             store,
             {"inference": str(settings.inference_url), "drift-monitor": str(settings.drift_url)},
@@ -126,7 +125,6 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await chore
         await inference.aclose()
-        await app.state.drift_client.aclose()
         await outgoing.aclose()
 
     app = FastAPI(title="cropseg storage", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)

@@ -25,6 +25,10 @@ class StorageSettings(ServiceSettings):
     """Base URL of the inference service."""
     inference_timeout_s: float = Field(default=120.0, gt=0)
     """Longest wait for one segmentation (a 40 MP image takes ~20 s on 2 cores)."""
+    inference_max_connections: int = Field(default=256, ge=1)
+    """Most calls to inference at once; more wait for a connection. Keep it above inference's
+    ``INFERENCE_MAX_QUEUE_TILES`` so that inference, which knows its queue, is the one that
+    sheds load (503 + Retry-After, passed on to the client) instead of requests piling up here."""
     drift_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8003")
     """Base URL of the drift-monitor API; the UI's drift page reads it through this service."""
     api_token: ApiToken = None

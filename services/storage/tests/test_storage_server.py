@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -162,3 +163,36 @@ def test_segmentation_through_the_real_inference_service(live_stack: dict[str, s
     assert {"image_id", "model_version", "vegetation_fraction", "latency_ms", "created_at"} <= set(
         json.loads(records[-1])
     )
+
+
+@pytest.mark.parametrize(("connections", "sheds"), [(1, False), (8, True)])
+def test_inference_sheds_load_and_storage_passes_it_on(tmp_path: Path, connections: int, sheds: bool) -> None:
+    """Inference with room for one waiting tile: storage's connection limit decides who queues.
+
+    One connection: storage holds the other requests back and all succeed (slower). Eight:
+    inference sees the crowd and refuses what does not fit, and the client gets 503 + Retry-After.
+    """
+    inference_port, storage_port = free_port(), free_port()
+    inference_url, url = f"http://127.0.0.1:{inference_port}", f"http://127.0.0.1:{storage_port}"
+    inference = [sys.executable, "-m", "cropseg_inference", "--port", str(inference_port)]
+    inference_env = {"INFERENCE_MAX_QUEUE_TILES": "1", "INFERENCE_MAX_BATCH_SIZE": "1"}
+    storage = [sys.executable, "-m", "cropseg_storage", "--port", str(storage_port), "--data", str(tmp_path),
+               "--inference-url", inference_url]  # fmt: skip
+    storage_env = {"STORAGE_LOG_LEVEL": "WARNING", "STORAGE_INFERENCE_MAX_CONNECTIONS": str(connections)}
+    with (
+        running_service(inference, f"{inference_url}/readyz", env=inference_env, cwd=REPO),
+        running_service(storage, f"{url}/readyz", env=storage_env, cwd=REPO),
+    ):
+        samples = httpx.get(f"{url}/api/v1/images/sample", params={"limit": 12}).json()["items"]
+        post = lambda sample: httpx.post(f"{url}{sample['links']['segmentation']}", timeout=60)  # noqa: E731
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(post, samples))
+    statuses = sorted(response.status_code for response in responses)
+    if not sheds:
+        assert statuses == [201] * 12
+        return
+    assert statuses[0] == 201
+    assert statuses[-1] == 503
+    shed = [response for response in responses if response.status_code == 503]
+    assert all(response.headers["retry-after"] == "1" for response in shed)
+    assert all("at capacity" in response.json()["error"]["message"] for response in shed)

@@ -105,6 +105,6 @@ def test_status_and_drift_pages(browser: Browser, live_stack: dict[str, str]) ->
     page.screenshot(path=ARTIFACTS / "status.png", full_page=True)
     page.click("nav a[data-page=drift]")
     expect(page.locator("#drift-list")).to_contain_text(
-        "drift monitor at http://127.0.0.1:8003/ is not reachable"
+        "drift monitor at http://127.0.0.1:8003 is not reachable"
     )
     page.screenshot(path=ARTIFACTS / "drift-unreachable.png")

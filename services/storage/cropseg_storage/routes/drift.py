@@ -30,14 +30,15 @@ async def drift(path: str, request: Request) -> Response:
         check_key(path)  # plain names only: no "..", no control characters
     except InvalidKeyError as e:
         raise ClientError(f"invalid drift path {path!r}: use the links the drift API returns") from e
-    client: httpx.AsyncClient = request.app.state.drift_client
+    client: httpx.AsyncClient = request.app.state.outgoing
+    base_url = str(request.app.state.settings.drift_url).rstrip("/")
     try:
-        upstream = await client.get(f"/api/v1/drift/{path}", params=request.query_params)
+        upstream = await client.get(f"{base_url}/api/v1/drift/{path}", params=request.query_params)
     except httpx.TimeoutException as e:
-        raise GatewayTimeoutError(f"the drift monitor at {client.base_url} did not answer in time") from e
+        raise GatewayTimeoutError(f"the drift monitor at {base_url} did not answer in time") from e
     except httpx.TransportError as e:
         raise DriftUnavailableError(
-            f"the drift monitor at {client.base_url} is not reachable: start it, or set STORAGE_DRIFT_URL"
+            f"the drift monitor at {base_url} is not reachable: start it, or set STORAGE_DRIFT_URL"
         ) from e
     headers = {name: upstream.headers[name] for name in FORWARDED_HEADERS if name in upstream.headers}
     return Response(upstream.content, status_code=upstream.status_code, headers=headers)

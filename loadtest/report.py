@@ -1,0 +1,242 @@
+"""Tables and plots of the newest load-test run of each profile, for docs/performance.md.
+
+    python loadtest/report.py                              # print the tables
+    python loadtest/report.py --write docs/performance.md  # and replace the load-test section
+
+Reads ``summary.json`` and ``memory.csv`` of the newest run of each profile under
+reports/locust/ (``loadtest/run.py`` writes them) and draws the longevity run's memory and
+the stress run's throughput into docs/img/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import P95_LIMITS_MS, PROFILES, REPO
+
+START, END = "<!-- loadtest:start -->", "<!-- loadtest:end -->"
+SEED = {  # the seed's results (section 8 of its report): failures, and failure rate as printed
+    "baseline": "1 of 981 (0%)",
+    "moderate": "11 of 2,873 (0%)",
+    "high": "14%",
+    "longevity": "6%",
+}
+NAMES = ["info", "gallery", "image", "upload", "segment", "evaluation"]
+
+
+def newest(reports: Path, profile: str) -> Path | None:
+    runs = sorted(path.parent for path in (reports / profile).glob("*/summary.json"))
+    return runs[-1] if runs else None
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 7200 else f"{seconds / 60:g} min"
+
+
+def profiles_table(runs: dict[str, dict[str, Any]]) -> list[str]:
+    lines = [
+        "| profile | users | spawn/s | seed: duration | seed: failures | ours: duration | requests "
+        "| failures | req/s |",
+        "|---|---:|---:|---|---|---|---:|---:|---:|",
+    ]
+    for name, seed in SEED.items():
+        profile = PROFILES[name]
+        run = runs.get(name)
+        if run is None:
+            ours = ["not run", "", "", ""]
+        else:
+            total = next(row for row in run["requests"] if row["Name"] == "Aggregated")
+            count, failures = int(total["Request Count"]), int(total["Failure Count"])
+            ours = [
+                minutes(run["duration_s"] * run["scale"]),
+                f"{count:,}",
+                f"{failures} ({failures / count:.1%})",
+                f"{float(total['Requests/s']):.1f}",
+            ]
+        cells = [name, str(profile.users), f"{profile.spawn_rate:g}", minutes(profile.duration_s), seed]
+        lines.append("| " + " | ".join([*cells, *ours]) + " |")
+    return lines
+
+
+def latency_table(runs: dict[str, dict[str, Any]]) -> list[str]:
+    shown = [name for name in SEED if name in runs]
+    lines = [
+        "| request | " + " | ".join(f"{name} p50 / p95" for name in shown) + " | p95 limit |",
+        "|---|" + "---:|" * (len(shown) + 1),
+    ]
+    for request in NAMES:
+        cells = []
+        for name in shown:
+            row = next((r for r in runs[name]["requests"] if r["Name"] == request), None)
+            cells.append(f"{row['Median Response Time']} / {row['95%']}" if row else "-")
+        lines.append(f"| {request} | " + " | ".join(cells) + f" | {P95_LIMITS_MS[request]} |")
+    return lines
+
+
+def memory_table(run: dict[str, Any]) -> list[str]:
+    lines = [
+        "| service | before the load MiB | at the end MiB | largest MiB | trend, second half MiB/h |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for service, memory in run["memory"].items():
+        lines.append(
+            f"| {service} | {memory['start_mib']:.0f} | {memory['end_mib']:.0f} | {memory['max_mib']:.0f} "
+            f"| {memory['trend_mib_per_hour']:+.1f} |"
+        )
+    return lines
+
+
+def capacity(run: dict[str, Any]) -> dict[str, Any]:
+    """The best step before the first failing one, and where shedding began."""
+    steps = run["steps"]
+    first_failing = next((i for i, step in enumerate(steps) if step["failures"]), len(steps))
+    sustained = steps[:first_failing]
+    best = max(sustained, key=lambda step: step["segmentations_per_s"])
+    return {
+        "best": best,
+        "shed_at_users": steps[first_failing]["users"] if first_failing < len(steps) else None,
+        **run["physical_limit"],
+    }
+
+
+def stress_lines(run: dict[str, Any]) -> list[str]:
+    found = capacity(run)
+    best, limit, bare = found["best"], found["limit_tiles_per_s"], found["bare_onnxruntime_tiles_per_s"]
+    rate = best["segmentations_per_s"]
+    shed = (
+        f"inference began shedding (503 + Retry-After) at **{found['shed_at_users']} users**"
+        if found["shed_at_users"]
+        else "no step shed load (the run stopped at its user or time cap)"
+    )
+    lines = [
+        f"Stress (`python loadtest/run.py stress`, run {run['started']}): users that segment a random "
+        "sample tile back to back, 10 more every 30 s, until a segmentation answers 503; the first "
+        "10 s of each step are left out of its rate.",
+        "",
+        "| users | segmentations/s | failures | p50 ms | p95 ms |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for step in run["steps"]:
+        lines.append(
+            f"| {step['users']} | {step['segmentations_per_s']:.2f} | {step['failures']} "
+            f"| {step['p50_ms']:.0f} | {step['p95_ms']:.0f} |"
+        )
+    lines += [
+        "",
+        f"**Capacity: {rate:.1f} segmentations/s sustained** (at {best['users']} users, "
+        f"no failures); {shed}. Physical limit, measured right after on the same machine: "
+        f"{found['flops_per_tile'] / 1e9:.2f} GFLOP per tile at a float32 peak of "
+        f"{found['cpu_peak_flops_per_s'] / 1e9:.0f} GFLOP/s = {limit:.1f} tiles/s, so the whole stack "
+        f"(HTTP, storage reads and writes, PNG decode and encode, Locust itself on the same 2 cores) "
+        f"reaches **{rate / limit:.0%} of the physical limit** and "
+        f"{rate / bare:.0%} of bare ONNX Runtime's one-tile-at-a-time rate "
+        f"({bare:.1f} tiles/s).",
+    ]
+    return lines
+
+
+def plot(runs: dict[str, dict[str, Any]], reports: Path, images: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images.mkdir(parents=True, exist_ok=True)
+    shown = []
+    longevity = newest(reports, "longevity")
+    if longevity is not None and (longevity / "memory.csv").is_file():
+        series: dict[str, tuple[list[float], list[float]]] = {}
+        with (longevity / "memory.csv").open() as handle:
+            for row in csv.DictReader(handle):
+                xs, ys = series.setdefault(row["service"], ([], []))
+                xs.append(float(row["elapsed_s"]) / 60)
+                ys.append(float(row["rss_mib"]))
+        figure, axes = plt.subplots(figsize=(8, 3.5))
+        for service, (xs, ys) in series.items():
+            axes.plot(xs, ys, label=service)
+        axes.set(xlabel="minutes into the longevity run", ylabel="resident memory (MiB)", ylim=(0, None))
+        axes.legend()
+        axes.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(images / "longevity-memory.png", dpi=100)
+        plt.close(figure)
+        shown.append("![Resident memory of each service during the longevity run](img/longevity-memory.png)")
+    if "stress" in runs:
+        steps = runs["stress"]["steps"]
+        figure, left = plt.subplots(figsize=(8, 3.5))
+        users = [step["users"] for step in steps]
+        left.plot(users, [step["segmentations_per_s"] for step in steps], "o-", label="segmentations/s")
+        limit = runs["stress"]["physical_limit"]["limit_tiles_per_s"]
+        left.axhline(limit, color="grey", linestyle="--", label="physical limit")
+        left.set(xlabel="users", ylabel="segmentations/s", ylim=(0, limit * 1.1))
+        right = left.twinx()
+        right.plot(users, [step["p95_ms"] / 1000 for step in steps], "s-", color="tab:red", label="p95 s")
+        right.set(ylabel="p95 latency (s)", ylim=(0, None))
+        left.legend(loc="center right")
+        right.legend(loc="lower right")
+        figure.tight_layout()
+        figure.savefig(images / "stress-capacity.png", dpi=100)
+        plt.close(figure)
+        shown.append("![Throughput and p95 latency against users in the stress run](img/stress-capacity.png)")
+    return shown
+
+
+def section(reports: Path, images: Path) -> str:
+    runs = {}
+    for name in [*SEED, "stress"]:
+        path = newest(reports, name)
+        if path is not None:
+            runs[name] = json.loads((path / "summary.json").read_text())
+    lines = [
+        "Commands: `python loadtest/run.py <profile>` for each profile (full durations unless a "
+        "scale is shown), then `python loadtest/report.py --write docs/performance.md` for these "
+        "tables and plots. 2 CPU cores shared by the three services and Locust.",
+        "",
+        *profiles_table(runs),
+        "",
+        "Latency per request name, milliseconds (p95 limits are the runner's thresholds):",
+        "",
+        *latency_table(runs),
+    ]
+    if "longevity" in runs:
+        run = runs["longevity"]
+        lines += [
+            "",
+            f"Memory in the longevity run ({minutes(PROFILES['longevity'].duration_s * run['scale'])} of the "
+            f"seed's 2 h; `process_resident_memory_bytes` of each service every 15 s, `memory.csv`):",
+            "",
+            *memory_table(run),
+        ]
+    if "stress" in runs:
+        lines += ["", *stress_lines(runs["stress"])]
+    figures = plot(runs, reports, images)
+    if figures:
+        lines += ["", *figures]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reports", type=Path, default=REPO / "reports" / "locust")
+    parser.add_argument("--write", type=Path, help="replace the load-test section of this markdown file")
+    args = parser.parse_args()
+    images = (args.write.parent if args.write else REPO / "reports") / "img"
+    text = section(args.reports, images)
+    print(text)
+    if args.write:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from sections import replace_section  # type: ignore[import-not-found]
+
+        replace_section(args.write, START, END, text)
+
+
+if __name__ == "__main__":
+    main()
