@@ -82,6 +82,11 @@ def test_list_is_sorted_prefixed_and_paginated(store: BlobStore) -> None:
     ]
     assert [(b.key, b.size) for b in store.list_blobs("other/")] == [("other/1", 7)]
     assert store.list_blobs("missing/") == []
+    cases = [("index/up", None, None), ("index/", "index/sample/2", 2), ("", None, 3)]
+    for prefix, start_after, limit in cases:
+        assert store.list_keys(prefix, start_after=start_after, limit=limit) == [
+            b.key for b in store.list_blobs(prefix, start_after=start_after, limit=limit)
+        ]
     assert store.delete_prefix("index/") == 4
     assert [b.key for b in store.list_blobs()] == ["other/1"]
 

@@ -190,8 +190,8 @@ class ImageRepository:
             wanted = limit - len(records)
             listings = [
                 [
-                    blob.key.rsplit("/", 1)[1]
-                    for blob in self.store.list_blobs(
+                    key.rsplit("/", 1)[1]
+                    for key in self.store.list_keys(
                         f"index/{name}/", start_after=f"index/{name}/{after}" if after else None, limit=wanted
                     )
                 ]
@@ -210,9 +210,9 @@ class ImageRepository:
     def sample(self, limit: int, source: Source | None = None) -> list[ImageRecord]:
         """Up to ``limit`` images chosen at random (the seed's gallery)."""
         markers = [
-            blob.key
+            key
             for name in ((source,) if source else SOURCES)
-            for blob in self.store.list_blobs(f"index/{name}/")
+            for key in self.store.list_keys(f"index/{name}/")
         ]
         records = []
         for marker in random.sample(markers, len(markers)):
@@ -224,7 +224,7 @@ class ImageRepository:
         return records
 
     def count(self, source: Source) -> int:
-        return len(self.store.list_blobs(f"index/{source}/"))
+        return len(self.store.list_keys(f"index/{source}/"))
 
     def stored_bytes(self) -> int:
         """Bytes of image files as uploaded (not sidecars, labels or masks)."""

@@ -94,6 +94,12 @@ class BlobStore(abc.ABC):
     ) -> list[BlobInfo]:
         """Keys starting with ``prefix`` in byte order, after ``start_after``, at most ``limit``."""
 
+    def list_keys(
+        self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """:meth:`list_blobs` without sizes: backends that must look each size up skip that."""
+        return [blob.key for blob in self.list_blobs(prefix, start_after=start_after, limit=limit)]
+
     @abc.abstractmethod
     def append_record(self, stream: str, record: Mapping[str, Any]) -> None:
         """Append one JSON record to ``stream`` (e.g. ``predictions/2026-11-27``)."""

@@ -103,12 +103,8 @@ class FilesystemStore(BlobStore):
     def list_blobs(
         self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None
     ) -> list[BlobInfo]:
-        parent = prefix.rpartition("/")[0]  # the deepest folder the prefix names in full
-        folder = self.root / check_key(parent) if parent else self.root
         blobs = []
-        for key in sorted(self._walk(folder)):
-            if not key.startswith(prefix) or (start_after is not None and key <= start_after):
-                continue
+        for key in self.list_keys(prefix, start_after=start_after):
             try:
                 size = (self.root / key).stat().st_size
             except FileNotFoundError:  # deleted while listing
@@ -117,6 +113,18 @@ class FilesystemStore(BlobStore):
             if limit is not None and len(blobs) >= limit:
                 break
         return blobs
+
+    def list_keys(
+        self, prefix: str = "", *, start_after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        parent = prefix.rpartition("/")[0]  # the deepest folder the prefix names in full
+        folder = self.root / check_key(parent) if parent else self.root
+        keys = sorted(
+            key
+            for key in self._walk(folder)
+            if key.startswith(prefix) and (start_after is None or key > start_after)
+        )
+        return keys if limit is None else keys[:limit]
 
     def _walk(self, folder: Path) -> list[str]:
         keys: list[str] = []
