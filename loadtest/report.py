@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import P95_LIMITS_MS, PROFILES, REPO
+from run import P95_LIMITS_MS, PROFILES, REPO, stress_steps
 
 START, END = "<!-- loadtest:start -->", "<!-- loadtest:end -->"
 SEED = {  # the seed's results (section 8 of its report): failures, and failure rate as printed
@@ -96,7 +96,7 @@ def capacity(run: dict[str, Any]) -> dict[str, Any]:
     """The best step before the first failing one, and where shedding began."""
     steps = run["steps"]
     first_failing = next((i for i, step in enumerate(steps) if step["failures"]), len(steps))
-    sustained = steps[:first_failing]
+    sustained = [step for step in steps[:first_failing] if step["segmentations_per_s"] is not None]
     best = max(sustained, key=lambda step: step["segmentations_per_s"])
     return {
         "best": best,
@@ -123,10 +123,9 @@ def stress_lines(run: dict[str, Any]) -> list[str]:
         "|---:|---:|---:|---:|---:|",
     ]
     for step in run["steps"]:
-        lines.append(
-            f"| {step['users']} | {step['segmentations_per_s']:.2f} | {step['failures']} "
-            f"| {step['p50_ms']:.0f} | {step['p95_ms']:.0f} |"
-        )
+        per_s = "-" if step["segmentations_per_s"] is None else f"{step['segmentations_per_s']:.2f}"
+        latency = f"{step['p50_ms']:.0f} | {step['p95_ms']:.0f}"
+        lines.append(f"| {step['users']} | {per_s} | {step['failures']} | {latency} |")
     lines += [
         "",
         f"**Capacity: {rate:.1f} segmentations/s sustained** (at {best['users']} users, "
@@ -168,7 +167,7 @@ def plot(runs: dict[str, dict[str, Any]], reports: Path, images: Path) -> list[s
         plt.close(figure)
         shown.append("![Resident memory of each service during the longevity run](img/longevity-memory.png)")
     if "stress" in runs:
-        steps = runs["stress"]["steps"]
+        steps = [step for step in runs["stress"]["steps"] if step["segmentations_per_s"] is not None]
         figure, left = plt.subplots(figsize=(8, 3.5))
         users = [step["users"] for step in steps]
         left.plot(users, [step["segmentations_per_s"] for step in steps], "o-", label="segmentations/s")
@@ -193,6 +192,8 @@ def section(reports: Path, images: Path) -> str:
         path = newest(reports, name)
         if path is not None:
             runs[name] = json.loads((path / "summary.json").read_text())
+            if name == "stress":  # from the raw history, so the table follows the current definition
+                runs[name]["steps"] = stress_steps(path / "locust_stats_history.csv")
     lines = [
         "Commands: `python loadtest/run.py <profile>` for each profile (full durations unless a "
         "scale is shown), then `python loadtest/report.py --write docs/performance.md` for these "

@@ -136,37 +136,51 @@ def read_stats(csv_prefix: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def stress_steps(history: Path, settle_s: float = 10.0) -> list[dict[str, float]]:
+def stress_steps(history: Path, settle_s: float = 10.0) -> list[dict[str, float | None]]:
     """Successful segmentations per second at each user count, leaving out each step's first
-    ``settle_s``; latency percentiles over the step's last 10 s.
+    ``settle_s``; failures over the whole step; latency percentiles over its last 10 s.
 
     Locust's full history has one row per request name and second: running totals, and
-    percentiles over a 10 s sliding window.
+    percentiles over a 10 s sliding window. A step cut short (the run stops at the first
+    503) has no rate, only its failures.
     """
     with history.open() as handle:
         rows = [row for row in csv.DictReader(handle) if row["Name"] == "segment"]
     steps: dict[int, list[dict[str, str]]] = {}
     for row in rows:
-        steps.setdefault(int(row["User Count"]), []).append(row)
-    result = []
-    for users, group in sorted(steps.items()):
+        users = int(row["User Count"])
+        if steps and users < max(steps):
+            break  # the users are being stopped: the ramp is over
+        steps.setdefault(users, []).append(row)
+    result: list[dict[str, float | None]] = []
+    failed_before = 0
+    for users, group in steps.items():
+        failed = int(group[-1]["Total Failure Count"])
+        step: dict[str, float | None] = {
+            "users": users,
+            "segmentations_per_s": None,
+            "failures": failed - failed_before,
+            "p50_ms": float(group[-1]["50%"]),
+            "p95_ms": float(group[-1]["95%"]),
+        }
+        failed_before = failed
         start = float(group[0]["Timestamp"]) + settle_s
         kept = [row for row in group if float(row["Timestamp"]) >= start]
-        if len(kept) < 2:
-            continue
-        first, last = kept[0], kept[-1]
-        seconds = float(last["Timestamp"]) - float(first["Timestamp"])
-        failures = int(last["Total Failure Count"]) - int(first["Total Failure Count"])
-        done = int(last["Total Request Count"]) - int(first["Total Request Count"]) - failures
-        result.append({
-            "users": users,
-            "seconds": seconds,
-            "segmentations_per_s": done / seconds,
-            "failures": failures,
-            "p50_ms": float(last["50%"]),
-            "p95_ms": float(last["95%"]),
-        })  # fmt: skip
+        if len(kept) >= 2:
+            first, last = kept[0], kept[-1]
+            seconds = float(last["Timestamp"]) - float(first["Timestamp"])
+            done = int(last["Total Request Count"]) - int(first["Total Request Count"])
+            done -= int(last["Total Failure Count"]) - int(first["Total Failure Count"])
+            step["segmentations_per_s"] = done / seconds
+        if step["segmentations_per_s"] is not None or step["failures"]:  # not a moment mid-spawn
+            result.append(step)
     return result
+
+
+def unexpected_failures(csv_prefix: Path) -> list[str]:
+    """Errors of a stress run other than the 503s it stops at."""
+    with (csv_prefix.parent / f"{csv_prefix.name}_failures.csv").open() as handle:
+        return [row["Error"] for row in csv.DictReader(handle) if " 503 " not in row["Error"]]
 
 
 def physical_limit() -> dict[str, float]:
@@ -195,11 +209,12 @@ def physical_limit() -> dict[str, float]:
     }
 
 
-def steps_table(steps: list[dict[str, float]]) -> str:
+def steps_table(steps: list[dict[str, float | None]]) -> str:
     lines = [f"{'users':>6}{'segment/s':>11}{'failures':>10}{'p50 ms':>9}{'p95 ms':>9}"]
     for step in steps:
+        rate = step["segmentations_per_s"]
         lines.append(
-            f"{step['users']:>6}{step['segmentations_per_s']:>11.2f}{step['failures']:>10}"
+            f"{step['users']:>6}{'-' if rate is None else f'{rate:.2f}':>11}{step['failures']:>10}"
             f"{step['p50_ms']:>9.0f}{step['p95_ms']:>9.0f}"
         )
     return "\n".join(lines)
@@ -252,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
                "--csv", str(out / "locust"), "--html", str(out / "report.html"), "--only-summary",
                "--stop-timeout", "30"]  # fmt: skip
     run_time = f"{int(profile.duration_s * args.scale)}s"
-    if args.profile == "stress":
-        env |= {"CROPSEG_SHAPE": "stress", "CROPSEG_STRESS_MAX_S": str(profile.duration_s * args.scale)}
+    if args.profile == "stress":  # ends at the first 503 by design; other failures still count
+        env |= {"CROPSEG_SHAPE": "stress", "CROPSEG_STRESS_MAX_S": str(profile.duration_s * args.scale),
+                "CROPSEG_MAX_FAILURE_RATIO": "1", "CROPSEG_MAX_P95_MS": "{}"}  # fmt: skip
         command += ["--csv-full-history", "-t", run_time, "Segmenter"]
     else:
         command += ["-u", str(profile.users), "-r", str(profile.spawn_rate), "-t", run_time, "Agronomist"]
@@ -267,13 +283,17 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the clean-up
         if stack is not None:
             stack.stop()
+    exit_code = result.returncode
+    if args.profile == "stress" and exit_code == 0 and (unexpected := unexpected_failures(out / "locust")):
+        print(f"failures other than shedding: {unexpected}")
+        exit_code = 1
     record = {
         "profile": args.profile,
         **asdict(profile),
         "run_s": round(time.time() - started),
         "scale": args.scale,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "exit_code": result.returncode,
+        "exit_code": exit_code,
         "requests": read_stats(out / "locust"),
         "memory": sampler.summary(),
     }
@@ -283,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         print(steps_table(record["steps"]))
     (out / "summary.json").write_text(json.dumps(record, indent=2))
     print(summary(out / "locust"))
-    print(f"locust exit code {result.returncode}; HTML report {out / 'report.html'}")
-    return result.returncode
+    print(f"exit code {exit_code}; HTML report {out / 'report.html'}")
+    return exit_code
 
 
 if __name__ == "__main__":

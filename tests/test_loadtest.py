@@ -47,14 +47,23 @@ def test_stress_steps_and_capacity(tmp_path: Path) -> None:
     rows = [(t, 10, 5 * t, 0) for t in range(30)]
     rows += [(30 + t, 20, 150 + 8 * t, 0) for t in range(30)]
     rows += [(60 + t, 30, 390 + 8 * t, 0 if t < 15 else 3) for t in range(30)]
+    rows += [(90, 35, 630, 3)]  # a moment while users are spawned
+    rows += [(91 + t, 40, 638 + 8 * t, 3 + 5 * t) for t in range(3)]  # cut short by the first 503s
+    rows += [(94, 25, 654, 13), (95, 10, 654, 13)]  # users being stopped
     write_history(tmp_path / "history.csv", rows)
     steps = run.stress_steps(tmp_path / "history.csv")  # the first 10 s of each step left out
-    assert [step["users"] for step in steps] == [10, 20, 30]
-    assert [round(step["segmentations_per_s"], 6) for step in steps] == [5, 8, round(149 / 19, 6)]
-    assert [step["failures"] for step in steps] == [0, 0, 3]
+    assert [step["users"] for step in steps] == [10, 20, 30, 40]
+    rates = [step["segmentations_per_s"] for step in steps]
+    assert [round(rate, 6) if rate else rate for rate in rates] == [5, 8, round(149 / 19, 6), None]
+    assert [step["failures"] for step in steps] == [0, 0, 3, 10]
     found = report.capacity({"steps": steps, "physical_limit": {"limit_tiles_per_s": 28.0}})
     assert found["best"]["users"] == 20
     assert found["shed_at_users"] == 30
+    limit = {"limit_tiles_per_s": 28.0, "bare_onnxruntime_tiles_per_s": 18.0, "flops_per_tile": 1e10,
+             "cpu_peak_flops_per_s": 2.8e11}  # fmt: skip
+    text = "\n".join(report.stress_lines({"steps": steps, "started": "now", "physical_limit": limit}))
+    assert "| 40 | - | 10 |" in text
+    assert "**30 users**" in text
 
 
 def test_memory_trend_is_the_least_squares_slope() -> None:
