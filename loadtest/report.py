@@ -42,14 +42,14 @@ def minutes(seconds: float) -> str:
 def profiles_table(runs: dict[str, dict[str, Any]]) -> list[str]:
     lines = [
         "| profile | users | spawn/s | seed: duration | seed: failures | ours: duration | requests "
-        "| failures | req/s |",
-        "|---|---:|---:|---|---|---|---:|---:|---:|",
+        "| failures | req/s | commit |",
+        "|---|---:|---:|---|---|---|---:|---:|---:|---|",
     ]
     for name, seed in SEED.items():
         profile = PROFILES[name]
         run = runs.get(name)
         if run is None:
-            ours = ["not run", "", "", ""]
+            ours = ["not run", "", "", "", ""]
         else:
             total = next(row for row in run["requests"] if row["Name"] == "Aggregated")
             count, failures = int(total["Request Count"]), int(total["Failure Count"])
@@ -58,6 +58,7 @@ def profiles_table(runs: dict[str, dict[str, Any]]) -> list[str]:
                 f"{count:,}",
                 f"{failures} ({failures / count:.1%})",
                 f"{float(total['Requests/s']):.1f}",
+                run.get("commit") or "-",
             ]
         cells = [name, str(profile.users), f"{profile.spawn_rate:g}", minutes(profile.duration_s), seed]
         lines.append("| " + " | ".join([*cells, *ours]) + " |")

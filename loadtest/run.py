@@ -131,6 +131,18 @@ def trend(samples: list[tuple[float, float]]) -> float:
     return sum((x - mean_x) * (y - mean_y) for x, y in samples) / spread if spread else 0.0
 
 
+def git_commit() -> str | None:
+    """The checked-out commit (with ``+`` when the tree has changes), None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                 capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if changed else "")
+
+
 def read_stats(csv_prefix: Path) -> list[dict[str, str]]:
     with (csv_prefix.parent / f"{csv_prefix.name}_stats.csv").open() as handle:
         return list(csv.DictReader(handle))
@@ -293,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "run_s": round(time.time() - started),
         "scale": args.scale,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "commit": git_commit(),
         "exit_code": exit_code,
         "requests": read_stats(out / "locust"),
         "memory": sampler.summary(),
