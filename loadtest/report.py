@@ -116,9 +116,9 @@ def stress_lines(run: dict[str, Any]) -> list[str]:
         else "no step shed load (the run stopped at its user or time cap)"
     )
     lines = [
-        f"Stress (`python loadtest/run.py stress`, run {run['started']}): users that segment a random "
-        "sample tile back to back, 10 more every 30 s, until a segmentation answers 503; the first "
-        "10 s of each step are left out of its rate.",
+        f"Stress (`.venv/bin/python loadtest/run.py stress`, {run['started']}, {run.get('commit')}): "
+        "users that segment a random sample tile back to back, 10 more every 30 s, until a "
+        "segmentation answers 503; the first 10 s of each step are left out of its rate.",
         "",
         "| users | segmentations/s | failures | p50 ms | p95 ms |",
         "|---:|---:|---:|---:|---:|",
@@ -195,10 +195,15 @@ def section(reports: Path, images: Path) -> str:
             runs[name] = json.loads((path / "summary.json").read_text())
             if name == "stress":  # from the raw history, so the table follows the current definition
                 runs[name]["steps"] = stress_steps(path / "locust_stats_history.csv")
+    scaled = ", ".join(
+        f"{name} with `--scale {run['scale']:g}`" for name, run in runs.items() if run["scale"] != 1
+    )
     lines = [
-        "Commands: `python loadtest/run.py <profile>` for each profile (full durations unless a "
-        "scale is shown), then `python loadtest/report.py --write docs/performance.md` for these "
-        "tables and plots. 2 CPU cores shared by the three services and Locust.",
+        "Commands: `.venv/bin/python loadtest/run.py <profile>` for each profile"
+        + (f" ({scaled})" if scaled else "")
+        + ", then `.venv/bin/python loadtest/report.py --write docs/performance.md` for these tables "
+        "and plots; the commit column says which code ran. 2 CPU cores shared by the three "
+        "services and Locust.",
         "",
         *profiles_table(runs),
         "",
