@@ -102,7 +102,22 @@ def sniff_format(data: bytes) -> str | None:
 
 def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
     """Decode untrusted ``data`` into RGB uint8, or raise a subclass of ImageDecodeError."""
-    limits = limits or ImageLimits()
+    image, fmt = _open(data, limits or ImageLimits())
+    return DecodedImage(pixels=_to_rgb_uint8(image), format=fmt, original_mode=image.mode)
+
+
+def decode_channels(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
+    """Decode untrusted ``data`` keeping its channels as stored: (H, W, C) uint8, C = 1-4.
+
+    For sensor layouts other than true colour (:mod:`cropseg_core.bands`): a 4-channel file
+    may hold a near-infrared band where Pillow sees alpha, and a 2-channel one a red/NIR pair,
+    so nothing is composited or converted here; 16-bit grey is scaled to 8 bits.
+    """
+    image, fmt = _open(data, limits or ImageLimits())
+    return DecodedImage(pixels=_to_channels_uint8(image), format=fmt, original_mode=image.mode)
+
+
+def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
     if not data:
         raise EmptyImageError("the image is empty: send the file's bytes")
     if len(data) > limits.max_bytes:
@@ -133,7 +148,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
         if "mode" in str(e).lower() or "unsupported" in str(e).lower():
             raise UnsupportedModeError(f"the {fmt} image uses a pixel format that cannot be read: {e}") from e
         raise TruncatedImageError(f"the {fmt} image is truncated or corrupt: {e}") from e
-    return DecodedImage(pixels=_to_rgb_uint8(image), format=fmt, original_mode=image.mode)
+    return image, fmt
 
 
 def _check_pixels(width: int, height: int, limits: ImageLimits) -> None:
@@ -146,13 +161,32 @@ def _check_pixels(width: int, height: int, limits: ImageLimits) -> None:
         )
 
 
+def _grey16_to_uint8(image: Image.Image) -> np.ndarray:
+    # 16-bit gray: full-range scaling keeps relative brightness (65535 -> 255).
+    gray = np.asarray(image, dtype=np.int64)
+    return ((np.clip(gray, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _to_channels_uint8(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return _grey16_to_uint8(image)[..., None]
+    if mode in ("L", "LA", "RGB", "RGBA", "CMYK"):
+        pixels = np.asarray(image, dtype=np.uint8)
+        return np.ascontiguousarray(pixels if pixels.ndim == 3 else pixels[..., None])
+    if mode == "1":
+        return np.ascontiguousarray(np.asarray(image.convert("L"), dtype=np.uint8)[..., None])
+    if mode in ("P", "PA"):
+        return _to_channels_uint8(
+            image.convert("RGBA" if "transparency" in image.info or mode == "PA" else "RGB")
+        )
+    return _to_rgb_uint8(image)
+
+
 def _to_rgb_uint8(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
-        # 16-bit gray: full-range scaling keeps relative brightness (65535 -> 255).
-        gray = np.asarray(image, dtype=np.int64)
-        gray8 = (np.clip(gray, 0, 65535) * 255 + 32767) // 65535
-        return np.repeat(gray8.astype(np.uint8)[..., None], 3, axis=2)
+        return np.repeat(_grey16_to_uint8(image)[..., None], 3, axis=2)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
         # Transparent pixels carry no data (e.g. outside an orthomosaic): composite on black,
         # which is how out-of-field regions look everywhere else in cropseg.

@@ -1,9 +1,11 @@
 """Running the exported ONNX model with ONNX Runtime (no torch).
 
-The ONNX file is self-contained: input ``image`` is uint8 RGB (N, H, W, 3) of any height
+The ONNX file is self-contained: input ``image`` is uint8 (N, H, W, 4) in the bands of
+:data:`cropseg_core.bands.MODEL_BANDS` (red, green, blue, NIR; 0 where absent) of any height
 and width, output ``vegetation_probability`` is float32 (N, 1, H, W). Preprocessing
-(scaling, per-image standardisation, chromaticity) and padding live inside the graph, so
-whoever runs the file cannot get them wrong.
+(scaling, per-image standardisation, chromaticity, vegetation indices) and padding live
+inside the graph, so whoever runs the file cannot get them wrong. Images reach it through
+:mod:`cropseg_core.pipeline`, which maps layouts, scales and tiles.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
+
+from cropseg_core.bands import MODEL_BANDS
+from cropseg_core.pipeline import DEFAULT_MODEL_GSD_MM
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "vegetation_probability"
@@ -36,6 +41,11 @@ class ModelInfo:
     sha256: str
     threshold: float
     metadata: dict[str, str]
+
+    @property
+    def working_gsd_mm(self) -> float:
+        """Ground sampling distance the model works best at (mm per pixel)."""
+        return float(self.metadata.get("working_gsd_mm", DEFAULT_MODEL_GSD_MM))
 
 
 def file_sha256(path: Path) -> str:
@@ -82,18 +92,13 @@ class OnnxSegmenter:
         self._session = None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) or (H, W, 3) uint8 RGB -> (N, H, W) or (H, W) float32 probability."""
+        """(N, H, W, 4) or (H, W, 4) uint8 MODEL_BANDS -> (N, H, W) or (H, W) float32 probability."""
         if self._session is None:
             raise RuntimeError("call load() before predict()")
         single = images.ndim == 3
         batch = images[None] if single else images
-        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"expected uint8 (N, H, W, 3) RGB, got {batch.dtype} {batch.shape}")
+        bands = len(MODEL_BANDS)
+        if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[-1] != bands:
+            raise ValueError(f"expected uint8 (N, H, W, {bands}) bands, got {batch.dtype} {batch.shape}")
         probability = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})[0][:, 0]
         return probability[0] if single else probability
-
-    def segment(self, image: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """One RGB uint8 image -> uint8 mask, 255 = vegetation (default: the model's threshold)."""
-        if threshold is None:
-            threshold = self.info.threshold if self.info else DEFAULT_THRESHOLD
-        return np.where(self.predict(image) > threshold, 255, 0).astype(np.uint8)

@@ -9,8 +9,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from cropseg_core.masks import encode_png, overlay
+from cropseg_core.pipeline import Segmentation
 from cropseg_core.segmenter import ModelInfo
-from cropseg_inference.engine import Segmentation
 
 Output = Literal["mask", "overlay", "json"]
 MaskEncoding = Literal["png", "rle", "none"]
@@ -61,6 +61,8 @@ class SegmentationResult(BaseModel):
     vegetation_fraction: float = Field(description="Share of pixels predicted as vegetation, 0..1")
     threshold: float
     tiles: int = Field(description="Model passes the image took (1 unless larger than the tile size)")
+    layout: str = Field(description="Sensor layout the image was read in (see GET /api/v1/layouts)")
+    working_scale: float = Field(description="Factor the image was resized by for the model (1 = full size)")
     model: ModelRef
     timings_ms: dict[str, float]
     mask: EncodedMask | None = None
@@ -89,6 +91,8 @@ def result_json(
         vegetation_fraction=round(segmentation.vegetation_fraction, 6),
         threshold=segmentation.threshold,
         tiles=segmentation.tiles,
+        layout=segmentation.layout,
+        working_scale=round(segmentation.scale, 6),
         model=ModelRef(name=info.name, version=info.version),
         timings_ms=timings_ms(segmentation),
         mask=mask,
@@ -97,15 +101,17 @@ def result_json(
 
 def render(
     segmentation: Segmentation,
-    pixels: np.ndarray,
+    pixels: np.ndarray | None,
     info: ModelInfo,
     output: Output,
     mask_encoding: MaskEncoding,
 ) -> tuple[bytes, str]:
-    """Response body and media type for the requested ``output``."""
+    """Response body and media type for the requested ``output`` (``pixels``: the RGB picture
+    the overlay is drawn on)."""
     if output == "mask":
         return encode_png(segmentation.mask, PNG_LEVEL), "image/png"
     if output == "overlay":
+        assert pixels is not None
         return encode_png(overlay(pixels, segmentation.mask), PNG_LEVEL), "image/png"
     return result_json(segmentation, info, mask_encoding).model_dump_json(
         exclude_none=True
@@ -120,6 +126,8 @@ def result_headers(segmentation: Segmentation, info: ModelInfo) -> dict[str, str
         "X-Image-Height": str(segmentation.height),
         "X-Threshold": f"{segmentation.threshold:g}",
         "X-Tiles": str(segmentation.tiles),
+        "X-Layout": segmentation.layout,
+        "X-Working-Scale": f"{segmentation.scale:.6g}",
         "X-Model-Name": info.name,
         "X-Model-Version": info.version,
         "Server-Timing": timing,

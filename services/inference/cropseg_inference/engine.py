@@ -1,51 +1,26 @@
-"""The model behind the HTTP layer: tiling, micro-batching, thresholding. Knows nothing of HTTP
-except the service errors it raises."""
+"""The model behind the HTTP layer: the core segmentation pipeline with the model's tiles put
+through the micro-batcher. Knows nothing of HTTP except the service errors it raises."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
+from cropseg_core.bands import MODEL_BANDS, Layout
+from cropseg_core.pipeline import Pipeline, PipelineConfig, Segmentation
 from cropseg_core.segmenter import ModelInfo, OnnxSegmenter
 from cropseg_core.web.errors import UnavailableError
 from cropseg_inference.batching import BatcherStoppedError, BatchStats, MicroBatcher, QueueFullError
 from cropseg_inference.metrics import InferenceMetrics
 from cropseg_inference.settings import InferenceSettings
-from cropseg_inference.tiling import Tile, plan_tiles, stitch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Segmentation:
-    probability: np.ndarray  # (H, W) float32 in [0, 1]
-    mask: np.ndarray  # (H, W) uint8, 255 = vegetation
-    threshold: float
-    tiles: int
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-
-    @property
-    def height(self) -> int:
-        return int(self.mask.shape[0])
-
-    @property
-    def width(self) -> int:
-        return int(self.mask.shape[1])
-
-    @property
-    def vegetation_fraction(self) -> float:
-        return float(np.count_nonzero(self.mask)) / self.mask.size if self.mask.size else 0.0
-
-
-def _postprocess(
-    outputs: list[np.ndarray], plan: list[Tile], height: int, width: int, threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    probability = stitch(outputs, plan, height, width)
-    return probability, np.where(probability > threshold, np.uint8(255), np.uint8(0))
+INLINE_PIXELS = 600_000
+"""Images up to this many pixels are prepared and finished on the event loop (under a few
+milliseconds); larger ones in a worker thread, so that the loop stays free."""
 
 
 class SegmentationEngine:
@@ -57,6 +32,7 @@ class SegmentationEngine:
             intra_op_threads=settings.intra_op_threads,
             graph_optimization=settings.graph_optimization,
         )
+        self.pipeline = Pipeline()
         self._batcher: MicroBatcher | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._ready = False
@@ -79,6 +55,14 @@ class SegmentationEngine:
 
     def load(self) -> ModelInfo:
         info = self.segmenter.load()
+        self.pipeline = Pipeline(
+            PipelineConfig(
+                tile_size=self.settings.tile_size,
+                tile_overlap=self.settings.tile_overlap,
+                auto_leaf_px=self.settings.auto_leaf_px,
+                model_gsd_mm=info.working_gsd_mm,
+            )
+        )
         self.metrics.set_model(info)
         log.info(
             "loaded model %s %s (sha256 %s) from %s",
@@ -105,7 +89,7 @@ class SegmentationEngine:
     async def _warm_up(self) -> None:
         started = time.perf_counter()
         size = self.settings.tile_size
-        blank = np.full((size, size, 3), 96, dtype=np.uint8)
+        blank = np.full((size, size, len(MODEL_BANDS)), 96, dtype=np.uint8)
         for _ in range(self.settings.warmup_runs):
             await self.run_tiles([blank])
         self.ready = True
@@ -139,27 +123,40 @@ class SegmentationEngine:
             raise UnavailableError(str(e), retry_after_s=self.settings.retry_after_s) from e
         return [r.output for r in results], results[0].queued_s
 
-    async def segment(self, pixels: np.ndarray, threshold: float | None = None) -> Segmentation:
-        """Segment one RGB uint8 image of any size (tiled when larger than ``tile_size``)."""
+    async def segment(
+        self,
+        channels: np.ndarray,
+        layout: Layout,
+        threshold: float | None = None,
+        *,
+        gsd_mm: float | None = None,
+        scale: float | None = None,
+    ) -> Segmentation:
+        """Segment one image as decoded (any size, ``layout``'s channels) through the pipeline."""
         if not self.ready:
             raise UnavailableError("the model is warming up", retry_after_s=self.settings.retry_after_s)
         threshold = self.info.threshold if threshold is None else threshold
+        inline = channels.shape[0] * channels.shape[1] <= INLINE_PIXELS
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        height, width = pixels.shape[:2]
-        plan = plan_tiles(height, width, self.settings.tile_size, self.settings.tile_overlap)
-        tiles = [tile.read(pixels) for tile in plan]
+        prepare = self.pipeline.prepare
+        if inline:
+            prepared = prepare(channels, layout, gsd_mm=gsd_mm, scale=scale)
+        else:
+            prepared = await asyncio.to_thread(prepare, channels, layout, gsd_mm=gsd_mm, scale=scale)
         timings["preprocess"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        outputs, queued_s = await self.run_tiles(tiles)
+        outputs, queued_s = await self.run_tiles(prepared.tiles)
         timings["queue"] = queued_s
         timings["infer"] = time.perf_counter() - started - queued_s
 
         started = time.perf_counter()
-        if len(plan) == 1:  # a fraction of a millisecond: not worth a thread hop
-            probability, mask = _postprocess(outputs, plan, height, width, threshold)
-        else:  # tens of milliseconds for a photo: keep the event loop free
-            probability, mask = await asyncio.to_thread(_postprocess, outputs, plan, height, width, threshold)
+        if inline:
+            probability, mask = self.pipeline.finish(prepared, outputs, threshold)
+        else:
+            probability, mask = await asyncio.to_thread(self.pipeline.finish, prepared, outputs, threshold)
         timings["postprocess"] = time.perf_counter() - started
-        return Segmentation(probability, mask, threshold, len(plan), timings)
+        return Segmentation(
+            probability, mask, threshold, len(prepared.plan), prepared.scale, layout.name, timings
+        )

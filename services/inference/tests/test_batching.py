@@ -11,11 +11,11 @@ from inference_testing import MODEL
 from cropseg_core.segmenter import OnnxSegmenter
 
 
-def test_batched_results_equal_single_results(field_tile: np.ndarray) -> None:
+def test_batched_results_equal_single_results(field_bands: np.ndarray) -> None:
     segmenter = OnnxSegmenter(MODEL)
     segmenter.load()
     rng = np.random.default_rng(0)
-    tiles = [np.ascontiguousarray(np.roll(field_tile, rng.integers(0, 300), axis=1)) for _ in range(6)]
+    tiles = [np.ascontiguousarray(np.roll(field_bands, rng.integers(0, 300), axis=1)) for _ in range(6)]
     batches: list[BatchStats] = []
 
     async def main() -> list[np.ndarray]:

@@ -7,6 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 from inference_testing import MODEL
 
+from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
 from cropseg_core.segmenter import OnnxSegmenter
 
 INFER = "/v2/models/cropseg-unet/infer"
@@ -17,10 +18,16 @@ def small_tile(field_tile: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(field_tile[:64, :96])
 
 
-def reference(image: np.ndarray) -> np.ndarray:
+def reference(image: np.ndarray, layout: str = "rgb") -> np.ndarray:
+    """The bare model on the image's bands (the tile is small: no scaling, one tile)."""
     segmenter = OnnxSegmenter(MODEL)
     segmenter.load()
-    return segmenter.predict(image)
+    return segmenter.predict(to_model_bands(image, get_layout(layout)))
+
+
+def model_threshold() -> float:
+    segmenter = OnnxSegmenter(MODEL)
+    return segmenter.load().threshold
 
 
 def test_server_and_model_metadata(client: TestClient) -> None:
@@ -30,7 +37,7 @@ def test_server_and_model_metadata(client: TestClient) -> None:
     assert client.get("/v2/models/cropseg-unet/ready").json() == {"name": "cropseg-unet", "ready": True}
     meta = client.get("/v2/models/cropseg-unet").json()
     assert meta["platform"] == "onnxruntime_onnx"
-    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, 3]}]
+    assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, -1]}]
     assert [o["name"] for o in meta["outputs"]] == ["vegetation_probability", "mask", "vegetation_fraction"]
     assert client.get("/v2/models/cropseg-unet/versions/1.0.0").status_code == 200
 
@@ -53,7 +60,7 @@ def test_json_inference_matches_the_model(client: TestClient, small_tile: np.nda
     for i in range(2):
         assert np.abs(probability[i, 0] - reference(batch[i])).max() < 1e-5
     mask = np.array(outputs["mask"]["data"]).reshape(2, 64, 96)
-    assert np.array_equal(mask, np.where(probability[:, 0] > 0.55, 255, 0))
+    assert np.array_equal(mask, np.where(probability[:, 0] > model_threshold(), 255, 0))
     assert outputs["vegetation_fraction"]["data"] == pytest.approx((mask == 255).mean(axis=(1, 2)), abs=1e-6)
 
 
@@ -107,7 +114,10 @@ def tensor(shape: list[int], datatype: str = "UINT8", data: object = None) -> di
     [
         ({"inputs": []}, 400, "inputs"),
         ({"inputs": [tensor([1, 4, 4, 3], "FP32")]}, 400, "UINT8"),
-        ({"inputs": [tensor([4, 4, 3])]}, 400, "[N, H, W, 3]"),
+        ({"inputs": [tensor([4, 4, 3])]}, 400, "[N, H, W, C]"),
+        ({"inputs": [tensor([1, 2, 2, 3])], "parameters": {"layout": "hsv"}}, 422, "rgb, cir"),
+        ({"inputs": [tensor([1, 2, 2, 3])], "parameters": {"layout": "rgbn"}}, 422, "has 3"),
+        ({"inputs": [tensor([1, 2, 2, 3])], "parameters": {"gsd_mm": 0}}, 422, "gsd_mm"),
         ({"inputs": [tensor([1, 4, 4, 3], data=[1, 2, 3])]}, 400, "48"),
         ({"inputs": [tensor([1, 2, 2, 3], data=[300] * 12)]}, 400, "0..255"),
         ({"inputs": [tensor([1, 2, 2, 3], data=["a"] * 12)]}, 400, "integers"),
@@ -120,6 +130,9 @@ def tensor(shape: list[int], datatype: str = "UINT8", data: object = None) -> di
         "no-inputs",
         "wrong-datatype",
         "wrong-rank",
+        "unknown-layout",
+        "layout-channels",
+        "bad-gsd",
         "wrong-count",
         "out-of-range",
         "not-numbers",
@@ -145,3 +158,20 @@ def test_unknown_model_and_malformed_json(client: TestClient) -> None:
     assert "invalid inference request" in response.json()["error"]
     response = client.post(INFER, content=b"{}", headers={"Inference-Header-Content-Length": "99"})
     assert response.status_code == 400
+
+
+def test_layout_parameter_reads_the_channels_in_that_order(client: TestClient, small_tile: np.ndarray) -> None:
+    """A CIR tensor (NIR, red, green) gives what the model makes of those bands; read as RGB it
+    would be another image."""
+    bands = to_model_bands(small_tile, get_layout("rgb"))
+    bands[..., 3] = np.clip(bands[..., 1].astype(int) * 2, 0, 255)  # a NIR band: bright where green
+    cir = from_model_bands(bands, get_layout("cir"))
+    request = {
+        "inputs": [{**tensor(list(cir[None].shape), data=cir.ravel().tolist()), "parameters": {"layout": "cir"}}],
+        "outputs": [{"name": "vegetation_probability"}],
+    }
+    response = client.post(INFER, json=request)
+    assert response.status_code == 200
+    probability = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(cir.shape[:2])
+    assert np.abs(probability - reference(cir, "cir")).max() < 1e-5
+    assert np.abs(probability - reference(cir)).max() > 1e-2  # the same bytes read as RGB differ

@@ -15,6 +15,8 @@ from inference_testing import make_settings, png, wait_ready
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
+from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
+from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
 
 SEGMENT = "/api/v1/segment"
@@ -25,10 +27,12 @@ def read_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
-def expected_mask(pixels: np.ndarray) -> np.ndarray:
+def expected_mask(pixels: np.ndarray, layout: str = "rgb", **scaling: float) -> np.ndarray:
+    """The core pipeline run in process: what the service must answer."""
     segmenter = OnnxSegmenter(make_settings().model_path)
-    segmenter.load()
-    return segmenter.segment(pixels)
+    info = segmenter.load()
+    pipeline = Pipeline(PipelineConfig(model_gsd_mm=info.working_gsd_mm))
+    return pipeline.run(segmenter.predict, pixels, info.threshold, layout, **scaling).mask
 
 
 def segment(client: TestClient, body: bytes, **params: object) -> httpx.Response:
@@ -228,10 +232,11 @@ def test_model_description(client: TestClient) -> None:
     body = client.get("/api/v1/model").json()
     assert body["name"] == "cropseg-unet"
     assert len(body["sha256"]) == 64
-    assert body["threshold"] == pytest.approx(0.55)
-    assert body["input"]["shape"] == [-1, -1, -1, 3]
+    assert 0 < body["threshold"] < 1
+    assert body["input"]["shape"] == [-1, -1, -1, 4]
+    assert body["working_gsd_mm"] > 0
     assert body["metrics"]["evaluation"]  # the model card's metrics.json
-    assert (body["tile_size"], body["tile_overlap"]) == (512, 96)
+    assert (body["tile_size"], body["tile_overlap"]) == (512, 128)
 
 
 def test_info_lists_versions(client: TestClient) -> None:
@@ -269,3 +274,52 @@ def test_docs_and_openapi(client: TestClient) -> None:
     body = spec["paths"]["/api/v1/segment"]["post"]["requestBody"]["content"]
     assert {"image/png", "image/jpeg", "image/tiff", "multipart/form-data"} <= set(body)
     assert "/v2/models/{model_name}/infer" in spec["paths"]
+
+
+def test_layouts_are_listed(client: TestClient) -> None:
+    layouts = {layout["name"]: layout for layout in client.get("/api/v1/layouts").json()}
+    assert set(layouts) == {"rgb", "cir", "rgbn", "nir_red", "red_nir"}
+    assert layouts["cir"]["bands"] == ["nir", "red", "green"]
+    assert layouts["cir"]["index"] == "ndvi"
+
+
+def test_declared_layout_is_how_the_channels_are_read(client: TestClient, field_tile: np.ndarray) -> None:
+    bands = to_model_bands(field_tile, get_layout("rgb"))
+    bands[..., 3] = np.clip(bands[..., 1].astype(int) * 2, 0, 255)
+    cir = from_model_bands(bands, get_layout("cir"))
+    response = segment(client, png(cir), layout="cir")
+    assert response.status_code == 200
+    assert response.headers["x-layout"] == "cir"
+    assert np.array_equal(read_png(response.content), expected_mask(cir, "cir"))
+    assert not np.array_equal(read_png(segment(client, png(cir)).content), expected_mask(cir, "cir"))
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"layout": "bgr"}, "use one of rgb, cir, rgbn, nir_red, red_nir"),
+        ({"layout": "rgbn"}, "needs 4 channels, but the image has 3"),
+        ({"gsd_mm": 0}, "gsd_mm must be between"),
+        ({"scale": 2}, "scale must be between"),
+        ({"scale": 0.5, "gsd_mm": 1}, "not both"),
+    ],
+    ids=["unknown-layout", "channel-count", "gsd", "scale", "both"],
+)
+def test_layout_and_scale_errors_are_422_saying_what_to_send(
+    client: TestClient, field_png: bytes, params: dict[str, object], fragment: str
+) -> None:
+    response = segment(client, field_png, **params)
+    assert response.status_code == 422
+    assert fragment in response.json()["error"]["message"]
+
+
+def test_fine_gsd_segments_at_working_resolution_and_answers_full_size(
+    client: TestClient, field_tile: np.ndarray
+) -> None:
+    big = np.ascontiguousarray(np.repeat(np.repeat(field_tile, 2, axis=0), 2, axis=1))  # 960 x 720
+    response = segment(client, png(big), gsd_mm=0.5, output="json", mask_encoding="rle")
+    body = response.json()
+    assert (body["width"], body["height"], body["working_scale"]) == (960, 720, 0.5)
+    assert body["tiles"] == 1  # 480 x 360 after scaling: one pass instead of four tiles
+    mask = rle_decode(body["mask"]["counts"], 720, 960)
+    assert np.array_equal(mask, expected_mask(big, gsd_mm=0.5))

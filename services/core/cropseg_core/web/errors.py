@@ -14,8 +14,9 @@ Hierarchy (the HTTP status lives on the class)::
      ├── UnavailableError            503 unavailable      retry later (Retry-After)
      └── GatewayTimeoutError         504 gateway_timeout  a service we call did not answer in time
 
-``cropseg_core.imaging.ImageDecodeError`` carries ``code`` and ``status_code`` the same way
-and is answered by the same handler. Bodies look like
+``cropseg_core.imaging.ImageDecodeError``, ``cropseg_core.bands.LayoutError`` (422: unknown
+layout, or a channel count the layout cannot hold) and ``cropseg_core.pipeline.ScaleError``
+(422) carry ``code`` and ``status_code`` the same way and are answered by the same handler. Bodies look like
 ``{"error": {"code": "not_an_image", "message": "..."}}``; routes under a *plain* prefix
 (the Open Inference Protocol's ``/v2``) answer ``{"error": "..."}`` as that protocol requires.
 """
@@ -31,7 +32,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cropseg_core.bands import LayoutError
 from cropseg_core.imaging import ImageDecodeError
+from cropseg_core.pipeline import ScaleError
+
+INPUT_ERRORS = (ImageDecodeError, LayoutError, ScaleError)
+"""Errors of the core library that a client causes, with their own status_code and code."""
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +146,7 @@ def install_error_handlers(app: FastAPI, *, plain_prefixes: Sequence[str] = ()) 
         return JSONResponse(body, status_code=status, headers=headers or None)
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError | ImageDecodeError)
+        assert isinstance(exc, ServiceError | ImageDecodeError | LayoutError | ScaleError)
         headers = exc.headers if isinstance(exc, ServiceError) else {}
         return respond(request, exc.status_code, exc.code, str(exc), headers)
 
@@ -162,7 +168,8 @@ def install_error_handlers(app: FastAPI, *, plain_prefixes: Sequence[str] = ()) 
         return respond(request, 500, "internal_error", "internal error; see the service log", {})
 
     app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(ImageDecodeError, service_error)
+    for error in INPUT_ERRORS:
+        app.add_exception_handler(error, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected_error)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from cropseg_core.bands import MODEL_BANDS
 from cropseg_core.segmenter import INPUT_NAME, OUTPUT_NAME
 from cropseg_core.web.errors import error_responses
 from cropseg_core.web.server import dependency_versions
@@ -38,6 +39,8 @@ class ModelDescription(BaseModel):
     output: TensorSpec
     tile_size: int
     tile_overlap: int
+    working_gsd_mm: float = Field(description="Ground sampling distance the model works best at (gsd_mm)")
+    auto_leaf_px: float = Field(description="Automatic working resolution: typical leaf width aimed at, px")
     metadata: dict[str, str] = Field(description="Metadata stored in the ONNX file")
     metrics: dict[str, Any] | None = Field(
         description="The model card's metrics.json (null when not shipped)"
@@ -72,8 +75,9 @@ def model(
         input=TensorSpec(
             name=INPUT_NAME,
             datatype="UINT8",
-            shape=[-1, -1, -1, 3],
-            description="RGB images, NHWC, any height/width",
+            shape=[-1, -1, -1, len(MODEL_BANDS)],
+            description="bands red, green, blue, NIR (0 where the layout lacks one), NHWC, any height/width; "
+            "the service maps the declared layout to them (GET /api/v1/layouts)",
         ),
         output=TensorSpec(
             name=OUTPUT_NAME,
@@ -83,6 +87,8 @@ def model(
         ),
         tile_size=settings.tile_size,
         tile_overlap=settings.tile_overlap,
+        working_gsd_mm=info.working_gsd_mm,
+        auto_leaf_px=settings.auto_leaf_px,
         metadata=info.metadata,
         metrics=request.app.state.model_card,
     )

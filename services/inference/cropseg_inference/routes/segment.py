@@ -6,9 +6,12 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from cropseg_core.imaging import decode_image
+from cropseg_core.bands import LAYOUTS, display_rgb, get_layout, to_model_bands
+from cropseg_core.imaging import decode_channels
+from cropseg_core.pipeline import GSD_RANGE_MM, MIN_SCALE
 from cropseg_core.web.bodies import read_upload
 from cropseg_core.web.errors import error_responses
 from cropseg_inference.deps import get_app_settings, get_engine, get_metrics
@@ -18,6 +21,9 @@ from cropseg_inference.metrics import InferenceMetrics
 from cropseg_inference.settings import InferenceSettings
 
 router = APIRouter(prefix="/api/v1", tags=["segmentation"])
+LAYOUT_HELP = "Sensor layout of the image's channels: " + "; ".join(
+    f"`{layout.name}` {layout.description}" for layout in LAYOUTS.values()
+)
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff")
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
@@ -53,6 +59,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
                     "vegetation_fraction": 0.13724,
                     "threshold": 0.55,
                     "tiles": 1,
+                    "layout": "rgb",
+                    "working_scale": 1.0,
                     "model": {"name": "cropseg-unet", "version": "1.0.0"},
                     "timings_ms": {
                         "decode": 3.9,
@@ -67,6 +75,23 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **error_responses(400, 413, 415, 422, 503),
 }
+
+
+class LayoutOut(BaseModel):
+    name: str
+    bands: list[str | None] = Field(description="Band of each channel of the file (null: ignored)")
+    channels: list[int] = Field(description="Channel counts accepted")
+    description: str
+    index: str = Field(description="The simple vegetation index these bands allow")
+
+
+@router.get("/layouts", response_model=list[LayoutOut], summary="Sensor layouts the service reads")
+def layouts() -> list[LayoutOut]:
+    return [
+        LayoutOut(name=l.name, bands=list(l.bands), channels=list(l.channel_counts), description=l.description,
+                  index=l.index)
+        for l in LAYOUTS.values()
+    ]  # fmt: skip
 
 
 @router.post(
@@ -90,17 +115,31 @@ async def segment(
         MaskEncoding,
         Query(description="How `output=json` carries the mask: PNG base64, COCO RLE, or not at all"),
     ] = "png",
+    layout: Annotated[str, Query(description=LAYOUT_HELP)] = "rgb",
+    gsd_mm: Annotated[
+        float | None,
+        Query(
+            description=f"Ground sampling distance in mm per pixel ({GSD_RANGE_MM[0]:g}-{GSD_RANGE_MM[1]:g}): "
+            "finer images are segmented scaled to the model's working GSD; default: automatic"
+        ),
+    ] = None,
+    scale: Annotated[
+        float | None,
+        Query(description=f"Working scale ({MIN_SCALE:g}-1) instead of gsd_mm; default: automatic"),
+    ] = None,
 ) -> Response:
     try:
+        sensor = get_layout(layout)
         data = await read_upload(request, settings.image_limits.max_bytes, accepted=IMAGE_TYPES)
         started = time.perf_counter()
-        decoded = await run_in_threadpool(decode_image, data, settings.image_limits)
+        decoded = await run_in_threadpool(decode_channels, data, settings.image_limits)
         decode_s = time.perf_counter() - started
-        segmentation = await engine.segment(decoded.pixels, threshold)
+        segmentation = await engine.segment(decoded.pixels, sensor, threshold, gsd_mm=gsd_mm, scale=scale)
         segmentation.timings = {"decode": decode_s, **segmentation.timings}
         started = time.perf_counter()
+        picture = display_rgb(to_model_bands(decoded.pixels, sensor), sensor) if output == "overlay" else None
         body, media_type = await run_in_threadpool(
-            render, segmentation, decoded.pixels, engine.info, output, mask_encoding
+            render, segmentation, picture, engine.info, output, mask_encoding
         )
         segmentation.timings["encode"] = time.perf_counter() - started
     except Exception:

@@ -2,9 +2,12 @@
 
 Supported: server and model metadata, health, and ``infer`` with JSON tensors or Triton's
 binary tensor extension (``Inference-Header-Content-Length``). The one input is ``image``
-(UINT8, [N, H, W, 3], RGB); outputs are ``vegetation_probability`` (FP32, [N, 1, H, W]),
-``mask`` (UINT8, [N, 1, H, W], 255 = vegetation) and ``vegetation_fraction`` (FP32, [N]).
-Request parameter ``threshold`` overrides the model's. Errors are ``{"error": "..."}``.
+(UINT8, [N, H, W, C]: the channels of the declared sensor layout, RGB by default); outputs
+are ``vegetation_probability`` (FP32, [N, 1, H, W]), ``mask`` (UINT8, [N, 1, H, W], 255 =
+vegetation) and ``vegetation_fraction`` (FP32, [N]). Request parameters (or the input's):
+``threshold`` overrides the model's, ``layout`` names the sensor layout (rgb, cir, ...),
+``gsd_mm`` or ``scale`` set the working resolution; every image runs through the same core
+pipeline as ``/api/v1/segment``. Errors are ``{"error": "..."}``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from cropseg_core.bands import get_layout
+from cropseg_core.pipeline import Segmentation
 from cropseg_core.segmenter import INPUT_NAME, OUTPUT_NAME
 from cropseg_core.web.bodies import read_limited_body
 from cropseg_core.web.errors import ClientError, NotFoundError, PayloadTooLargeError
 from cropseg_inference import SERVICE_NAME
 from cropseg_inference.deps import get_app_settings, get_engine, get_metrics
-from cropseg_inference.engine import Segmentation, SegmentationEngine
+from cropseg_inference.engine import SegmentationEngine
 from cropseg_inference.metrics import InferenceMetrics
 from cropseg_inference.settings import InferenceSettings
 
@@ -125,7 +130,7 @@ def model_metadata(
         name=engine.info.name,
         versions=[engine.info.version],
         platform="onnxruntime_onnx",
-        inputs=[TensorMetadata(name=INPUT_NAME, datatype="UINT8", shape=[-1, -1, -1, 3])],
+        inputs=[TensorMetadata(name=INPUT_NAME, datatype="UINT8", shape=[-1, -1, -1, -1])],
         outputs=[
             TensorMetadata(name=OUTPUT_NAME, datatype="FP32", shape=[-1, 1, -1, -1]),
             TensorMetadata(name=MASK_OUTPUT, datatype="UINT8", shape=[-1, 1, -1, -1]),
@@ -158,15 +163,19 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
 
 
 def input_images(request: InferenceRequest, binary: bytes, max_pixels: int) -> np.ndarray:
-    """The ``image`` input as a (N, H, W, 3) uint8 array, checked against the declared shape."""
+    """The ``image`` input as a (N, H, W, C) uint8 array, checked against the declared shape
+    (C, 1 to 4, must then fit the declared layout)."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
         raise ClientError(f"expected exactly one input named {INPUT_NAME!r}")
     tensor = request.inputs[0]
     if tensor.datatype != "UINT8":
-        raise ClientError(f"input {INPUT_NAME!r} must have datatype UINT8 (RGB bytes), got {tensor.datatype}")
+        raise ClientError(f"input {INPUT_NAME!r} must have datatype UINT8 (8-bit bands), got {tensor.datatype}")
     shape = tensor.shape
-    if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-        raise ClientError(f"input {INPUT_NAME!r} must have shape [N, H, W, 3] with N, H, W >= 1, got {shape}")
+    if len(shape) != 4 or not 1 <= shape[3] <= 4 or min(shape) < 1:
+        raise ClientError(
+            f"input {INPUT_NAME!r} must have shape [N, H, W, C] with N, H, W >= 1 and C 1-4 "
+            f"(the layout's channels), got {shape}"
+        )
     if shape[0] * shape[1] * shape[2] > max_pixels:
         raise PayloadTooLargeError(
             f"{shape[0]} x {shape[1]} x {shape[2]} pixels exceed the limit of {max_pixels}: "
@@ -189,6 +198,15 @@ def input_images(request: InferenceRequest, binary: bytes, max_pixels: int) -> n
     if values.size and (values.min() < 0 or values.max() > 255):
         raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255")
     return values.astype(np.uint8).reshape(shape)
+
+
+def _number(parameters: Parameters, name: str) -> float | None:
+    value = parameters.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool | str):
+        raise ClientError(f"parameter {name!r} must be a number, got {json.dumps(value)}")
+    return float(value)
 
 
 def _requested_outputs(request: InferenceRequest) -> list[RequestOutput]:
@@ -280,12 +298,18 @@ async def infer(
         body = await read_limited_body(request, settings.max_tensor_request_bytes)
         inference, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
         images = input_images(inference, binary, settings.image_limits.max_pixels)
-        threshold = (inference.parameters or {}).get("threshold")
-        if threshold is not None and (isinstance(threshold, bool | str) or not 0 <= threshold <= 1):
-            raise ClientError(
-                f"parameter 'threshold' must be a number from 0 to 1, got {json.dumps(threshold)}"
-            )
-        results = await asyncio.gather(*(engine.segment(image, threshold) for image in images))
+        parameters = {**(inference.parameters or {}), **(inference.inputs[0].parameters or {})}
+        threshold = _number(parameters, "threshold")
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise ClientError(f"parameter 'threshold' must be a number from 0 to 1, got {threshold}")
+        layout = parameters.get("layout")
+        if layout is not None and not isinstance(layout, str):
+            raise ClientError(f"parameter 'layout' must be a string, got {json.dumps(layout)}")
+        sensor = get_layout(layout)
+        gsd_mm, scale = _number(parameters, "gsd_mm"), _number(parameters, "scale")
+        results = await asyncio.gather(
+            *(engine.segment(image, sensor, threshold, gsd_mm=gsd_mm, scale=scale) for image in images)
+        )
         content, headers, media_type = build_response(inference, engine, results)
     except Exception:
         metrics.segmentation_result.labels("failure").inc()

@@ -5,11 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cropseg_inference.settings import InferenceSettings
-from cropseg_inference.tiling import plan_axis, plan_tiles, stitch
-from inference_testing import MODEL
 
+from cropseg_core.bands import get_layout, to_model_bands
+from cropseg_core.pipeline import PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
+from cropseg_core.tiling import plan_axis, plan_tiles, stitch
+
+MODEL = Path(__file__).resolve().parents[3] / "model" / "artifacts" / "cropseg-unet.onnx"
 
 
 @pytest.mark.parametrize(
@@ -57,7 +59,7 @@ def periodic_field(height: int, width: int, period: int = 64) -> np.ndarray:
         leaf = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         block[leaf] = np.stack([rng.integers(30, 70, leaf.sum()), rng.integers(110, 170, leaf.sum()),
                                 rng.integers(30, 60, leaf.sum())], axis=1)  # fmt: skip
-    return np.tile(block, (height // period, width // period, 1))
+    return to_model_bands(np.tile(block, (height // period, width // period, 1)), get_layout("rgb"))
 
 
 def predict_tiled(segmenter: OnnxSegmenter, image: np.ndarray, tile_size: int, overlap: int) -> np.ndarray:
@@ -72,13 +74,13 @@ ATOL = 2e-3
 
 
 def test_stitched_mask_equals_single_pass_where_both_are_possible() -> None:
-    settings = InferenceSettings(model_path=MODEL)
-    segmenter = OnnxSegmenter(Path(settings.model_path))
+    config = PipelineConfig()
+    segmenter = OnnxSegmenter(MODEL)
     segmenter.load()
     image = periodic_field(1024, 1152)
     single = segmenter.predict(image)
-    assert len(plan_tiles(1024, 1152, settings.tile_size, settings.tile_overlap)) == 9
-    stitched = predict_tiled(segmenter, image, settings.tile_size, settings.tile_overlap)
+    assert len(plan_tiles(1024, 1152, config.tile_size, config.tile_overlap)) == 9
+    stitched = predict_tiled(segmenter, image, config.tile_size, config.tile_overlap)
     assert np.abs(stitched - single).max() < ATOL
     threshold = segmenter.info.threshold if segmenter.info else 0.5
     assert 0.05 < (single > threshold).mean() < 0.95  # the image has both classes

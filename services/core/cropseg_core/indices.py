@@ -1,0 +1,104 @@
+"""Vegetation indices and Otsu's threshold: what QGIS, OpenDroneMap or Pix4Dfields compute.
+
+On images in the model's bands (:mod:`cropseg_core.bands`):
+
+* **ExG** (excess green) ``2g - r - b`` on chromaticity coordinates, for true colour;
+* **NDVI** ``(NIR - R) / (NIR + R)`` wherever near-infrared and red exist.
+
+:func:`index_mask` thresholds the index its layout allows with Otsu's method over the
+in-field pixels: the baseline the model must beat, and the pipeline's rough vegetation
+mask for choosing a working resolution (:func:`typical_leaf_width`). numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cropseg_core.bands import Layout
+
+BLACK_LEVEL = 2
+
+
+def chromaticity(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W, 3) float32 r, g, b with r + g + b = 1 (0 on black)."""
+    values = rgb.astype(np.float32)
+    total = values.sum(axis=2, keepdims=True)
+    return np.divide(values, total, out=np.zeros_like(values), where=total > 0)
+
+
+def excess_green(rgb: np.ndarray) -> np.ndarray:
+    c = chromaticity(rgb[..., :3])
+    return 2 * c[..., 1] - c[..., 0] - c[..., 2]
+
+
+def ndvi(bands: np.ndarray) -> np.ndarray:
+    """(H, W, 4) red, green, blue, NIR -> NDVI in [-1, 1] (0 where both are 0)."""
+    red = bands[..., 0].astype(np.float32)
+    nir = bands[..., 3].astype(np.float32)
+    total = nir + red
+    return np.divide(nir - red, total, out=np.zeros_like(total), where=total > 0)
+
+
+def vegetation_index(bands: np.ndarray, layout: Layout) -> np.ndarray:
+    """The index the layout allows: NDVI where it has NIR and red, else excess green."""
+    return ndvi(bands) if layout.index == "ndvi" else excess_green(bands[..., :3])
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample: maximises the between-class variance."""
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return high
+    hist, edges = np.histogram(values, bins=bins, range=(low, high))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(hist)
+    weight_high = weight_low[-1] - weight_low
+    sum_low = np.cumsum(hist * centres)
+    mean_low = sum_low / np.maximum(weight_low, 1)
+    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    # Empty bins between two modes give a plateau of equal scores: take its middle rather
+    # than its first bin, so the threshold sits between the modes, not at the edge of one.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(edges[(best[0] + best[-1]) // 2 + 1])
+
+
+def threshold_otsu(index: np.ndarray, in_field: np.ndarray) -> np.ndarray:
+    """uint8 mask (255 = vegetation) of ``index`` above Otsu's threshold over ``in_field``."""
+    mask = np.zeros(index.shape, np.uint8)
+    if in_field.any():
+        mask[(index > otsu_threshold(index[in_field])) & in_field] = 255
+    return mask
+
+
+def index_mask(bands: np.ndarray, layout: Layout) -> np.ndarray:
+    """The layout's vegetation index thresholded by Otsu (ExG+Otsu or NDVI+Otsu)."""
+    in_field = bands.max(axis=2) > BLACK_LEVEL
+    return threshold_otsu(vegetation_index(bands, layout), in_field)
+
+
+def typical_leaf_width(mask: np.ndarray, max_depth: int = 64) -> float | None:
+    """Typical width in pixels of the vegetation in a 0/255 mask, or None without any.
+
+    Each vegetation pixel's depth is how many 4-neighbour erosions it survives (its distance
+    to soil, in pixels). Across a strip of width w the depths run 1..w/2, mean about w/4: so
+    the width is four times the mean depth. Pixels deeper than ``max_depth`` count as it.
+    """
+    inside = mask > 127
+    if not inside.any():
+        return None
+    depth = np.zeros(mask.shape, np.int32)
+    current = inside.copy()
+    for _ in range(max_depth):
+        if not current.any():
+            break
+        depth += current
+        eroded = current.copy()
+        eroded[1:] &= current[:-1]
+        eroded[:-1] &= current[1:]
+        eroded[:, 1:] &= current[:, :-1]
+        eroded[:, :-1] &= current[:, 1:]
+        eroded[0] = eroded[-1] = False
+        eroded[:, 0] = eroded[:, -1] = False
+        current = eroded
+    return float(4.0 * depth[inside].mean())

@@ -1,0 +1,234 @@
+"""The one segmentation pipeline. Every entry point runs it: the inference API and its Open
+Inference Protocol route (so storage's segment too), evaluation, pseudo-labelling, the demo
+and the drift reference profile. What a user gets is what the project measures.
+
+    decode -> band mapping -> working resolution -> tiles -> model -> stitch
+           -> resize back to the original size -> threshold
+
+* **Band mapping** (:mod:`cropseg_core.bands`): the file's channels, read in the declared
+  layout, become the model's red, green, blue, NIR.
+* **Working resolution**: the network was trained where leaves are a few to a few dozen
+  pixels wide. A phone photo at full resolution shows leaves many times wider; the network
+  then sees only their outlines. So such images are segmented smaller: by a declared ground
+  sampling distance (``gsd_mm``: scale = gsd_mm / the model's working GSD), a declared
+  ``scale``, or by default automatically: the layout's vegetation index thresholded by Otsu
+  gives a rough mask, its typical leaf width is measured at full resolution
+  (:func:`cropseg_core.indices.typical_leaf_width`), and an image whose leaves are wider
+  than ``auto_leaf_px`` is scaled so that they are that wide. Images are never enlarged.
+  The probability is resized back: the mask is always the input's size.
+* **Tiles**: images larger than ``tile_size`` run in overlapping tiles (:mod:`.tiling`).
+
+The model runs through a callable, so the inference service can put tiles through its
+micro-batcher while offline tools call ONNX Runtime directly: :meth:`Pipeline.prepare`,
+then the model on :attr:`Prepared.tiles`, then :meth:`Pipeline.finish`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from itertools import product
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from cropseg_core.bands import Layout, get_layout, to_model_bands
+from cropseg_core.indices import BLACK_LEVEL, otsu_threshold, typical_leaf_width, vegetation_index
+from cropseg_core.tiling import Tile, plan_tiles, stitch
+
+MIN_SCALE = 1 / 16
+"""Smallest working scale: below it the network sees nothing a leaf could be."""
+GSD_RANGE_MM = (0.01, 1000.0)
+"""Ground sampling distances accepted, in millimetres per pixel (microscope to satellite)."""
+DEFAULT_MODEL_GSD_MM = 1.0
+"""Working GSD when the model file does not say: leaves of the real training photos are 5-60 px."""
+WINDOW = 384
+"""Side of the windows in which the automatic scale measures leaf width (full resolution)."""
+SAMPLE_PIXELS = 250_000
+"""Pixels of the strided sample that sets the automatic scale's index threshold."""
+
+
+class ScaleError(ValueError):
+    """A working-resolution parameter is out of range (422)."""
+
+    status_code = 422
+    code = "invalid_scale"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    tile_size: int = 512
+    """Images up to this many pixels a side (after scaling) run in one pass."""
+    tile_overlap: int = 128
+    """Pixels shared by neighbouring tiles (each keeps its centre; the U-Net looks about 64 px around)."""
+    auto_leaf_px: float = 16.0
+    """Automatic working resolution: images whose typical leaf is wider than this many pixels
+    are scaled down until it is this wide (0 = never scale automatically)."""
+    model_gsd_mm: float = DEFAULT_MODEL_GSD_MM
+    """Ground sampling distance the model works best at (from the model file's metadata)."""
+
+
+def automatic_scale(bands: np.ndarray, layout: Layout, leaf_px: float) -> float:
+    """Scale that brings the typical leaf width down to ``leaf_px``; 1 when leaves are
+    narrower or absent.
+
+    The layout's vegetation index is thresholded by Otsu (threshold from a strided sample of
+    the whole image); leaf width is measured at full resolution in four windows of at most
+    WINDOW pixels (a 2 x 2 grid), so that resizing cannot blur thin leaves into wide ones.
+    """
+    height, width = bands.shape[:2]
+    step = max(1, int(math.sqrt(height * width / SAMPLE_PIXELS)))
+    sample = bands[::step, ::step]
+    in_field = sample.max(axis=2) > BLACK_LEVEL
+    if not in_field.any():
+        return 1.0
+    threshold = otsu_threshold(vegetation_index(sample, layout)[in_field])
+    size_y, size_x = min(WINDOW, height), min(WINDOW, width)
+    masks = []
+    for cy, cx in product((height // 4, 3 * height // 4), (width // 4, 3 * width // 4)):
+        y = min(max(0, cy - size_y // 2), height - size_y)
+        x = min(max(0, cx - size_x // 2), width - size_x)
+        window = bands[y : y + size_y, x : x + size_x]
+        vegetation = (vegetation_index(window, layout) > threshold) & (window.max(axis=2) > BLACK_LEVEL)
+        masks.append(np.pad(vegetation, ((0, 0), (0, 1))))  # a soil column keeps windows apart
+    leaf = typical_leaf_width(np.where(np.hstack(masks), np.uint8(255), np.uint8(0)))
+    if leaf is None or leaf <= leaf_px:
+        return 1.0
+    return max(MIN_SCALE, leaf_px / leaf)
+
+
+def working_scale(
+    bands: np.ndarray,
+    layout: Layout,
+    config: PipelineConfig,
+    *,
+    gsd_mm: float | None = None,
+    scale: float | None = None,
+) -> float:
+    """The factor (MIN_SCALE to 1) the image is resized by before the model sees it."""
+    if gsd_mm is not None and scale is not None:
+        raise ScaleError("give either gsd_mm or scale, not both")
+    if scale is not None:
+        if not MIN_SCALE <= scale <= 1:
+            raise ScaleError(f"scale must be between {MIN_SCALE} and 1 (got {scale})")
+        return float(scale)
+    if gsd_mm is not None:
+        low, high = GSD_RANGE_MM
+        if not low <= gsd_mm <= high:
+            raise ScaleError(f"gsd_mm must be between {low} and {high} millimetres per pixel (got {gsd_mm})")
+        return float(min(1.0, max(MIN_SCALE, gsd_mm / config.model_gsd_mm)))
+    if config.auto_leaf_px <= 0:
+        return 1.0
+    return automatic_scale(bands, layout, config.auto_leaf_px)
+
+
+def resize_bands(bands: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area-average each uint8 band to (height, width): band by band, so no band is taken for alpha."""
+    out = np.empty((height, width, bands.shape[2]), np.uint8)
+    for index in range(bands.shape[2]):
+        band = Image.fromarray(np.ascontiguousarray(bands[..., index]))
+        out[..., index] = np.asarray(band.resize((width, height), Image.Resampling.BOX))
+    return out
+
+
+def resize_probability(probability: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of a float32 probability map back to the original size."""
+    image = Image.fromarray(np.ascontiguousarray(probability, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+@dataclass
+class Prepared:
+    """An image mapped to the model's bands at its working resolution, cut into tiles."""
+
+    bands: np.ndarray
+    plan: list[Tile]
+    height: int
+    width: int
+    scale: float
+    layout: Layout
+
+    @property
+    def tiles(self) -> list[np.ndarray]:
+        return [np.ascontiguousarray(tile.read(self.bands)) for tile in self.plan]
+
+
+@dataclass
+class Segmentation:
+    probability: np.ndarray  # (H, W) float32 in [0, 1], the input's size
+    mask: np.ndarray  # (H, W) uint8, 255 = vegetation
+    threshold: float
+    tiles: int
+    scale: float
+    layout: str
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def height(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def vegetation_fraction(self) -> float:
+        return float(np.count_nonzero(self.mask)) / self.mask.size if self.mask.size else 0.0
+
+
+class Pipeline:
+    def __init__(self, config: PipelineConfig | None = None) -> None:
+        self.config = config or PipelineConfig()
+
+    def prepare(
+        self,
+        channels: np.ndarray,
+        layout: Layout | str | None = None,
+        *,
+        gsd_mm: float | None = None,
+        scale: float | None = None,
+    ) -> Prepared:
+        """Band mapping, working resolution and the tile plan for one image as decoded."""
+        layout = layout if isinstance(layout, Layout) else get_layout(layout)
+        bands = to_model_bands(channels, layout)
+        height, width = bands.shape[:2]
+        factor = working_scale(bands, layout, self.config, gsd_mm=gsd_mm, scale=scale)
+        if factor < 1:
+            bands = resize_bands(bands, max(1, round(height * factor)), max(1, round(width * factor)))
+        plan = plan_tiles(*bands.shape[:2], self.config.tile_size, self.config.tile_overlap)
+        return Prepared(bands, plan, height, width, factor, layout)
+
+    def finish(
+        self, prepared: Prepared, outputs: list[np.ndarray], threshold: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stitch the tiles' probabilities, resize back to the input's size, threshold."""
+        probability = stitch(outputs, prepared.plan, *prepared.bands.shape[:2])
+        if probability.shape != (prepared.height, prepared.width):
+            probability = resize_probability(probability, prepared.height, prepared.width)
+        return probability, np.where(probability > threshold, np.uint8(255), np.uint8(0))
+
+    def run(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        channels: np.ndarray,
+        threshold: float,
+        layout: Layout | str | None = None,
+        *,
+        gsd_mm: float | None = None,
+        scale: float | None = None,
+    ) -> Segmentation:
+        """The whole pipeline in this thread; ``predict`` maps one (h, w, 4) tile to (h, w)."""
+        started = time.perf_counter()
+        prepared = self.prepare(channels, layout, gsd_mm=gsd_mm, scale=scale)
+        timings = {"preprocess": time.perf_counter() - started}
+        started = time.perf_counter()
+        outputs = [predict(tile) for tile in prepared.tiles]
+        timings["infer"] = time.perf_counter() - started
+        started = time.perf_counter()
+        probability, mask = self.finish(prepared, outputs, threshold)
+        timings["postprocess"] = time.perf_counter() - started
+        return Segmentation(
+            probability, mask, threshold, len(prepared.plan), prepared.scale, prepared.layout.name, timings
+        )
