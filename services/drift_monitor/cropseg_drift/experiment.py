@@ -41,7 +41,7 @@ def _load(source: tuple[int, int] | Path) -> np.ndarray:
     from cropseg_model.synth import generate_tile  # the pipeline's generator: a development install
 
     seed, index = source
-    return generate_tile(seed, index)[0].image
+    return generate_tile(seed, index)[0].rgb
 
 
 def _case_features(source: tuple[int, int] | Path) -> list[tuple[np.ndarray, np.ndarray]]:

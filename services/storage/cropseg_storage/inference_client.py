@@ -49,6 +49,8 @@ class Segmentation:
     model_name: str
     model_version: str
     latency_s: float
+    layout: str
+    working_scale: float
 
 
 class InferenceClient:
@@ -71,11 +73,16 @@ class InferenceClient:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def segment(self, image: bytes, media_type: str, threshold: float | None = None) -> Segmentation:
-        """Send ``image`` to ``POST /api/v1/segment``; the PNG mask and what the headers say."""
+    async def segment(
+        self, image: bytes, media_type: str, threshold: float | None = None, **options: str | float | None
+    ) -> Segmentation:
+        """Send ``image`` to ``POST /api/v1/segment``; the PNG mask and what the headers say.
+
+        ``options`` are passed on as query parameters when set (layout, gsd_mm, scale)."""
         params: dict[str, Any] = {"output": "mask"}
         if threshold is not None:
             params["threshold"] = threshold
+        params.update({name: value for name, value in options.items() if value is not None})
         started = time.perf_counter()
         response = await self._send(
             "POST", SEGMENT_PATH, content=image, params=params, headers={"content-type": media_type}
@@ -89,6 +96,8 @@ class InferenceClient:
                 model_name=response.headers["x-model-name"],
                 model_version=response.headers["x-model-version"],
                 latency_s=latency,
+                layout=response.headers["x-layout"],
+                working_scale=float(response.headers["x-working-scale"]),
             )
         except (KeyError, ValueError) as e:
             raise InferenceFailedError(

@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from cropseg_core.imaging import DecodedImage, decode_image
+from cropseg_core.bands import DEFAULT_LAYOUT, display_rgb, get_layout, to_model_bands
+from cropseg_core.imaging import DecodedImage, decode_channels, decode_image
 from cropseg_core.masks import encode_png
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobNotFoundError, BlobStore, encode_json
@@ -69,6 +70,9 @@ class ImageRecord(BaseModel):
     media_type: str
     source: Source
     filename: str | None = Field(description="Name the client gave, for display only")
+    layout: str = Field(
+        default=DEFAULT_LAYOUT, description="Sensor layout of the channels (GET /api/v1/layouts); editable"
+    )
     created_at: datetime
 
     @property
@@ -86,6 +90,8 @@ class SegmentationRecord(BaseModel):
     threshold: float
     vegetation_fraction: float
     latency_ms: float = Field(description="Round trip to the inference service")
+    layout: str = Field(default=DEFAULT_LAYOUT, description="Sensor layout the image was read in")
+    working_scale: float = Field(default=1.0, description="Factor the image was resized by for the model")
     created_at: datetime
 
 
@@ -114,13 +120,22 @@ class ImageRepository:
     # Images
 
     def add_image(
-        self, data: bytes, *, source: Source, filename: str | None = None, label: bytes | None = None
+        self,
+        data: bytes,
+        *,
+        source: Source,
+        filename: str | None = None,
+        label: bytes | None = None,
+        layout: str | None = None,
     ) -> tuple[ImageRecord, bool]:
         """Validate and store ``data``; returns the record and whether it was new.
 
-        A ``label`` is checked against the image before anything is written.
+        A ``label`` and the ``layout`` (the file's channels must fit it) are checked before
+        anything is written. The same bytes uploaded again keep the layout stored first.
         """
-        decoded = decode_image(data, self.limits)
+        sensor = get_layout(layout)
+        decoded = decode_channels(data, self.limits)
+        to_model_bands(decoded.pixels, sensor)  # ChannelCountError (422) when the file does not fit
         label_png = self._label_png(label, decoded.width, decoded.height) if label is not None else None
         image_id = hashlib.sha256(data).hexdigest()
         record = self.find(image_id)
@@ -135,6 +150,7 @@ class ImageRepository:
                 media_type=MEDIA_TYPES[decoded.format],
                 source=source,
                 filename=_display_name(filename),
+                layout=sensor.name,
                 created_at=datetime.now(UTC),
             )
             self.store.put(_image_key(record), data)
@@ -163,6 +179,15 @@ class ImageRepository:
             raise ImageNotFoundError(f"no image with id {image_id}")
         return record
 
+    def set_layout(self, image_id: str, layout: str) -> ImageRecord:
+        """Declare the image's sensor layout (its channels must fit); rewrites the sidecar."""
+        record = self.get(image_id)
+        sensor = get_layout(layout)
+        to_model_bands(decode_channels(self.image_bytes(record), self.limits).pixels, sensor)
+        updated = record.model_copy(update={"layout": sensor.name})
+        self.store.put(_sidecar_key(image_id), encode_json(updated.model_dump(mode="json")))
+        return updated
+
     def image_bytes(self, record: ImageRecord) -> bytes:
         return self.store.get(_image_key(record))
 
@@ -173,7 +198,7 @@ class ImageRepository:
         self.store.delete(f"index/{record.source}/{_marker_name(record)}")
         self.store.delete(_image_key(record))
         self.store.delete(f"labels/{image_id}.png")
-        self.store.delete(f"thumbnails/{image_id[:2]}/{image_id}.jpg")
+        self.store.delete_prefix(f"thumbnails/{image_id[:2]}/{image_id}")
         self.store.delete_prefix(f"masks/{image_id}/")
         return record
 
@@ -231,13 +256,13 @@ class ImageRepository:
         return sum(blob.size for blob in self.store.list_blobs("images/") if not blob.key.endswith(".json"))
 
     def thumbnail(self, record: ImageRecord, size: int) -> bytes:
-        """A JPEG at most ``size`` pixels a side, cached in the store."""
-        key = f"thumbnails/{record.id[:2]}/{record.id}.jpg"
+        """A JPEG at most ``size`` pixels a side (a picture of the image in its layout), cached."""
+        key = f"thumbnails/{record.id[:2]}/{record.id}-{record.layout}.jpg"
         try:
             return self.store.get(key)
         except BlobNotFoundError:
             pass
-        pixels = decode_image(self.image_bytes(record), self.limits).pixels
+        pixels = self.decode(record)
         image = Image.fromarray(pixels)
         image.thumbnail((size, size), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
@@ -246,7 +271,10 @@ class ImageRepository:
         return buffer.getvalue()
 
     def decode(self, record: ImageRecord) -> np.ndarray:
-        return decode_image(self.image_bytes(record), self.limits).pixels
+        """An RGB picture of the image: true colour, or its layout's false-colour composite."""
+        layout = get_layout(record.layout)
+        bands = to_model_bands(decode_channels(self.image_bytes(record), self.limits).pixels, layout)
+        return display_rgb(bands, layout)
 
     # Labels
 

@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def seed_samples(repository: ImageRepository, samples: Path) -> int:
-    """Add every tile of ``samples`` (images/, masks/, metadata.jsonl) as source=sample, once.
+    """Add every tile of ``samples`` (images/, masks/, metadata.jsonl) as source=sample, once,
+    each in the sensor layout its file was written in (``file_layout``).
 
     Does nothing when the store already has samples; returns how many were added. The
     images are content-addressed, so replicas seeding at the same time store each once.
@@ -25,7 +26,8 @@ def seed_samples(repository: ImageRepository, samples: Path) -> int:
         return 0
     added = 0
     for line in metadata.read_text().splitlines():
-        name = json.loads(line)["name"]
+        entry = json.loads(line)
+        name = entry["name"]
         image = next((samples / "images").glob(f"{name}.*"))
         label = samples / "masks" / f"{name}.png"
         _, created = repository.add_image(
@@ -33,6 +35,7 @@ def seed_samples(repository: ImageRepository, samples: Path) -> int:
             source="sample",
             filename=image.name,
             label=label.read_bytes() if label.is_file() else None,
+            layout=entry.get("file_layout"),
         )
         added += created
     log.info("seeded %d sample tiles with labels from %s", added, samples)

@@ -65,6 +65,8 @@ def fake_inference(request: httpx.Request) -> httpx.Response:
             "x-threshold": request.url.params.get("threshold", "0.55"),
             "x-model-name": "cropseg-unet",
             "x-model-version": "1.0.0",
+            "x-layout": request.url.params.get("layout", "rgb"),
+            "x-working-scale": "1",
         },
     )
 

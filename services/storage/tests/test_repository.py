@@ -168,7 +168,7 @@ def test_thumbnail_is_small_and_cached(repository: ImageRepository) -> None:
     record = repository.add_image(encode(field_image(400, 300)), source="upload")[0]
     thumbnail = repository.thumbnail(record, 64)
     assert decode_image(thumbnail).pixels.shape == (48, 64, 3)
-    assert repository.store.exists(f"thumbnails/{record.id[:2]}/{record.id}.jpg")
+    assert repository.store.exists(f"thumbnails/{record.id[:2]}/{record.id}-rgb.jpg")
     assert repository.thumbnail(record, 64) == thumbnail
 
 

@@ -26,11 +26,13 @@ async def read_limited_body(request: Request, max_bytes: int) -> bytes:
 
 @dataclass(frozen=True)
 class Upload:
-    """An uploaded file: its bytes, the client's file name, and other file fields of the form."""
+    """An uploaded file: its bytes, the client's file name, other file fields of the form and
+    its text fields."""
 
     data: bytes
     filename: str | None = None
     extra: dict[str, bytes] = field(default_factory=dict)
+    fields: dict[str, str] = field(default_factory=dict)
 
 
 async def read_upload(request: Request, max_bytes: int, *, accepted: tuple[str, ...]) -> bytes:
@@ -88,6 +90,7 @@ async def _multipart(request: Request, body: bytes, max_bytes: int, extra_files:
                     raise PayloadTooLargeError(
                         f"field {name!r} is {len(files[name])} bytes; the limit is {max_bytes}"
                     )
-        return Upload(files.pop("file"), upload.filename, files)
+        text = {name: value for name, value in form.items() if isinstance(value, str)}
+        return Upload(files.pop("file"), upload.filename, files, text)
     finally:
         await form.close()

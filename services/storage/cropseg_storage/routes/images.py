@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from cropseg_core.bands import LAYOUTS
 from cropseg_core.web.bodies import read_upload, receive_upload
 from cropseg_core.web.errors import error_responses
 from cropseg_storage.deps import WRITE, Metrics, Repository, Settings
@@ -28,6 +29,7 @@ IMAGE_BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "label": {"type": "string", "format": "binary", "description": "optional mask"},
+                        "layout": {"type": "string", "description": "sensor layout (default rgb)"},
                     },
                     "required": ["file"],
                 }
@@ -35,6 +37,7 @@ IMAGE_BODY = {
         },
     }
 }
+LAYOUT_HELP = "Sensor layout of the channels, stored with the image: " + ", ".join(LAYOUTS) + " (default rgb)"
 IMMUTABLE = "public, max-age=31536000, immutable"  # content-addressed: the bytes never change
 
 
@@ -57,7 +60,8 @@ def describe(repository: ImageRepository, record: ImageRecord) -> ImageOut:
     links = {
         "self": base,
         "metadata": f"{base}/metadata",
-        "thumbnail": f"{base}/thumbnail",
+        "thumbnail": f"{base}/thumbnail?layout={record.layout}",  # a new URL when the layout changes
+        "layout": f"{base}/layout",
         "label": f"{base}/label",
         "mask": f"{base}/mask",
         "overlay": f"{base}/overlay",
@@ -82,7 +86,7 @@ def cached(request: Request, content: bytes, media_type: str, etag: str, cache_c
     dependencies=WRITE,
     openapi_extra=IMAGE_BODY,
     responses={200: {"model": ImageOut, "description": "The same bytes were stored before"},
-               **error_responses(400, 401, 403, 413, 415)},
+               **error_responses(400, 401, 403, 413, 415, 422)},
 )  # fmt: skip
 async def upload(
     request: Request,
@@ -92,11 +96,14 @@ async def upload(
     filename: Annotated[
         str | None, Query(max_length=255, description="Display name for a raw-body upload")
     ] = None,
+    layout: Annotated[str | None, Query(max_length=32, description=LAYOUT_HELP)] = None,
 ) -> JSONResponse:
-    """Store an image (raw body, or multipart ``file`` with an optional ``label`` mask).
+    """Store an image (raw body, or multipart ``file`` with an optional ``label`` mask and
+    ``layout`` field).
 
     The id is the sha256 of the bytes: uploading the same bytes again answers 200 with the
-    stored image instead of 201.
+    stored image instead of 201. An unknown layout, or one the file's channels do not fit,
+    is refused with 422 before anything is stored.
     """
     received = await receive_upload(
         request, settings.image_limits.max_bytes, accepted=ACCEPTED_TYPES, extra_files=("label",)
@@ -107,6 +114,7 @@ async def upload(
         source="upload",
         filename=received.filename or filename,
         label=received.extra.get("label"),
+        layout=received.fields.get("layout") or layout,
     )
     metrics.upload_size.observe(record.size)
     metrics.uploads.labels("created" if created else "duplicate").inc()
@@ -169,9 +177,24 @@ def thumbnail(request: Request, image_id: str, repository: Repository, settings:
     """A JPEG preview, at most ``STORAGE_THUMBNAIL_SIZE`` pixels a side."""
     record = repository.get(image_id)
     size = settings.thumbnail_size
-    return cached(
-        request, repository.thumbnail(record, size), "image/jpeg", f'"{record.id}-{size}"', IMMUTABLE
-    )
+    etag = f'"{record.id}-{record.layout}-{size}"'
+    return cached(request, repository.thumbnail(record, size), "image/jpeg", etag, IMMUTABLE)
+
+
+class LayoutIn(BaseModel):
+    layout: str = Field(max_length=32, description="One of GET /api/v1/layouts (inference)", examples=["cir"])
+
+
+@router.put(
+    "/{image_id}/layout",
+    response_model=ImageOut,
+    dependencies=WRITE,
+    responses=error_responses(400, 401, 403, 404, 422),
+)
+def put_layout(image_id: str, body: LayoutIn, repository: Repository) -> ImageOut:
+    """Declare the sensor layout of the image's channels (e.g. ``cir`` for a colour-infrared
+    composite). Segment again afterwards: stored masks were made in the previous layout."""
+    return describe(repository, repository.set_layout(image_id, body.layout))
 
 
 @router.put(

@@ -74,7 +74,7 @@ def _out(record: SegmentationRecord) -> SegmentationOut:
     status_code=201,
     response_model=SegmentationOut,
     dependencies=WRITE,
-    responses=error_responses(400, 401, 403, 404, 413, 502, 503, 504),
+    responses=error_responses(400, 401, 403, 404, 413, 422, 502, 503, 504),
 )
 async def segment(
     image_id: str,
@@ -84,12 +84,19 @@ async def segment(
     threshold: Annotated[
         float | None, Query(gt=0, lt=1, description="Default: the model's calibrated one")
     ] = None,
+    gsd_mm: Annotated[
+        float | None, Query(gt=0, description="Ground sampling distance, mm per pixel (default: automatic)")
+    ] = None,
+    scale: Annotated[float | None, Query(gt=0, le=1, description="Working scale instead of gsd_mm")] = None,
 ) -> JSONResponse:
-    """Segment the stored image with the inference service; store the mask and a prediction record."""
+    """Segment the stored image with the inference service, in the image's declared layout;
+    store the mask and a prediction record."""
     record = await run_in_threadpool(repository.get, image_id)
     data = await run_in_threadpool(repository.image_bytes, record)
     try:
-        result = await inference.segment(data, record.media_type, threshold)
+        result = await inference.segment(
+            data, record.media_type, threshold, layout=record.layout, gsd_mm=gsd_mm, scale=scale
+        )
     except (
         InferenceUnavailableError,
         InferenceTimeoutError,
@@ -108,6 +115,8 @@ async def segment(
         threshold=result.threshold,
         vegetation_fraction=result.vegetation_fraction,
         latency_ms=round(result.latency_s * 1000, 2),
+        layout=result.layout,
+        working_scale=result.working_scale,
         created_at=datetime.now(UTC),
     )
     await run_in_threadpool(repository.save_segmentation, segmentation, result.mask_png)
