@@ -45,7 +45,7 @@ DISTINCT = 400
 
 def _tile(index: int) -> tuple[np.ndarray, str, float]:
     tile, _, ext = generate_tile(4, index)
-    return tile.image, ext, float(str(tile.meta["vegetation_fraction"]))
+    return tile.rgb, ext, float(str(tile.meta["vegetation_fraction"]))
 
 
 def _encode(image: np.ndarray, ext: str) -> bytes:
@@ -86,7 +86,7 @@ def measure(data: Path, count: int) -> dict[str, float]:
         if cursor is None:
             break
     started = time.perf_counter()
-    decode_all(((r.id, repository.image_bytes(r)) for r in records), len(records))
+    decode_all(((r.id, repository.image_bytes(r), r.layout) for r in records), len(records))
     decode_s = time.perf_counter() - started
     profile = load_reference_profile(PROFILE)
     runs = {}

@@ -149,7 +149,7 @@ def cpu_peak_gflops() -> float:
 
 
 def run(runs: int, requests: int) -> dict[str, object]:
-    tile = generate_tile(3, 0, 360, 480)[0].image
+    tile = generate_tile(3, 0, 360, 480)[0].rgb
     body = encode_png(tile)
     results: dict[str, object] = {"cpu_count": os.cpu_count(), "tile": "360x480", "runs": runs}
     steps = tqdm(total=7, desc="benchmark", unit="step")
@@ -195,7 +195,7 @@ def run(runs: int, requests: int) -> dict[str, object]:
     results["cpu_peak_gflops"] = cpu_peak_gflops()
     steps.update()
 
-    big = np.ascontiguousarray(np.tile(generate_tile(3, 1, 1000, 1000)[0].image, (3, 4, 1)))
+    big = np.ascontiguousarray(np.tile(generate_tile(3, 1, 1000, 1000)[0].rgb, (3, 4, 1)))
     big_body = encode_png(big)
     with service() as (url, pid), httpx.Client(timeout=300) as client:
         rss_before = peak_rss_mib(pid)

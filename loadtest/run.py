@@ -206,7 +206,7 @@ def physical_limit() -> dict[str, float]:
     from cropseg_core.segmenter import OnnxSegmenter
     from cropseg_model.synth import generate_tile
 
-    tile = generate_tile(3, 0, 360, 480)[0].image
+    tile = generate_tile(3, 0, 360, 480)[0].rgb
     segmenter = OnnxSegmenter(MODEL)
     segmenter.load()
     bare_s = statistics.median(timed(lambda: segmenter.predict(tile[None]), 30))

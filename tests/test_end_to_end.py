@@ -31,7 +31,7 @@ def upload_and_segment(client: httpx.Client, count: int, seed: int, brightness: 
     ids = []
     for index in range(count):
         tile = generate_tile(seed, index)[0]
-        image = np.clip(tile.image.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+        image = np.clip(tile.rgb.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
         response = client.post("/api/v1/images", content=png(image), headers={"content-type": "image/png"})
         assert response.status_code in (200, 201), response.text
         image_id = response.json()["id"]
@@ -85,7 +85,7 @@ def test_journey_upload_label_segment_evaluate_then_drift(system: Stack) -> None
 
 def test_inference_killed_mid_request_gives_a_clear_answer_then_recovers(system: Stack) -> None:
     storage = system.urls()["storage"]
-    field = generate_tile(44, 0)[0].image
+    field = generate_tile(44, 0)[0].rgb
     big = png(np.ascontiguousarray(np.tile(field, (6, 5, 1))))  # 2160x2400: a few seconds of inference
     with httpx.Client(base_url=storage, timeout=120) as client:
         image_id = client.post("/api/v1/images", content=big, headers={"content-type": "image/png"}).json()[
@@ -114,7 +114,7 @@ def test_inference_killed_mid_request_gives_a_clear_answer_then_recovers(system:
 
 def test_storage_killed_during_uploads_loses_no_acknowledged_upload(system: Stack) -> None:
     storage = system.urls()["storage"]
-    bodies = [png(generate_tile(45, i)[0].image) for i in range(30)]
+    bodies = [png(generate_tile(45, i)[0].rgb) for i in range(30)]
     acknowledged: dict[str, bytes] = {}
 
     def upload(body: bytes) -> None:
@@ -150,7 +150,7 @@ def test_drift_run_with_an_unreadable_image_reports_and_skips_it(system: Stack) 
     storage = system.urls()["storage"]
     image_id = httpx.post(
         f"{storage}/api/v1/images",
-        content=png(generate_tile(46, 0)[0].image),
+        content=png(generate_tile(46, 0)[0].rgb),
         headers={"content-type": "image/png"},
     ).json()["id"]
     path = Path(system.config.data) / "images" / image_id[:2] / f"{image_id}.png"

@@ -49,7 +49,7 @@ def test_upload_segment_drift_and_status_pages(browser: Browser, system: Stack, 
     # a drift report to show: enough segmented uploads, then the CronJob's command
     with httpx.Client(base_url=storage, timeout=60) as client:
         for index in range(22):
-            image = np.ascontiguousarray(generate_tile(52, index)[0].image)
+            image = np.ascontiguousarray(generate_tile(52, index)[0].rgb)
             stored = client.post(
                 "/api/v1/images", content=encode_png(image), headers={"content-type": "image/png"}
             )

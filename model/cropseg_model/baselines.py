@@ -1,65 +1,39 @@
-"""The seed's traditional techniques, vectorised.
+"""The simple methods the model must beat, vectorised, on images in the model's bands.
 
 * **ExG + Otsu**: excess green ``2g - r - b`` on chromaticity coordinates, thresholded per
-  image by Otsu's method (maximum between-class variance of a 256-bin histogram).
+  image by Otsu's method: what QGIS, OpenDroneMap or Pix4Dfields offer for true colour.
+* **NDVI + Otsu**: the same on NDVI = (NIR - R) / (NIR + R), for every layout with a
+  near-infrared band.
 * **Green filter + k-means**: pixels whose green channel dominates are candidates; k-means
   with k = 2 on (excess green, excess red) splits them into vegetation and the rest. The
   seed used this to make pseudo-labels; here it runs in a handful of numpy passes instead
   of a Python loop over pixels.
 
-Both return uint8 masks (255 = vegetation) and treat black out-of-field pixels as soil.
-Both assume true-colour RGB: on colour-infrared composites leaves are not green, which is
-one reason the U-Net exists.
+Each returns a uint8 mask (255 = vegetation) and treats black out-of-field pixels as soil.
+The indices and Otsu's method live in :mod:`cropseg_core.indices` (the pipeline uses them
+too); :func:`baselines_for` says which apply to a layout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-BLACK_LEVEL = 2
+from cropseg_core.bands import Layout
+from cropseg_core.indices import BLACK_LEVEL, chromaticity, excess_green, ndvi, threshold_otsu
+
+Baseline = Callable[[np.ndarray], np.ndarray]
 
 
-def chromaticity(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W, 3) float32 r, g, b with r + g + b = 1 (0 on black)."""
-    rgb = image.astype(np.float32)
-    total = rgb.sum(axis=2, keepdims=True)
-    return np.divide(rgb, total, out=np.zeros_like(rgb), where=total > 0)
+def exg_otsu(bands: np.ndarray) -> np.ndarray:
+    """Excess green thresholded with Otsu over the in-field pixels (true colour)."""
+    return threshold_otsu(excess_green(bands[..., :3]), bands[..., :3].max(axis=2) > BLACK_LEVEL)
 
 
-def excess_green(image: np.ndarray) -> np.ndarray:
-    c = chromaticity(image)
-    return 2 * c[..., 1] - c[..., 0] - c[..., 2]
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D sample: maximises the between-class variance."""
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return high
-    hist, edges = np.histogram(values, bins=bins, range=(low, high))
-    centres = (edges[:-1] + edges[1:]) / 2
-    weight_low = np.cumsum(hist)
-    weight_high = weight_low[-1] - weight_low
-    sum_low = np.cumsum(hist * centres)
-    mean_low = sum_low / np.maximum(weight_low, 1)
-    mean_high = (sum_low[-1] - sum_low) / np.maximum(weight_high, 1)
-    between = weight_low * weight_high * (mean_low - mean_high) ** 2
-    # Empty bins between two modes give a plateau of equal scores: take its middle rather
-    # than its first bin, so the threshold sits between the modes, not at the edge of one.
-    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
-    return float(edges[(best[0] + best[-1]) // 2 + 1])
-
-
-def exg_otsu(image: np.ndarray) -> np.ndarray:
-    """Excess green thresholded with Otsu over the in-field pixels."""
-    in_field = image.max(axis=2) > BLACK_LEVEL
-    mask = np.zeros(image.shape[:2], np.uint8)
-    if not in_field.any():
-        return mask
-    exg = excess_green(image)
-    threshold = otsu_threshold(exg[in_field])
-    mask[(exg > threshold) & in_field] = 255
-    return mask
+def ndvi_otsu(bands: np.ndarray) -> np.ndarray:
+    """NDVI thresholded with Otsu over the in-field pixels (needs NIR and red)."""
+    return threshold_otsu(ndvi(bands), bands.max(axis=2) > BLACK_LEVEL)
 
 
 def kmeans(points: np.ndarray, k: int = 2, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +53,9 @@ def kmeans(points: np.ndarray, k: int = 2, iterations: int = 20) -> tuple[np.nda
     return labels, centres
 
 
-def green_kmeans(image: np.ndarray) -> np.ndarray:
+def green_kmeans(bands: np.ndarray) -> np.ndarray:
     """Green filter, then k-means (k = 2) on excess green and excess red of the candidates."""
+    image = bands[..., :3]
     c = chromaticity(image)
     in_field = image.max(axis=2) > BLACK_LEVEL
     green = in_field & (c[..., 1] > c[..., 0]) & (c[..., 1] > c[..., 2])
@@ -98,4 +73,15 @@ def green_kmeans(image: np.ndarray) -> np.ndarray:
     return mask
 
 
-BASELINES = {"exg_otsu": exg_otsu, "green_kmeans": green_kmeans}
+BASELINES: dict[str, Baseline] = {"exg_otsu": exg_otsu, "ndvi_otsu": ndvi_otsu, "green_kmeans": green_kmeans}
+
+
+def baselines_for(layout: Layout) -> dict[str, Baseline]:
+    """The baselines a layout's bands allow: ExG and k-means need red, green and blue; NDVI
+    needs NIR and red."""
+    names = []
+    if all(layout.present()[:3]):
+        names += ["exg_otsu", "green_kmeans"]
+    if layout.has("nir") and layout.has("red"):
+        names.append("ndvi_otsu")
+    return {name: BASELINES[name] for name in names}

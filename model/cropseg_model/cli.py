@@ -1,7 +1,8 @@
 """``cropseg-model``: the model pipeline from the command line.
 
     cropseg-model generate --count 100 --seed 7 --out var/data/tiles
-    cropseg-model train --data var/model/train --val var/model/val --out var/model/unet.pt
+    cropseg-model train --data var/model/train --data model/data/real/ews/train:0.5 \
+        --val var/model/val --val model/data/real/ews/select --out var/model/unet.pt
     cropseg-model export --checkpoint var/model/unet.pt --out model/artifacts/cropseg-unet.onnx
     cropseg-model evaluate --model model/artifacts/cropseg-unet.onnx --data var/model/eval
     cropseg-model profile --model ... --data var/model/reference --out model/artifacts/reference_profile.npz
@@ -19,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cropseg_core.bands import LAYOUTS
 from cropseg_core.files import write_json
 from cropseg_core.log import configure_logging
 from cropseg_model.datasets import DatasetError
@@ -74,16 +76,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
         width=args.width,
         workers=args.workers,
         progress=not args.quiet,
+        layout_files=args.layout_files,
     )
-    sensors: dict[str, int] = {}
+    layouts: dict[str, int] = {}
     for item in meta:
-        sensors[str(item["sensor"])] = sensors.get(str(item["sensor"]), 0) + 1
-    print(f"wrote {len(meta)} tiles to {args.out} (sensors: {sensors})")
+        layouts[str(item["file_layout"])] = layouts.get(str(item["file_layout"]), 0) + 1
+    print(f"wrote {len(meta)} tiles to {args.out} (file layouts: {layouts})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     _require_torch()
-    from cropseg_model.train import TrainConfig, train
+    from cropseg_model.train import TrainConfig, parse_source, train
 
     config = TrainConfig(
         steps=args.steps,
@@ -92,9 +95,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         lr=args.lr,
         seed=args.seed,
         val_every=args.val_every,
-        val_fraction=args.val_fraction,
     )
-    report = train(args.data, args.val, args.out, config, init=args.init, progress=not args.quiet)
+    sources = [parse_source(text) for text in args.data]
+    for source in sources:
+        if not source.folder.exists():
+            raise UsageError(f"{source.folder} does not exist")
+    report = train(sources, args.val, args.out, config, init=args.init, progress=not args.quiet)
     write_json(args.out.with_suffix(".json"), report)
     best = report["best"]
     assert isinstance(best, dict)
@@ -108,7 +114,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     _require_torch()
     from cropseg_model.export import export_checkpoint
 
-    result = export_checkpoint(args.checkpoint, args.out, args.name, args.version, args.calibrate)
+    result = export_checkpoint(
+        args.checkpoint, args.out, args.name, args.version, args.calibrate, args.working_gsd_mm
+    )
     if args.report:
         write_json(args.report, result)
     print(json.dumps(result, indent=2))
@@ -142,7 +150,13 @@ def cmd_pseudo_label(args: argparse.Namespace) -> None:
     from cropseg_model.pseudolabel import pseudo_label
 
     result = pseudo_label(
-        args.model, args.images, args.out, args.confidence, args.min_agree, progress=not args.quiet
+        args.model,
+        args.images,
+        args.out,
+        args.confidence,
+        args.min_agree,
+        progress=not args.quiet,
+        layout=args.layout,
     )
     print(
         f"pseudo-labelled {result['images']} images into {args.out}; "
@@ -180,17 +194,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=_positive, default=360)
     p.add_argument("--width", type=_positive, default=480)
     p.add_argument("--workers", type=_positive, default=None, help="processes (default: CPU count)")
+    p.add_argument(
+        "--layout-files",
+        action="store_true",
+        help="write each tile in its own sensor layout (as users send them) instead of all four bands",
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="train the U-Net (needs the train extra)")
-    p.add_argument("--data", type=_existing, required=True, help="training folder (any readable layout)")
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR[:WEIGHT]",
+        help="training folder (repeatable), drawn from in proportion to WEIGHT (default 1)",
+    )
     p.add_argument(
         "--val",
         type=_existing,
-        default=None,
-        help="validation folder (default: hold out --val-fraction of --data)",
+        action="append",
+        required=True,
+        help="folder to choose the checkpoint on (repeatable; the mean IoU counts); "
+        "never a split you report as final evaluation",
     )
-    p.add_argument("--val-fraction", type=_probability, default=0.1)
     p.add_argument(
         "--out", type=Path, required=True, help="checkpoint path (.pt); a .json report goes beside it"
     )
@@ -212,8 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibrate",
         type=_existing,
-        default=None,
-        help="labelled validation folder: store the threshold with the best IoU in the model",
+        action="append",
+        default=[],
+        help="labelled selection folder (repeatable): store the threshold with the best mean IoU",
+    )
+    p.add_argument(
+        "--working-gsd-mm",
+        type=float,
+        default=1.0,
+        help="ground sampling distance (mm/px) the model works best at, stored in the file (default 1)",
     )
     p.set_defaults(func=cmd_export)
 
@@ -237,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--confidence", type=_probability, default=0.85)
     p.add_argument("--min-agree", type=int, choices=[0, 1, 2], default=1)
+    p.add_argument("--layout", choices=list(LAYOUTS), default="rgb", help="sensor layout of the images")
     p.set_defaults(func=cmd_pseudo_label)
 
     p = sub.add_parser("card", help="write metrics.json and the model card from the pipeline's reports")

@@ -1,10 +1,13 @@
 """Reading and writing segmentation datasets on disk.
 
-Two layouts are read, both yielding RGB uint8 images with a vegetation mask:
+Folder layouts read, all yielding images in the model's bands (uint8 (H, W, 4) red, green,
+blue, NIR: :mod:`cropseg_core.bands`) with a vegetation mask:
 
 * **paired**: ``images/<stem>.<png|jpg|tif>`` and ``masks/<stem>.png`` (255 = vegetation,
   128 = ignore, e.g. unsure pseudo-labels; images without a mask are allowed when labels are
-  not needed). This is what ``generate`` and ``pseudo-label`` write.
+  not needed). This is what ``generate`` and ``pseudo-label`` write. The sensor layout of
+  each file comes from ``metadata.jsonl`` (``file_layout``) when there is one; otherwise a
+  4-channel file is ``rgbn`` and anything else ``rgb``.
 * **flat**: a folder of images without masks, accepted where labels are not needed
   (pseudo-labelling).
 * **WeedMap**: the tile layout of the WeedMap dataset the seed project used, found anywhere
@@ -17,13 +20,15 @@ All decoding goes through :func:`cropseg_core.imaging.decode_image`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cropseg_core.imaging import DecodedImage, ImageDecodeError, decode_image
+from cropseg_core.bands import LayoutError, get_layout, to_model_bands
+from cropseg_core.imaging import DecodedImage, ImageDecodeError, decode_channels, decode_image
 from cropseg_core.masks import IGNORE
 from cropseg_core.settings import ImageLimits
 
@@ -42,9 +47,11 @@ class Sample:
     name: str
     image_path: Path
     mask_path: Path | None
+    layout: str | None = None
+    """The file's sensor layout (None: from its channel count)."""
 
     def load(self) -> tuple[np.ndarray, np.ndarray | None]:
-        image = read_image(self.image_path)
+        image = read_bands(self.image_path, self.layout)
         if self.mask_path is None:
             return image, None
         mask = read_mask(self.mask_path)
@@ -64,7 +71,28 @@ def _decode(path: Path) -> DecodedImage:
 
 
 def read_image(path: Path) -> np.ndarray:
+    """The picture as RGB uint8 (for people and for the drift features)."""
     return _decode(path).pixels
+
+
+def read_bands(path: Path, layout: str | None = None) -> np.ndarray:
+    """The image in the model's bands, read in ``layout`` (None: rgbn for 4 channels, else rgb)."""
+    try:
+        channels = decode_channels(path.read_bytes(), _LIMITS).pixels
+        if layout is None:
+            layout = "rgbn" if channels.shape[2] == 4 else "rgb"
+        return to_model_bands(channels, get_layout(layout))
+    except (ImageDecodeError, LayoutError) as e:
+        raise DatasetError(f"{path}: {e}") from e
+
+
+def file_layouts(root: Path) -> dict[str, str]:
+    """Sensor layout of each file named in ``root/metadata.jsonl`` (``file_layout``), if any."""
+    path = root / "metadata.jsonl"
+    if not path.is_file():
+        return {}
+    entries = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {e["name"]: e["file_layout"] for e in entries if "file_layout" in e}
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -102,6 +130,7 @@ def discover(root: Path, *, require_masks: bool = True) -> list[Sample]:
 
 def _paired(root: Path, require_masks: bool) -> list[Sample]:
     masks = {p.stem: p for p in (root / "masks").glob("*.png")} if (root / "masks").is_dir() else {}
+    layouts = file_layouts(root)
     samples = []
     for path in sorted((root / "images").iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -109,7 +138,7 @@ def _paired(root: Path, require_masks: bool) -> list[Sample]:
         mask = masks.get(path.stem)
         if mask is None and require_masks:
             raise DatasetError(f"{path} has no mask: expected {root / 'masks' / (path.stem + '.png')}")
-        samples.append(Sample(path.stem, path, mask))
+        samples.append(Sample(path.stem, path, mask, layouts.get(path.stem)))
     return samples
 
 
@@ -137,7 +166,7 @@ def _weedmap(root: Path, require_masks: bool) -> list[Sample]:
 def load_masked(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     """Load image and mask; WeedMap colour labels are converted to the binary mask."""
     if sample.mask_path is not None and sample.mask_path.name.endswith("_GroundTruth_color.png"):
-        image = read_image(sample.image_path)
+        image = read_bands(sample.image_path, "rgb")
         mask = read_weedmap_label(sample.mask_path)
         if mask.shape != image.shape[:2]:
             raise DatasetError(f"{sample.mask_path}: label size differs from its image")

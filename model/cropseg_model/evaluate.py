@@ -1,8 +1,24 @@
-"""Side-by-side evaluation of the ONNX U-Net and the two baselines on a labelled folder."""
+"""Side-by-side evaluation of what users get: the segmentation pipeline (band mapping,
+working resolution, tiles, the ONNX model, resize back, threshold; exactly what the API
+runs) against the simple baselines each layout allows, on labelled folders.
+
+Per folder it scores:
+
+* every requested **layout**: each image is written in that layout's channels first (a
+  four-band synthetic tile becomes a CIR, red/NIR... file), then read back through the
+  pipeline as a user's file would be; the baselines see the same bands;
+* a **scale** sweep (``--scales``): image and mask are first shrunk (area average; mask by
+  majority), as a coarser ground sampling distance would show them;
+* an **enlargement** check (``--enlarge``): images enlarged as a high-resolution photo of
+  the same scene would be; the pipeline with its automatic working resolution against the
+  same pipeline forced to full resolution.
+
+Scores are vegetation IoU and pixel accuracy per image, then means (non-black: leaving out
+tiles entirely out of field, where every method scores 1 trivially).
+"""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -12,90 +28,179 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cropseg_core.bands import LAYOUTS, Layout, from_model_bands
 from cropseg_core.masks import IGNORE, MaskScore, score
+from cropseg_core.pipeline import Pipeline, PipelineConfig, Segmentation
 from cropseg_core.segmenter import OnnxSegmenter
-from cropseg_model.baselines import BASELINES
+from cropseg_model.baselines import baselines_for
 from cropseg_model.datasets import discover, load_masked
 from cropseg_model.metrics import summarise
 
 EXPOSURE_GAINS = (0.5, 0.7, 1.0, 1.4, 2.0)
-METHOD_LABELS = {"unet": "U-Net (ONNX)", "exg_otsu": "ExG + Otsu", "green_kmeans": "Green filter + k-means"}
+METHOD_LABELS = {
+    "unet": "cropseg pipeline (U-Net)",
+    "exg_otsu": "ExG + Otsu",
+    "ndvi_otsu": "NDVI + Otsu",
+    "green_kmeans": "Green filter + k-means",
+}
+Method = Callable[[np.ndarray], np.ndarray]
 
 
-def _groups(root: Path) -> dict[str, str]:
-    """Sensor of each generated tile (from metadata.jsonl), for a per-sensor breakdown."""
-    path = root / "metadata.jsonl"
-    if not path.exists():
-        return {}
-    return {m["name"]: m["sensor"] for m in map(json.loads, path.read_text().splitlines())}
+def shrink(bands: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Image and mask at ``factor`` of their size: area-averaged bands, majority-vote mask."""
+    height, width = mask.shape
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    small = np.dstack(
+        [cv2.resize(bands[..., i], size, interpolation=cv2.INTER_AREA) for i in range(bands.shape[2])]
+    )
+    votes = cv2.resize((mask > 127).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return small, np.where(votes >= 0.5, 255, 0).astype(np.uint8)
+
+
+def enlarge(bands: np.ndarray, mask: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image (bicubic) and mask (nearest) ``factor`` times larger: a closer, sharper photo."""
+    height, width = mask.shape
+    size = (width * factor, height * factor)
+    big = np.dstack(
+        [cv2.resize(bands[..., i], size, interpolation=cv2.INTER_CUBIC) for i in range(bands.shape[2])]
+    )
+    return big, cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+
+
+class Evaluator:
+    """The model through the pipeline, plus the baselines, on one machine and one thread."""
+
+    def __init__(
+        self, model: Path, threshold: float | None = None, config: PipelineConfig | None = None
+    ) -> None:
+        self.segmenter = OnnxSegmenter(model)
+        self.info = self.segmenter.load()
+        self.threshold = self.info.threshold if threshold is None else threshold
+        self.config = config or PipelineConfig(model_gsd_mm=self.info.working_gsd_mm)
+        self.pipeline = Pipeline(self.config)
+        self.full_resolution = Pipeline(PipelineConfig(
+            self.config.tile_size, self.config.tile_overlap, 0, self.config.model_gsd_mm))  # fmt: skip
+
+    def run(self, channels: np.ndarray, layout: Layout, pipeline: Pipeline | None = None) -> Segmentation:
+        """What the API computes for this file (its channels as stored) in this layout."""
+        used = pipeline or self.pipeline
+        return used.run(self.segmenter.predict, channels, self.threshold, layout)
+
+    def segment(self, channels: np.ndarray, layout: Layout, pipeline: Pipeline | None = None) -> np.ndarray:
+        """What the API answers for this file in this layout: the mask at the file's size."""
+        return self.run(channels, layout, pipeline).mask
+
+    def methods(self, layout: Layout) -> dict[str, Method]:
+        def unet(bands: np.ndarray) -> np.ndarray:
+            return self.segment(from_model_bands(bands, layout), layout)
+
+        return {"unet": unet, **baselines_for(layout)}
+
+
+def _as_layout(bands: np.ndarray, layout: Layout) -> np.ndarray:
+    """The bands as a file in ``layout`` would give them back (absent bands 0)."""
+    return bands * np.array(layout.present(), np.uint8)
 
 
 def evaluate(
-    model: Path, data: Path, progress: bool = True, threshold: float | None = None, robustness: bool = False
+    model: Path,
+    data: Path,
+    *,
+    layouts: list[str] | None = None,
+    scales: tuple[float, ...] = (),
+    enlarge_factors: tuple[int, ...] = (),
+    threshold: float | None = None,
+    robustness: bool = False,
+    progress: bool = True,
+    evaluator: Evaluator | None = None,
 ) -> dict[str, object]:
-    """Score every method on every image of ``data``; returns overall and per-sensor means.
+    """Score the pipeline and the baselines on every labelled image of ``data``.
 
-    With ``robustness`` the U-Net and ExG + Otsu are also scored on copies of each image
-    darkened or brightened by the ``EXPOSURE_GAINS`` (then clipped): a network keyed on
-    absolute colour would lose accuracy as soon as the exposure differs from training.
+    ``layouts`` defaults to rgb for three-channel folders and every layout for four-band
+    ones. Returns per-layout method summaries, per-scale and per-enlargement IoU, and with
+    ``robustness`` the IoU under exposure gains.
     """
-    segmenter = OnnxSegmenter(model)
-    info = segmenter.load()
-    threshold = info.threshold if threshold is None else threshold
-    methods: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-        "unet": lambda image: segmenter.segment(image, threshold),
-        **BASELINES,
-    }
-    groups = _groups(data)
-    scores: dict[str, list[MaskScore]] = defaultdict(list)
-    by_group: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
-    seconds: dict[str, float] = defaultdict(float)
+    evaluator = evaluator or Evaluator(model, threshold)
+    samples = discover(data)
+    scores: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
+    seconds: dict[tuple[str, str], float] = defaultdict(float)
+    by_scale: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
+    by_enlargement: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
+    exposure: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
     errors: dict[str, int] = defaultdict(int)
     edge: dict[str, int] = defaultdict(int)
-    exposure: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
-    samples = discover(data)
-    for sample in tqdm(samples, desc="evaluating", unit="img", disable=not progress):
-        image, truth = load_masked(sample)
-        for name, method in methods.items():
-            started = time.perf_counter()
-            prediction = method(image)
-            seconds[name] += time.perf_counter() - started
-            result = score(prediction, truth, image)
-            scores[name].append(result)
-            wrong, near_edge = edge_errors(prediction, truth)
-            errors[name] += wrong
-            edge[name] += near_edge
-            if sample.name in groups:
-                by_group[(groups[sample.name], name)].append(result)
+    chosen: list[str] | None = layouts
+    for sample in tqdm(samples, desc=f"evaluating {data.name}", unit="img", disable=not progress):
+        bands, truth = load_masked(sample)
+        if chosen is None:
+            chosen = list(LAYOUTS) if bands[..., 3].any() else ["rgb"]
+        for name in chosen:
+            layout = LAYOUTS[name]
+            view = _as_layout(bands, layout)
+            for method, run in evaluator.methods(layout).items():
+                started = time.perf_counter()
+                prediction = run(view)
+                seconds[(name, method)] += time.perf_counter() - started
+                scores[(name, method)].append(score(prediction, truth, view))
+                if name == chosen[0]:
+                    wrong, near_edge = edge_errors(prediction, truth)
+                    errors[method] += wrong
+                    edge[method] += near_edge
+        first = LAYOUTS[chosen[0]]
+        view = _as_layout(bands, first)
+        methods = evaluator.methods(first)
+        for factor in scales:
+            small, small_truth = shrink(view, truth, factor)
+            for method, run in methods.items():
+                by_scale[(f"{factor:g}", method)].append(score(run(small), small_truth, small))
+        for factor in enlarge_factors:
+            big, big_truth = enlarge(view, truth, factor)
+            channels = from_model_bands(big, first)
+            by_enlargement[(str(factor), "unet_auto")].append(
+                score(evaluator.segment(channels, first), big_truth)
+            )
+            fixed = evaluator.segment(channels, first, evaluator.full_resolution)
+            by_enlargement[(str(factor), "unet_full_resolution")].append(score(fixed, big_truth))
+            baseline = next(iter(baselines_for(first).values()))
+            by_enlargement[(str(factor), "baseline")].append(score(baseline(big), big_truth))
         for gain in EXPOSURE_GAINS if robustness else ():
-            shifted = np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-            for name in ("unet", "exg_otsu"):
-                exposure[(f"{gain:g}", name)].append(score(methods[name](shifted), truth, image))
+            shifted = np.clip(view.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+            for method in ("unet", "exg_otsu"):
+                if method in methods:
+                    exposure[(f"{gain:g}", method)].append(score(methods[method](shifted), truth, view))
+    assert chosen is not None
     report: dict[str, object] = {
         "data": str(data),
         "model": str(model),
-        "threshold": threshold,
-        "methods": {
+        "threshold": evaluator.threshold,
+        "auto_leaf_px": evaluator.config.auto_leaf_px,
+        "layouts": {
             name: {
-                **summarise(items),
-                "seconds_per_image": seconds[name] / len(items),
-                "wrong_pixels_within_1px_of_edge": edge[name] / max(errors[name], 1),
+                method: {
+                    **summarise(items),
+                    "seconds_per_image": seconds[(name, method)] / len(items),
+                }
+                for (layout_name, method), items in scores.items()
+                if layout_name == name
             }
-            for name, items in scores.items()
+            for name in chosen
         },
-        "by_sensor": {
-            f"{group}/{name}": summarise(items) for (group, name), items in sorted(by_group.items())
-        },
+        "wrong_pixels_within_1px_of_edge": {m: edge[m] / max(errors[m], 1) for m in errors},
     }
+    if scales:
+        report["scales"] = _iou_table(by_scale)
+    if enlarge_factors:
+        report["enlargement"] = _iou_table(by_enlargement)
     if robustness:
-        report["exposure_robustness"] = {
-            f"{gain:g}": {
-                name: float(summarise(exposure[(f"{gain:g}", name)])["iou_non_black"])
-                for name in ("unet", "exg_otsu")
-            }
-            for gain in EXPOSURE_GAINS
-        }
+        report["exposure_robustness"] = _iou_table(exposure)
     return report
+
+
+def _iou_table(groups: dict[tuple[str, str], list[MaskScore]]) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = defaultdict(dict)
+    for (key, method), items in groups.items():
+        table[key][method] = float(summarise(items)["iou_non_black"])
+    return dict(table)
 
 
 def edge_errors(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
@@ -108,21 +213,36 @@ def edge_errors(prediction: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
     return int(wrong.sum()), int((wrong & near_edge).sum())
 
 
-def robustness_table(robustness: dict[str, dict[str, float]]) -> str:
-    rows = ["| exposure gain | " + " | ".join(robustness) + " |", "|---|" + "---:|" * len(robustness)]
-    for name in ("unet", "exg_otsu"):
-        cells = " | ".join(f"{robustness[g][name]:.3f}" for g in robustness)
-        rows.append(f"| {METHOD_LABELS[name]} | {cells} |")
+def _ordered(methods: list[str]) -> list[str]:
+    return sorted(methods, key=lambda n: list(METHOD_LABELS).index(n) if n in METHOD_LABELS else 99)
+
+
+def layout_table(reports: dict[str, dict[str, object]]) -> str:
+    """One row per (set, layout): IoU (non-black) of the pipeline and each applicable baseline,
+    and the pipeline's margin over the best baseline."""
+    methods = ["unet", "exg_otsu", "ndvi_otsu", "green_kmeans"]
+    header = "| set | layout | images | " + " | ".join(METHOD_LABELS[m] for m in methods)
+    rows = [header + " | margin over best baseline |", "|---|---|---:|" + "---:|" * (len(methods) + 1)]
+    for set_name, report in reports.items():
+        layouts = report["layouts"]
+        assert isinstance(layouts, dict)
+        for layout, by_method in layouts.items():
+            cells = [f"{by_method[m]['iou_non_black']:.3f}" if m in by_method else "–" for m in methods]
+            best = max(by_method[m]["iou_non_black"] for m in by_method if m != "unet")
+            margin = by_method["unet"]["iou_non_black"] - best
+            images = by_method["unet"]["non_black_images"]
+            rows.append(f"| {set_name} | {layout} | {images} | " + " | ".join(cells) + f" | {margin:+.3f} |")
     return "\n".join(rows)
 
 
-def markdown_table(report: dict[str, object]) -> str:
-    """The README/model-card table: one row per method."""
-    methods = report["methods"]
-    assert isinstance(methods, dict)
+def markdown_table(report: dict[str, object], layout: str = "rgb") -> str:
+    """The classic table for one layout: IoU and accuracy (non-black and all), ms / image."""
+    layouts = report["layouts"]
+    assert isinstance(layouts, dict)
+    methods = layouts[layout]
     columns = ["IoU (non-black)", "pixel accuracy (non-black)", "IoU (all)", "pixel accuracy (all)"]
     rows = ["| method | " + " | ".join(columns) + " | ms / image |", "|---|" + "---:|" * (len(columns) + 1)]
-    for name in sorted(methods, key=lambda n: list(METHOD_LABELS).index(n) if n in METHOD_LABELS else 99):
+    for name in _ordered(list(methods)):
         m = methods[name]
         values = [m["iou_non_black"], m["pixel_accuracy_non_black"], m["iou"], m["pixel_accuracy"]]
         cells = " | ".join(f"{v:.3f}" for v in values)
@@ -130,19 +250,18 @@ def markdown_table(report: dict[str, object]) -> str:
     return "\n".join(rows)
 
 
-def sensor_table(report: dict[str, object]) -> str:
-    by_sensor = report["by_sensor"]
-    assert isinstance(by_sensor, dict)
-    if not by_sensor:
-        return ""
-    sensors = sorted({key.split("/")[0] for key in by_sensor})
-    names = [n for n in METHOD_LABELS if any(k.endswith("/" + n) for k in by_sensor)]
-    rows = [
-        "| sensor | images | " + " | ".join(METHOD_LABELS[n] for n in names) + " |",
-        "|---|---:|" + "---:|" * len(names),
-    ]
-    for sensor in sensors:
-        count = by_sensor[f"{sensor}/unet"]["non_black_images"] if f"{sensor}/unet" in by_sensor else 0
-        cells = [f"{by_sensor[f'{sensor}/{n}']['iou_non_black']:.3f}" for n in names]
-        rows.append(f"| {sensor} | {count} | " + " | ".join(cells) + " |")
+def sweep_table(table: dict[str, dict[str, float]], key_label: str, labels: dict[str, str]) -> str:
+    keys = sorted(table, key=float)
+    methods = [m for m in labels if any(m in table[k] for k in keys)]
+    rows = [f"| {key_label} | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    for method in methods:
+        cells = " | ".join(f"{table[k][method]:.3f}" if method in table[k] else "–" for k in keys)
+        rows.append(f"| {labels[method]} | {cells} |")
     return "\n".join(rows)
+
+
+ENLARGEMENT_LABELS = {
+    "unet_auto": "pipeline, automatic working resolution",
+    "unet_full_resolution": "pipeline forced to full resolution",
+    "baseline": "the layout's index + Otsu",
+}

@@ -12,13 +12,15 @@ import numpy as np
 import onnx
 import torch
 
+from cropseg_core.bands import LAYOUTS, MODEL_BANDS
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import score
+from cropseg_core.pipeline import DEFAULT_MODEL_GSD_MM
 from cropseg_core.segmenter import DEFAULT_THRESHOLD, INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
 from cropseg_model.metrics import summarise
 from cropseg_model.synth import generate_tile
 from cropseg_model.train import load_checkpoint, load_pairs, predict_probabilities
-from cropseg_model.unet import ExportedSegmenter, UNet
+from cropseg_model.unet import BANDS, ExportedSegmenter, UNet
 
 log = logging.getLogger(__name__)
 # On probabilities in [0, 1]. The per-image statistics are float32 sums over every pixel
@@ -35,7 +37,7 @@ def export_onnx(net: torch.nn.Module, out: Path, metadata: dict[str, str]) -> No
     wrapper = ExportedSegmenter(net).eval()  # type: ignore[arg-type]
     for noisy in ("onnxscript", "onnx_ir"):  # they log every graph rewrite at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    example = torch.zeros((1, 360, 480, 3), dtype=torch.uint8)
+    example = torch.zeros((1, 360, 480, BANDS), dtype=torch.uint8)
     dims = {
         0: torch.export.Dim("batch", max=1024),
         1: torch.export.Dim("height", max=8192),
@@ -63,17 +65,23 @@ def export_onnx(net: torch.nn.Module, out: Path, metadata: dict[str, str]) -> No
     for key, value in sorted(metadata.items()):
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    model.doc_string = "cropseg U-Net: uint8 RGB (N,H,W,3) -> vegetation probability (N,1,H,W)"
+    model.doc_string = (
+        "cropseg U-Net: uint8 bands red, green, blue, NIR (N,H,W,4; 0 where absent) "
+        "-> vegetation probability (N,1,H,W)"
+    )
     onnx.checker.check_model(model)
     write_atomic(out, model.SerializeToString())
 
 
 def parity_inputs(seed: int = 123) -> list[np.ndarray]:
-    """Random noise of awkward sizes plus generated tiles, as uint8 NHWC batches."""
+    """Random noise of awkward sizes plus generated tiles in every layout, as uint8 NHWC batches."""
     rng = np.random.default_rng(seed)
-    batches = [rng.integers(0, 256, (1, h, w, 3), dtype=np.uint8) for h, w in ((360, 480), (33, 47), (1, 1))]
-    batches.append(rng.integers(0, 256, (3, 64, 96, 3), dtype=np.uint8))
-    batches.append(np.stack([generate_tile(seed, i)[0].image for i in range(2)]))
+    sizes = ((360, 480), (33, 47), (1, 1))
+    batches = [rng.integers(0, 256, (1, h, w, BANDS), dtype=np.uint8) for h, w in sizes]
+    batches.append(rng.integers(0, 256, (3, 64, 96, BANDS), dtype=np.uint8))
+    tiles = [generate_tile(seed, i)[0].image for i in range(2)]
+    for layout in LAYOUTS.values():
+        batches.append(np.stack(tiles) * np.array(layout.present(), np.uint8))
     return batches
 
 
@@ -99,35 +107,50 @@ def check_parity(net: torch.nn.Module, onnx_path: Path) -> float:
 
 
 def calibrate_threshold(
-    net: UNet, pairs: list[tuple[np.ndarray, np.ndarray]]
+    net: UNet, sets: list[list[tuple[np.ndarray, np.ndarray]]]
 ) -> tuple[float, dict[str, float]]:
-    """The probability threshold with the best mean IoU (non-black) on validation ``pairs``."""
-    probabilities = predict_probabilities(net, [image for image, _ in pairs], torch.device("cpu"))
+    """The probability threshold with the best IoU (non-black; mean over the ``sets``, each
+    the mean over its images) on selection folders."""
+    probabilities = [
+        predict_probabilities(net, [image for image, _ in pairs], torch.device("cpu")) for pairs in sets
+    ]
     by_threshold = {}
     for threshold in CALIBRATION_THRESHOLDS:
-        scores = (
-            score(np.where(p > threshold, 255, 0).astype(np.uint8), mask, image)
-            for p, (image, mask) in zip(probabilities, pairs, strict=True)
-        )
-        by_threshold[f"{threshold:.2f}"] = float(summarise(scores)["iou_non_black"])
+        per_set = [
+            float(
+                summarise(
+                    score(np.where(p > threshold, 255, 0).astype(np.uint8), mask, image)
+                    for p, (image, mask) in zip(set_probabilities, pairs, strict=True)
+                )["iou_non_black"]
+            )
+            for set_probabilities, pairs in zip(probabilities, sets, strict=True)
+        ]
+        by_threshold[f"{threshold:.2f}"] = float(np.mean(per_set))
     best = max(by_threshold, key=lambda t: (by_threshold[t], -abs(float(t) - 0.5)))
     return float(best), by_threshold
 
 
 def export_checkpoint(
-    checkpoint: Path, out: Path, name: str, version: str, calibration: Path | None = None
+    checkpoint: Path,
+    out: Path,
+    name: str,
+    version: str,
+    calibration: list[Path] | None = None,
+    working_gsd_mm: float = DEFAULT_MODEL_GSD_MM,
 ) -> dict[str, object]:
-    """Export, optionally choosing the threshold on a validation folder, and check parity."""
+    """Export, optionally choosing the threshold on selection folders, and check parity."""
     net, payload = load_checkpoint(checkpoint)
     net.eval()
     threshold, by_threshold = DEFAULT_THRESHOLD, dict[str, float]()
-    if calibration is not None:
-        threshold, by_threshold = calibrate_threshold(net, load_pairs(calibration))
+    if calibration:
+        threshold, by_threshold = calibrate_threshold(net, [load_pairs(folder) for folder in calibration])
     metadata = {
         "name": name,
         "version": version,
         "architecture": f"unet{'-'.join(map(str, net.channels))}-{net.bottleneck_channels}",
-        "input": "image: uint8 RGB (N,H,W,3), any H and W",
+        "input": "image: uint8 (N,H,W,4) bands red, green, blue, nir (0 where absent), any H and W",
+        "bands": ",".join(MODEL_BANDS),
+        "working_gsd_mm": f"{working_gsd_mm:g}",
         "output": "vegetation_probability: float32 (N,1,H,W)",
         "trained_steps": str(payload["step"]),
         "threshold": f"{threshold:.2f}",

@@ -1,9 +1,10 @@
 """The reference profile shipped with the model: what "normal" input looks like.
 
-For every image of a reference set drawn from the training distribution it stores the
-drift features of :mod:`cropseg_core.features` (grey-level histogram, image properties),
-the true vegetation fraction and the model's predicted vegetation fraction. The drift
-monitor compares recent uploads and predictions against these arrays.
+For every image of a reference set drawn from the training distribution, in every sensor
+layout, it stores the drift features of :mod:`cropseg_core.features` (grey-level histogram,
+image properties, computed on the picture in that layout), the true vegetation fraction and
+the vegetation fraction the segmentation pipeline predicts for that file. The drift monitor
+compares recent uploads of one layout and their predictions against that layout's rows.
 """
 
 from __future__ import annotations
@@ -15,35 +16,44 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cropseg_core.bands import LAYOUTS, display_rgb, from_model_bands
 from cropseg_core.features import PROPERTY_NAMES, image_features
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import vegetation_fraction
-from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.datasets import discover, load_masked
+from cropseg_model.evaluate import Evaluator
 
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
 
 
-def build_profile(model: Path, data: Path, out: Path, progress: bool = True) -> dict[str, object]:
-    segmenter = OnnxSegmenter(model)
-    info = segmenter.load()
-    histograms, properties, truth, predicted, names = [], [], [], [], []
+def build_profile(
+    model: Path, data: Path, out: Path, progress: bool = True, layouts: list[str] | None = None
+) -> dict[str, object]:
+    evaluator = Evaluator(model)
+    chosen = layouts or list(LAYOUTS)
+    histograms, properties, truth, predicted, names, rows = [], [], [], [], [], []
     for sample in tqdm(discover(data), desc="profiling", unit="img", disable=not progress):
-        image, mask = load_masked(sample)
-        names.append(sample.name)
-        histogram, image_properties = image_features(image)
-        histograms.append(histogram)
-        properties.append(image_properties)
-        truth.append(float((mask > 127).mean()))
-        predicted.append(vegetation_fraction(segmenter.segment(image)))
+        bands, mask = load_masked(sample)
+        for name in chosen if bands[..., 3].any() else ["rgb"]:
+            layout = LAYOUTS[name]
+            view = bands * np.array(layout.present(), np.uint8)
+            histogram, image_properties = image_features(display_rgb(view, layout))
+            histograms.append(histogram)
+            properties.append(image_properties)
+            truth.append(float((mask > 127).mean()))
+            predicted.append(vegetation_fraction(evaluator.segment(from_model_bands(view, layout), layout)))
+            names.append(sample.name)
+            rows.append(name)
+    info = evaluator.info
     meta = {
         "profile_version": PROFILE_VERSION,
         "model_name": info.name,
         "model_version": info.version,
         "model_sha256": info.sha256,
         "source": data.name,
-        "images": len(names),
-        "threshold": info.threshold,
+        "images": len(set(names)),
+        "layouts": sorted(set(rows)),
+        "threshold": evaluator.threshold,
         "property_names": list(PROPERTY_NAMES),
     }
     buffer = io.BytesIO()
@@ -55,6 +65,7 @@ def build_profile(model: Path, data: Path, out: Path, progress: bool = True) -> 
         vegetation_fraction=np.array(truth, np.float32),
         predicted_vegetation_fraction=np.array(predicted, np.float32),
         image_names=np.array(names),
+        layouts=np.array(rows),
         meta_json=np.array(json.dumps(meta, sort_keys=True)),
     )
     write_atomic(out, buffer.getvalue())

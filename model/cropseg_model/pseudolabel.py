@@ -15,11 +15,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cropseg_core.bands import from_model_bands, get_layout
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import IGNORE
-from cropseg_core.segmenter import OnnxSegmenter
-from cropseg_model.baselines import BASELINES
-from cropseg_model.datasets import discover, read_image
+from cropseg_model.baselines import baselines_for
+from cropseg_model.datasets import discover, read_bands
+from cropseg_model.evaluate import Evaluator
 
 
 def pseudo_mask(
@@ -42,18 +43,25 @@ def pseudo_mask(
 
 
 def pseudo_label(
-    model: Path, images: Path, out: Path, confidence: float = 0.85, min_agree: int = 1, progress: bool = True
+    model: Path,
+    images: Path,
+    out: Path,
+    confidence: float = 0.85,
+    min_agree: int = 1,
+    progress: bool = True,
+    layout: str = "rgb",
 ) -> dict[str, float | int]:
-    """Write out/images (copies) and out/masks (pseudo-labels) for every image under ``images``."""
-    segmenter = OnnxSegmenter(model)
-    segmenter.load()
+    """Write out/images (copies) and out/masks (pseudo-labels) for every image under ``images``
+    (files in sensor ``layout``; the model's probability comes from the segmentation pipeline)."""
+    evaluator = Evaluator(model)
+    sensor = get_layout(layout)
+    baselines = baselines_for(sensor).values()
     kept = total = 0
     samples = discover(images, require_masks=False)
     for sample in tqdm(samples, desc="pseudo-labelling", unit="img", disable=not progress):
-        image = read_image(sample.image_path)
-        mask = pseudo_mask(
-            segmenter.predict(image), [f(image) for f in BASELINES.values()], confidence, min_agree
-        )
+        bands = read_bands(sample.image_path, layout)
+        probability = evaluator.run(from_model_bands(bands, sensor), sensor).probability
+        mask = pseudo_mask(probability, [f(bands) for f in baselines], confidence, min_agree)
         kept += int((mask != IGNORE).sum())
         total += mask.size
         target = out / "images" / f"{sample.name}{sample.image_path.suffix.lower()}"

@@ -4,15 +4,17 @@ A tile is rendered in five spectral bands (blue, green, red, red edge, near infr
 a random *scene*: a textured soil (dry, wet, dark, sandy, red, greenish or straw-covered),
 crop rows at a random angle and spacing, plants of one species per tile with leaves of
 varied size and shape, scattered weeds, stones and straw, plant shadows cast along the sun
-direction and soft cloud shadows. A *sensor* then maps three bands to the image channels:
+direction and soft cloud shadows. Leaves may be dull, dark or mottled. A camera then
+records the model's four bands (red, green, blue, near-infrared; see
+:mod:`cropseg_core.bands`): auto-exposure with an exposure error (visible and NIR exposed
+separately, as multispectral cameras do), per-band gains, a tone curve, vignetting, defocus
+or motion blur, shot and read noise, JPEG compression of the visible bands, and black
+out-of-field regions (whole or partial) as at the edge of a field's orthomosaic.
 
-* ``rgb``      true colour (R, G, B)             -- leaves green
-* ``cir``      colour infrared (NIR, R, G)       -- leaves red/magenta, soil grey-brown
-* ``nir_re_r`` multispectral composite (NIR, RE, R) as flown with RedEdge-type cameras
-
-followed by a camera: auto-exposure with an exposure error, white-balance gains, a tone
-curve, vignetting, defocus or motion blur, shot and read noise, JPEG compression, and
-black out-of-field regions (whole or partial) as at the edge of a field's orthomosaic.
+Every tile has all four bands (``Tile.image`` is (H, W, 4)); training draws a sensor
+layout per crop, and evaluation scores every layout on every tile. Each tile also gets a
+*layout* of its own (rgb 55 %, cir 20 %, rgbn 10 %, nir_red and red_nir 7.5 % each): the
+file written for it with ``layout_files`` (the sample gallery) is in that layout.
 
 The mask is 255 exactly where a leaf was drawn (crop or weed) and 0 elsewhere, including
 out-of-field regions. Everything is seeded: tile ``i`` of seed ``s`` is the same on every
@@ -33,11 +35,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from cropseg_core.bands import from_model_bands, get_layout
 from cropseg_core.files import write_atomic
 
 # Band order everywhere below: blue, green, red, red edge, near infrared.
-SENSORS: dict[str, tuple[int, int, int]] = {"rgb": (2, 1, 0), "cir": (4, 2, 1), "nir_re_r": (4, 3, 2)}
-SENSOR_WEIGHTS = {"rgb": 0.6, "cir": 0.25, "nir_re_r": 0.15}
+MODEL_BAND_INDICES = (2, 1, 0, 4)  # rendered bands -> MODEL_BANDS (red, green, blue, nir)
+LAYOUT_WEIGHTS = {"rgb": 0.55, "cir": 0.2, "rgbn": 0.1, "nir_red": 0.075, "red_nir": 0.075}
 
 # Typical reflectance per band (B, G, R, RE, NIR); each tile perturbs them.
 SOILS: dict[str, tuple[float, ...]] = {
@@ -64,6 +67,7 @@ STRAW = (0.22, 0.32, 0.40, 0.46, 0.50)
 STONE = (0.30, 0.32, 0.34, 0.35, 0.36)
 LEAF_HEALTHY = (0.04, 0.11, 0.05, 0.30, 0.52)
 LEAF_STRESSED = (0.06, 0.15, 0.11, 0.28, 0.38)
+LEAF_DULL = (0.05, 0.08, 0.07, 0.22, 0.34)  # dusty, olive or senescing-but-living leaves
 SPECIES = ("rosette", "grass", "broadleaf")
 
 
@@ -92,7 +96,9 @@ class Scene:
     leaves: list[Leaf] = field(default_factory=list)
     leaf_stress: list[float] = field(default_factory=list)
     species: str = "rosette"
-    sensor: str = "rgb"
+    layout: str = "rgb"
+    leaf_mottle: float = 0.08
+    leaf_dullness: float = 0.0
     sun_azimuth: float = 0.0
     shadow_length: float = 0.0
     shadow_depth: float = 0.6
@@ -101,7 +107,7 @@ class Scene:
     stone_count: int = 0
     cloud_shadow: float = 0.0
     exposure_ev: float = 0.0
-    white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    white_balance: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
     saturation: float = 1.0
     vignetting: float = 0.0
     defocus_sigma: float = 0.0
@@ -117,11 +123,16 @@ class Scene:
 
 @dataclass(frozen=True)
 class Tile:
-    """A rendered tile: RGB uint8 (H, W, 3), mask uint8 (H, W) in {0, 255}, description."""
+    """A rendered tile: bands uint8 (H, W, 4) red, green, blue, NIR; mask uint8 (H, W) in {0, 255}."""
 
     image: np.ndarray
     mask: np.ndarray
     meta: dict[str, object]
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The true-colour picture (what a phone or an RGB drone would store)."""
+        return np.ascontiguousarray(self.image[..., :3])
 
 
 def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
@@ -130,11 +141,12 @@ def _pick(rng: np.random.Generator, weights: dict[str, float]) -> str:
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
-def _white_balance(rng: np.random.Generator) -> tuple[float, float, float]:
-    # Mostly a colour-temperature error (red against blue), plus a small green/magenta tint.
+def _white_balance(rng: np.random.Generator) -> tuple[float, float, float, float]:
+    # Mostly a colour-temperature error (red against blue), plus a small green/magenta tint;
+    # the NIR band has a calibration error of its own.
     temperature = rng.normal(0, 0.08)
     tint = rng.normal(0, 0.03)
-    return (1 + temperature, 1 + tint, 1 - temperature)
+    return (1 + temperature, 1 + tint, 1 - temperature, 1 + rng.normal(0, 0.1))
 
 
 def sample_scene(rng: np.random.Generator, height: int = 360, width: int = 480) -> Scene:
@@ -149,7 +161,9 @@ def sample_scene(rng: np.random.Generator, height: int = 360, width: int = 480) 
         soil=soil,
         soil_reflectance=soil_reflectance,
         species=SPECIES[int(rng.integers(len(SPECIES)))],
-        sensor=_pick(rng, SENSOR_WEIGHTS),
+        layout=_pick(rng, LAYOUT_WEIGHTS),
+        leaf_mottle=rng.uniform(0.04, 0.35) if rng.random() < 0.4 else 0.08,
+        leaf_dullness=rng.uniform(0.2, 0.8) if rng.random() < 0.25 else 0.0,
         sun_azimuth=rng.uniform(0, 2 * math.pi),
         shadow_length=rng.uniform(0, 9) if rng.random() < 0.7 else 0.0,
         shadow_depth=rng.uniform(0.35, 0.8),
@@ -287,7 +301,8 @@ def value_noise(rng: np.random.Generator, height: int, width: int, cells: tuple[
 
 
 def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
-    """Render a scene into (RGB uint8 image, uint8 mask). JPEG is applied by the caller."""
+    """Render a scene into (uint8 bands (H, W, 4) red, green, blue, NIR; uint8 mask). JPEG is
+    applied by the caller."""
     h, w = scene.height, scene.width
     rng = np.random.default_rng(scene.texture_seed)
 
@@ -325,9 +340,10 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     material = np.where((overlay == 2)[..., None], np.array(STONE) * straw_brightness, material)
 
     # Leaves: stress mixes healthy and stressed spectra; fine texture inside leaves.
-    leaf_texture = 1.0 + 0.08 * value_noise(rng, h, w, (2, 5))
+    leaf_texture = 1.0 + scene.leaf_mottle * value_noise(rng, h, w, (2, 5))
+    healthy = (1 - scene.leaf_dullness) * np.array(LEAF_HEALTHY) + scene.leaf_dullness * np.array(LEAF_DULL)
     spectrum = (
-        np.array(LEAF_HEALTHY)[None, None, :] * (1 - leaf_stress[..., None])
+        healthy[None, None, :] * (1 - leaf_stress[..., None])
         + np.array(LEAF_STRESSED)[None, None, :] * leaf_stress[..., None]
     ) * (leaf_shade * leaf_texture)[..., None]
     material = np.where(vegetation[..., None], spectrum, material).astype(np.float32)
@@ -345,9 +361,12 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
         light *= 1 - scene.cloud_shadow * np.clip(value_noise(rng, h, w, (120,)) + 0.3, 0, 1)
     radiance = material * light[..., None]
 
-    # Sensor and camera.
-    channels = radiance[..., list(SENSORS[scene.sensor])]
-    exposure = 0.18 / max(float(channels.mean()), 1e-4) * 2.0**scene.exposure_ev
+    # Camera: visible bands and NIR are exposed separately.
+    channels = radiance[..., list(MODEL_BAND_INDICES)]
+    exposure = np.empty(4, np.float32)
+    exposure[:3] = 0.18 / max(float(channels[..., :3].mean()), 1e-4)
+    exposure[3] = 0.18 / max(float(channels[..., 3].mean()), 1e-4)
+    exposure *= 2.0**scene.exposure_ev
     linear: np.ndarray = channels * exposure * np.array(scene.white_balance, np.float32)
     if scene.vignetting > 0:
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -366,9 +385,9 @@ def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     if scene.noise > 0:
         shot = np.sqrt(linear * scene.noise * 0.05)
         linear = linear + rng.standard_normal(linear.shape).astype(np.float32) * (shot + scene.noise * 0.1)
-    # Cameras boost saturation in their colour matrix; false-colour composites get it too.
-    grey = linear.mean(axis=2, keepdims=True)
-    linear = np.clip(grey + (linear - grey) * scene.saturation, 0, None)
+    # Cameras boost saturation in their colour matrix (visible bands).
+    grey = linear[..., :3].mean(axis=2, keepdims=True)
+    linear[..., :3] = np.clip(grey + (linear[..., :3] - grey) * scene.saturation, 0, None)
     encoded = np.clip(linear, 0, 1) ** (1 / 2.2)
     image = np.round(encoded * 255).astype(np.uint8)
     mask = np.where(vegetation, 255, 0).astype(np.uint8)
@@ -395,52 +414,68 @@ def out_of_field(scene: Scene) -> np.ndarray:
 
 
 def encode_tile(image: np.ndarray, jpeg_quality: int | None) -> tuple[bytes, str]:
-    """Encode an RGB tile as PNG, or as JPEG at ``jpeg_quality``; returns (bytes, extension)."""
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    """Encode a tile's file (1-4 channels) as PNG, or as JPEG at ``jpeg_quality`` (1 or 3
+    channels); returns (bytes, extension)."""
+    pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 and image.shape[2] == 3 else image
+    if image.ndim == 3 and image.shape[2] == 4:
+        pixels = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
     if jpeg_quality is None:
-        ok, buffer = cv2.imencode(".png", bgr)
+        ok, buffer = cv2.imencode(".png", pixels)
         ext = "png"
     else:
-        ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        ok, buffer = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         ext = "jpg"
     if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
         raise RuntimeError("could not encode tile")
     return buffer.tobytes(), ext
 
 
+def _jpeg_round_trip(bands: np.ndarray, quality: int) -> tuple[np.ndarray, bytes]:
+    """What a camera writing JPEG keeps: visible bands as one colour JPEG, NIR as a grey one."""
+    rgb_bytes, _ = encode_tile(np.ascontiguousarray(bands[..., :3]), quality)
+    nir_bytes, _ = encode_tile(np.ascontiguousarray(bands[..., 3]), quality)
+    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(rgb_bytes, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    nir = cv2.imdecode(np.frombuffer(nir_bytes, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return np.ascontiguousarray(np.dstack([rgb, nir])), rgb_bytes
+
+
 def generate_tile(seed: int, index: int, height: int = 360, width: int = 480) -> tuple[Tile, bytes, str]:
-    """Tile ``index`` of dataset ``seed``: the tile (after JPEG), its encoded bytes and extension."""
+    """Tile ``index`` of dataset ``seed``: the tile (after JPEG), the encoded bytes of its
+    true-colour picture (``tile.rgb``) and their extension."""
     rng = np.random.default_rng([seed, index])
     scene = sample_scene(rng, height, width)
-    image, mask = render(scene)
-    encoded, ext = encode_tile(image, scene.jpeg_quality)
+    bands, mask = render(scene)
     if scene.jpeg_quality is not None:
-        image = cv2.cvtColor(
-            cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
-        )
+        bands, encoded = _jpeg_round_trip(bands, scene.jpeg_quality)
+        ext = "jpg"
+    else:
+        encoded, ext = encode_tile(np.ascontiguousarray(bands[..., :3]), None)
     meta: dict[str, object] = {
         "seed": seed,
         "index": index,
-        "sensor": scene.sensor,
+        "layout": scene.layout,
         "soil": scene.soil,
         "species": scene.species,
         "black": scene.black,
         "jpeg_quality": scene.jpeg_quality,
         "vegetation_fraction": round(float((mask > 0).mean()), 5),
     }
-    return Tile(image=image, mask=mask, meta=meta), encoded, ext
+    return Tile(image=bands, mask=mask, meta=meta), encoded, ext
 
 
-def _write_one(job: tuple[Path, int, int, int, int]) -> dict[str, object]:
-    out, seed, index, height, width = job
+def _write_one(job: tuple[Path, int, int, int, int, bool]) -> dict[str, object]:
+    out, seed, index, height, width, layout_files = job
     tile, encoded, ext = generate_tile(seed, index, height, width)
     stem = f"tile_{seed}_{index:06d}"
+    layout = str(tile.meta["layout"]) if layout_files else "rgbn"
+    if layout != "rgb":  # rgb keeps the camera's own JPEG; other layouts are PNG
+        encoded, ext = encode_tile(from_model_bands(tile.image, get_layout(layout)), None)
     ok, mask_png = cv2.imencode(".png", tile.mask)
     if not ok:  # pragma: no cover
         raise RuntimeError("could not encode mask")
     write_atomic(out / "images" / f"{stem}.{ext}", encoded)
     write_atomic(out / "masks" / f"{stem}.png", mask_png.tobytes())
-    return {"name": stem, **tile.meta}
+    return {"name": stem, **tile.meta, "file_layout": layout}
 
 
 def write_dataset(
@@ -452,9 +487,15 @@ def write_dataset(
     width: int = 480,
     workers: int | None = None,
     progress: bool = True,
+    layout_files: bool = False,
 ) -> list[dict[str, object]]:
-    """Write ``count`` tiles as images/ + masks/ and a metadata.jsonl; returns the metadata."""
-    jobs = [(out, seed, i, height, width) for i in range(count)]
+    """Write ``count`` tiles as images/ + masks/ and a metadata.jsonl; returns the metadata.
+
+    Images hold all four bands (4-channel PNG: red, green, blue, NIR; layout ``rgbn``), or
+    with ``layout_files`` each tile in its own layout (the sample gallery: what users send).
+    ``file_layout`` in the metadata says which.
+    """
+    jobs = [(out, seed, i, height, width, layout_files) for i in range(count)]
     workers = workers or min(os.cpu_count() or 1, 8)
     with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else nullcontext() as pool:
         results = pool.imap(_write_one, jobs, chunksize=4) if pool else map(_write_one, jobs)

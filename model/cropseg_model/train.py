@@ -1,5 +1,15 @@
 """U-Net training: random multi-scale crops with photometric augmentation, BCE + Dice loss
-(ignoring pixels marked 128), validation on whole tiles, best checkpoint kept.
+(ignoring pixels marked 128), validation on whole images, best checkpoint kept.
+
+Training draws from several folders with weights (e.g. real photos and synthetic tiles).
+A crop from an image with all four bands (synthetic tiles) is shown to the network in a
+sensor layout drawn per crop (:data:`LAYOUT_WEIGHTS`): the bands that layout lacks are set
+to 0, exactly as :func:`cropseg_core.bands.to_model_bands` leaves them for a user's file.
+Real RGB photos stay RGB.
+
+Checkpoints are chosen on *selection* folders (``--val``, the mean of their IoUs): for
+real data a part of the source's training split set aside (``model/data/real/*/select``),
+so that the real validation split stays untouched for the final evaluation.
 
 CPU works (the committed model was trained on 2 cores); a GPU is used when present.
 Fine-tuning on a user's own data or pseudo-labels starts from ``--init`` checkpoint.
@@ -21,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from cropseg_core.bands import LAYOUTS
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import IGNORE, score
 from cropseg_model.datasets import DatasetError, discover, load_masked
@@ -37,43 +48,66 @@ class TrainConfig:
     crop: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    min_scale: float = 0.5
-    max_scale: float = 1.6
+    min_scale: float = 0.35
+    max_scale: float = 1.8
     val_every: int = 250
-    val_fraction: float = 0.1
     seed: int = 0
-    channels: tuple[int, ...] = (16, 32, 64)
-    bottleneck: int = 128
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    bottleneck: int = 256
 
 
-def load_pairs(root: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+LAYOUT_WEIGHTS = {"rgb": 0.4, "cir": 0.2, "rgbn": 0.15, "nir_red": 0.125, "red_nir": 0.125}
+"""Layouts drawn for crops of four-band images (synthetic tiles)."""
+Pairs = list[tuple[np.ndarray, np.ndarray]]
+
+
+def load_pairs(root: Path) -> Pairs:
+    """(bands (H, W, 4), mask) of every labelled image of ``root``."""
     return [load_masked(s) for s in discover(root)]
 
 
-def split_pairs(
-    pairs: list[tuple[np.ndarray, np.ndarray]], val_fraction: float, seed: int
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
-    """Deterministic train/validation split of one folder (at least one image on each side)."""
-    if len(pairs) < 2:
-        raise DatasetError("need at least 2 labelled images to split off a validation set; pass --val")
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    count = min(max(1, round(len(pairs) * val_fraction)), len(pairs) - 1)
-    return [pairs[i] for i in order[count:]], [pairs[i] for i in order[:count]]
+@dataclass(frozen=True)
+class Source:
+    """A training folder and how often it is drawn from, relative to the others."""
+
+    folder: Path
+    weight: float = 1.0
+
+
+def parse_source(text: str) -> Source:
+    """``DIR`` or ``DIR:WEIGHT`` (weight > 0) -> Source."""
+    folder, separator, weight = text.rpartition(":")
+    if not separator:
+        return Source(Path(text))
+    try:
+        value = float(weight)
+    except ValueError as e:
+        raise DatasetError(f"{text}: expected DIR or DIR:WEIGHT with a number") from e
+    if value <= 0:
+        raise DatasetError(f"{text}: the weight must be positive")
+    return Source(Path(folder), value)
 
 
 class CropSampler:
-    """Draws augmented training crops: random scale (multi-scale training), flips, 90° turns,
-    exposure/gamma/colour-balance jitter, blur and noise. Scale changes resize the image
+    """Draws augmented training crops: a source by weight, an image, random scale
+    (multi-scale training), flips, 90° turns, a sensor layout for four-band images,
+    exposure/gamma/per-band gain jitter, blur and noise. Scale changes resize the image
     with area/linear interpolation and the mask with nearest neighbour, so it stays exact."""
 
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], config: TrainConfig) -> None:
-        self.pairs = pairs
+    def __init__(self, sources: list[tuple[Pairs, float]], config: TrainConfig) -> None:
+        self.sources = [pairs for pairs, _ in sources]
+        weights = np.array([weight for _, weight in sources], np.float64)
+        self.weights = weights / weights.sum()
         self.config = config
         self.rng = np.random.default_rng(config.seed)
+        self.layouts = list(LAYOUT_WEIGHTS)
+        layout_weights = np.array(list(LAYOUT_WEIGHTS.values()))
+        self.layout_weights = layout_weights / layout_weights.sum()
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         cfg, rng = self.config, self.rng
-        image, mask = self.pairs[int(rng.integers(len(self.pairs)))]
+        pairs = self.sources[int(rng.choice(len(self.sources), p=self.weights))]
+        image, mask = pairs[int(rng.integers(len(pairs)))]
         scale = math.exp(rng.uniform(math.log(cfg.min_scale), math.log(cfg.max_scale)))
         window = max(8, min(round(cfg.crop / scale), *image.shape[:2]))
         y = int(rng.integers(0, image.shape[0] - window + 1))
@@ -90,13 +124,17 @@ class CropSampler:
             img, msk = img[:, ::-1], msk[:, ::-1]
         pixels: np.ndarray = img.astype(np.float32) / 255.0
         black = img.max(axis=2) <= 2
-        gain = math.exp(rng.normal(0, 0.3)) * rng.uniform(0.9, 1.1, size=3)
+        if img[..., 3].any():  # four bands: show them in a layout drawn for this crop
+            layout = LAYOUTS[self.layouts[int(rng.choice(len(self.layouts), p=self.layout_weights))]]
+            pixels = pixels * np.array(layout.present(), np.float32)
+        gain = math.exp(rng.normal(0, 0.3)) * rng.uniform(0.9, 1.1, size=pixels.shape[2])
         pixels = np.clip(pixels * gain, 0, 1) ** math.exp(rng.normal(0, 0.2))
         if rng.random() < 0.2:
             pixels = cv2.GaussianBlur(pixels, (0, 0), rng.uniform(0.3, 1.2))
         if rng.random() < 0.3:
             pixels = pixels + rng.normal(0, rng.uniform(0.005, 0.03), pixels.shape)
-        pixels = np.clip(pixels, 0, 1)
+        present = pixels.reshape(-1, pixels.shape[2]).max(axis=0) > 0
+        pixels = np.clip(pixels, 0, 1) * present  # an absent band stays exactly 0
         pixels[black] = 0  # out-of-field stays exactly black, as in real tiles
         return pixels.transpose(2, 0, 1).astype(np.float32), np.ascontiguousarray(msk)
 
@@ -120,7 +158,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
 
 @torch.no_grad()
 def predict_probabilities(net: UNet, images: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
-    """Vegetation probability (H, W) of each RGB uint8 image, one image at a time."""
+    """Vegetation probability (H, W) of each (H, W, 4) uint8 bands image, one at a time."""
     net.eval()
     probabilities = []
     for image in images:
@@ -133,11 +171,18 @@ def predict_masks(net: UNet, images: list[np.ndarray], device: torch.device) -> 
     return [np.where(p > 0.5, 255, 0).astype(np.uint8) for p in predict_probabilities(net, images, device)]
 
 
-def validate(
-    net: UNet, pairs: list[tuple[np.ndarray, np.ndarray]], device: torch.device
-) -> dict[str, float | int]:
+def validate(net: UNet, pairs: Pairs, device: torch.device) -> dict[str, float | int]:
     predictions = predict_masks(net, [image for image, _ in pairs], device)
     return summarise(score(p, m, i) for p, (i, m) in zip(predictions, pairs, strict=True))
+
+
+def validate_sets(net: UNet, sets: dict[str, Pairs], device: torch.device) -> dict[str, float | int]:
+    """IoU (non-black) of each selection set and their mean (``iou_non_black``)."""
+    scores = {name: float(validate(net, pairs, device)["iou_non_black"]) for name, pairs in sets.items()}
+    return {
+        "iou_non_black": float(np.mean(list(scores.values()))),
+        **{f"iou/{n}": v for n, v in scores.items()},
+    }
 
 
 def save_checkpoint(
@@ -159,25 +204,23 @@ def load_checkpoint(path: Path) -> tuple[UNet, dict[str, object]]:
 
 
 def train(
-    train_dir: Path,
-    val_dir: Path | None,
+    sources: list[Source],
+    val_dirs: list[Path],
     out: Path,
     config: TrainConfig,
     init: Path | None = None,
     progress: bool = True,
 ) -> dict[str, object]:
-    """Train and keep the best checkpoint (by validation IoU on non-black tiles) at ``out``.
-
-    Without ``val_dir`` a ``config.val_fraction`` of ``train_dir`` is held out for validation.
-    """
+    """Train on weighted ``sources`` and keep the best checkpoint at ``out``, chosen by the
+    mean IoU (non-black) over the folders of ``val_dirs``."""
     random.seed(config.seed)
     np.random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if val_dir is None:
-        train_pairs, val_pairs = split_pairs(load_pairs(train_dir), config.val_fraction, config.seed)
-    else:
-        train_pairs, val_pairs = load_pairs(train_dir), load_pairs(val_dir)
+    if not val_dirs:
+        raise DatasetError("nothing to choose the checkpoint on: give at least one --val folder")
+    training = [(load_pairs(source.folder), source.weight) for source in sources]
+    selection = {f"{folder.parent.name}/{folder.name}": load_pairs(folder) for folder in val_dirs}
     if init is not None:
         net, _ = load_checkpoint(init)
     else:
@@ -187,7 +230,7 @@ def train(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
     )
-    sampler = CropSampler(train_pairs, config)
+    sampler = CropSampler(training, config)
     best: dict[str, float | int] = {"iou_non_black": -1.0}
     history: list[dict[str, float | int]] = []
     started = time.perf_counter()
@@ -205,10 +248,10 @@ def train(
         running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
         bar.set_postfix(loss=f"{running:.4f}", best_iou=f"{best['iou_non_black']:.4f}")
         if step % config.val_every == 0 or step == config.steps:
-            metrics = validate(net, val_pairs, device)
-            metrics = {"step": step, "loss": running, **metrics}
+            metrics = {"step": step, "loss": running, **validate_sets(net, selection, device)}
             history.append(metrics)
-            log.info("step %d: loss %.4f, val IoU (non-black) %.4f", step, running, metrics["iou_non_black"])
+            log.info("step %d: loss %.4f, selection IoU %s", step, running,
+                     {k: round(float(v), 4) for k, v in metrics.items() if k.startswith("iou")})  # fmt: skip
             if metrics["iou_non_black"] > best["iou_non_black"]:
                 best = metrics
                 save_checkpoint(out, net.cpu(), config, step, metrics)
@@ -219,8 +262,12 @@ def train(
         "history": history,
         "train_seconds": round(time.perf_counter() - started, 1),
         "device": str(device),
-        "train_images": len(train_pairs),
-        "val_images": len(val_pairs),
+        "sources": [
+            {"folder": str(s.folder), "weight": s.weight, "images": len(p)}
+            for s, (p, _) in zip(sources, training, strict=True)
+        ],
+        "selection_sets": {name: len(pairs) for name, pairs in selection.items()},
+        "train_images": sum(len(p) for p, _ in training),
         "torch_threads": torch.get_num_threads(),
         "parameters": count_parameters(net),
     }

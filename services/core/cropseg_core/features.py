@@ -2,7 +2,10 @@
 
 The model pipeline stores them for the training distribution (the reference profile that
 ships with the model); the drift monitor computes them for recent uploads. One definition
-keeps the two comparable.
+keeps the two comparable. Both are per sensor layout: the features are computed on the
+picture of the image in its layout (:func:`picture`: true colour, or the false-colour
+composite), and the profile holds reference rows for every layout
+(:meth:`ReferenceProfile.for_layout`), since a CIR field looks nothing like an RGB one.
 
 :func:`image_features` returns both kinds (it needs OpenCV: the ``features`` extra):
 
@@ -24,6 +27,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from cropseg_core.bands import display_rgb, get_layout, to_model_bands
+from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import BLACK_LEVEL
 
 PROPERTY_NAMES = (
@@ -72,6 +77,12 @@ def image_features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return histogram, np.array(properties, np.float32)
 
 
+def picture(data: bytes, layout: str) -> np.ndarray:
+    """The RGB picture the features are computed on: the file read in its sensor layout."""
+    sensor = get_layout(layout)
+    return display_rgb(to_model_bands(decode_channels(data).pixels, sensor), sensor)
+
+
 @dataclass(frozen=True)
 class ReferenceProfile:
     """What "normal" input looks like: features of a reference set from the training distribution.
@@ -89,7 +100,28 @@ class ReferenceProfile:
     predicted_vegetation_fraction: np.ndarray
     """(n,) the model's predicted vegetation fraction of each image."""
     image_names: np.ndarray
+    layouts: np.ndarray
+    """(n,) the sensor layout of each row."""
     meta: dict[str, Any]
+
+    def for_layout(self, layout: str) -> ReferenceProfile:
+        """The rows of one layout; ValueError when the profile has none."""
+        rows = self.layouts == layout
+        if not rows.any():
+            present = ", ".join(sorted(set(self.layouts.tolist())))
+            raise ValueError(
+                f"the reference profile has no images in layout {layout!r} (it has {present}): "
+                "rebuild it with cropseg-model profile"
+            )
+        return ReferenceProfile(
+            self.grey_histograms[rows],
+            self.properties[rows],
+            self.vegetation_fraction[rows],
+            self.predicted_vegetation_fraction[rows],
+            self.image_names[rows],
+            self.layouts[rows],
+            {**self.meta, "layout": layout},
+        )
 
 
 def load_reference_profile(path: Path) -> ReferenceProfile:
@@ -105,6 +137,7 @@ def load_reference_profile(path: Path) -> ReferenceProfile:
         "vegetation_fraction",
         "predicted_vegetation_fraction",
         "image_names",
+        "layouts",
     )
     missing = [key for key in (*fields, "property_names", "meta_json") if key not in arrays]
     if missing:

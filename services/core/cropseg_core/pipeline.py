@@ -28,8 +28,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from itertools import product
 from dataclasses import dataclass, field
+from itertools import product
 
 import numpy as np
 from PIL import Image

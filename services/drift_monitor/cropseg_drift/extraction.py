@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from cropseg_core.features import PROPERTY_NAMES, image_features
+from cropseg_core.bands import LayoutError
+from cropseg_core.features import PROPERTY_NAMES, image_features, picture
 from cropseg_core.imaging import ImageDecodeError, decode_image
 
 # Below this many images, starting worker processes costs more than it saves.
@@ -29,25 +30,29 @@ class ImageFeatures:
     """``{"id": ..., "reason": ...}`` per image that could not be decoded."""
 
 
-def _features_of(item: tuple[str, bytes]) -> tuple[str, np.ndarray | None, np.ndarray | None, str]:
-    image_id, data = item
+Item = tuple[str, bytes, str]
+"""(image id, encoded bytes, sensor layout)."""
+
+
+def _features_of(item: Item) -> tuple[str, np.ndarray | None, np.ndarray | None, str]:
+    image_id, data, layout = item
     try:
-        pixels = decode_image(data).pixels
-    except ImageDecodeError as e:
+        pixels = picture(data, layout)
+    except (ImageDecodeError, LayoutError) as e:
         return image_id, None, None, str(e)
     histogram, properties = image_features(pixels)
     return image_id, histogram, properties, ""
 
 
-def _decode_only(item: tuple[str, bytes]) -> tuple[str, np.ndarray | None, np.ndarray | None, str]:
-    image_id, data = item
+def _decode_only(item: Item) -> tuple[str, np.ndarray | None, np.ndarray | None, str]:
+    image_id, data, _ = item
     decode_image(data)
     return image_id, None, None, ""
 
 
 def _map(
-    work: Callable[[tuple[str, bytes]], tuple[str, np.ndarray | None, np.ndarray | None, str]],
-    items: Iterable[tuple[str, bytes]],
+    work: Callable[[Item], tuple[str, np.ndarray | None, np.ndarray | None, str]],
+    items: Iterable[Item],
     total: int,
     workers: int,
     progress: bool,
@@ -60,10 +65,9 @@ def _map(
         yield from tqdm(results, total=total, desc="features", unit="img", disable=not progress)
 
 
-def extract(
-    items: Iterable[tuple[str, bytes]], total: int, *, workers: int = 0, progress: bool = False
-) -> ImageFeatures:
-    """Grey histogram and properties of each ``(id, encoded bytes)``; unreadable images are skipped."""
+def extract(items: Iterable[Item], total: int, *, workers: int = 0, progress: bool = False) -> ImageFeatures:
+    """Grey histogram and properties of each ``(id, encoded bytes, layout)``, computed on the
+    picture in its layout; unreadable images are skipped."""
     found = ImageFeatures()
     histograms, properties = [], []
     for image_id, histogram, values, problem in _map(_features_of, items, total, workers, progress):
@@ -79,7 +83,7 @@ def extract(
     return found
 
 
-def decode_all(items: Iterable[tuple[str, bytes]], total: int, *, workers: int = 0) -> None:
+def decode_all(items: Iterable[Item], total: int, *, workers: int = 0) -> None:
     """Only decode (the benchmark's baseline for :func:`extract`)."""
     for _ in _map(_decode_only, items, total, workers, progress=False):
         pass

@@ -40,7 +40,8 @@ class RunResult:
 
 
 def _window(repository: ImageRepository, settings: DriftSettings, now: datetime) -> list[ImageRecord]:
-    """The newest ``window_images`` images of the source, no older than ``window_hours``."""
+    """The newest ``window_images`` images of the source in the checked layout, no older than
+    ``window_hours``."""
     oldest = now - timedelta(hours=settings.window_hours) if settings.window_hours else None
     chosen: list[ImageRecord] = []
     cursor = None
@@ -50,7 +51,8 @@ def _window(repository: ImageRepository, settings: DriftSettings, now: datetime)
         for record in page:
             if oldest is not None and record.created_at < oldest:
                 return chosen
-            chosen.append(record)
+            if record.layout == settings.layout:
+                chosen.append(record)
         if cursor is None:
             break
     return chosen
@@ -66,6 +68,8 @@ def _predictions(store: BlobStore, settings: DriftSettings, now: datetime) -> np
                 return np.array(list(latest.values()), np.float32)
             if record.get("source", "upload") != settings.source or record["image_id"] in latest:
                 continue
+            if record.get("layout", "rgb") != settings.layout:
+                continue
             latest[record["image_id"]] = float(record["vegetation_fraction"])
             if len(latest) >= settings.window_images:
                 return np.array(list(latest.values()), np.float32)
@@ -74,10 +78,10 @@ def _predictions(store: BlobStore, settings: DriftSettings, now: datetime) -> np
 
 def _image_bytes(
     repository: ImageRepository, records: list[ImageRecord], unreadable: list[dict[str, str]]
-) -> Iterator[tuple[str, bytes]]:
+) -> Iterator[tuple[str, bytes, str]]:
     for record in records:
         try:
-            yield record.id, repository.image_bytes(record)
+            yield record.id, repository.image_bytes(record), record.layout
         except StoreError as e:  # deleted meanwhile, or the backend failed for this one
             unreadable.append({"id": record.id, "reason": str(e)})
 
@@ -94,6 +98,7 @@ def execute(
     started = time.perf_counter()
     now = datetime.now(UTC)
     report_id = report_id or new_report_id(now)
+    profile = profile.for_layout(settings.layout)
     with run_lock(store, settings.lock_ttl_s):
         repository = ImageRepository(store, settings.image_limits)
         records = _window(repository, settings, now)
@@ -126,6 +131,7 @@ def execute(
                 "images": settings.window_images,
                 "hours": settings.window_hours,
                 "source": settings.source,
+                "layout": settings.layout,
             },
             "reference": {
                 "images": len(profile.image_names),

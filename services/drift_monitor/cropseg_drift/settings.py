@@ -6,8 +6,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from cropseg_core.bands import get_layout
 from cropseg_core.settings import ServiceSettings
 from cropseg_core.store import StoreSettings
 from cropseg_core.web.auth import ApiToken
@@ -32,6 +33,9 @@ class DriftSettings(ServiceSettings):
     """Only images uploaded within this many hours (none: no age limit)."""
     source: Literal["upload", "sample"] = "upload"
     """Which images to check: user uploads (default) or the seeded samples."""
+    layout: str = "rgb"
+    """Which sensor layout's images to check, against that layout's reference rows (a field
+    flown with a CIR camera looks nothing like an RGB one: one CronJob per layout in use)."""
     min_samples: int = Field(default=30, ge=5)
     """Fewer images (or predictions) than this give ``insufficient_data`` instead of a verdict."""
     vegetation_presence: float = Field(default=0.01, ge=0, lt=1)
@@ -64,6 +68,11 @@ class DriftSettings(ServiceSettings):
     """Namespace of the CronJob; default: the pod's own."""
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     """``serve``: on SIGTERM, how long in-flight requests may take."""
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, value: str) -> str:
+        return get_layout(value).name  # ValueError listing the layouts: start-up refuses
 
 
 @lru_cache

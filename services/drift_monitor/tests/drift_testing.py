@@ -46,6 +46,7 @@ def make_profile(count: int = 200, seed: int = 0) -> ReferenceProfile:
         vegetation_fraction=rng.uniform(0.05, 0.4, count).astype(np.float32),
         predicted_vegetation_fraction=rng.uniform(0.05, 0.4, count).astype(np.float32),
         image_names=np.array([f"ref{i}" for i in range(count)]),
+        layouts=np.array(["rgb"] * count),
         meta={"model_name": "cropseg-unet", "model_version": "1.0.0", "images": count},
     )
 
@@ -60,6 +61,7 @@ def write_profile(path: Path, profile: ReferenceProfile) -> Path:
         vegetation_fraction=profile.vegetation_fraction,
         predicted_vegetation_fraction=profile.predicted_vegetation_fraction,
         image_names=profile.image_names,
+        layouts=profile.layouts,
         meta_json=np.array(json.dumps(profile.meta)),
     )
     path.write_bytes(buffer.getvalue())

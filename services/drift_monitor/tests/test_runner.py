@@ -6,14 +6,18 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cropseg_drift import report as report_module
 from cropseg_drift.cli import main
 from cropseg_drift.lock import LOCK_KEY, RunLockedError, run_lock
 from cropseg_drift.report import LOG_STREAM, REPORT_ID
 from cropseg_drift.runner import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, execute, run
-from drift_testing import add_uploads, make_profile, settings_for
+from cropseg_storage.repository import ImageRepository
+from drift_testing import add_uploads, make_profile, settings_for, write_profile
 
+from cropseg_core.features import ReferenceProfile
+from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobStore, StoreSettings, open_store
 
 
@@ -80,6 +84,34 @@ def test_the_window_takes_the_newest_uploads(data: Path, profile_path: Path) -> 
     add_uploads(store, 30, seed=2)  # newer, like the reference
     result = run(settings_for(data, profile_path, window_images=30))
     assert (result.status, result.report["images"]) == ("no_drift", 30)  # type: ignore[index]
+
+
+def test_a_run_checks_one_layout_against_its_own_reference_rows(data: Path, tmp_path: Path) -> None:
+    """RGB uploads and their predictions are left out of a CIR run; a profile without CIR rows
+    is an error that says to rebuild it, not a comparison of CIR images with RGB ones."""
+    store = store_at(data)
+    ids = add_uploads(store, 25)
+    repository = ImageRepository(store, ImageLimits())
+    for image_id in ids[:21]:
+        repository.set_layout(image_id, "cir")
+    for image_id in ids[:21]:  # what storage records once a CIR image is segmented
+        store.append_record("predictions/2026-01-01", {
+            "image_id": image_id, "source": "upload", "layout": "cir", "vegetation_fraction": 0.2,
+            "created_at": "2026-01-01T00:00:00+00:00"})  # fmt: skip
+    rgb_rows = make_profile(60)
+    mixed = ReferenceProfile(
+        *(np.concatenate([a, a]) for a in (rgb_rows.grey_histograms, rgb_rows.properties,
+          rgb_rows.vegetation_fraction, rgb_rows.predicted_vegetation_fraction, rgb_rows.image_names)),
+        layouts=np.array(["rgb"] * 60 + ["cir"] * 60), meta=rgb_rows.meta)  # fmt: skip
+    result = run(settings_for(data, write_profile(tmp_path / "mixed.npz", mixed), layout="cir"))
+    assert result.report is not None, result.message
+    assert (result.report["images"], result.report["predictions"]) == (21, 21)
+    assert result.report["window"]["layout"] == "cir"
+    only_rgb = run(settings_for(data, write_profile(tmp_path / "rgb.npz", rgb_rows), layout="cir"))
+    assert only_rgb.exit_code == EXIT_ERROR
+    assert "no images in layout 'cir'" in only_rgb.message
+    with pytest.raises(ValueError, match="use one of rgb, cir"):
+        settings_for(data, tmp_path / "rgb.npz", layout="ndvi")
 
 
 def test_too_few_images_is_not_a_verdict(data: Path, profile_path: Path) -> None:

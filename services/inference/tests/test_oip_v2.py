@@ -160,14 +160,18 @@ def test_unknown_model_and_malformed_json(client: TestClient) -> None:
     assert response.status_code == 400
 
 
-def test_layout_parameter_reads_the_channels_in_that_order(client: TestClient, small_tile: np.ndarray) -> None:
+def test_layout_parameter_reads_the_channels_in_that_order(
+    client: TestClient, small_tile: np.ndarray
+) -> None:
     """A CIR tensor (NIR, red, green) gives what the model makes of those bands; read as RGB it
     would be another image."""
     bands = to_model_bands(small_tile, get_layout("rgb"))
     bands[..., 3] = np.clip(bands[..., 1].astype(int) * 2, 0, 255)  # a NIR band: bright where green
     cir = from_model_bands(bands, get_layout("cir"))
     request = {
-        "inputs": [{**tensor(list(cir[None].shape), data=cir.ravel().tolist()), "parameters": {"layout": "cir"}}],
+        "inputs": [
+            {**tensor(list(cir[None].shape), data=cir.ravel().tolist()), "parameters": {"layout": "cir"}}
+        ],
         "outputs": [{"name": "vegetation_probability"}],
     }
     response = client.post(INFER, json=request)

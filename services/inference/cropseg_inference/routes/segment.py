@@ -88,10 +88,15 @@ class LayoutOut(BaseModel):
 @router.get("/layouts", response_model=list[LayoutOut], summary="Sensor layouts the service reads")
 def layouts() -> list[LayoutOut]:
     return [
-        LayoutOut(name=l.name, bands=list(l.bands), channels=list(l.channel_counts), description=l.description,
-                  index=l.index)
-        for l in LAYOUTS.values()
-    ]  # fmt: skip
+        LayoutOut(
+            name=layout.name,
+            bands=list(layout.bands),
+            channels=list(layout.channel_counts),
+            description=layout.description,
+            index=layout.index,
+        )
+        for layout in LAYOUTS.values()
+    ]
 
 
 @router.post(
@@ -119,8 +124,9 @@ async def segment(
     gsd_mm: Annotated[
         float | None,
         Query(
-            description=f"Ground sampling distance in mm per pixel ({GSD_RANGE_MM[0]:g}-{GSD_RANGE_MM[1]:g}): "
-            "finer images are segmented scaled to the model's working GSD; default: automatic"
+            description="Ground sampling distance in mm per pixel "
+            f"({GSD_RANGE_MM[0]:g}-{GSD_RANGE_MM[1]:g}): finer images are segmented scaled to the "
+            "model's working GSD; default: automatic"
         ),
     ] = None,
     scale: Annotated[

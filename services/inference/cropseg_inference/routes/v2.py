@@ -169,7 +169,9 @@ def input_images(request: InferenceRequest, binary: bytes, max_pixels: int) -> n
         raise ClientError(f"expected exactly one input named {INPUT_NAME!r}")
     tensor = request.inputs[0]
     if tensor.datatype != "UINT8":
-        raise ClientError(f"input {INPUT_NAME!r} must have datatype UINT8 (8-bit bands), got {tensor.datatype}")
+        raise ClientError(
+            f"input {INPUT_NAME!r} must have datatype UINT8 (8-bit bands), got {tensor.datatype}"
+        )
     shape = tensor.shape
     if len(shape) != 4 or not 1 <= shape[3] <= 4 or min(shape) < 1:
         raise ClientError(
