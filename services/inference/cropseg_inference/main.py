@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
+from cropseg_core.web import layouts
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.metrics import install_metrics
 from cropseg_inference.engine import SegmentationEngine
@@ -72,6 +73,7 @@ def create_app(
     install_error_handlers(app, plain_prefixes=("/v2",))
     install_metrics(app, registry)
     app.include_router(segment.router)
+    app.include_router(layouts.router)
     app.include_router(v2.router)
     app.include_router(meta.router)
     return app

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.store import StoreError, open_store
+from cropseg_core.web import layouts
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.metrics import install_metrics
 from cropseg_storage.inference_client import InferenceClient
@@ -141,6 +142,7 @@ def create_app(
             expose_headers=["Location", "ETag", "X-Vegetation-Fraction", "X-Model-Version"],
         )
     app.include_router(images.router)
+    app.include_router(layouts.router)
     app.include_router(segmentation.router)
     app.include_router(meta.router)
     app.include_router(drift.router)

@@ -6,7 +6,6 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS, display_rgb, get_layout, to_model_bands
@@ -75,28 +74,6 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     **error_responses(400, 413, 415, 422, 503),
 }
-
-
-class LayoutOut(BaseModel):
-    name: str
-    bands: list[str | None] = Field(description="Band of each channel of the file (null: ignored)")
-    channels: list[int] = Field(description="Channel counts accepted")
-    description: str
-    index: str = Field(description="The simple vegetation index these bands allow")
-
-
-@router.get("/layouts", response_model=list[LayoutOut], summary="Sensor layouts the service reads")
-def layouts() -> list[LayoutOut]:
-    return [
-        LayoutOut(
-            name=layout.name,
-            bands=list(layout.bands),
-            channels=list(layout.channel_counts),
-            description=layout.description,
-            index=layout.index,
-        )
-        for layout in LAYOUTS.values()
-    ]
 
 
 @router.post(

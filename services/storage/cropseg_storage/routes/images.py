@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -10,6 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS
+from cropseg_core.masks import encode_png
 from cropseg_core.web.bodies import read_upload, receive_upload
 from cropseg_core.web.errors import error_responses
 from cropseg_storage.deps import WRITE, Metrics, Repository, Settings
@@ -61,6 +63,7 @@ def describe(repository: ImageRepository, record: ImageRecord) -> ImageOut:
         "self": base,
         "metadata": f"{base}/metadata",
         "thumbnail": f"{base}/thumbnail?layout={record.layout}",  # a new URL when the layout changes
+        "picture": base if record.layout == "rgb" else f"{base}/picture?layout={record.layout}",
         "layout": f"{base}/layout",
         "label": f"{base}/label",
         "mask": f"{base}/mask",
@@ -71,12 +74,16 @@ def describe(repository: ImageRepository, record: ImageRecord) -> ImageOut:
     return ImageOut(**record.model_dump(), has_label=repository.has_label(record.id), links=links)
 
 
-def cached(request: Request, content: bytes, media_type: str, etag: str, cache_control: str) -> Response:
-    """``content`` with its validator, or 304 when the client already holds it."""
+def cached(
+    request: Request, content: bytes | Callable[[], bytes], media_type: str, etag: str, cache_control: str
+) -> Response:
+    """``content`` (or what the callable makes, only when needed) with its validator, or 304
+    when the client already holds it."""
     headers = {"ETag": etag, "Cache-Control": cache_control}
     if etag in (tag.strip() for tag in request.headers.get("if-none-match", "").split(",")):
         return Response(status_code=304, headers=headers)
-    return Response(content, media_type=media_type, headers=headers)
+    body = content() if callable(content) else content
+    return Response(body, media_type=media_type, headers=headers)
 
 
 @router.post(
@@ -195,6 +202,22 @@ def put_layout(image_id: str, body: LayoutIn, repository: Repository) -> ImageOu
     """Declare the sensor layout of the image's channels (e.g. ``cir`` for a colour-infrared
     composite). Segment again afterwards: stored masks were made in the previous layout."""
     return describe(repository, repository.set_layout(image_id, body.layout))
+
+
+@router.get(
+    "/{image_id}/picture",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 304: {"description": "Not modified"},
+               **error_responses(400, 404)},
+)  # fmt: skip
+def picture(request: Request, image_id: str, repository: Repository) -> Response:
+    """The image as people see it in its layout: true colour, or the layout's false-colour
+    composite (a four-band or two-band file is no picture a browser can show as it is)."""
+    record = repository.get(image_id)
+    etag = f'"{record.id}-{record.layout}-picture"'
+    return cached(
+        request, lambda: encode_png(repository.decode(record), compress_level=3), "image/png", etag, IMMUTABLE
+    )
 
 
 @router.put(

@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const TOKEN_KEY = "cropseg-token";
-const state = { selected: null, authentication: false };
+const state = { selected: null, authentication: false, layouts: [] };
 
 // ---------- API ----------
 
@@ -133,9 +133,10 @@ async function select(image) {
     $(`view-${name}`).removeAttribute("src");
   }
   $("figure-label").hidden = !image.has_label;
+  $("layout-select").value = image.layout;
   if (window.matchMedia("(max-width: 800px)").matches) $("result-title").scrollIntoView({ behavior: "smooth" });
   try {
-    await loadImage($("view-original"), image.links.self);
+    await loadImage($("view-original"), image.links.picture);
     if (image.has_label) await loadImage($("view-label"), `${image.links.label}?v=${Date.now()}`);
     const { items } = await json(`/api/v1/images/${image.id}/segmentations`);
     if (items.length) await showSegmentation(items[0]);
@@ -153,6 +154,8 @@ async function showSegmentation(segmentation) {
   $("stat-fraction").textContent = percent(segmentation.vegetation_fraction);
   $("stat-model").textContent = `${segmentation.model_name} ${segmentation.model_version}`;
   $("stat-latency").textContent = `${Math.round(segmentation.latency_ms)} ms`;
+  const scale = segmentation.working_scale < 1 ? ` at ${Math.round(segmentation.working_scale * 100)} % size` : "";
+  $("stat-layout").textContent = `${segmentation.layout}${scale}`;
   $("stats").hidden = false;
   const labelled = state.selected && state.selected.has_label;
   $("stat-accuracy-box").hidden = !labelled;
@@ -187,6 +190,7 @@ async function upload(file) {
   form.append("file", file, file.name);
   const label = $("label-input").files[0];
   if (label) form.append("label", label, label.name);
+  form.append("layout", $("layout-input").value);
   busy(`Uploading ${file.name}…`);
   $("result-empty").hidden = true;
   $("result").hidden = false;
@@ -202,6 +206,41 @@ async function upload(file) {
   } finally {
     busy(null);
     $("file-input").value = "";
+  }
+}
+
+async function loadLayouts() {
+  try {
+    state.layouts = await json("/api/v1/layouts");
+  } catch (e) {
+    showAlert(`Cannot list the sensor layouts: ${e.message}`);
+    return;
+  }
+  for (const id of ["layout-input", "layout-select"]) {
+    const select = $(id);
+    select.replaceChildren(...state.layouts.map((layout) =>
+      element("option", { value: layout.name, text: `${layout.name} — ${layout.description.split(":")[0]}`, title: layout.description })));
+  }
+  if (state.selected) $("layout-select").value = state.selected.layout;
+}
+
+async function changeLayout() {
+  const image = state.selected;
+  const layout = $("layout-select").value;
+  if (!image || layout === image.layout) return;
+  busy(`Reading the image as ${layout}…`);
+  try {
+    const updated = await json(`/api/v1/images/${image.id}/layout`, {
+      method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ layout }),
+    });
+    showAlert(`Layout set to ${layout}. Press Segment to segment it in this layout.`, "info");
+    await loadUploads();
+    await select(updated);
+  } catch (e) {
+    $("layout-select").value = image.layout;
+    showAlert(`Layout not changed: ${e.message}`);
+  } finally {
+    busy(null);
   }
 }
 
@@ -336,6 +375,8 @@ async function start() {
   setUpToken();
   $("shuffle").addEventListener("click", loadGallery);
   $("segment-button").addEventListener("click", segmentSelected);
+  $("layout-select").addEventListener("change", changeLayout);
+  loadLayouts();
   $("drift-refresh").addEventListener("click", loadDrift);
   $("status-refresh").addEventListener("click", loadStatus);
   window.addEventListener("hashchange", route);
