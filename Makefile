@@ -17,13 +17,14 @@ DRIFT_PORT ?= 8003
 PROMETHEUS_PORT ?= 9090
 CHECKOV_VERSION := 3.3.30
 
-# Model recipe (see model/README.md). Seeds are fixed: training 1, validation 2,
-# evaluation 3 (never seen in training), reference profile 4, sample gallery 5.
-# Training runs in two stages: a one-cycle run at max lr 3e-3, then a second, gentler
-# cycle (max lr 1e-3, new crop seed) from the first stage's best checkpoint.
+# Model recipe (see model/README.md). Synthetic seeds are fixed: training 1, selection 2,
+# evaluation 3 (never seen in training), reference profile 4, sample gallery 5. Real photos
+# (model/data/real, CC BY-SA 4.0): train/ trains, select/ chooses checkpoint and threshold,
+# val/ is only ever evaluated. One one-cycle run; draws: synthetic 35 %, EWS 40 %, peanut 25 %.
+REAL   := model/data/real
 TRAIN_TILES ?= 2400
-TRAIN_STEPS ?= 4000
-FINETUNE_STEPS ?= 3000
+TRAIN_STEPS ?= 5000
+EVAL_TILES ?= 150
 
 .PHONY: up drift experiment demo bench loadtest k8s test lint typecheck pytest system-deps model clean help
 
@@ -107,21 +108,20 @@ test: lint typecheck pytest
 
 model: $(VENV)/.dev
 	$(BIN)/cropseg-model generate --count $(TRAIN_TILES) --seed 1 --out $(DATA)/train
-	$(BIN)/cropseg-model generate --count 200 --seed 2 --out $(DATA)/val
-	$(BIN)/cropseg-model generate --count 300 --seed 3 --out $(DATA)/eval
-	$(BIN)/cropseg-model generate --count 400 --seed 4 --out $(DATA)/reference
-	rm -rf model/artifacts/samples  # the storage service's sample gallery, with labels
-	$(BIN)/cropseg-model generate --count 12 --seed 5 --out model/artifacts/samples
-	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet-stage1.pt \
-		--steps $(TRAIN_STEPS)
-	$(BIN)/cropseg-model train --data $(DATA)/train --val $(DATA)/val --out $(DATA)/unet.pt \
-		--init $(DATA)/unet-stage1.pt --steps $(FINETUNE_STEPS) --lr 1e-3 --seed 1
+	$(BIN)/cropseg-model generate --count 100 --seed 2 --out $(DATA)/val
+	$(BIN)/cropseg-model generate --count $(EVAL_TILES) --seed 3 --out $(DATA)/eval
+	$(BIN)/cropseg-model generate --count 200 --seed 4 --out $(DATA)/reference
+	rm -rf model/artifacts/samples  # the storage service's sample gallery, with labels, in their layouts
+	$(BIN)/cropseg-model generate --count 12 --seed 5 --out model/artifacts/samples --layout-files
+	$(BIN)/cropseg-model train --data $(DATA)/train:0.35 --data $(REAL)/ews/train:0.4 \
+		--data $(REAL)/peanut/train:0.25 --val $(DATA)/val --val $(REAL)/ews/select \
+		--val $(REAL)/peanut/select --out $(DATA)/unet.pt --steps $(TRAIN_STEPS)
 	$(BIN)/cropseg-model export --checkpoint $(DATA)/unet.pt --out $(ONNX) --report $(DATA)/export.json \
-		--calibrate $(DATA)/val
-	$(BIN)/cropseg-model evaluate --model $(ONNX) --data $(DATA)/eval --out $(DATA)/eval.json --robustness
+		--calibrate $(DATA)/val --calibrate $(REAL)/ews/select --calibrate $(REAL)/peanut/select
+	$(BIN)/cropseg-model evaluate --model $(ONNX) --data $(REAL)/ews/val --data $(REAL)/peanut/val \
+		--synthetic $(DATA)/eval --scales 0.25,0.375,0.5,0.75,1 --enlarge 2,4 --out $(DATA)/eval.json
 	$(BIN)/cropseg-model profile --model $(ONNX) --data $(DATA)/reference
-	$(BIN)/cropseg-model card --stage1-report $(DATA)/unet-stage1.json --train-report $(DATA)/unet.json \
-		--export-report $(DATA)/export.json \
+	$(BIN)/cropseg-model card --train-report $(DATA)/unet.json --export-report $(DATA)/export.json \
 		--eval-report $(DATA)/eval.json
 
 clean:

@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cropseg_core.files import write_atomic, write_json
 from cropseg_core.segmenter import file_sha256
-from cropseg_model.evaluate import markdown_table, robustness_table, sensor_table
+from cropseg_model.evaluate import ENLARGEMENT_LABELS, METHOD_LABELS, layout_table, sweep_table
 
 CARD_TEMPLATE = """\
 # Model card: {name} {version}
@@ -18,104 +20,128 @@ CARD_TEMPLATE = """\
 by hand — change `model/cropseg_model/card.py` and rerun.*
 
 ## What it is
-A U-Net that marks every pixel of a nadir UAV field image as **vegetation** (crop or weed)
-or **soil / background**. ONNX file: `artifacts/{onnx_name}` ({size_kb:.0f} KB,
-{parameters} parameters, sha256 `{sha256_short}…`), architecture `{architecture}`
-(encoder 16-32-64, bottleneck 128, same-padded convolutions so masks align pixel for pixel).
+A U-Net that marks every pixel of a field image — a drone tile or a top-down photo — as
+**vegetation** (crop or weed) or **soil / background**. ONNX file: `artifacts/{onnx_name}`
+({size_kb:.0f} KB, {parameters} parameters, sha256 `{sha256_short}…`), architecture
+`{architecture}` (four levels, same-padded convolutions so masks align pixel for pixel).
 
-- **Input** `image`: uint8 RGB, shape (N, H, W, 3), any H and W (padded to a multiple of 8
-  inside the graph and cropped back).
+- **Input** `image`: uint8, shape (N, H, W, 4): the bands red, green, blue, near-infrared,
+  0 where the camera has no such band; any H and W (padded inside the graph and cropped back).
+  Services map each declared sensor layout (rgb, cir, rgbn, nir_red, red_nir) to these bands.
 - **Output** `vegetation_probability`: float32 (N, 1, H, W); the mask is probability >
   {threshold} (metadata key `threshold`).
-- Preprocessing is inside the graph: per-image standardisation over in-field pixels,
-  chromaticity, intensity and an in-field indicator. Clients send raw pixels.
+- Preprocessing is inside the graph: which bands are present, per-image standardised bands
+  over in-field pixels, chromaticity, intensity, **excess green** (where red, green and blue
+  exist) and **NDVI** (where NIR and red exist) as input channels, and an in-field indicator.
+- Working resolution: metadata `working_gsd_mm` = {working_gsd_mm} mm per pixel; the
+  segmentation pipeline (`cropseg_core.pipeline`) scales finer images down to it when a
+  request gives `gsd_mm`, and otherwise scales images whose leaves are wider than
+  {auto_leaf_px:g} px (measured on the image's vegetation index) down to that width.
 
 ## Intended use
-Estimating vegetation cover and making crop/soil masks from drone tiles (true-colour RGB and
-false-colour composites from multispectral cameras: colour-infrared NIR-R-G and NIR-RE-R),
-at ground sampling distances where single plants span a few to a few dozen pixels. It does
-not tell crop from weed. It is not meant for oblique photos, satellite imagery, or
-decisions without a person checking the masks on their own imagery first.
+Vegetation cover and crop/soil masks from nadir drone tiles and top-down field photos, in
+true colour or in false-colour / multispectral layouts, where single plants span a few to
+a few dozen pixels (larger ones are scaled down by the pipeline). It does not tell crop
+from weed. It is not meant for oblique photos, satellite imagery, or decisions without a
+person checking the masks on their own imagery first.
 
 ## Data
-There is no dataset download: the model is trained on **synthetic tiles** from
-`cropseg_model.synth` ({train_images} training tiles, seed 1; {val_images} validation, seed 2).
-Each tile is rendered in five spectral bands (soil families dry, wet, dark, sandy, red,
-greenish crust and straw residue; crop rows at random angles and spacings; three leaf
-shapes; weeds; plant and cloud shadows) and mapped through a sensor (RGB 60 %, CIR 25 %,
-NIR-RE-R 15 %) and a camera (exposure error, white balance, saturation, vignetting, defocus
-and motion blur, noise, JPEG at quality 50–95 for half the tiles, black out-of-field
-regions). Masks are pixel-exact: 255 where a leaf was drawn. Leaves are at least 3 px
-wide: thinner structures are not resolved reliably at this resolution (see Limitations).
+- **Real photos** (CC BY-SA 4.0, copied into `model/data/real/`, see the repository's
+  `NOTICE`): **EWS**, Eschikon Wheat Segmentation (Zenkl et al., ETH Zurich, Front. Plant
+  Sci. 2022): 350×350 patches of winter wheat; **peanut** (Tran and Phan, IEEE Access
+  2023): 480×360 top-down photos of peanut with weeds in Viet Nam. Each source's training
+  split is cut into `train` (used for training) and `select` (every 10th image: checkpoint
+  and threshold choice); the `val` split is **never** used for training or any choice and
+  gives the numbers below.
+- **Synthetic tiles** from `cropseg_model.synth` ({synthetic_train} training tiles, seed 1;
+  {synthetic_select} for selection, seed 2): soils of seven families, crop rows, three leaf
+  shapes, weeds, dull, dark and mottled leaves, plant and cloud shadows, rendered in five
+  spectral bands and recorded in red, green, blue and NIR by a camera model (exposure,
+  gains, vignetting, blur, noise, JPEG, black out-of-field regions). They are the only
+  source of near-infrared bands: every crop is shown in a layout drawn at random (rgb
+  {w_rgb:.0%}, cir {w_cir:.0%}, rgbn {w_rgbn:.0%}, nir_red and red_nir {w_nir_red:.1%} each).
+
+Draws per batch: {source_table}
+
+**Licence of the weights.** The weights are trained on CC BY-SA 4.0 data. Whether trained
+weights are an adaptation is unsettled; cropseg treats them as one: this model file is
+shared under **CC BY-SA 4.0**, with credit to the dataset creators above.
 
 ## Evaluation
-{eval_images} freshly generated tiles (seed 3, never used in training or model selection);
-{non_black} of them have in-field pixels. Means of per-image scores; an image where
-truth and prediction are both empty scores IoU 1.
+Everything below is the **segmentation pipeline** a user gets through the API (band mapping,
+working resolution, tiles, the ONNX model, resize back, threshold), not the bare network,
+scored beside the simple index each layout allows (ExG + Otsu for true colour, NDVI + Otsu
+wherever NIR exists) and the seed's green filter + k-means. Vegetation IoU, mean of
+per-image scores (non-black: images with in-field pixels).
 
-{table}
+{layout_table}
 
-IoU (non-black) by sensor:
+Where it is still worse, or barely better: {weak_spots}
 
-{sensor_table}
+**Scale.** The real validation images shrunk to a fraction of their size (area average;
+masks by majority), as a coarser ground sampling distance would show them:
 
-IoU (non-black) when every evaluation image is darkened or brightened by a constant gain
-(then clipped to 8 bits) — what the relative inputs buy over absolute colour:
+![IoU against scale](artifacts/scale.png)
+
+{scale_tables}
+
+**Large photos.** The same validation images enlarged (bicubic) as a closer, higher-resolution
+photo would show them: the pipeline's automatic working resolution against the same
+pipeline forced to full resolution.
+
+{enlargement_tables}
+
+**Exposure** (true colour, synthetic tiles darkened or brightened by a constant gain):
 
 {robustness_table}
 
-The baselines are the seed's traditional techniques (excess green + Otsu; green filter +
-k-means, k = 2), vectorised. They assume green leaves, so they fail on false-colour
-composites by design; on true-colour tiles the U-Net is still well ahead.
-
 ![Examples](artifacts/examples.png)
 
-*Evaluation tiles (seed 3), one per sensor plus one at a field edge: the image, its exact
-mask, the U-Net's mask and the ExG + Otsu mask (magenta = predicted vegetation).*
+*Validation images and synthetic tiles in several layouts: the picture, its true mask, the
+pipeline's mask and the layout's index + Otsu mask (magenta = predicted vegetation).*
 
 ## Training
 ![Training curve](artifacts/training_curve.png)
 
 Batches of {batch_size} random {crop}×{crop} crops at scales {min_scale}–{max_scale}
-(multi-scale), flips, 90° turns, exposure/gamma/colour jitter, blur and noise; AdamW with a
-one-cycle schedule; loss BCE + soft Dice ignoring pixels labelled 128. Each stage keeps its
-checkpoint with the best validation IoU (non-black):
+(multi-scale), flips, 90° turns, a sensor layout per synthetic crop, exposure/gamma/per-band
+gain jitter, blur and noise; AdamW with a one-cycle schedule (max lr {lr:g}, {steps} steps);
+loss BCE + soft Dice ignoring pixels labelled 128. The checkpoint with the best mean IoU over
+the selection sets was kept: step {best_step} ({best_iou:.4f}; {selection}).
 
-{stage_table}
-
-Took {train_minutes:.1f} minutes in all on {device} ({threads} threads). The mask threshold
-{threshold} was chosen on the validation set (best mean IoU among 0.30–0.70) and is stored in
+Took {train_minutes:.1f} minutes on {device} ({threads} threads). The mask threshold
+{threshold} was chosen on the selection sets (best mean IoU among 0.30–0.70) and is stored in
 the ONNX file's metadata; services use it unless a request asks for another.
-ONNX export (opset 18, dynamic batch/height/width) matches PyTorch within
-{parity:.1e} (max absolute difference in probability over random and generated inputs; the
-tolerance is 2e-3 because per-image statistics are float32 sums over all pixels, added in a
-different order by each runtime; thresholded masks must agree on all but 1e-4 of pixels).
+ONNX export (opset 18, dynamic batch/height/width) matches PyTorch within {parity:.1e} (max
+absolute difference in probability over random and generated inputs in every layout).
 
 ## Limitations
-- Trained on synthetic data only. Real cameras, soils, crops and lighting differ; check the
-  masks on your own imagery and fine-tune (`cropseg-model pseudo-label`, then
-  `cropseg-model train --init`) before relying on it. The drift monitor compares incoming
-  images with `artifacts/reference_profile.npz` to tell you when inputs move away from
-  what the model has seen.
-- Nearly all remaining errors lie at leaf edges: {edge_share:.0%} of the U-Net's wrong pixels
-  on the evaluation set are within one pixel of a true edge. Thin leaves and blurred tiles
-  are where IoU drops; expect lower IoU on imagery where seedlings span only a few pixels.
+- Real training data is wheat and peanut photographed from close range, in true colour.
+  Near-infrared layouts are learnt from synthetic tiles only: their numbers above are on
+  synthetic tiles, and real CIR or red/NIR imagery may score lower. Check the masks on your
+  own imagery and fine-tune (`cropseg-model pseudo-label`, then `cropseg-model train --init`).
+  The drift monitor compares incoming images of a layout with that layout's rows of
+  `artifacts/reference_profile.npz`.
+- {edge_share:.0%} of the pipeline's wrong pixels on the true-colour validation sets lie within
+  one pixel of a true edge; shaded leaves in dense canopies and thin leaves are where IoU drops.
 - Dead or yellow plant material is labelled soil unless it is part of a living plant.
+- Leaves narrower than about 2 px after scaling are not resolved.
 
 ## Reproduce
 ```
 make model            # about {train_minutes:.0f} min of training on 2 CPU cores; uses a GPU if present
 ```
-which runs `cropseg-model generate` (train/val/eval/reference sets), `train`, `export`
-(with the parity check), `evaluate`, `profile` and `card`.
+which runs `cropseg-model generate` (synthetic train/select/eval/reference sets), `train`,
+`export` (with the parity check), `evaluate` (pipeline on the real validation splits and the
+synthetic evaluation tiles), `profile` and `card`.
 
 ## Files
 | file | what |
 |---|---|
-| `artifacts/{onnx_name}` | the model |
+| `artifacts/{onnx_name}` | the model (CC BY-SA 4.0) |
 | `artifacts/metrics.json` | evaluation, training and export numbers behind this card |
-| `artifacts/examples.png`, `artifacts/training_curve.png` | the figures above |
-| `artifacts/reference_profile.npz` | drift reference: per-image grey histograms, image properties, true and predicted vegetation fractions of {reference_images} reference tiles (seed 4) |
+| `artifacts/examples.png`, `artifacts/scale.png`, `artifacts/training_curve.png` | the figures above |
+| `artifacts/reference_profile.npz` | drift reference: per image and layout, grey histograms, image properties, true and predicted vegetation fractions ({reference_images} reference tiles, seed 4, in {reference_layouts} layouts) |
 """
 
 
@@ -125,67 +151,74 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def _figures(stages: list[dict[str, Any]], onnx_path: Path, artifacts: Path) -> None:
-    from cropseg_core.segmenter import OnnxSegmenter
-    from cropseg_model.plots import examples, training_curve
-    from cropseg_model.synth import generate_tile
+def _figures(training: dict[str, Any], evaluation: dict[str, Any], onnx_path: Path, artifacts: Path) -> None:
+    from cropseg_core.bands import LAYOUTS, display_rgb, from_model_bands
+    from cropseg_model.baselines import baselines_for
+    from cropseg_model.datasets import discover, load_masked
+    from cropseg_model.evaluate import Evaluator
+    from cropseg_model.plots import examples, scale_plot, training_curve
 
-    history, offset, boundaries = [], 0, []
-    for stage in stages:  # later stages continue the step count of earlier ones
-        history += [{**h, "step": h["step"] + offset} for h in stage["history"]]
-        offset += stage["config"]["steps"]
-        boundaries.append(offset)
-    training_curve(history, boundaries[:-1], artifacts / "training_curve.png")
-    segmenter = OnnxSegmenter(onnx_path)
-    segmenter.load()
-    wanted = ["rgb", "cir", "nir_re_r", "partial"]
+    training_curve(training["history"], [], artifacts / "training_curve.png")
+    scale_plot(
+        {name: report["scales"] for name, report in evaluation["sets"].items() if "scales" in report},
+        artifacts / "scale.png",
+    )
+    evaluator = Evaluator(onnx_path)
     rows = []
-    for index in range(200):
-        tile = generate_tile(3, index)[0]
-        if tile.meta["black"] == "full":
-            continue
-        key = "partial" if tile.meta["black"] == "partial" else str(tile.meta["sensor"])
-        if key in wanted:
-            wanted.remove(key)
-            title = f"eval tile {index}: {tile.meta['sensor']}, {tile.meta['soil']} soil"
-            rows.append((title, tile.image, tile.mask, segmenter.segment(tile.image)))
-        if not wanted:
-            break
+    picks = [(folder, 0, "rgb") for folder in evaluation["real_folders"]]
+    picks += [
+        (evaluation["synthetic_folder"], index, layout) for index, layout in ((1, "cir"), (2, "nir_red"))
+    ]
+    for folder, index, name in picks:
+        sample = discover(Path(folder))[index]
+        bands, mask = load_masked(sample)
+        layout = LAYOUTS[name]
+        view = bands * np.array(layout.present(), np.uint8)
+        predicted = evaluator.segment(from_model_bands(view, layout), layout)
+        baseline_name, baseline = next(iter(baselines_for(layout).items()))
+        title = f"{Path(folder).parent.name}/{Path(folder).name} {sample.name[:18]} ({name})"
+        rows.append(
+            (title, display_rgb(view, layout), mask, predicted, baseline(view), METHOD_LABELS[baseline_name])
+        )
     examples(rows, artifacts / "examples.png")
 
 
-def _stage_table(stages: list[dict[str, Any]]) -> str:
-    rows = [
-        "| stage | steps | max lr | crop seed | best step | val IoU (non-black) | minutes |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for number, stage in enumerate(stages, 1):
-        config, best = stage["config"], stage["best"]
-        rows.append(
-            f"| {number} | {config['steps']} | {config['lr']:g} | {config['seed']} | {best['step']} "
-            f"| {best['iou_non_black']:.4f} | {stage['train_seconds'] / 60:.1f} |"
-        )
-    return "\n".join(rows)
+def _sources_table(training: dict[str, Any]) -> str:
+    total = sum(source["weight"] for source in training["sources"])
+    return ", ".join(
+        f"`{source['folder']}` {source['weight'] / total:.0%} ({source['images']} images)"
+        for source in training["sources"]
+    )
+
+
+def _weak_spots(evaluation: dict[str, Any]) -> str:
+    """Every (set, layout) where the pipeline is less than 5 points above its best baseline."""
+    weak = []
+    for set_name, report in evaluation["sets"].items():
+        for layout, methods in report["layouts"].items():
+            best_name = max((m for m in methods if m != "unet"), key=lambda m: methods[m]["iou_non_black"])
+            margin = methods["unet"]["iou_non_black"] - methods[best_name]["iou_non_black"]
+            if margin < 0.05:
+                weak.append(f"{set_name} in {layout} ({margin:+.3f} against {METHOD_LABELS[best_name]})")
+    return (
+        "; ".join(weak) + "."
+        if weak
+        else "nowhere: the pipeline is at least 5 points above the best baseline on every set and layout above."
+    )
 
 
 def write_card(
-    train_report: Path,
-    export_report: Path,
-    eval_report: Path,
-    artifacts: Path,
-    stage1_report: Path | None = None,
+    train_report: Path, export_report: Path, eval_report: Path, artifacts: Path
 ) -> tuple[Path, Path]:
-    """``train_report`` is the last training stage; ``stage1_report`` the one it started from."""
     training, export, evaluation = _load(train_report), _load(export_report), _load(eval_report)
-    stages = ([_load(stage1_report)] if stage1_report else []) + [training]
     keys = (
         "config",
         "best",
         "history",
         "train_seconds",
         "device",
-        "train_images",
-        "val_images",
+        "sources",
+        "selection_sets",
         "torch_threads",
     )
     onnx_path = Path(export["onnx"])
@@ -198,25 +231,34 @@ def write_card(
             "bytes": onnx_path.stat().st_size,
             "sha256": file_sha256(onnx_path),
             "parameters": training.get("parameters"),
+            "licence": "CC-BY-SA-4.0",
         },
         "evaluation": evaluation,
-        "training": {"stages": [{k: stage[k] for k in keys} for stage in stages]},
+        "training": {k: training[k] for k in keys},
         "export": {
             "parity_max_abs_diff": export["parity_max_abs_diff"],
             "threshold": float(export["threshold"]),
             "threshold_calibration": export["threshold_calibration"],
+            "working_gsd_mm": float(export["working_gsd_mm"]),
         },
     }
     profile_path = artifacts / "reference_profile.npz"
-    reference_images = "?"
+    reference_images, reference_layouts = "?", "?"
     if profile_path.exists():
         from cropseg_core.features import load_reference_profile
 
-        reference_images = str(len(load_reference_profile(profile_path).image_names))
+        profile = load_reference_profile(profile_path)
+        reference_images = str(profile.meta.get("images", "?"))
+        reference_layouts = str(len(set(profile.layouts.tolist())))
     metrics_path = artifacts / "metrics.json"
     write_json(metrics_path, metrics)
-    config = training["config"]
-    unet = evaluation["methods"]["unet"]
+    config, best = training["config"], training["best"]
+    sets = evaluation["sets"]
+    real = {name: report for name, report in sets.items() if name != evaluation["synthetic_name"]}
+    selection = ", ".join(
+        f"{k.removeprefix('iou/')} {v:.3f}" for k, v in best.items() if k.startswith("iou/")
+    )
+    weights = _layout_weights()
     card = CARD_TEMPLATE.format(
         name=export["name"],
         version=export["version"],
@@ -225,31 +267,60 @@ def write_card(
         parameters=training.get("parameters"),
         sha256_short=metrics["model"]["sha256"][:16],
         architecture=export["architecture"],
-        train_images=training["train_images"],
-        val_images=training["val_images"],
-        eval_images=unet["images"],
-        non_black=unet["non_black_images"],
-        table=markdown_table(evaluation),
-        sensor_table=sensor_table(evaluation),
-        robustness_table=robustness_table(evaluation["exposure_robustness"]),
-        stage_table=_stage_table(stages),
-        edge_share=unet["wrong_pixels_within_1px_of_edge"],
         threshold=export["threshold"],
+        working_gsd_mm=export["working_gsd_mm"],
+        auto_leaf_px=evaluation["auto_leaf_px"],
+        synthetic_train=sum(s["images"] for s in training["sources"] if "data/real" not in s["folder"]),
+        synthetic_select=sum(n for k, n in training["selection_sets"].items() if not k.endswith("/select")),
+        w_rgb=weights["rgb"],
+        w_cir=weights["cir"],
+        w_rgbn=weights["rgbn"],
+        w_nir_red=weights["nir_red"],
+        source_table=_sources_table(training),
+        layout_table=layout_table(sets),
+        weak_spots=_weak_spots(evaluation),
+        scale_tables="\n\n".join(
+            f"*{name}*\n\n" + sweep_table(report["scales"], "scale", METHOD_LABELS)
+            for name, report in real.items()
+            if "scales" in report
+        ),
+        enlargement_tables="\n\n".join(
+            f"*{name}*\n\n" + sweep_table(report["enlargement"], "enlarged ×", ENLARGEMENT_LABELS)
+            for name, report in real.items()
+            if "enlargement" in report
+        ),
+        robustness_table=sweep_table(
+            sets[evaluation["synthetic_name"]]["exposure_robustness"], "exposure gain", METHOD_LABELS
+        ),
+        edge_share=float(np.mean([r["wrong_pixels_within_1px_of_edge"]["unet"] for r in real.values()])),
         batch_size=config["batch_size"],
         crop=config["crop"],
         min_scale=config["min_scale"],
         max_scale=config["max_scale"],
-        train_minutes=sum(stage["train_seconds"] for stage in stages) / 60,
+        lr=config["lr"],
+        steps=config["steps"],
+        best_step=best["step"],
+        best_iou=best["iou_non_black"],
+        selection=selection,
+        train_minutes=training["train_seconds"] / 60,
         device=training["device"],
         threads=training["torch_threads"],
         parity=export["parity_max_abs_diff"],
         reference_images=reference_images,
+        reference_layouts=reference_layouts,
     )
-    _figures(stages, onnx_path, artifacts)
+    _figures(training, evaluation, onnx_path, artifacts)
     card_path = artifacts.parent / "README.md"
     write_atomic(card_path, card.encode())
-    _update_readme(artifacts.parent.parent / "README.md", markdown_table(evaluation))
+    _update_readme(artifacts.parent.parent / "README.md", layout_table(sets))
     return metrics_path, card_path
+
+
+def _layout_weights() -> dict[str, float]:
+    from cropseg_model.train import LAYOUT_WEIGHTS
+
+    total = sum(LAYOUT_WEIGHTS.values())
+    return {name: weight / total for name, weight in LAYOUT_WEIGHTS.items()}
 
 
 README_START, README_END = "<!-- model-table:start -->", "<!-- model-table:end -->"

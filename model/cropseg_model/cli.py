@@ -19,6 +19,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from cropseg_core.bands import LAYOUTS
 from cropseg_core.files import write_json
@@ -123,20 +124,53 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from cropseg_model.evaluate import evaluate, markdown_table, robustness_table, sensor_table
+    from cropseg_model.evaluate import (
+        ENLARGEMENT_LABELS,
+        METHOD_LABELS,
+        evaluate_all,
+        layout_table,
+        sweep_table,
+    )
 
-    report = evaluate(
-        args.model, args.data, progress=not args.quiet, threshold=args.threshold, robustness=args.robustness
+    if not args.data and args.synthetic is None:
+        raise UsageError("give at least one --data or --synthetic folder")
+    report = evaluate_all(
+        args.model,
+        args.data,
+        args.synthetic,
+        scales=tuple(args.scales),
+        enlarge_factors=tuple(args.enlarge),
+        synthetic_limit=args.limit,
+        threshold=args.threshold,
+        progress=not args.quiet,
     )
     if args.out:
         write_json(args.out, report)
-    print(markdown_table(report))
-    breakdown = sensor_table(report)
-    if breakdown:
-        print("\nIoU (non-black) by sensor:\n" + breakdown)
-    robustness = report.get("exposure_robustness")
-    if isinstance(robustness, dict):
-        print("\nIoU (non-black) under exposure changes:\n" + robustness_table(robustness))
+    sets = report["sets"]
+    assert isinstance(sets, dict)
+    print(layout_table(sets))
+    sweeps = (
+        ("scales", "scale", METHOD_LABELS),
+        ("enlargement", "enlarged ×", ENLARGEMENT_LABELS),
+        ("exposure_robustness", "exposure gain", METHOD_LABELS),
+    )
+    for name, result in sets.items():
+        for key, label, labels in sweeps:
+            if key in result:
+                print(f"\n{name}, IoU (non-black) by {label}:\n" + sweep_table(result[key], label, labels))
+
+
+def _numbers(kind: type) -> Any:
+    def parse(text: str) -> list[Any]:
+        try:
+            values = [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text}: expected comma-separated numbers") from e
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text}: expected positive numbers")
+        return values
+
+    return parse
 
 
 def cmd_profile(args: argparse.Namespace) -> None:
@@ -167,9 +201,7 @@ def cmd_pseudo_label(args: argparse.Namespace) -> None:
 def cmd_card(args: argparse.Namespace) -> None:
     from cropseg_model.card import write_card
 
-    metrics_path, card_path = write_card(
-        args.train_report, args.export_report, args.eval_report, ARTIFACTS, args.stage1_report
-    )
+    metrics_path, card_path = write_card(args.train_report, args.export_report, args.eval_report, ARTIFACTS)
     print(f"wrote {metrics_path} and {card_path}")
 
 
@@ -250,12 +282,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("evaluate", help="pixel accuracy and IoU of the U-Net and the baselines")
+    p = sub.add_parser(
+        "evaluate", help="IoU of the segmentation pipeline and the baselines, per layout and scale"
+    )
     p.add_argument("--model", type=_existing, default=DEFAULT_MODEL)
-    p.add_argument("--data", type=_existing, required=True)
+    p.add_argument(
+        "--data",
+        type=_existing,
+        action="append",
+        default=[],
+        help="labelled folder of real photos (repeatable)",
+    )
+    p.add_argument(
+        "--synthetic", type=_existing, default=None, help="four-band synthetic folder: scored in every layout"
+    )
+    p.add_argument("--limit", type=_positive, default=None, help="at most this many synthetic tiles")
+    p.add_argument(
+        "--scales",
+        type=_numbers(float),
+        default=[],
+        help="e.g. 0.25,0.5,0.75,1: shrink the real images first",
+    )
+    p.add_argument(
+        "--enlarge", type=_numbers(int), default=[], help="e.g. 2,4: enlarge the real images first"
+    )
     p.add_argument("--threshold", type=_probability, default=None, help="default: the model's own")
     p.add_argument("--out", type=Path, default=None, help="write the full report as JSON")
-    p.add_argument("--robustness", action="store_true", help="also score darkened and brightened copies")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("profile", help="build the reference profile for drift detection")
@@ -274,10 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pseudo_label)
 
     p = sub.add_parser("card", help="write metrics.json and the model card from the pipeline's reports")
-    p.add_argument("--train-report", type=_existing, required=True, help="report of the last training stage")
-    p.add_argument(
-        "--stage1-report", type=_existing, default=None, help="report of the stage it started from"
-    )
+    p.add_argument("--train-report", type=_existing, required=True, help="the training report (.json)")
     p.add_argument("--export-report", type=_existing, required=True)
     p.add_argument("--eval-report", type=_existing, required=True)
     p.set_defaults(func=cmd_card)

@@ -113,6 +113,7 @@ def evaluate(
     robustness: bool = False,
     progress: bool = True,
     evaluator: Evaluator | None = None,
+    limit: int | None = None,
 ) -> dict[str, object]:
     """Score the pipeline and the baselines on every labelled image of ``data``.
 
@@ -121,7 +122,7 @@ def evaluate(
     ``robustness`` the IoU under exposure gains.
     """
     evaluator = evaluator or Evaluator(model, threshold)
-    samples = discover(data)
+    samples = discover(data)[:limit]
     scores: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
     seconds: dict[tuple[str, str], float] = defaultdict(float)
     by_scale: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
@@ -223,10 +224,12 @@ def layout_table(reports: dict[str, dict[str, object]]) -> str:
     methods = ["unet", "exg_otsu", "ndvi_otsu", "green_kmeans"]
     header = "| set | layout | images | " + " | ".join(METHOD_LABELS[m] for m in methods)
     rows = [header + " | margin over best baseline |", "|---|---|---:|" + "---:|" * (len(methods) + 1)]
-    for set_name, report in reports.items():
+    # Real photos (true colour only) first, then synthetic tiles; layouts in their usual order.
+    for set_name, report in sorted(reports.items(), key=lambda item: (len(item[1]["layouts"]) > 1, item[0])):
         layouts = report["layouts"]
         assert isinstance(layouts, dict)
-        for layout, by_method in layouts.items():
+        for layout in (name for name in LAYOUTS if name in layouts):
+            by_method = layouts[layout]
             cells = [f"{by_method[m]['iou_non_black']:.3f}" if m in by_method else "–" for m in methods]
             best = max(by_method[m]["iou_non_black"] for m in by_method if m != "unet")
             margin = by_method["unet"]["iou_non_black"] - best
@@ -265,3 +268,39 @@ ENLARGEMENT_LABELS = {
     "unet_full_resolution": "pipeline forced to full resolution",
     "baseline": "the layout's index + Otsu",
 }
+
+
+def set_name(folder: Path) -> str:
+    return f"{folder.parent.name}/{folder.name}"
+
+
+def evaluate_all(
+    model: Path,
+    real: list[Path],
+    synthetic: Path | None,
+    *,
+    scales: tuple[float, ...],
+    enlarge_factors: tuple[int, ...],
+    synthetic_limit: int | None = None,
+    threshold: float | None = None,
+    progress: bool = True,
+) -> dict[str, object]:
+    """The model card's evaluation: real folders (true colour) with the scale sweep and the
+    enlargement check; the synthetic folder in every layout, with exposure robustness."""
+    evaluator = Evaluator(model, threshold)
+    sets: dict[str, object] = {}
+    for folder in real:
+        sets[set_name(folder)] = evaluate(model, folder, scales=scales, enlarge_factors=enlarge_factors,
+                                          progress=progress, evaluator=evaluator)  # fmt: skip
+    if synthetic is not None:
+        sets[set_name(synthetic)] = evaluate(model, synthetic, robustness=True, progress=progress,
+                                             evaluator=evaluator, limit=synthetic_limit)  # fmt: skip
+    return {
+        "model": str(model),
+        "threshold": evaluator.threshold,
+        "auto_leaf_px": evaluator.config.auto_leaf_px,
+        "real_folders": [str(folder) for folder in real],
+        "synthetic_folder": str(synthetic) if synthetic else None,
+        "synthetic_name": set_name(synthetic) if synthetic else None,
+        "sets": sets,
+    }

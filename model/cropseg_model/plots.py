@@ -11,7 +11,6 @@ from matplotlib.figure import Figure
 
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import overlay, score
-from cropseg_model.baselines import exg_otsu
 
 
 def _save(figure: Any, path: Path, dpi: int = 110) -> None:
@@ -27,7 +26,13 @@ def training_curve(history: list[dict[str, float]], stage_ends: list[int], path:
     figure = Figure(figsize=(6.5, 3.2))
     left = figure.subplots()
     iou = [h["iou_non_black"] for h in history]
-    left.plot(steps, iou, "o-", color="tab:green", label="val IoU (non-black)")
+    left.plot(steps, iou, "o-", color="tab:green", label="selection IoU (mean)")
+    for key, colour in zip(
+        sorted(k for k in history[0] if k.startswith("iou/")),
+        ("tab:olive", "tab:brown", "tab:purple", "tab:cyan"),
+        strict=False,
+    ):
+        left.plot(steps, [h[key] for h in history], ".:", color=colour, label=key.removeprefix("iou/"))
     left.set_xlabel("training step")
     left.set_ylabel("validation IoU (non-black)")
     left.grid(alpha=0.3)
@@ -38,21 +43,20 @@ def training_curve(history: list[dict[str, float]], stage_ends: list[int], path:
         left.axvline(end, color="tab:blue", linestyle=":", linewidth=1)
         left.annotate(" stage 2", (end, max(iou)), ha="left", va="top", fontsize=8, color="tab:blue")
     figure.legend(loc="center right", bbox_to_anchor=(0.88, 0.5), fontsize=8)
-    left.set_title("U-Net training on synthetic tiles")
+    left.set_title("U-Net training: mean IoU over the selection sets")
     _save(figure, path)
 
 
-def examples(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
-    """One row per tile: image, true mask, U-Net overlay, ExG + Otsu overlay, with IoU."""
-    figure = Figure(figsize=(12, 2.4 * len(rows)))
+def examples(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]], path: Path) -> None:
+    """One row per image: picture, true mask, pipeline overlay, baseline overlay, with IoU."""
+    figure = Figure(figsize=(12, 2.6 * len(rows)))
     axes = figure.subplots(len(rows), 4, squeeze=False)
-    for row, (title, image, truth, predicted) in zip(axes, rows, strict=True):
-        baseline = exg_otsu(image)
+    for row, (title, picture, truth, predicted, baseline, baseline_label) in zip(axes, rows, strict=True):
         panels = [
-            (image, title),
+            (picture, title),
             (truth, "true mask"),
-            (overlay(image, predicted), f"U-Net  IoU {score(predicted, truth, image).iou:.2f}"),
-            (overlay(image, baseline), f"ExG + Otsu  IoU {score(baseline, truth, image).iou:.2f}"),
+            (overlay(picture, predicted), f"cropseg  IoU {score(predicted, truth).iou:.2f}"),
+            (overlay(picture, baseline), f"{baseline_label}  IoU {score(baseline, truth).iou:.2f}"),
         ]
         for axis, (pixels, label) in zip(row, panels, strict=True):
             axis.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255)
@@ -60,3 +64,27 @@ def examples(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: P
             axis.axis("off")
     figure.tight_layout()
     _save(figure, path, dpi=72)
+
+
+def scale_plot(by_set: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    """IoU (non-black) against scale, one panel per set: the pipeline and each baseline."""
+    figure = Figure(figsize=(4.2 * len(by_set), 3.2))
+    axes = figure.subplots(1, len(by_set), squeeze=False)[0]
+    styles = {"unet": ("o-", "tab:green"), "exg_otsu": ("s--", "tab:orange"),
+              "ndvi_otsu": ("^--", "tab:red"), "green_kmeans": ("d:", "tab:gray")}  # fmt: skip
+    labels = {"unet": "cropseg pipeline", "exg_otsu": "ExG + Otsu", "ndvi_otsu": "NDVI + Otsu",
+              "green_kmeans": "green filter + k-means"}  # fmt: skip
+    for axis, (name, table) in zip(axes, by_set.items(), strict=True):
+        scales = sorted(table, key=float)
+        for method, (marker, colour) in styles.items():
+            values = [table[s].get(method) for s in scales]
+            if any(v is not None for v in values):
+                axis.plot([float(s) for s in scales], values, marker, color=colour, label=labels[method])
+        axis.set_title(name)
+        axis.set_xlabel("scale (fraction of the original size)")
+        axis.set_ylabel("vegetation IoU")
+        axis.set_ylim(0, 1)
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    _save(figure, path)
