@@ -23,7 +23,7 @@ CHECKOV_VERSION := 3.3.30
 # val/ is only ever evaluated. One one-cycle run; draws: synthetic 35 %, EWS 40 %, peanut 25 %.
 REAL   := model/data/real
 TRAIN_TILES ?= 2400
-TRAIN_STEPS ?= 5000
+TRAIN_STEPS ?= 3600
 EVAL_TILES ?= 150
 
 .PHONY: up drift experiment demo bench loadtest k8s test lint typecheck pytest system-deps model clean help
@@ -115,7 +115,7 @@ model: $(VENV)/.dev
 	$(BIN)/cropseg-model generate --count 12 --seed 5 --out model/artifacts/samples --layout-files
 	$(BIN)/cropseg-model train --data $(DATA)/train:0.35 --data $(REAL)/ews/train:0.4 \
 		--data $(REAL)/peanut/train:0.25 --val $(DATA)/val --val $(REAL)/ews/select \
-		--val $(REAL)/peanut/select --out $(DATA)/unet.pt --steps $(TRAIN_STEPS)
+		--val $(REAL)/peanut/select --out $(DATA)/unet.pt --steps $(TRAIN_STEPS) --val-every 300
 	$(BIN)/cropseg-model export --checkpoint $(DATA)/unet.pt --out $(ONNX) --report $(DATA)/export.json \
 		--calibrate $(DATA)/val --calibrate $(REAL)/ews/select --calibrate $(REAL)/peanut/select
 	$(BIN)/cropseg-model evaluate --model $(ONNX) --data $(REAL)/ews/val --data $(REAL)/peanut/val \

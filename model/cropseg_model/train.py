@@ -124,16 +124,17 @@ class CropSampler:
             img, msk = img[:, ::-1], msk[:, ::-1]
         pixels: np.ndarray = img.astype(np.float32) / 255.0
         black = img.max(axis=2) <= 2
-        if img[..., 3].any():  # four bands: show them in a layout drawn for this crop
+        if image[..., 3].any():  # four bands: show them in a layout drawn for this crop
             layout = LAYOUTS[self.layouts[int(rng.choice(len(self.layouts), p=self.layout_weights))]]
-            pixels = pixels * np.array(layout.present(), np.float32)
+            present = np.array(layout.present(), np.float32)
+        else:  # a photo keeps the bands it has
+            present = (image.reshape(-1, image.shape[2]).max(axis=0) > 0).astype(np.float32)
         gain = math.exp(rng.normal(0, 0.3)) * rng.uniform(0.9, 1.1, size=pixels.shape[2])
         pixels = np.clip(pixels * gain, 0, 1) ** math.exp(rng.normal(0, 0.2))
         if rng.random() < 0.2:
             pixels = cv2.GaussianBlur(pixels, (0, 0), rng.uniform(0.3, 1.2))
         if rng.random() < 0.3:
             pixels = pixels + rng.normal(0, rng.uniform(0.005, 0.03), pixels.shape)
-        present = pixels.reshape(-1, pixels.shape[2]).max(axis=0) > 0
         pixels = np.clip(pixels, 0, 1) * present  # an absent band stays exactly 0
         pixels[black] = 0  # out-of-field stays exactly black, as in real tiles
         return pixels.transpose(2, 0, 1).astype(np.float32), np.ascontiguousarray(msk)

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from cropseg_core.bands import LAYOUTS
+from cropseg_core.indices import excess_green, otsu_threshold, typical_leaf_width
 from cropseg_core.masks import score
-from cropseg_model.baselines import excess_green, exg_otsu, green_kmeans, kmeans, otsu_threshold
+from cropseg_model.baselines import baselines_for, exg_otsu, green_kmeans, kmeans, ndvi_otsu
 
 from .conftest import disc_image
 
@@ -40,3 +42,27 @@ def test_kmeans_recovers_two_clusters() -> None:
     labels, centres = kmeans(points)
     assert sorted(np.bincount(labels).tolist()) == [50, 70]
     np.testing.assert_allclose(sorted(centres[:, 0]), [0, 3], atol=0.1)
+
+
+def test_ndvi_otsu_finds_a_leaf_bright_in_nir() -> None:
+    _, truth = disc_image()
+    bands = np.zeros((*truth.shape, 4), np.uint8)
+    bands[..., 0] = np.where(truth > 0, 30, 120)  # leaves absorb red
+    bands[..., 3] = np.where(truth > 0, 200, 130)  # and reflect near-infrared
+    assert score(ndvi_otsu(bands), truth).iou == 1.0
+
+
+def test_each_layout_gets_the_baselines_its_bands_allow() -> None:
+    assert set(baselines_for(LAYOUTS["rgb"])) == {"exg_otsu", "green_kmeans"}
+    assert set(baselines_for(LAYOUTS["cir"])) == {"ndvi_otsu"}
+    assert set(baselines_for(LAYOUTS["rgbn"])) == {"exg_otsu", "green_kmeans", "ndvi_otsu"}
+    assert set(baselines_for(LAYOUTS["red_nir"])) == {"ndvi_otsu"}
+
+
+@pytest.mark.parametrize("width", [4, 10, 24])
+def test_typical_leaf_width_of_strips(width: int) -> None:
+    mask = np.zeros((200, 200), np.uint8)
+    for left in range(10, 190 - width, width + 20):
+        mask[10:190, left : left + width] = 255
+    assert typical_leaf_width(mask) == pytest.approx(width, rel=0.2)
+    assert typical_leaf_width(np.zeros((5, 5), np.uint8)) is None

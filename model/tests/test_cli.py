@@ -44,18 +44,19 @@ def test_evaluate_prints_all_three_methods_and_writes_json(
     tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "eval.json"
-    argv = ["-q", "evaluate", "--data", str(tiny_dataset), "--out", str(report), "--robustness"]
+    argv = ["-q", "evaluate", "--synthetic", str(tiny_dataset), "--out", str(report)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    for label in ("U-Net (ONNX)", "ExG + Otsu", "Green filter + k-means", "by sensor", "exposure"):
+    for label in ("cropseg pipeline (U-Net)", "ExG + Otsu", "NDVI + Otsu", "Green filter + k-means", "exposure"):
         assert label in printed
-    saved = json.loads(report.read_text())
-    assert set(saved["methods"]) == {"unet", "exg_otsu", "green_kmeans"}
-    assert saved["methods"]["unet"]["images"] == 8
+    saved = json.loads(report.read_text())["sets"][f"{tiny_dataset.parent.name}/{tiny_dataset.name}"]
+    assert set(saved["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}
+    assert set(saved["layouts"]["nir_red"]) == {"unet", "ndvi_otsu"}
+    assert saved["layouts"]["rgb"]["unet"]["images"] == 8
     robustness = saved["exposure_robustness"]
     assert set(robustness) == {"0.5", "0.7", "1", "1.4", "2"}
     # gain 1 is the unchanged set: it must reproduce the plain evaluation
-    assert robustness["1"]["unet"] == saved["methods"]["unet"]["iou_non_black"]
+    assert robustness["1"]["unet"] == saved["layouts"]["rgb"]["unet"]["iou_non_black"]
 
 
 def test_missing_data_folder_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,7 +105,10 @@ def test_pseudo_label_then_profile_on_a_flat_folder(tiny_dataset: Path, tmp_path
 
     profile_path = tmp_path / "profile.npz"
     assert main(["-q", "profile", "--data", str(tiny_dataset), "--out", str(profile_path)]) == 0
-    assert load_reference_profile(profile_path).grey_histograms.shape == (8, 256)
+    profile = load_reference_profile(profile_path)
+    assert profile.grey_histograms.shape == (40, 256)  # 8 four-band tiles in each of 5 layouts
+    assert sorted(set(profile.layouts.tolist())) == ["cir", "nir_red", "red_nir", "rgb", "rgbn"]
+    assert profile.for_layout("cir").grey_histograms.shape == (8, 256)
 
 
 def test_demo_runs_as_a_command(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ def test_paired_layout_reads_images_and_masks(tiny_dataset: Path) -> None:
     assert len(pairs) == 8
     name, image, mask = pairs[0]
     assert name == "tile_11_000000"
-    assert image.shape == (96, 128, 3)
+    assert image.shape == (96, 128, 4)  # four-band tiles: red, green, blue, NIR
     assert mask.shape == (96, 128)
     assert set(np.unique(mask)) <= {0, 255}
 
@@ -67,7 +67,7 @@ def test_weedmap_layout_merges_crop_and_weed(tmp_path: Path) -> None:
     samples = discover(tmp_path)
     assert [s.name for s in samples] == ["003_frame0001"]
     loaded_image, mask = load_masked(samples[0])
-    np.testing.assert_array_equal(loaded_image, image)
+    np.testing.assert_array_equal(loaded_image, np.dstack([image, np.zeros((6, 8), np.uint8)]))  # no NIR
     assert mask[0, 0] == 255
     assert mask[5, 7] == 255
     assert mask.sum() == 2 * 255

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from cropseg_model.baselines import excess_green
+from cropseg_core.bands import LAYOUTS, from_model_bands
+from cropseg_core.indices import excess_green, ndvi
 from cropseg_model.synth import (
     SOILS,
     Leaf,
@@ -19,8 +20,8 @@ from cropseg_model.synth import (
 )
 
 
-def one_leaf_scene(sensor: str) -> Scene:
-    scene = Scene(height=60, width=80, soil="dry", soil_reflectance=np.array(SOILS["dry"]), sensor=sensor)
+def one_leaf_scene() -> Scene:
+    scene = Scene(height=60, width=80, soil="dry", soil_reflectance=np.array(SOILS["dry"]))
     scene.texture_strength = 0.0
     scene.leaves.append(Leaf(x=40, y=30, angle=0.3, length=25, width=10, roundness=0.4, bend=0.0, shade=1.0))
     scene.leaf_stress.append(0.0)
@@ -39,14 +40,15 @@ def test_same_seed_and_index_give_identical_tiles() -> None:
 
 def test_tile_shape_and_mask_values() -> None:
     tile, _, _ = generate_tile(1, 0, height=120, width=200)
-    assert tile.image.shape == (120, 200, 3)
+    assert tile.image.shape == (120, 200, 4)  # red, green, blue, NIR
+    assert tile.rgb.shape == (120, 200, 3)
     assert tile.image.dtype == np.uint8
     assert set(np.unique(tile.mask)) <= {0, 255}
     assert tile.meta["vegetation_fraction"] == pytest.approx((tile.mask > 0).mean(), abs=1e-5)
 
 
 def test_known_scene_mask_is_exactly_the_drawn_leaf() -> None:
-    scene = one_leaf_scene("rgb")
+    scene = one_leaf_scene()
     _image, mask = render(scene)
     expected = np.zeros((60, 80), np.uint8)
     cv2.fillPoly(expected, [leaf_polygon(scene.leaves[0])], 255)
@@ -55,18 +57,20 @@ def test_known_scene_mask_is_exactly_the_drawn_leaf() -> None:
 
 
 def test_leaves_are_green_in_rgb_and_red_in_colour_infrared() -> None:
-    rgb_image, mask = render(one_leaf_scene("rgb"))
+    bands, mask = render(one_leaf_scene())
     leaf, soil = mask > 0, mask == 0
-    exg = excess_green(rgb_image)
+    exg = excess_green(bands[..., :3])
     assert exg[leaf].mean() > exg[soil].mean() + 0.1
-    cir_image, _ = render(one_leaf_scene("cir"))
-    # CIR puts NIR in the red channel: leaves are bright there and dark in green (= red band).
-    assert cir_image[leaf, 0].mean() > cir_image[soil, 0].mean()
-    assert cir_image[leaf, 1].mean() < cir_image[soil, 1].mean()
+    index = ndvi(bands)
+    assert index[leaf].mean() > index[soil].mean() + 0.3
+    cir = from_model_bands(bands, LAYOUTS["cir"])
+    # CIR puts NIR in the first channel and red in the second: leaves are red-magenta.
+    assert cir[leaf, 0].mean() > cir[leaf, 1].mean() * 2
+    assert cir[leaf, 1].mean() < cir[soil, 1].mean()
 
 
 def test_partial_out_of_field_region_is_exactly_black_in_image_and_mask() -> None:
-    scene = one_leaf_scene("rgb")
+    scene = one_leaf_scene()
     scene.black, scene.black_angle, scene.black_offset = "partial", 0.0, 0.5
     image, mask = render(scene)
     black = image.max(axis=2) == 0
@@ -78,7 +82,7 @@ def test_partial_out_of_field_region_is_exactly_black_in_image_and_mask() -> Non
 
 def test_generated_sets_cover_the_promised_variety() -> None:
     metas = [generate_tile(9, i, height=90, width=120)[0].meta for i in range(120)]
-    assert {m["sensor"] for m in metas} == {"rgb", "cir", "nir_re_r"}
+    assert {m["layout"] for m in metas} == set(LAYOUTS)
     assert len({m["soil"] for m in metas}) >= 6
     assert {m["species"] for m in metas} == {"rosette", "grass", "broadleaf"}
     assert any(m["jpeg_quality"] for m in metas)
@@ -97,7 +101,7 @@ def test_jpeg_tiles_carry_real_compression_artefacts() -> None:
     decoded = cv2.cvtColor(
         cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
     )
-    np.testing.assert_array_equal(tile.image, decoded)
+    np.testing.assert_array_equal(tile.rgb, decoded)  # the visible bands are what the JPEG holds
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -8,20 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.card import write_card
 from cropseg_model.cli import main
 from cropseg_model.datasets import DatasetError
-from cropseg_model.evaluate import markdown_table
+from cropseg_model.evaluate import layout_table
 from cropseg_model.export import PARITY_ATOL, check_parity, export_onnx
 from cropseg_model.train import (
     CropSampler,
+    Source,
     TrainConfig,
     load_checkpoint,
     load_pairs,
+    parse_source,
     segmentation_loss,
-    split_pairs,
     train,
 )
 from cropseg_model.unet import UNet, input_features
@@ -33,7 +35,7 @@ pytestmark = pytest.mark.train
 def test_output_has_exactly_the_input_size(size: tuple[int, int]) -> None:
     net = UNet().eval()
     with torch.no_grad():
-        out = net(torch.rand(2, 3, *size))
+        out = net(torch.rand(2, 4, *size))
     assert out.shape == (2, 1, *size)
 
 
@@ -41,7 +43,7 @@ def test_masks_are_aligned_not_shifted() -> None:
     """Translating the input by a few pixels translates the output by exactly as much."""
     torch.manual_seed(0)
     net = UNet().eval()
-    image = torch.rand(1, 3, 64, 64)
+    image = torch.rand(1, 4, 64, 64)
     shifted = torch.roll(image, shifts=(8, 8), dims=(2, 3))
     with torch.no_grad():
         a = net(image)[..., 16:40, 16:40]
@@ -50,14 +52,31 @@ def test_masks_are_aligned_not_shifted() -> None:
 
 
 def test_standardised_features_ignore_exposure_and_black_regions() -> None:
-    image = torch.rand(1, 3, 20, 20) * 0.5 + 0.1
+    image = torch.rand(1, 4, 20, 20) * 0.5 + 0.1
     brighter = image * 1.6
     features, features_bright = input_features(image), input_features(brighter)
-    # standardised channels (0-2) and chromaticity (3-5) do not change with exposure
-    torch.testing.assert_close(features[:, :6], features_bright[:, :6], atol=1e-2, rtol=1e-2)
-    padded = torch.zeros(1, 3, 20, 40)
+    # standardised bands (0-3), chromaticity (4-6), ExG and NDVI (8-9) do not change with exposure
+    stable = [0, 1, 2, 3, 4, 5, 6, 8, 9]
+    torch.testing.assert_close(features[:, stable], features_bright[:, stable], atol=1e-2, rtol=1e-2)
+    padded = torch.zeros(1, 4, 20, 40)
     padded[..., :20] = image
-    torch.testing.assert_close(input_features(padded)[:, :6, :, :20], features[:, :6], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(
+        input_features(padded)[:, stable, :, :20], features[:, stable], atol=1e-3, rtol=1e-3
+    )
+
+
+def test_absent_bands_are_flagged_and_indices_follow_the_bands() -> None:
+    """An RGB image (NIR all 0) gets excess green and no NDVI; a red/NIR pair the reverse."""
+    green_leaf = torch.tensor([0.1, 0.5, 0.1, 0.0]).view(1, 4, 1, 1).expand(1, 4, 4, 4).clone()
+    features = input_features(green_leaf)
+    assert features[0, 10:14, 0, 0].tolist() == [1.0, 1.0, 1.0, 0.0]  # presence flags
+    assert float(features[0, 8, 0, 0]) > 0.5  # excess green
+    assert float(features[0, 9, 0, 0]) == 0.0  # no NDVI
+    red_nir = torch.tensor([0.1, 0.0, 0.0, 0.6]).view(1, 4, 1, 1).expand(1, 4, 4, 4).clone()
+    features = input_features(red_nir)
+    assert features[0, 10:14, 0, 0].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert float(features[0, 8, 0, 0]) == 0.0  # no excess green
+    assert float(features[0, 9, 0, 0]) > 0.6  # NDVI
 
 
 def test_loss_ignores_pixels_marked_128() -> None:
@@ -71,14 +90,33 @@ def test_loss_ignores_pixels_marked_128() -> None:
 
 
 def test_sampler_keeps_masks_exact_and_black_black(tiny_dataset: Path) -> None:
-    sampler = CropSampler(load_pairs(tiny_dataset), TrainConfig(crop=48, batch_size=4))
+    sampler = CropSampler([(load_pairs(tiny_dataset), 1.0)], TrainConfig(crop=48, batch_size=4))
     images, target, weight = sampler.batch()
-    assert images.shape == (4, 3, 48, 48)
+    assert images.shape == (4, 4, 48, 48)
     assert target.shape == (4, 1, 48, 48)
     assert set(torch.unique(target).tolist()) <= {0.0, 1.0}
     assert weight.min() == 1.0  # generated masks have no ignore pixels
     assert float(images.min()) >= 0.0
     assert float(images.max()) <= 1.0
+
+
+def test_sampler_shows_four_band_tiles_in_every_layout_and_rgb_photos_as_rgb(tiny_dataset: Path) -> None:
+    four_band = load_pairs(tiny_dataset)
+    photos = [(image * np.array([1, 1, 1, 0], np.uint8), mask) for image, mask in four_band]
+    sampler = CropSampler([(four_band, 1.0)], TrainConfig(crop=32, batch_size=64))
+    present = {tuple((sampler.batch()[0][i].amax(dim=(1, 2)) > 0).tolist()) for i in range(64)}
+    assert {(True, True, True, False), (True, True, False, True), (True, False, False, True)} <= present
+    sampler = CropSampler([(photos, 1.0)], TrainConfig(crop=32, batch_size=16))
+    assert float(sampler.batch()[0][:, 3].max()) == 0.0  # a photo without NIR never gets one
+
+
+def test_sources_parse_with_weights() -> None:
+    assert parse_source("data/a") == Source(Path("data/a"), 1.0)
+    assert parse_source("data/a:0.4") == Source(Path("data/a"), 0.4)
+    with pytest.raises(DatasetError, match="positive"):
+        parse_source("data/a:0")
+    with pytest.raises(DatasetError, match="DIR:WEIGHT"):
+        parse_source("data/a:x")
 
 
 @pytest.mark.slow
@@ -88,7 +126,7 @@ def test_tiny_training_run_reduces_the_loss_and_exports_with_parity(
     config = TrainConfig(
         steps=40, batch_size=4, crop=64, lr=5e-3, val_every=20, channels=(8, 16), bottleneck=16
     )
-    report = train(tiny_dataset, tiny_dataset, tmp_path / "tiny.pt", config, progress=False)
+    report = train([Source(tiny_dataset)], [tiny_dataset], tmp_path / "tiny.pt", config, progress=False)
     history = report["history"]
     assert isinstance(history, list)
     assert len(history) == 2
@@ -104,151 +142,102 @@ def test_tiny_training_run_reduces_the_loss_and_exports_with_parity(
     segmenter = OnnxSegmenter(onnx_path)
     info = segmenter.load()
     assert (info.name, info.version) == ("tiny", "0.0.1")
-    batch = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8)
+    batch = np.random.default_rng(0).integers(0, 256, (2, 37, 53, 4), dtype=np.uint8)
     assert segmenter.predict(batch).shape == (2, 37, 53)
 
 
 def test_fine_tuning_starts_from_the_given_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
     config = TrainConfig(steps=2, batch_size=2, crop=32, val_every=1, channels=(8, 16), bottleneck=16)
-    train(tiny_dataset, tiny_dataset, tmp_path / "a.pt", config, progress=False)
+    train([Source(tiny_dataset)], [tiny_dataset], tmp_path / "a.pt", config, progress=False)
     start, _ = load_checkpoint(tmp_path / "a.pt")
     config.lr = 1e-12  # nothing moves: the result must equal the starting weights
-    train(tiny_dataset, tiny_dataset, tmp_path / "b.pt", config, init=tmp_path / "a.pt", progress=False)
+    train(
+        [Source(tiny_dataset)],
+        [tiny_dataset],
+        tmp_path / "b.pt",
+        config,
+        init=tmp_path / "a.pt",
+        progress=False,
+    )
     tuned, _ = load_checkpoint(tmp_path / "b.pt")
     for name, value in start.state_dict().items():
         if value.dtype.is_floating_point and "running" not in name:
             torch.testing.assert_close(value, tuned.state_dict()[name], atol=1e-6, rtol=0)
 
 
-def test_split_is_deterministic_and_keeps_both_sides() -> None:
-    pairs = [(np.full((2, 2, 3), i, np.uint8), np.zeros((2, 2), np.uint8)) for i in range(10)]
-    train_a, val_a = split_pairs(pairs, 0.2, seed=3)
-    _, val_b = split_pairs(pairs, 0.2, seed=3)
-    assert [int(p[0][0, 0, 0]) for p in val_a] == [int(p[0][0, 0, 0]) for p in val_b]
-    assert (len(train_a), len(val_a)) == (8, 2)
-    assert len(split_pairs(pairs[:2], 0.9, seed=0)[0]) == 1
-    with pytest.raises(DatasetError, match="at least 2"):
-        split_pairs(pairs[:1], 0.1, seed=0)
-
-
 @pytest.mark.slow
-def test_train_and_export_commands_without_a_validation_folder(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_train_and_export_commands_with_weighted_sources(tiny_dataset: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "cli.pt"
-    argv = [
-        "-q",
-        "train",
-        "--data",
-        str(tiny_dataset),
-        "--out",
-        str(checkpoint),
-        "--steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--crop",
-        "32",
-        "--val-every",
-        "1",
-        "--val-fraction",
-        "0.25",
-    ]
+    argv = ["-q", "train", "--data", f"{tiny_dataset}:0.7", "--data", f"{tiny_dataset}:0.3",
+            "--val", str(tiny_dataset), "--out", str(checkpoint), "--steps", "2", "--batch-size", "2",
+            "--crop", "32", "--val-every", "1"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(checkpoint.with_suffix(".json").read_text())
-    assert (report["train_images"], report["val_images"]) == (6, 2)
+    assert [s["weight"] for s in report["sources"]] == [0.7, 0.3]
+    assert report["selection_sets"] == {f"{tiny_dataset.parent.name}/{tiny_dataset.name}": 8}
     onnx_path = tmp_path / "cli.onnx"
-    argv = ["-q", "export", "--checkpoint", str(checkpoint), "--out", str(onnx_path), "--version", "9.9.9"]
+    argv = ["-q", "export", "--checkpoint", str(checkpoint), "--out", str(onnx_path), "--version", "9.9.9",
+            "--working-gsd-mm", "2.5"]  # fmt: skip
     assert main(argv) == 0
-    segmenter = OnnxSegmenter(onnx_path)
-    assert segmenter.load().version == "9.9.9"
+    info = OnnxSegmenter(onnx_path).load()
+    assert (info.version, info.working_gsd_mm) == ("9.9.9", 2.5)
+    with pytest.raises(SystemExit):  # no --val: nothing to choose the checkpoint on
+        main(["-q", "train", "--data", str(tiny_dataset), "--out", str(checkpoint)])
 
 
 @pytest.mark.slow
 def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> None:
-    """generate -> train (2 stages) -> export (calibrated) -> evaluate -> profile -> card."""
+    """generate -> train -> export (calibrated) -> evaluate (real-like and four-band sets) ->
+    profile -> card, as ``make model`` chains them."""
     artifacts = tmp_path / "model" / "artifacts"
     onnx_path = artifacts / "cropseg-unet.onnx"
     (tmp_path / "README.md").write_text(
         "intro\n<!-- model-table:start -->\nold\n<!-- model-table:end -->\nend\n"
     )
-    common = ["--data", str(tiny_dataset), "--val", str(tiny_dataset), "--batch-size", "2", "--crop", "32"]
-    assert (
-        main(["-q", "train", *common, "--out", str(tmp_path / "s1.pt"), "--steps", "2", "--val-every", "1"])
-        == 0
-    )
-    argv = [
-        "-q",
-        "train",
-        *common,
-        "--out",
-        str(tmp_path / "s2.pt"),
-        "--steps",
-        "2",
-        "--val-every",
-        "1",
-        "--init",
-        str(tmp_path / "s1.pt"),
-        "--lr",
-        "1e-3",
-        "--seed",
-        "1",
-    ]
+    photos = tmp_path / "real" / "val"  # the tiles as true-colour files: what the real folders hold
+    for folder in ("images", "masks"):
+        (photos / folder).mkdir(parents=True)
+    for sample in sorted((tiny_dataset / "images").iterdir())[:4]:
+        Image.open(sample).convert("RGB").save(photos / "images" / sample.name)
+        (photos / "masks" / sample.name).write_bytes((tiny_dataset / "masks" / sample.name).read_bytes())
+    argv = ["-q", "train", "--data", str(tiny_dataset), "--data", f"{photos}:0.5", "--val", str(tiny_dataset),
+            "--batch-size", "2", "--crop", "32", "--out", str(tmp_path / "unet.pt"), "--steps", "2",
+            "--val-every", "1"]  # fmt: skip
     assert main(argv) == 0
-    argv = [
-        "-q",
-        "export",
-        "--checkpoint",
-        str(tmp_path / "s2.pt"),
-        "--out",
-        str(onnx_path),
-        "--report",
-        str(tmp_path / "export.json"),
-        "--calibrate",
-        str(tiny_dataset),
-    ]
+    argv = ["-q", "export", "--checkpoint", str(tmp_path / "unet.pt"), "--out", str(onnx_path),
+            "--report", str(tmp_path / "export.json"), "--calibrate", str(tiny_dataset)]  # fmt: skip
     assert main(argv) == 0
     export = json.loads((tmp_path / "export.json").read_text())
     assert export["threshold"] in export["threshold_calibration"]
-    argv = [
-        "-q",
-        "evaluate",
-        "--model",
-        str(onnx_path),
-        "--data",
-        str(tiny_dataset),
-        "--out",
-        str(tmp_path / "eval.json"),
-        "--robustness",
-    ]
+    argv = ["-q", "evaluate", "--model", str(onnx_path), "--data", str(photos),
+            "--synthetic", str(tiny_dataset), "--scales", "0.5,1", "--enlarge", "2",
+            "--out", str(tmp_path / "eval.json")]  # fmt: skip
     assert main(argv) == 0
-    argv = [
-        "-q",
-        "profile",
-        "--model",
-        str(onnx_path),
-        "--data",
-        str(tiny_dataset),
-        "--out",
-        str(artifacts / "reference_profile.npz"),
-    ]
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    real, synthetic = evaluation["sets"]["real/val"], evaluation["sets"][f"{tiny_dataset.parent.name}/tiles"]
+    assert set(real["layouts"]) == {"rgb"}
+    assert set(real["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}
+    assert set(synthetic["layouts"]) == {"rgb", "cir", "rgbn", "nir_red", "red_nir"}
+    assert set(synthetic["layouts"]["cir"]) == {"unet", "ndvi_otsu"}
+    assert set(real["scales"]) == {"0.5", "1"}
+    assert set(real["enlargement"]["2"]) == {"unet_auto", "unet_full_resolution", "baseline"}
+    argv = ["-q", "profile", "--model", str(onnx_path), "--data", str(tiny_dataset),
+            "--out", str(artifacts / "reference_profile.npz")]  # fmt: skip
     assert main(argv) == 0
 
     metrics_path, card_path = write_card(
-        tmp_path / "s2.json",
-        tmp_path / "export.json",
-        tmp_path / "eval.json",
-        artifacts,
-        tmp_path / "s1.json",
+        tmp_path / "unet.json", tmp_path / "export.json", tmp_path / "eval.json", artifacts
     )
     metrics = json.loads(metrics_path.read_text())
-    assert len(metrics["training"]["stages"]) == 2
-    table = markdown_table(metrics["evaluation"])
+    assert metrics["model"]["licence"] == "CC-BY-SA-4.0"
+    table = layout_table(metrics["evaluation"]["sets"])
     card = card_path.read_text()
     assert table in card
-    assert "| 2 | 2 | 0.001 | 1 |" in card
-    assert "of 8 reference tiles" in card
+    assert "CC BY-SA 4.0" in card
+    assert "8 reference tiles, seed 4, in 5 layouts" in card
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n")
     assert table in readme
     assert "old" not in readme
-    for figure in ("examples.png", "training_curve.png"):
+    for figure in ("examples.png", "scale.png", "training_curve.png"):
         assert (artifacts / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -81,8 +81,9 @@ def typical_leaf_width(mask: np.ndarray, max_depth: int = 64) -> float | None:
     """Typical width in pixels of the vegetation in a 0/255 mask, or None without any.
 
     Each vegetation pixel's depth is how many 4-neighbour erosions it survives (its distance
-    to soil, in pixels). Across a strip of width w the depths run 1..w/2, mean about w/4: so
-    the width is four times the mean depth. Pixels deeper than ``max_depth`` count as it.
+    to soil, in pixels). Across a strip of width w the depths run 1..w/2 and back, mean
+    (w + 2) / 4: so the width is four times the mean depth, less 2. Pixels deeper than
+    ``max_depth`` count as it.
     """
     inside = mask > 127
     if not inside.any():
@@ -101,4 +102,4 @@ def typical_leaf_width(mask: np.ndarray, max_depth: int = 64) -> float | None:
         eroded[0] = eroded[-1] = False
         eroded[:, 0] = eroded[:, -1] = False
         current = eroded
-    return float(4.0 * depth[inside].mean())
+    return float(4.0 * depth[inside].mean() - 2.0)
