@@ -33,6 +33,7 @@ import numpy as np
 from sections import replace_section
 from tqdm import tqdm
 
+from cropseg_core.bands import get_layout, to_model_bands
 from cropseg_core.masks import encode_png
 from cropseg_core.processes import free_port, running_service
 from cropseg_core.segmenter import OnnxSegmenter
@@ -124,7 +125,7 @@ def torch_eager(tile: np.ndarray, runs: int) -> tuple[dict[str, float], float]:
             else:
                 macs += output.numel() * per_output
 
-    x = torch.from_numpy(tile[None].copy())
+    x = torch.from_numpy(to_model_bands(tile, get_layout("rgb"))[None].copy())
     handles = [m.register_forward_hook(count) for m in net.modules()]
     with torch.inference_mode():
         net(x)
@@ -156,7 +157,7 @@ def run(runs: int, requests: int) -> dict[str, object]:
 
     segmenter = OnnxSegmenter(MODEL)
     segmenter.load()
-    batch = tile[None]
+    batch = to_model_bands(tile, get_layout("rgb"))[None]
     results["bare_onnxruntime"] = percentiles(timed(lambda: segmenter.predict(batch), runs))
     segmenter.unload()
     steps.update()

@@ -203,13 +203,15 @@ def physical_limit() -> dict[str, float]:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from inference import MODEL, cpu_peak_gflops, timed, torch_eager  # type: ignore[import-not-found]
 
+    from cropseg_core.bands import get_layout, to_model_bands
     from cropseg_core.segmenter import OnnxSegmenter
     from cropseg_model.synth import generate_tile
 
     tile = generate_tile(3, 0, 360, 480)[0].rgb
     segmenter = OnnxSegmenter(MODEL)
     segmenter.load()
-    bare_s = statistics.median(timed(lambda: segmenter.predict(tile[None]), 30))
+    bands = to_model_bands(tile, get_layout("rgb"))
+    bare_s = statistics.median(timed(lambda: segmenter.predict(bands[None]), 30))
     segmenter.unload()
     flops = torch_eager(tile, 1)[1]
     peak = cpu_peak_gflops() * 1e9

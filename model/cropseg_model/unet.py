@@ -1,10 +1,12 @@
 """The cropseg U-Net (PyTorch; training only, never imported by a service).
 
-Same family as the seed's network (encoder 16-32-64 channels, a 128-channel bottleneck),
-with two changes that matter in production:
+Same family as the seed's network, one level deeper (encoder 16-32-64-128 channels, a
+256-channel bottleneck: a wider view for shadows and context at little cost, since the
+extra level runs at 1/8 and 1/16 of the resolution), with two changes that matter in
+production:
 
 * **Pixel alignment.** Convolutions are padded ("same"), the input is padded on the
-  right/bottom to a multiple of 8 inside the network and the output is cropped back, so
+  right/bottom to a multiple of 16 inside the network and the output is cropped back, so
   the mask has exactly the input's size and is aligned pixel for pixel, for any size.
   (The seed used unpadded convolutions and resized the smaller output, shifting masks.)
 * **Bands, not pictures.** The input is the four bands of
@@ -68,7 +70,7 @@ class ConvBlock(nn.Sequential):
 class UNet(nn.Module):
     """Bands (N, 4, H, W) in [0, 1] -> vegetation logits (N, 1, H, W), any H and W."""
 
-    def __init__(self, channels: tuple[int, ...] = (16, 32, 64), bottleneck: int = 128) -> None:
+    def __init__(self, channels: tuple[int, ...] = (16, 32, 64, 128), bottleneck: int = 256) -> None:
         super().__init__()
         self.channels = tuple(channels)
         self.bottleneck_channels = bottleneck

@@ -76,7 +76,8 @@ def automatic_scale(bands: np.ndarray, layout: Layout, leaf_px: float) -> float:
 
     The layout's vegetation index is thresholded by Otsu (threshold from a strided sample of
     the whole image); leaf width is measured at full resolution in four windows of at most
-    WINDOW pixels (a 2 x 2 grid), so that resizing cannot blur thin leaves into wide ones.
+    WINDOW pixels (a 2 x 2 grid; a small image whole), so that resizing cannot blur thin
+    leaves into wide ones.
     """
     height, width = bands.shape[:2]
     step = max(1, int(math.sqrt(height * width / SAMPLE_PIXELS)))
@@ -85,12 +86,17 @@ def automatic_scale(bands: np.ndarray, layout: Layout, leaf_px: float) -> float:
     if not in_field.any():
         return 1.0
     threshold = otsu_threshold(vegetation_index(sample, layout)[in_field])
-    size_y, size_x = min(WINDOW, height), min(WINDOW, width)
+    if height * width <= 4 * WINDOW * WINDOW:  # small enough: measure the whole image once
+        windows = [bands]
+    else:
+        size_y, size_x = min(WINDOW, height), min(WINDOW, width)
+        windows = []
+        for cy, cx in product((height // 4, 3 * height // 4), (width // 4, 3 * width // 4)):
+            y = min(max(0, cy - size_y // 2), height - size_y)
+            x = min(max(0, cx - size_x // 2), width - size_x)
+            windows.append(bands[y : y + size_y, x : x + size_x])
     masks = []
-    for cy, cx in product((height // 4, 3 * height // 4), (width // 4, 3 * width // 4)):
-        y = min(max(0, cy - size_y // 2), height - size_y)
-        x = min(max(0, cx - size_x // 2), width - size_x)
-        window = bands[y : y + size_y, x : x + size_x]
+    for window in windows:
         vegetation = (vegetation_index(window, layout) > threshold) & (window.max(axis=2) > BLACK_LEVEL)
         masks.append(np.pad(vegetation, ((0, 0), (0, 1))))  # a soil column keeps windows apart
     leaf = typical_leaf_width(np.where(np.hstack(masks), np.uint8(255), np.uint8(0)))
