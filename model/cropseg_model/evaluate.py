@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -218,7 +219,7 @@ def _ordered(methods: list[str]) -> list[str]:
     return sorted(methods, key=lambda n: list(METHOD_LABELS).index(n) if n in METHOD_LABELS else 99)
 
 
-def layout_table(reports: dict[str, dict[str, object]]) -> str:
+def layout_table(reports: dict[str, Any]) -> str:
     """One row per (set, layout): IoU (non-black) of the pipeline and each applicable baseline,
     and the pipeline's margin over the best baseline."""
     methods = ["unet", "exg_otsu", "ndvi_otsu", "green_kmeans"]

@@ -203,7 +203,7 @@ class Pipeline:
         factor = working_scale(bands, layout, self.config, gsd_mm=gsd_mm, scale=scale)
         if factor < 1:
             bands = resize_bands(bands, max(1, round(height * factor)), max(1, round(width * factor)))
-        plan = plan_tiles(*bands.shape[:2], self.config.tile_size, self.config.tile_overlap)
+        plan = plan_tiles(bands.shape[0], bands.shape[1], self.config.tile_size, self.config.tile_overlap)
         return Prepared(bands, plan, height, width, factor, layout)
 
     def finish(

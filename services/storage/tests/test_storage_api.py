@@ -246,6 +246,58 @@ def test_threshold_is_validated_and_passed_on(client: TestClient) -> None:
     assert client.get(f"/api/v1/images/{image_id}/mask", params={"model_version": "../x"}).status_code == 422
 
 
+def test_layout_is_stored_editable_and_sent_to_inference(make_client: Callable[..., TestClient]) -> None:
+    seen: list[dict[str, str]] = []
+
+    def inference(request: httpx.Request) -> httpx.Response:
+        seen.append(dict(request.url.params))
+        return fake_inference(request)
+
+    client = make_client(routed(inference=inference))
+    assert client.get("/api/v1/layouts").json()[1]["name"] == "cir"
+    stored = upload(client, params={"layout": "cir"}).json()
+    assert stored["layout"] == "cir"
+    assert stored["links"]["thumbnail"].endswith("?layout=cir")
+    image_id = stored["id"]
+    segmentation = client.post(f"/api/v1/images/{image_id}/segmentation", params={"gsd_mm": 2}).json()
+    assert (seen[-1]["layout"], seen[-1]["gsd_mm"], segmentation["layout"]) == ("cir", "2.0", "cir")
+    picture = client.get(f"/api/v1/images/{image_id}/picture")
+    assert picture.status_code == 200
+    assert client.get(f"/api/v1/images/{image_id}/picture", headers={"if-none-match": picture.headers["etag"]}
+                      ).status_code == 304  # fmt: skip
+    changed = client.put(f"/api/v1/images/{image_id}/layout", json={"layout": "rgb"})
+    assert changed.json()["layout"] == "rgb"
+    assert client.get(f"/api/v1/images/{image_id}/metadata").json()["layout"] == "rgb"
+    client.post(f"/api/v1/images/{image_id}/segmentation")
+    assert seen[-1]["layout"] == "rgb"
+    multipart = client.post(
+        "/api/v1/images", files={"file": ("b.png", encode(field_image(green_columns=5)), "image/png")},
+        data={"layout": "red_nir"},
+    )  # fmt: skip
+    assert multipart.json()["layout"] == "red_nir"
+
+
+@pytest.mark.parametrize(
+    ("call", "fragment"),
+    [
+        (lambda c, i: upload(c, params={"layout": "ndvi"}), "use one of rgb, cir, rgbn, nir_red, red_nir"),
+        (lambda c, i: upload(c, params={"layout": "rgbn"}), "needs 4 channels, but the image has 3"),
+        (lambda c, i: c.put(f"/api/v1/images/{i}/layout", json={"layout": "rgbn"}), "needs 4 channels"),
+        (lambda c, i: c.put(f"/api/v1/images/{i}/layout", json={"layout": "hsv"}), "unknown layout"),
+    ],
+    ids=["upload-unknown", "upload-channels", "put-channels", "put-unknown"],
+)
+def test_bad_layouts_are_422_and_change_nothing(
+    client: TestClient, call: Callable[[TestClient, str], httpx.Response], fragment: str
+) -> None:
+    image_id = upload(client).json()["id"]
+    response = call(client, image_id)
+    assert response.status_code == 422
+    assert fragment in response.json()["error"]["message"]
+    assert client.get(f"/api/v1/images/{image_id}/metadata").json()["layout"] == "rgb"
+    assert len(client.get("/api/v1/images").json()["items"]) == 1
+
+
 def failing(kind: str) -> Callable[[httpx.Request], httpx.Response]:
     def handler(request: httpx.Request) -> httpx.Response:
         if kind == "refused":

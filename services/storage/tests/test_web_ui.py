@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from storage_testing import REPO, encode
 
+from cropseg_core.bands import from_model_bands, get_layout
 from cropseg_model.synth import generate_tile
 
 if TYPE_CHECKING:
@@ -60,6 +61,43 @@ def test_upload_segment_and_see_mask_and_metrics(
     assert abs(fraction - float(tile.meta["vegetation_fraction"])) < 0.05
     assert page.evaluate("document.getElementById('view-mask').naturalWidth") == tile.image.shape[1]
     page.screenshot(path=ARTIFACTS / "segment.png", full_page=True)
+    assert errors == []
+
+
+def test_a_colour_infrared_upload_is_read_in_its_layout_and_the_layout_can_be_changed(
+    browser: Browser, live_stack: dict[str, str], tmp_path: Path
+) -> None:
+    """Declared CIR on upload, the picture is the false-colour composite and the mask is good;
+    switched to rgb in the UI, the same file is read another way (and the IoU shows it)."""
+    from playwright.sync_api import expect
+
+    tile = next(t for t in (generate_tile(12, i)[0] for i in range(40)) if t.meta["black"] == "none")
+    image = tmp_path / "cir-field.png"
+    image.write_bytes(encode(from_model_bands(tile.image, get_layout("cir"))))
+    label = tmp_path / "cir-field-mask.png"
+    label.write_bytes(encode(tile.mask))
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(live_stack["storage"])
+    expect(page.locator("#layout-input option")).to_have_count(5)
+    page.select_option("#layout-input", "cir")
+    page.locator("summary").click()
+    page.set_input_files("#label-input", str(label))
+    page.set_input_files("#file-input", str(image))
+    expect(page.locator("#alert-text")).to_contain_text("Stored cir-field")
+    expect(page.locator("#layout-select")).to_have_value("cir")
+    page.click("#segment-button")
+    expect(page.locator("#stat-layout")).to_have_text("cir", timeout=30_000)
+    expect(page.locator("#stat-iou")).to_have_text(re.compile(r"0\.\d{3}"))
+    cir_iou = float(page.locator("#stat-iou").inner_text())
+    assert cir_iou > 0.75
+    page.screenshot(path=ARTIFACTS / "segment-cir.png", full_page=True)
+    page.select_option("#layout-select", "rgb")
+    expect(page.locator("#alert-text")).to_contain_text("Layout set to rgb")
+    page.click("#segment-button")
+    expect(page.locator("#stat-layout")).to_have_text("rgb", timeout=30_000)
+    expect(page.locator("#stat-iou")).not_to_have_text(f"{cir_iou:.3f}")
     assert errors == []
 
 
