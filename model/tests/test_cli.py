@@ -47,7 +47,13 @@ def test_evaluate_prints_all_three_methods_and_writes_json(
     argv = ["-q", "evaluate", "--synthetic", str(tiny_dataset), "--out", str(report)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    for label in ("cropseg pipeline (U-Net)", "ExG + Otsu", "NDVI + Otsu", "Green filter + k-means", "exposure"):
+    for label in (
+        "cropseg pipeline (U-Net)",
+        "ExG + Otsu",
+        "NDVI + Otsu",
+        "Green filter + k-means",
+        "exposure",
+    ):
         assert label in printed
     saved = json.loads(report.read_text())["sets"][f"{tiny_dataset.parent.name}/{tiny_dataset.name}"]
     assert set(saved["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}

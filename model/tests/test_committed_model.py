@@ -5,17 +5,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from cropseg_core.bands import LAYOUTS, from_model_bands
 from cropseg_core.features import PROPERTY_NAMES, load_reference_profile
 from cropseg_core.masks import score
 from cropseg_core.segmenter import OnnxSegmenter, file_sha256
 from cropseg_model.cli import ARTIFACTS, DEFAULT_MODEL
-from cropseg_model.evaluate import markdown_table
+from cropseg_model.evaluate import Evaluator, layout_table
 from cropseg_model.metrics import summarise
-from cropseg_model.synth import generate_tile
+from cropseg_model.synth import _write_one, generate_tile
 
 METRICS = json.loads((ARTIFACTS / "metrics.json").read_text())
+MIN_FRESH_IOU = 0.8
+SETS = METRICS["evaluation"]["sets"]
+REAL = [name for name in SETS if name != METRICS["evaluation"]["synthetic_name"]]
+SYNTHETIC = SETS[METRICS["evaluation"]["synthetic_name"]]
+
+
+def iou(methods: dict[str, dict[str, float]], name: str) -> float:
+    return float(methods[name]["iou_non_black"])
+
+
+def best_baseline(methods: dict[str, dict[str, float]]) -> float:
+    return max(iou(methods, name) for name in methods if name != "unet")
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +38,13 @@ def segmenter() -> OnnxSegmenter:
 
 
 def test_model_is_small_and_describes_itself(segmenter: OnnxSegmenter) -> None:
-    assert DEFAULT_MODEL.stat().st_size < 5 * 1024 * 1024
+    assert DEFAULT_MODEL.stat().st_size < 10 * 1024 * 1024
     assert segmenter.info is not None
     assert segmenter.info.name == METRICS["model"]["name"] == "cropseg-unet"
     assert segmenter.info.version == METRICS["model"]["version"]
     assert segmenter.info.sha256 == METRICS["model"]["sha256"], "metrics.json is stale: rerun make model"
+    assert segmenter.info.metadata["bands"] == "red,green,blue,nir"
+    assert METRICS["model"]["licence"] == "CC-BY-SA-4.0"
 
 
 def test_unloaded_model_refuses_to_predict() -> None:
@@ -38,25 +52,34 @@ def test_unloaded_model_refuses_to_predict() -> None:
     model.load()
     model.unload()
     with pytest.raises(RuntimeError, match="load"):
-        model.predict(np.zeros((4, 4, 3), np.uint8))
+        model.predict(np.zeros((4, 4, 4), np.uint8))
 
 
-def test_evaluation_meets_the_bar() -> None:
-    methods = METRICS["evaluation"]["methods"]
-    unet = methods["unet"]["iou_non_black"]
-    best_baseline = max(methods["exg_otsu"]["iou_non_black"], methods["green_kmeans"]["iou_non_black"])
-    assert unet >= 0.90
-    assert unet >= best_baseline + 0.05
-    assert methods["unet"]["images"] >= 300
+@pytest.mark.parametrize("name", REAL)
+def test_real_photos_beat_every_baseline_by_five_points(name: str) -> None:
+    """On the real validation splits (never trained on) the pipeline beats ExG + Otsu and the
+    seed's k-means by at least 5 points of IoU."""
+    methods = SETS[name]["layouts"]["rgb"]
+    assert iou(methods, "unet") >= best_baseline(methods) + 0.05
+    assert methods["unet"]["images"] >= 10
+
+
+def test_every_layout_is_scored_against_its_own_index() -> None:
+    layouts = SYNTHETIC["layouts"]
+    assert set(layouts) == set(LAYOUTS)
+    for name, methods in layouts.items():
+        expected = {"ndvi_otsu"} if LAYOUTS[name].index == "ndvi" else set()
+        assert expected <= set(methods), name
+        assert methods["unet"]["images"] >= 100
 
 
 @pytest.mark.parametrize("document", ["model/README.md", "README.md"])
 def test_docs_show_the_measured_table(document: str) -> None:
     text = (ARTIFACTS.parent.parent / document).read_text()
-    assert markdown_table(METRICS["evaluation"]) in text
+    assert layout_table(SETS) in text
 
 
-@pytest.mark.parametrize("shape", [(1, 360, 480, 3), (2, 101, 67, 3), (1, 8, 8, 3)], ids=str)
+@pytest.mark.parametrize("shape", [(1, 360, 480, 4), (2, 101, 67, 4), (1, 8, 8, 4)], ids=str)
 def test_any_size_and_batch(segmenter: OnnxSegmenter, shape: tuple[int, ...]) -> None:
     batch = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     probability = segmenter.predict(batch)
@@ -65,24 +88,30 @@ def test_any_size_and_batch(segmenter: OnnxSegmenter, shape: tuple[int, ...]) ->
     assert probability.max() <= 1.0
 
 
-def test_fresh_tiles_are_segmented_well(segmenter: OnnxSegmenter) -> None:
+@pytest.mark.parametrize("layout", ["rgb", "cir", "nir_red"])
+def test_fresh_tiles_are_segmented_well_through_the_pipeline(layout: str) -> None:
+    evaluator = Evaluator(DEFAULT_MODEL)
+    sensor = LAYOUTS[layout]
     tiles = [generate_tile(77, i)[0] for i in range(12)]
-    scores = [score(segmenter.segment(t.image), t.mask, t.image) for t in tiles]
-    assert summarise(scores)["iou_non_black"] > 0.85
+    scores = [
+        score(evaluator.segment(from_model_bands(t.image, sensor), sensor), t.mask, t.rgb) for t in tiles
+    ]
+    assert summarise(scores)["iou_non_black"] > MIN_FRESH_IOU
 
 
 def test_reference_profile_matches_the_model() -> None:
     profile = load_reference_profile(ARTIFACTS / "reference_profile.npz")
-    count = profile.meta["images"]
-    assert count >= 300
     assert profile.meta["model_sha256"] == file_sha256(DEFAULT_MODEL)
-    assert profile.grey_histograms.shape == (count, 256)
-    np.testing.assert_allclose(profile.grey_histograms.sum(axis=1), 1.0, atol=1e-4)
-    assert profile.properties.shape == (count, len(PROPERTY_NAMES))
-    truth, predicted = profile.vegetation_fraction, profile.predicted_vegetation_fraction
-    assert truth.shape == predicted.shape == (count,)
-    # the model's fractions track the truth on its own training distribution
-    assert np.corrcoef(truth, predicted)[0, 1] > 0.95
+    assert sorted(profile.meta["layouts"]) == sorted(LAYOUTS)
+    for layout in LAYOUTS:
+        rows = profile.for_layout(layout)
+        count = profile.meta["images"]
+        assert count >= 200
+        assert rows.grey_histograms.shape == (count, 256)
+        np.testing.assert_allclose(rows.grey_histograms.sum(axis=1), 1.0, atol=1e-4)
+        assert rows.properties.shape == (count, len(PROPERTY_NAMES))
+        # the pipeline's fractions track the truth on the training distribution, in every layout
+        assert np.corrcoef(rows.vegetation_fraction, rows.predicted_vegetation_fraction)[0, 1] > 0.9, layout
 
 
 def test_artifacts_are_committed_files() -> None:
@@ -91,20 +120,23 @@ def test_artifacts_are_committed_files() -> None:
         "metrics.json",
         "reference_profile.npz",
         "examples.png",
+        "scale.png",
         "training_curve.png",
     ):
         assert (ARTIFACTS / name).is_file(), name
     assert Path(METRICS["model"]["onnx_file"]).name == DEFAULT_MODEL.name
 
 
-def test_committed_sample_tiles_are_what_the_generator_makes() -> None:
-    """model/artifacts/samples (the storage gallery's seed) is ``generate --count 12 --seed 5``."""
+def test_committed_sample_tiles_are_what_the_generator_makes(tmp_path: Path) -> None:
+    """model/artifacts/samples (the storage gallery's seed) is
+    ``generate --count 12 --seed 5 --layout-files``: each tile in its own layout."""
     samples = ARTIFACTS / "samples"
-    lines = (samples / "metadata.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in (samples / "metadata.jsonl").read_text().splitlines()]
     assert len(lines) == 12
-    for line in lines[:3]:
-        meta = json.loads(line)
-        tile, encoded, ext = generate_tile(meta["seed"], meta["index"])
-        assert (samples / "images" / f"{meta['name']}.{ext}").read_bytes() == encoded
-        stored_mask = np.asarray(Image.open(samples / "masks" / f"{meta['name']}.png"))
-        np.testing.assert_array_equal(stored_mask, tile.mask)
+    assert {"rgb", "cir"} <= {line["file_layout"] for line in lines}
+    for meta in lines[:3] + [line for line in lines if line["file_layout"] != "rgb"][:2]:
+        made = _write_one((tmp_path, meta["seed"], meta["index"], 360, 480, True))
+        assert made == meta
+        for folder in ("images", "masks"):
+            (name,) = [p.name for p in (tmp_path / folder).glob(f"{meta['name']}.*")]
+            assert (samples / folder / name).read_bytes() == (tmp_path / folder / name).read_bytes()
