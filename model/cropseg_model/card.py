@@ -105,11 +105,17 @@ pipeline's mask and the layout's index + Otsu mask (magenta = predicted vegetati
 
 Batches of {batch_size} random {crop}×{crop} crops at scales {min_scale}–{max_scale}
 (multi-scale), flips, 90° turns, a sensor layout per synthetic crop, exposure/gamma/per-band
-gain jitter, blur and noise; AdamW with a one-cycle schedule (max lr {lr:g}, {steps} steps);
-loss BCE + soft Dice ignoring pixels labelled 128. The checkpoint with the best mean IoU over
-the selection sets was kept: step {best_step} ({best_iou:.4f}; {selection}).
+gain jitter, blur and noise; AdamW with a one-cycle schedule; loss BCE + soft Dice ignoring
+pixels labelled 128. Each stage keeps the checkpoint with the best mean IoU over its selection
+sets (four-band synthetic selection tiles scored without and with near-infrared); the second
+stage starts from the first one's best and draws more synthetic tiles, after the first
+stage's model fell behind ExG + Otsu on true-colour synthetic tiles:
 
-Took {train_minutes:.1f} minutes on {device} ({threads} threads). The mask threshold
+{stage_table}
+
+Final selection IoU per set: {selection}.
+
+Took {train_minutes:.1f} minutes in all on {device} ({threads} threads). The mask threshold
 {threshold} was chosen on the selection sets (best mean IoU among 0.30–0.70) and is stored in
 the ONNX file's metadata; services use it unless a request asks for another.
 ONNX export (opset 18, dynamic batch/height/width) matches PyTorch within {parity:.1e} (max
@@ -151,14 +157,21 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
-def _figures(training: dict[str, Any], evaluation: dict[str, Any], onnx_path: Path, artifacts: Path) -> None:
+def _figures(
+    stages: list[dict[str, Any]], evaluation: dict[str, Any], onnx_path: Path, artifacts: Path
+) -> None:
     from cropseg_core.bands import LAYOUTS, display_rgb, from_model_bands
     from cropseg_model.baselines import baselines_for
     from cropseg_model.datasets import discover, load_masked
     from cropseg_model.evaluate import Evaluator
     from cropseg_model.plots import examples, scale_plot, training_curve
 
-    training_curve(training["history"], [], artifacts / "training_curve.png")
+    history, offset, boundaries = [], 0, []
+    for stage in stages:  # later stages continue the step count of earlier ones
+        history += [{**h, "step": h["step"] + offset} for h in stage["history"]]
+        offset += stage["config"]["steps"]
+        boundaries.append(offset)
+    training_curve(history, boundaries[:-1], artifacts / "training_curve.png")
     scale_plot(
         {name: report["scales"] for name, report in evaluation["sets"].items() if "scales" in report},
         artifacts / "scale.png",
@@ -207,10 +220,32 @@ def _weak_spots(evaluation: dict[str, Any]) -> str:
     )
 
 
+def _stage_table(stages: list[dict[str, Any]]) -> str:
+    rows = [
+        "| stage | steps | max lr | draws (synthetic / EWS / peanut) | best step | selection IoU | minutes |",
+        "|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for number, stage in enumerate(stages, 1):
+        config, best = stage["config"], stage["best"]
+        total = sum(source["weight"] for source in stage["sources"])
+        draws = " / ".join(f"{source['weight'] / total:.0%}" for source in stage["sources"])
+        rows.append(
+            f"| {number} | {config['steps']} | {config['lr']:g} | {draws} | {best['step']} "
+            f"| {best['iou_non_black']:.4f} | {stage['train_seconds'] / 60:.1f} |"
+        )
+    return "\n".join(rows)
+
+
 def write_card(
-    train_report: Path, export_report: Path, eval_report: Path, artifacts: Path
+    train_report: Path,
+    export_report: Path,
+    eval_report: Path,
+    artifacts: Path,
+    stage1_report: Path | None = None,
 ) -> tuple[Path, Path]:
+    """``train_report`` is the last training stage; ``stage1_report`` the one it started from."""
     training, export, evaluation = _load(train_report), _load(export_report), _load(eval_report)
+    stages = ([_load(stage1_report)] if stage1_report else []) + [training]
     keys = (
         "config",
         "best",
@@ -234,7 +269,7 @@ def write_card(
             "licence": "CC-BY-SA-4.0",
         },
         "evaluation": evaluation,
-        "training": {k: training[k] for k in keys},
+        "training": {"stages": [{k: stage[k] for k in keys} for stage in stages]},
         "export": {
             "parity_max_abs_diff": export["parity_max_abs_diff"],
             "threshold": float(export["threshold"]),
@@ -302,14 +337,15 @@ def write_card(
         best_step=best["step"],
         best_iou=best["iou_non_black"],
         selection=selection,
-        train_minutes=training["train_seconds"] / 60,
+        stage_table=_stage_table(stages),
+        train_minutes=sum(stage["train_seconds"] for stage in stages) / 60,
         device=training["device"],
         threads=training["torch_threads"],
         parity=export["parity_max_abs_diff"],
         reference_images=reference_images,
         reference_layouts=reference_layouts,
     )
-    _figures(training, evaluation, onnx_path, artifacts)
+    _figures(stages, evaluation, onnx_path, artifacts)
     card_path = artifacts.parent / "README.md"
     write_atomic(card_path, card.encode())
     _update_readme(artifacts.parent.parent / "README.md", layout_table(sets))

@@ -201,7 +201,9 @@ def cmd_pseudo_label(args: argparse.Namespace) -> None:
 def cmd_card(args: argparse.Namespace) -> None:
     from cropseg_model.card import write_card
 
-    metrics_path, card_path = write_card(args.train_report, args.export_report, args.eval_report, ARTIFACTS)
+    metrics_path, card_path = write_card(
+        args.train_report, args.export_report, args.eval_report, ARTIFACTS, args.stage1_report
+    )
     print(f"wrote {metrics_path} and {card_path}")
 
 
@@ -326,7 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pseudo_label)
 
     p = sub.add_parser("card", help="write metrics.json and the model card from the pipeline's reports")
-    p.add_argument("--train-report", type=_existing, required=True, help="the training report (.json)")
+    p.add_argument("--train-report", type=_existing, required=True, help="report of the last training stage")
+    p.add_argument(
+        "--stage1-report", type=_existing, default=None, help="report of the stage it started from"
+    )
     p.add_argument("--export-report", type=_existing, required=True)
     p.add_argument("--eval-report", type=_existing, required=True)
     p.set_defaults(func=cmd_card)

@@ -19,7 +19,7 @@ from cropseg_core.pipeline import DEFAULT_MODEL_GSD_MM
 from cropseg_core.segmenter import DEFAULT_THRESHOLD, INPUT_NAME, OUTPUT_NAME, OnnxSegmenter
 from cropseg_model.metrics import summarise
 from cropseg_model.synth import generate_tile
-from cropseg_model.train import load_checkpoint, load_pairs, predict_probabilities
+from cropseg_model.train import load_checkpoint, load_pairs, predict_probabilities, selection_views
 from cropseg_model.unet import BANDS, ExportedSegmenter, UNet
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,12 @@ def export_checkpoint(
     net.eval()
     threshold, by_threshold = DEFAULT_THRESHOLD, dict[str, float]()
     if calibration:
-        threshold, by_threshold = calibrate_threshold(net, [load_pairs(folder) for folder in calibration])
+        views = [
+            view
+            for folder in calibration
+            for view in selection_views(folder.name, load_pairs(folder)).values()
+        ]
+        threshold, by_threshold = calibrate_threshold(net, views)
     metadata = {
         "name": name,
         "version": version,

@@ -27,12 +27,11 @@ def training_curve(history: list[dict[str, float]], stage_ends: list[int], path:
     left = figure.subplots()
     iou = [h["iou_non_black"] for h in history]
     left.plot(steps, iou, "o-", color="tab:green", label="selection IoU (mean)")
-    for key, colour in zip(
-        sorted(k for k in history[0] if k.startswith("iou/")),
-        ("tab:olive", "tab:brown", "tab:purple", "tab:cyan"),
-        strict=False,
-    ):
-        left.plot(steps, [h[key] for h in history], ".:", color=colour, label=key.removeprefix("iou/"))
+    keys = sorted({k for h in history for k in h if k.startswith("iou/")})
+    colours = ("tab:olive", "tab:brown", "tab:purple", "tab:cyan", "tab:pink")
+    for key, colour in zip(keys, colours, strict=False):
+        points = [(h["step"], h[key]) for h in history if key in h]
+        left.plot(*zip(*points, strict=True), ".:", color=colour, label=key.removeprefix("iou/"))
     left.set_xlabel("training step")
     left.set_ylabel("validation IoU (non-black)")
     left.grid(alpha=0.3)
@@ -41,7 +40,7 @@ def training_curve(history: list[dict[str, float]], stage_ends: list[int], path:
     right.set_ylabel("training loss")
     for end in stage_ends:
         left.axvline(end, color="tab:blue", linestyle=":", linewidth=1)
-        left.annotate(" stage 2", (end, max(iou)), ha="left", va="top", fontsize=8, color="tab:blue")
+        left.annotate(" stage 2", (end, min(iou)), ha="left", va="bottom", fontsize=8, color="tab:blue")
     figure.legend(loc="center right", bbox_to_anchor=(0.88, 0.5), fontsize=8)
     left.set_title("U-Net training: mean IoU over the selection sets")
     _save(figure, path)

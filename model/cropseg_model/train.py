@@ -56,8 +56,11 @@ class TrainConfig:
     bottleneck: int = 256
 
 
-LAYOUT_WEIGHTS = {"rgb": 0.4, "cir": 0.2, "rgbn": 0.15, "nir_red": 0.125, "red_nir": 0.125}
+LAYOUT_WEIGHTS = {"rgb": 0.5, "cir": 0.2, "rgbn": 0.1, "nir_red": 0.1, "red_nir": 0.1}
 """Layouts drawn for crops of four-band images (synthetic tiles)."""
+SELECTION_LAYOUTS = ("rgb", "cir")
+"""A four-band selection folder is scored in each of these layouts, as separate sets: a
+checkpoint must be good without near-infrared as well as with it."""
 Pairs = list[tuple[np.ndarray, np.ndarray]]
 
 
@@ -72,6 +75,17 @@ class Source:
 
     folder: Path
     weight: float = 1.0
+
+
+def selection_views(name: str, pairs: Pairs) -> dict[str, Pairs]:
+    """``{name: pairs}``, or for four-band images one view per SELECTION_LAYOUTS (absent bands 0)."""
+    if not any(image[..., 3].any() for image, _ in pairs):
+        return {name: pairs}
+    views = {}
+    for layout in SELECTION_LAYOUTS:
+        present = np.array(LAYOUTS[layout].present(), np.uint8)
+        views[f"{name} ({layout})"] = [(image * present, mask) for image, mask in pairs]
+    return views
 
 
 def parse_source(text: str) -> Source:
@@ -221,7 +235,9 @@ def train(
     if not val_dirs:
         raise DatasetError("nothing to choose the checkpoint on: give at least one --val folder")
     training = [(load_pairs(source.folder), source.weight) for source in sources]
-    selection = {f"{folder.parent.name}/{folder.name}": load_pairs(folder) for folder in val_dirs}
+    selection: dict[str, Pairs] = {}
+    for folder in val_dirs:
+        selection.update(selection_views(f"{folder.parent.name}/{folder.name}", load_pairs(folder)))
     if init is not None:
         net, _ = load_checkpoint(init)
     else:

