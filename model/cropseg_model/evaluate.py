@@ -275,6 +275,10 @@ def set_name(folder: Path) -> str:
     return f"{folder.parent.name}/{folder.name}"
 
 
+def synthetic_name(folder: Path) -> str:
+    return f"synthetic/{folder.name}"
+
+
 def evaluate_all(
     model: Path,
     real: list[Path],
@@ -294,7 +298,7 @@ def evaluate_all(
         sets[set_name(folder)] = evaluate(model, folder, scales=scales, enlarge_factors=enlarge_factors,
                                           progress=progress, evaluator=evaluator)  # fmt: skip
     if synthetic is not None:
-        sets[set_name(synthetic)] = evaluate(model, synthetic, robustness=True, progress=progress,
+        sets[synthetic_name(synthetic)] = evaluate(model, synthetic, robustness=True, progress=progress,
                                              evaluator=evaluator, limit=synthetic_limit)  # fmt: skip
     return {
         "model": str(model),
@@ -302,6 +306,6 @@ def evaluate_all(
         "auto_leaf_px": evaluator.config.auto_leaf_px,
         "real_folders": [str(folder) for folder in real],
         "synthetic_folder": str(synthetic) if synthetic else None,
-        "synthetic_name": set_name(synthetic) if synthetic else None,
+        "synthetic_name": synthetic_name(synthetic) if synthetic else None,
         "sets": sets,
     }

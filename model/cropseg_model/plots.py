@@ -23,7 +23,7 @@ def _save(figure: Any, path: Path, dpi: int = 110) -> None:
 def training_curve(history: list[dict[str, float]], stage_ends: list[int], path: Path) -> None:
     """Validation IoU (non-black) and training loss against the step; stages split by lines."""
     steps = [h["step"] for h in history]
-    figure = Figure(figsize=(6.5, 3.2))
+    figure = Figure(figsize=(8.5, 3.4))
     left = figure.subplots()
     iou = [h["iou_non_black"] for h in history]
     left.plot(steps, iou, "o-", color="tab:green", label="selection IoU (mean)")
@@ -41,7 +41,8 @@ def training_curve(history: list[dict[str, float]], stage_ends: list[int], path:
     for end in stage_ends:
         left.axvline(end, color="tab:blue", linestyle=":", linewidth=1)
         left.annotate(" stage 2", (end, min(iou)), ha="left", va="bottom", fontsize=8, color="tab:blue")
-    figure.legend(loc="center right", bbox_to_anchor=(0.88, 0.5), fontsize=8)
+    figure.legend(loc="upper left", bbox_to_anchor=(0.8, 0.92), fontsize=7)
+    figure.subplots_adjust(right=0.62)
     left.set_title("U-Net training: mean IoU over the selection sets")
     _save(figure, path)
 

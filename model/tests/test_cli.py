@@ -55,7 +55,7 @@ def test_evaluate_prints_all_three_methods_and_writes_json(
         "exposure",
     ):
         assert label in printed
-    saved = json.loads(report.read_text())["sets"][f"{tiny_dataset.parent.name}/{tiny_dataset.name}"]
+    saved = json.loads(report.read_text())["sets"][f"synthetic/{tiny_dataset.name}"]
     assert set(saved["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}
     assert set(saved["layouts"]["nir_red"]) == {"unet", "ndvi_otsu"}
     assert saved["layouts"]["rgb"]["unet"]["images"] == 8

@@ -214,7 +214,7 @@ def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> N
             "--out", str(tmp_path / "eval.json")]  # fmt: skip
     assert main(argv) == 0
     evaluation = json.loads((tmp_path / "eval.json").read_text())
-    real, synthetic = evaluation["sets"]["real/val"], evaluation["sets"][f"{tiny_dataset.parent.name}/tiles"]
+    real, synthetic = evaluation["sets"]["real/val"], evaluation["sets"]["synthetic/tiles"]
     assert set(real["layouts"]) == {"rgb"}
     assert set(real["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}
     assert set(synthetic["layouts"]) == {"rgb", "cir", "rgbn", "nir_red", "red_nir"}
