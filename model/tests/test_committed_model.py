@@ -118,7 +118,7 @@ def test_reference_profile_matches_the_model() -> None:
         np.testing.assert_allclose(rows.grey_histograms.sum(axis=1), 1.0, atol=1e-4)
         assert rows.properties.shape == (count, len(PROPERTY_NAMES))
         # the pipeline's fractions track the truth on the training distribution, in every layout
-        assert np.corrcoef(rows.vegetation_fraction, rows.predicted_vegetation_fraction)[0, 1] > 0.9, layout
+        assert np.corrcoef(rows.vegetation_fraction, rows.predicted_vegetation_fraction)[0, 1] > 0.85, layout
 
 
 def test_artifacts_are_committed_files() -> None:

@@ -174,7 +174,8 @@ def test_train_and_export_commands_with_weighted_sources(tiny_dataset: Path, tmp
     assert main(argv) == 0
     report = json.loads(checkpoint.with_suffix(".json").read_text())
     assert [s["weight"] for s in report["sources"]] == [0.7, 0.3]
-    assert report["selection_sets"] == {f"{tiny_dataset.parent.name}/{tiny_dataset.name}": 8}
+    name = f"{tiny_dataset.parent.name}/{tiny_dataset.name}"  # four-band tiles: scored without and with NIR
+    assert report["selection_sets"] == {f"{name} (rgb)": 8, f"{name} (cir)": 8}
     onnx_path = tmp_path / "cli.onnx"
     argv = ["-q", "export", "--checkpoint", str(checkpoint), "--out", str(onnx_path), "--version", "9.9.9",
             "--working-gsd-mm", "2.5"]  # fmt: skip

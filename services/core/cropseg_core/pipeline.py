@@ -14,7 +14,8 @@ and the drift reference profile. What a user gets is what the project measures.
   ``scale``, or by default automatically: the layout's vegetation index thresholded by Otsu
   gives a rough mask, its typical leaf width is measured at full resolution
   (:func:`cropseg_core.indices.typical_leaf_width`), and an image whose leaves are wider
-  than ``auto_leaf_px`` is scaled so that they are that wide. Images are never enlarged.
+  than ``auto_leaf_px`` is scaled so that they are that wide, but never below one tile
+  (``tile_size`` on its longest side). Images are never enlarged.
   The probability is resized back: the mask is always the input's size.
 * **Tiles**: images larger than ``tile_size`` run in overlapping tiles (:mod:`.tiling`).
 
@@ -46,6 +47,9 @@ DEFAULT_MODEL_GSD_MM = 1.0
 """Working GSD when the model file does not say: leaves of the real training photos are 5-60 px."""
 WINDOW = 384
 """Side of the windows in which the automatic scale measures leaf width (full resolution)."""
+MAX_INDEX_COVER = 0.7
+"""Above this share of "vegetation" the index mask is not trusted to measure leaves (on bare,
+uniform soil Otsu splits the soil itself; the densest real canopies measured cover 0.64)."""
 SAMPLE_PIXELS = 250_000
 """Pixels of the strided sample that sets the automatic scale's index threshold."""
 
@@ -85,7 +89,10 @@ def automatic_scale(bands: np.ndarray, layout: Layout, leaf_px: float) -> float:
     in_field = sample.max(axis=2) > BLACK_LEVEL
     if not in_field.any():
         return 1.0
-    threshold = otsu_threshold(vegetation_index(sample, layout)[in_field])
+    index = vegetation_index(sample, layout)[in_field]
+    threshold = otsu_threshold(index)
+    if (index > threshold).mean() > MAX_INDEX_COVER:  # Otsu split the soil, not plants from soil
+        return 1.0
     if height * width <= 4 * WINDOW * WINDOW:  # small enough: measure the whole image once
         windows = [bands]
     else:
@@ -127,7 +134,11 @@ def working_scale(
         return float(min(1.0, max(MIN_SCALE, gsd_mm / config.model_gsd_mm)))
     if config.auto_leaf_px <= 0:
         return 1.0
-    return automatic_scale(bands, layout, config.auto_leaf_px)
+    # Never shrink an image below one tile automatically: a tile-sized image is what the
+    # network was trained on, and an index mask fooled by greenish soil must not make a
+    # small image smaller still. Larger images may shrink down to one tile.
+    floor = min(1.0, config.tile_size / max(bands.shape[0], bands.shape[1]))
+    return max(floor, automatic_scale(bands, layout, config.auto_leaf_px))
 
 
 def resize_bands(bands: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -123,7 +123,8 @@ def test_large_image_is_tiled_and_keeps_its_size(client: TestClient, field_tile:
     )
     assert response.status_code == 200
     body = response.json()
-    assert (body["width"], body["height"], body["tiles"]) == (1300, 1000, 9)
+    assert (body["width"], body["height"], body["tiles"]) == (1300, 1000, 12)  # 3 x 4 tiles of 512
+    assert body["working_scale"] == 1.0  # its leaves are as narrow as the tile's
 
 
 def bomb_png(width: int, height: int) -> bytes:
