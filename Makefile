@@ -36,7 +36,7 @@ help:
 	@echo "make drift  one drift run over var/data (the CronJob's command)"
 	@echo "make experiment  the seed's brightness drift experiment on 7,100 tiles"
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
-	@echo "make bench  inference, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
+	@echo "make bench  inference, model latency, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
 	@echo "make loadtest PROFILE=high  a Locust profile against a fresh local stack (baseline, moderate, high,"
 	@echo "           longevity, stress, smoke); reports in reports/locust/"
 	@echo "make test   set up .venv and run lint, type checks and the whole test suite"
@@ -81,6 +81,7 @@ demo: $(VENV)/.runtime
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/inference.py --write docs/performance.md
+	$(BIN)/python benchmarks/model_latency.py --write docs/performance.md
 	$(BIN)/python benchmarks/drift.py --write docs/performance.md
 	$(BIN)/python benchmarks/cold_start.py --write docs/performance.md
 
