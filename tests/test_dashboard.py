@@ -64,8 +64,13 @@ def test_the_dashboard_has_the_rows_it_promises() -> None:
 
 
 def test_every_panel_query_returns_data(system: Stack) -> None:
-    drive_traffic(system)
     prometheus = system.urls()["prometheus"]
+    deadline = time.monotonic() + 30
+    while len(query(prometheus, "up == 1")) < 3:  # every counter has a sample from before the traffic
+        assert time.monotonic() < deadline, "Prometheus never scraped the three services"
+        time.sleep(0.5)
+    time.sleep(1.5)
+    drive_traffic(system)
     deadline = time.monotonic() + 60
     while not query(prometheus, "cropseg_drift_images_analysed"):  # the drift report has been scraped
         assert time.monotonic() < deadline, "Prometheus never scraped the drift monitor's report"

