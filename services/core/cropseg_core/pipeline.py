@@ -138,7 +138,7 @@ def working_scale(
     # network was trained on, and an index mask fooled by greenish soil must not make a
     # small image smaller still. Larger images may shrink down to one tile.
     floor = min(1.0, config.tile_size / max(bands.shape[0], bands.shape[1]))
-    return max(floor, automatic_scale(bands, layout, config.auto_leaf_px))
+    return 1.0 if floor == 1.0 else max(floor, automatic_scale(bands, layout, config.auto_leaf_px))
 
 
 def resize_bands(bands: np.ndarray, height: int, width: int) -> np.ndarray:
