@@ -23,6 +23,9 @@ from typing import Final, Literal
 
 import numpy as np
 
+from cropseg_core.imaging import decode_channels
+from cropseg_core.settings import ImageLimits
+
 MODEL_BANDS: Final = ("red", "green", "blue", "nir")
 Band = Literal["red", "green", "blue", "nir"]
 DEFAULT_LAYOUT: Final = "rgb"
@@ -171,3 +174,10 @@ def display_rgb(bands: np.ndarray, layout: Layout) -> np.ndarray:
         return np.ascontiguousarray(bands[..., :3])
     third = bands[..., 1] if layout.has("green") else bands[..., 0]
     return np.ascontiguousarray(np.stack([bands[..., 3], bands[..., 0], third], axis=-1))
+
+
+def decode_picture(data: bytes, layout: str, limits: ImageLimits | None = None) -> np.ndarray:
+    """An encoded file as people (and the drift features) see it in its sensor ``layout``:
+    true colour, or the layout's false-colour composite."""
+    sensor = get_layout(layout)
+    return display_rgb(to_model_bands(decode_channels(data, limits).pixels, sensor), sensor)

@@ -3,8 +3,8 @@
 The model pipeline stores them for the training distribution (the reference profile that
 ships with the model); the drift monitor computes them for recent uploads. One definition
 keeps the two comparable. Both are per sensor layout: the features are computed on the
-picture of the image in its layout (:func:`picture`: true colour, or the false-colour
-composite), and the profile holds reference rows for every layout
+picture of the image in its layout (:func:`cropseg_core.bands.decode_picture`: true colour,
+or the false-colour composite), and the profile holds reference rows for every layout
 (:meth:`ReferenceProfile.for_layout`), since a CIR field looks nothing like an RGB one.
 
 :func:`image_features` returns both kinds (it needs OpenCV: the ``features`` extra):
@@ -27,8 +27,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cropseg_core.bands import display_rgb, get_layout, to_model_bands
-from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import BLACK_LEVEL
 
 PROPERTY_NAMES = (
@@ -75,12 +73,6 @@ def image_features(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         black_fraction,
     ]
     return histogram, np.array(properties, np.float32)
-
-
-def picture(data: bytes, layout: str) -> np.ndarray:
-    """The RGB picture the features are computed on: the file read in its sensor layout."""
-    sensor = get_layout(layout)
-    return display_rgb(to_model_bands(decode_channels(data).pixels, sensor), sensor)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from cropseg_core.bands import LayoutError
-from cropseg_core.features import PROPERTY_NAMES, image_features, picture
+from cropseg_core.bands import LayoutError, decode_picture
+from cropseg_core.features import PROPERTY_NAMES, image_features
 from cropseg_core.imaging import ImageDecodeError, decode_image
 
 # Below this many images, starting worker processes costs more than it saves.
@@ -37,7 +37,7 @@ Item = tuple[str, bytes, str]
 def _features_of(item: Item) -> tuple[str, np.ndarray | None, np.ndarray | None, str]:
     image_id, data, layout = item
     try:
-        pixels = picture(data, layout)
+        pixels = decode_picture(data, layout)
     except (ImageDecodeError, LayoutError) as e:
         return image_id, None, None, str(e)
     histogram, properties = image_features(pixels)

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from cropseg_core.bands import DEFAULT_LAYOUT, display_rgb, get_layout, to_model_bands
+from cropseg_core.bands import DEFAULT_LAYOUT, decode_picture, get_layout, to_model_bands
 from cropseg_core.imaging import DecodedImage, decode_channels, decode_image
 from cropseg_core.masks import encode_png
 from cropseg_core.settings import ImageLimits
@@ -272,9 +272,7 @@ class ImageRepository:
 
     def decode(self, record: ImageRecord) -> np.ndarray:
         """An RGB picture of the image: true colour, or its layout's false-colour composite."""
-        layout = get_layout(record.layout)
-        bands = to_model_bands(decode_channels(self.image_bytes(record), self.limits).pixels, layout)
-        return display_rgb(bands, layout)
+        return decode_picture(self.image_bytes(record), record.layout, self.limits)
 
     # Labels
 
