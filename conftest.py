@@ -108,6 +108,26 @@ def prometheus_binary() -> str:
     return require_tool("Prometheus", shutil.which("prometheus"), PROMETHEUS_INSTALL)
 
 
+ENGINE_INSTALL = (
+    "run `make images` as root (scripts/container-engine.sh installs Docker, podman and a base image)"
+)
+
+
+@pytest.fixture(scope="session")
+def docker_binary() -> str:
+    """A Docker engine that answers (Debian's docker.io, started by scripts/container-engine.sh)."""
+    path = require_tool("Docker", shutil.which("docker"), ENGINE_INSTALL)
+    if subprocess.run([path, "info"], capture_output=True).returncode != 0:
+        require_tool("A running Docker engine", None, ENGINE_INSTALL)
+    return path
+
+
+@pytest.fixture(scope="session")
+def podman_binary() -> str:
+    """podman, for `podman kube play` (Debian's podman 4.3)."""
+    return require_tool("podman", shutil.which("podman"), ENGINE_INSTALL)
+
+
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     """Headless Chromium driven by Playwright."""

@@ -26,13 +26,13 @@ import numpy as np
 from cropseg_drift.extraction import decode_all
 from cropseg_drift.runner import execute
 from cropseg_drift.settings import DriftSettings
-from cropseg_storage.repository import ImageRecord, ImageRepository, SegmentationRecord
 from PIL import Image
 from sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.features import image_features, load_reference_profile
 from cropseg_core.imaging import decode_image
+from cropseg_core.repository import ImageRecord, ImageRepository, SegmentationRecord
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import StoreSettings, open_store
 from cropseg_model.synth import generate_tile

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from pydantic import ValidationError
 
@@ -28,9 +30,17 @@ def _settings(args: argparse.Namespace, *names: str) -> DriftSettings:
     return settings
 
 
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """A Job's pod (or compose's stop) ends a run with SIGTERM: unwind, so the run lock is released
+    and no half report is left, and exit 143 at once instead of being killed later."""
+    print("cropseg-drift run: stopped by SIGTERM before it finished; no report written", file=sys.stderr)
+    raise SystemExit(128 + signum)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from cropseg_drift.runner import run, summary_table
 
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     settings = _settings(args, "engine", "fail_on_drift", "window_images", "source")
     configure_logging(settings.log_level, settings.log_format)
     result = run(

@@ -14,9 +14,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from cropseg_storage.repository import ImageRecord, ImageRepository
 
 from cropseg_core.features import ReferenceProfile, load_reference_profile
+from cropseg_core.repository import ImageRecord, ImageRepository
 from cropseg_core.store import BlobStore, StoreError, open_store
 from cropseg_drift.detectors import Current, overall_status, run_checks
 from cropseg_drift.extraction import extract

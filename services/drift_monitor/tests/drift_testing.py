@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 from cropseg_drift.settings import DriftSettings
-from cropseg_storage.repository import ImageRepository, SegmentationRecord
 from PIL import Image
 
 from cropseg_core.features import PROPERTY_NAMES, ReferenceProfile, image_features
+from cropseg_core.repository import ImageRepository, SegmentationRecord
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobStore
 

@@ -1,15 +1,28 @@
-"""The Job an on-demand run creates in a cluster, built from the CronJob (no cluster needed)."""
+"""The Job an on-demand run creates in a cluster, built from the CronJob, and the REST calls that
+create and read it, against a loopback server answering as the API server does."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cropseg_drift import kube
-from cropseg_drift.kube import REPORT_ID_ENV, RUN_ID_LABEL, job_from_cronjob, job_name, job_state
+from cropseg_drift.kube import (
+    REPORT_ID_ENV,
+    RUN_ID_LABEL,
+    KubernetesError,
+    KubernetesJobs,
+    job_from_cronjob,
+    job_name,
+    job_state,
+)
 
 CRONJOB: dict[str, Any] = {
     "apiVersion": "batch/v1",
@@ -107,3 +120,93 @@ def test_namespace_and_cluster_detection(tmp_path: Path, monkeypatch: pytest.Mon
     assert not kube.in_cluster()
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     assert kube.in_cluster()
+
+
+class FakeApiServer(ThreadingHTTPServer):
+    """Answers the three batch/v1 calls the monitor makes; records each request."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), ApiHandler)
+        self.requests: list[tuple[str, str, str | None, dict[str, Any] | None]] = []
+        self.jobs: list[dict[str, Any]] = []
+
+
+class ApiHandler(BaseHTTPRequestHandler):
+    server: FakeApiServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.server.requests.append(("GET", self.path, self.headers.get("Authorization"), None))
+        if self.path == "/apis/batch/v1/namespaces/fields/cronjobs/cropseg-drift":
+            self._answer(200, CRONJOB)
+        elif self.path.startswith("/apis/batch/v1/namespaces/fields/jobs?labelSelector="):
+            selector = self.path.split("=", 1)[1].replace("%2F", "/").replace("%3D", "=")
+            key, value = selector.split("=")
+            items = [j for j in self.server.jobs if j["metadata"]["labels"].get(key) == value]
+            self._answer(200, {"kind": "JobList", "items": items})
+        else:
+            self._answer(404, {"kind": "Status", "reason": "NotFound"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(("POST", self.path, self.headers.get("Authorization"), body))
+        if body["metadata"]["name"] in {j["metadata"]["name"] for j in self.server.jobs}:
+            self._answer(409, {"kind": "Status", "reason": "AlreadyExists"})
+            return
+        self.server.jobs.append({**body, "status": {"active": 1}})
+        self._answer(201, body)
+
+
+@pytest.fixture
+def api_server() -> Iterator[FakeApiServer]:
+    server = FakeApiServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_jobs_are_created_and_read_over_rest_with_the_service_account_token(
+    api_server: FakeApiServer, tmp_path: Path
+) -> None:
+    (tmp_path / "token").write_text("token-1\n")
+    (tmp_path / "namespace").write_text("fields")
+    jobs = KubernetesJobs("cropseg-drift", "fields", server=f"http://127.0.0.1:{api_server.server_port}",
+                          service_account=tmp_path)  # fmt: skip
+    assert not jobs.active()
+    assert jobs.state(RUN_ID) is None
+    name = jobs.create(RUN_ID)
+    assert name == job_name("cropseg-drift", RUN_ID)
+    (tmp_path / "token").write_text("token-2")  # a projected token rotates: read on every call
+    assert jobs.active()
+    assert jobs.state(RUN_ID) == "running"
+    api_server.jobs[0]["status"] = {"succeeded": 1}
+    assert not jobs.active()
+    assert jobs.state(RUN_ID) == "succeeded"
+    methods = [(method, authorization) for method, _, authorization, _ in api_server.requests]
+    assert methods[:4] == [("GET", "Bearer token-1"), ("GET", "Bearer token-1"), ("GET", "Bearer token-1"),
+                           ("POST", "Bearer token-1")]  # fmt: skip
+    assert methods[-1] == ("GET", "Bearer token-2")
+    posted = api_server.requests[3][3]
+    assert posted == job_from_cronjob(CRONJOB, RUN_ID)
+    with pytest.raises(KubernetesError, match="409") as refused:
+        jobs.create(RUN_ID)
+    assert refused.value.status_code == 502
+
+
+def test_an_unreachable_api_server_is_a_clear_502(tmp_path: Path) -> None:
+    jobs = KubernetesJobs("cropseg-drift", "fields", server="http://127.0.0.1:9", service_account=tmp_path,
+                          timeout_s=2)  # fmt: skip
+    with pytest.raises(KubernetesError, match=r"unreachable at http://127\.0\.0\.1:9"):
+        jobs.active()

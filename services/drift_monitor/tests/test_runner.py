@@ -13,10 +13,10 @@ from cropseg_drift.cli import main
 from cropseg_drift.lock import LOCK_KEY, RunLockedError, run_lock
 from cropseg_drift.report import LOG_STREAM, REPORT_ID
 from cropseg_drift.runner import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, execute, run
-from cropseg_storage.repository import ImageRepository
 from drift_testing import add_uploads, make_profile, settings_for, write_profile
 
 from cropseg_core.features import ReferenceProfile
+from cropseg_core.repository import ImageRepository
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobStore, StoreSettings, open_store
 

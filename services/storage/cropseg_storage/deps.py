@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from cropseg_core.repository import ImageRepository
 from cropseg_core.web.auth import check_bearer
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
-from cropseg_storage.repository import ImageRepository
 from cropseg_storage.settings import StorageSettings
 
 

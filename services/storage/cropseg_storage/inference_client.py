@@ -1,6 +1,7 @@
 """The inference service as seen from storage: one call, its failures mapped to clear answers.
 
-connection refused / reset      -> 503 inference_unavailable (Retry-After)
+connection refused / reset, or  -> 503 inference_unavailable (Retry-After)
+  no connection within 5 s (a killed pod's address answers nothing)
 inference answers 503 (full)    -> 503 with its Retry-After
 no answer within the timeout    -> 504 inference_timeout
 inference answers 4xx           -> the same status and its message (the image is refused)
@@ -53,6 +54,9 @@ class Segmentation:
     working_scale: float
 
 
+CONNECT_TIMEOUT_S = 5.0
+
+
 class InferenceClient:
     def __init__(
         self,
@@ -66,8 +70,9 @@ class InferenceClient:
         self.base_url = base_url.rstrip("/")
         self.retry_after_s = retry_after_s
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        timeout = httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s))
         self.client = httpx.AsyncClient(
-            base_url=self.base_url, timeout=timeout_s, limits=limits, transport=transport
+            base_url=self.base_url, timeout=timeout, limits=limits, transport=transport
         )
 
     async def aclose(self) -> None:
@@ -114,6 +119,12 @@ class InferenceClient:
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = await self.client.request(method, path, **kwargs)
+        except httpx.ConnectTimeout as e:
+            raise InferenceUnavailableError(
+                f"the inference service at {self.base_url} is not reachable (no connection within "
+                f"{CONNECT_TIMEOUT_S:.0f} s): retry shortly",
+                retry_after_s=self.retry_after_s,
+            ) from e
         except httpx.TimeoutException as e:
             raise InferenceTimeoutError(
                 f"the inference service at {self.base_url} did not answer in time"

@@ -17,13 +17,13 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
+from cropseg_core.repository import ImageRepository
 from cropseg_core.store import StoreError, open_store
 from cropseg_core.web import layouts
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.metrics import install_metrics
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
-from cropseg_storage.repository import ImageRepository
 from cropseg_storage.routes import drift, images, meta, segmentation
 from cropseg_storage.seeding import seed_samples
 from cropseg_storage.settings import StorageSettings, get_settings

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cropseg_core.repository import SOURCES, ImageRepository
 from cropseg_core.store import BlobStore
 from cropseg_core.web.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
-from cropseg_storage.repository import SOURCES, ImageRepository
 
 INFERENCE_OUTCOMES = ("success", "unavailable", "timeout", "rejected", "failed")
 

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from cropseg_storage.repository import ImageRepository
+from cropseg_core.repository import ImageRepository
 
 log = logging.getLogger(__name__)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
-from pydantic import AnyHttpUrl, Field
+from pydantic import AnyHttpUrl, Field, model_validator
 
 from cropseg_core.settings import ServiceSettings
 from cropseg_core.store import StoreSettings
-from cropseg_core.web.auth import ApiToken
+from cropseg_core.web.auth import ApiToken, token_from_file
 
 
 class StorageSettings(ServiceSettings):
@@ -33,6 +34,9 @@ class StorageSettings(ServiceSettings):
     """Base URL of the drift-monitor API; the UI's drift page reads it through this service."""
     api_token: ApiToken = None
     """When set, writes (upload, label, segmentation, delete) need ``Authorization: Bearer <token>``."""
+    api_token_file: Path | None = None
+    """Without ``api_token``: read the token from this file, generated there (0600) on first start;
+    services sharing the volume share it (compose: ``/data/.cropseg/api-token``)."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the API from a browser (JSON list); the UI itself needs none."""
     samples_path: Path | None = Path("model/artifacts/samples")
@@ -50,6 +54,11 @@ class StorageSettings(ServiceSettings):
     """Retry-After sent when inference is unavailable."""
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     """On SIGTERM, how long in-flight requests may take before the process exits anyway."""
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> Self:
+        self.api_token = token_from_file(self.api_token, self.api_token_file)
+        return self
 
 
 @lru_cache

@@ -7,19 +7,20 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from cropseg_storage.errors import (
+from cropseg_storage.seeding import seed_samples
+from storage_testing import SAMPLES, column_mask, encode, field_image
+
+from cropseg_core.imaging import NotAnImageError, decode_image
+from cropseg_core.repository import (
     ImageNotFoundError,
+    ImageRepository,
     InvalidCursorError,
     InvalidIdError,
     LabelSizeMismatchError,
     NoLabelError,
     NoSegmentationError,
+    SegmentationRecord,
 )
-from cropseg_storage.repository import ImageRepository, SegmentationRecord
-from cropseg_storage.seeding import seed_samples
-from storage_testing import SAMPLES, column_mask, encode, field_image
-
-from cropseg_core.imaging import NotAnImageError, decode_image
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobStore
 

@@ -44,6 +44,13 @@ class FilesystemStore(BlobStore):
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"cannot create the data folder {self.root}: {e}") from e
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            owner = self.root.stat().st_uid
+            raise StoreError(
+                f"the data folder {self.root} is not writable by this process (uid {os.getuid()}, "
+                f"gid {os.getgid()}); it belongs to uid {owner}: chown it to the service's user, "
+                "or use a named volume (compose) or the chart's fsGroup"
+            )
         self.sweep_temporary()
 
     def _path(self, key: str) -> Path:

@@ -12,10 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS
 from cropseg_core.masks import encode_png
+from cropseg_core.repository import ImageRecord, ImageRepository, Source, check_id
 from cropseg_core.web.bodies import read_upload, receive_upload
 from cropseg_core.web.errors import error_responses
 from cropseg_storage.deps import WRITE, Metrics, Repository, Settings
-from cropseg_storage.repository import ImageRecord, ImageRepository, Source, check_id
 
 router = APIRouter(prefix="/api/v1/images", tags=["images"])
 

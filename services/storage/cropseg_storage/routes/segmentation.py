@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.imaging import decode_image
 from cropseg_core.masks import encode_png, overlay, score, vegetation_fraction
+from cropseg_core.repository import MODEL_VERSION, SegmentationRecord, binary_label, check_id
 from cropseg_core.web.errors import error_responses
 from cropseg_storage.deps import WRITE, Inference, Metrics, Repository
 from cropseg_storage.inference_client import (
@@ -21,7 +22,6 @@ from cropseg_storage.inference_client import (
     InferenceTimeoutError,
     InferenceUnavailableError,
 )
-from cropseg_storage.repository import MODEL_VERSION, SegmentationRecord, binary_label, check_id
 
 router = APIRouter(prefix="/api/v1/images/{image_id}", tags=["segmentation"])
 

@@ -33,14 +33,7 @@ from cropseg_core.imaging import DecodedImage, decode_channels, decode_image
 from cropseg_core.masks import encode_png
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobNotFoundError, BlobStore, encode_json
-from cropseg_storage.errors import (
-    ImageNotFoundError,
-    InvalidCursorError,
-    InvalidIdError,
-    LabelSizeMismatchError,
-    NoLabelError,
-    NoSegmentationError,
-)
+from cropseg_core.web.errors import ClientError, ConflictError, NotFoundError
 
 Source = Literal["upload", "sample"]
 SOURCES: tuple[Source, ...] = ("sample", "upload")
@@ -50,6 +43,30 @@ _CURSOR = re.compile(r"\d{13}-[0-9a-f]{64}")
 _NEWEST = 9_999_999_999_999  # index markers sort newest first: this minus created_at in ms
 _EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif"}
 MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "TIFF": "image/tiff"}
+
+
+class ImageNotFoundError(NotFoundError):
+    code = "image_not_found"
+
+
+class InvalidIdError(ClientError):
+    code = "invalid_id"
+
+
+class InvalidCursorError(ClientError):
+    code = "invalid_cursor"
+
+
+class LabelSizeMismatchError(ClientError):
+    code = "label_size_mismatch"
+
+
+class NoLabelError(ConflictError):
+    code = "no_label"
+
+
+class NoSegmentationError(ConflictError):
+    code = "no_segmentation"
 
 
 def check_id(image_id: str) -> str:
