@@ -136,6 +136,20 @@ def test_image_is_within_budget_non_root_and_holds_only_its_service(docker: str,
     assert run(docker, "run", "--rm", "--read-only", image, *arguments).returncode == 0
 
 
+@pytest.mark.parametrize(("service", "arguments"), [("storage", []), ("drift-monitor", ["serve"])])
+def test_a_data_folder_the_service_cannot_write_stops_it_with_one_clear_line(
+    docker: str, tmp_path: Path, service: str, arguments: list[str]
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir(mode=0o755)  # a bind mount owned by someone else than uid 10001
+    result = run(docker, "run", "--rm", "--read-only", "--tmpfs", "/tmp", "-v", f"{folder}:/data", IMAGES[service],
+                 *arguments, "--data", "/data", check=False)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "the data folder /data is not writable by this process (uid 10001, gid 10001)" in result.stderr
+    assert "chown it to the service's user" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Compose: the stack end to end, then inference killed under load
 

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import concurrent.futures
+import stat
+from pathlib import Path
+
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings
 
 from cropseg_core.imaging import NotAnImageError
+from cropseg_core.web.auth import ApiToken, token_from_file
 from cropseg_core.web.bodies import read_limited_body, read_upload
 from cropseg_core.web.errors import NotFoundError, UnavailableError, install_error_handlers
 from cropseg_core.web.metrics import install_metrics
@@ -110,3 +117,57 @@ def test_dependency_versions() -> None:
     versions = dependency_versions("numpy", "no-such-distribution")
     assert versions["numpy"][0].isdigit()
     assert versions["no-such-distribution"] == "not installed"
+
+
+def test_a_token_file_is_generated_once_private_and_shared(tmp_path: Path) -> None:
+    token_file = tmp_path / ".cropseg" / "api-token"
+    first = token_from_file(None, token_file)
+    assert first is not None
+    assert len(first.get_secret_value()) >= 32
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    second = token_from_file(None, token_file)  # the other service on the same volume
+    assert second is not None
+    assert second.get_secret_value() == first.get_secret_value()
+    assert [p.name for p in token_file.parent.iterdir()] == ["api-token"], "no temporary file left"
+    given = SecretStr("set-by-the-operator-1234")
+    assert token_from_file(given, token_file) is given
+    assert token_from_file(None, None) is None
+
+
+def test_two_services_starting_at_once_agree_on_one_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "api-token"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        tokens = {
+            t.get_secret_value()
+            for t in pool.map(lambda _: token_from_file(None, token_file), range(32))
+            if t
+        }
+    assert tokens == {token_file.read_text().strip()}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"), [("", "is empty: delete it"), ("short", "at least 16 characters")]
+)
+def test_a_bad_token_file_is_refused_saying_why(tmp_path: Path, content: str, message: str) -> None:
+    token_file = tmp_path / "api-token"
+    token_file.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        token_from_file(None, token_file)
+
+
+def test_an_unusable_token_folder_says_what_to_do(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="must be writable by this service's user"):
+        token_from_file(None, blocker / "api-token")
+
+
+def test_an_empty_token_variable_is_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Settings(BaseSettings):
+        api_token: ApiToken = None
+
+    monkeypatch.setenv("API_TOKEN", "")  # compose's ${CROPSEG_API_TOKEN:-} when unset
+    assert Settings().api_token is None
+    monkeypatch.setenv("API_TOKEN", "too-short")
+    with pytest.raises(ValueError, match="at least 16"):
+        Settings()

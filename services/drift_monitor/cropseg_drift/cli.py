@@ -38,9 +38,9 @@ def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     from cropseg_drift.runner import run, summary_table
 
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     settings = _settings(args, "engine", "fail_on_drift", "window_images", "source")
     configure_logging(settings.log_level, settings.log_format)
     result = run(
@@ -53,6 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from cropseg_core.store import StoreError, open_store
     from cropseg_core.web.server import serve_settings
     from cropseg_drift.main import create_app
 
@@ -60,6 +61,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.reference_path.is_file():
         print(f"cropseg-drift serve: reference profile {settings.reference_path} not found: run from the "
               "repository root or set DRIFT_REFERENCE_PATH", file=sys.stderr)  # fmt: skip
+        return 2
+    try:  # an unusable data folder or bucket: one line saying why, not a start-up traceback
+        open_store(settings.store)
+    except StoreError as e:
+        print(f"cropseg-drift serve: {e}", file=sys.stderr)
         return 2
     serve_settings(create_app, settings)
     return 0

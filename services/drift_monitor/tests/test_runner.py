@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -236,3 +240,25 @@ def test_cli_prints_the_summary_table(data: Path, profile_path: Path, capsys: py
     monkeypatch.setenv("DRIFT_P_VALUE", "3")
     assert main(["run", "--data", str(data)]) == EXIT_ERROR
     assert "invalid settings" in capsys.readouterr().err
+
+
+def test_sigterm_ends_a_run_at_once_releasing_its_lock(data: Path, profile_path: Path) -> None:
+    """A Job's pod deleted, or compose stopping the loop: exit 143 now, no lock left for an hour."""
+    add_uploads(store_at(data), 60)
+    environment = {**os.environ, "DRIFT_REFERENCE_PATH": str(profile_path), "DRIFT_WORKERS": "1"}
+    run_process = subprocess.Popen(
+        [sys.executable, "-m", "cropseg_drift.cli", "run", "--data", str(data), "--no-progress"],
+        env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lock = data / LOCK_KEY
+    deadline = time.monotonic() + 60
+    while not lock.exists():
+        assert run_process.poll() is None, run_process.communicate()
+        assert time.monotonic() < deadline, "the run never took its lock"
+        time.sleep(0.02)
+    run_process.send_signal(signal.SIGTERM)
+    _, err = run_process.communicate(timeout=30)
+    assert run_process.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err
+    assert not lock.exists()
+    assert not list((data / "drift" / "reports").glob("*/report.json")), "no half report"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cropseg_core.store import StoreError, open_store
 from cropseg_core.web.server import serve_settings
 from cropseg_storage.main import create_app
 from cropseg_storage.settings import StorageSettings
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.data:
         settings.store.path = Path(args.data)
+    try:  # an unusable data folder or bucket: one line saying why, not a start-up traceback
+        open_store(settings.store)
+    except StoreError as e:
+        print(f"cropseg-storage: {e}", file=sys.stderr)
+        return 2
     serve_settings(create_app, settings)
     return 0
 

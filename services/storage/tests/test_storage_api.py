@@ -302,6 +302,8 @@ def failing(kind: str) -> Callable[[httpx.Request], httpx.Response]:
     def handler(request: httpx.Request) -> httpx.Response:
         if kind == "refused":
             raise httpx.ConnectError("connection refused", request=request)
+        if kind == "no-connection":  # a killed pod's address answers nothing
+            raise httpx.ConnectTimeout("timed out connecting", request=request)
         if kind == "timeout":
             raise httpx.ReadTimeout("timed out", request=request)
         if kind == "busy":
@@ -322,6 +324,7 @@ def failing(kind: str) -> Callable[[httpx.Request], httpx.Response]:
     ("kind", "status", "code", "outcome"),
     [
         ("refused", 503, "inference_unavailable", "unavailable"),
+        ("no-connection", 503, "inference_unavailable", "unavailable"),
         ("busy", 503, "inference_unavailable", "unavailable"),
         ("timeout", 504, "inference_timeout", "timeout"),
         ("too-large", 413, "image_too_large", "rejected"),
@@ -339,7 +342,7 @@ def test_inference_failures_become_clear_answers(
     assert response.json()["error"]["code"] == code
     if kind == "busy":
         assert response.headers["retry-after"] == "7"
-    if kind == "refused":
+    if kind in ("refused", "no-connection"):
         assert response.headers["retry-after"] == "2"
     metrics = client.get("/metrics").text
     assert f'cropseg_storage_inference_requests_total{{outcome="{outcome}"}} 1.0' in metrics
