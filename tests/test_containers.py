@@ -142,8 +142,8 @@ def test_a_data_folder_the_service_cannot_write_stops_it_with_one_clear_line(
 ) -> None:
     folder = tmp_path / "data"
     folder.mkdir(mode=0o755)  # a bind mount owned by someone else than uid 10001
-    result = run(docker, "run", "--rm", "--read-only", "--tmpfs", "/tmp", "-v", f"{folder}:/data", IMAGES[service],
-                 *arguments, "--data", "/data", check=False)  # fmt: skip
+    mounts = ["--read-only", "--tmpfs", "/tmp", "-v", f"{folder}:/data"]
+    result = run(docker, "run", "--rm", *mounts, IMAGES[service], *arguments, "--data", "/data", check=False)
     assert result.returncode == 2, result.stderr
     assert "the data folder /data is not writable by this process (uid 10001, gid 10001)" in result.stderr
     assert "chown it to the service's user" in result.stderr
