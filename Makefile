@@ -59,11 +59,13 @@ $(BIN)/python:
 $(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml model/pyproject.toml \
 		services/inference/pyproject.toml services/storage/pyproject.toml services/drift_monitor/pyproject.toml \
 		stack/pyproject.toml
+	@echo "setup: installing cropseg and its pinned dependencies into .venv (first time: about a minute)"
 	$(PIP) install --quiet -c constraints.txt $(PKGS)
 	@touch $@
 
 # Development install: the training extra (torch CPU, onnx), the test tools and helm.
 $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt scripts/install_helm.py
+	@echo "setup: installing the training and test tools: torch (CPU), pytest, Playwright, helm, checkov (first time: about a minute more)"
 	$(PIP) install --quiet -c constraints.txt -e 'model[train]' -r requirements-dev.txt
 	$(BIN)/python scripts/install_helm.py $(BIN)
 	$(PYTHON) -m venv $(VENV)/checkov  # checkov pins its own versions of shared libraries: keep it apart

@@ -1,7 +1,11 @@
-"""The launcher behind ``make up``: taken ports, a second start on the same data, dead services."""
+"""The launcher behind ``make up``: taken ports, a second start on the same data, dead services,
+exiting when every service has died, Ctrl-C while starting, a graceful and a forced stop."""
 
 from __future__ import annotations
 
+import os
+import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -73,3 +77,110 @@ def test_second_start_on_the_same_data_and_a_dead_service_is_reported(tmp_path: 
         if watcher.is_alive():
             watcher.join(timeout=10)
     assert any(line.startswith("storage|") for line in lines)  # service output is streamed with its name
+
+
+class Launcher:
+    """`cropseg-stack up` as `make up` runs it, its output read line by line."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        ports = [f"--{name}-port={free_port()}" for name in ("inference", "storage", "drift")]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cropseg_stack", "up", "--data", str(tmp_path / "data"), "--no-prometheus",
+             "--drift-every", "0", *ports],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "INFERENCE_WARMUP_RUNS": "1"},
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        assert self.process.stdout is not None
+        threading.Thread(
+            target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True
+        ).start()  # type: ignore[union-attr]
+
+    def wait_for(self, text: str, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if text in self.lines.get(timeout=max(0.1, deadline - time.monotonic())):
+                    return
+            except queue.Empty:
+                pass
+            assert time.monotonic() < deadline, f"never printed {text!r}"
+            assert self.process.poll() is None, (
+                f"exited {self.process.returncode}: {self.process.stderr.read()}"
+            )  # type: ignore[union-attr]
+
+    def children(self) -> list[int]:
+        """Services started by the launcher (they run in their own sessions)."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == self.process.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    def finish(self, timeout_s: float) -> tuple[int, str]:
+        try:
+            _, err = self.process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        return self.process.returncode, err
+
+
+def gone(pids: list[int]) -> bool:
+    return not any(Path(f"/proc/{pid}").exists() and "zombie" not in status(pid) for pid in pids)
+
+
+def status(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return "zombie"
+
+
+def test_the_launcher_exits_non_zero_when_every_service_has_died(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path)
+    launcher.wait_for("Ctrl-C stops everything")
+    services = launcher.children()
+    assert len(services) == 3
+    for pid in services:
+        os.kill(pid, signal.SIGKILL)
+    code, err = launcher.finish(timeout_s=30)
+    assert code == 1
+    assert "every service has exited" in err
+
+
+def test_ctrl_c_while_services_start_stops_them_all(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path)
+    launcher.wait_for("inference ready")  # drift-monitor and storage are still starting
+    started = launcher.children()
+    launcher.process.send_signal(signal.SIGINT)
+    code, _ = launcher.finish(timeout_s=60)
+    assert code == 130
+    assert gone(started), "a service outlived the launcher"
+
+
+def test_sigterm_stops_gracefully_and_a_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
+    launcher = Launcher(tmp_path)
+    launcher.wait_for("Ctrl-C stops everything")
+    services = launcher.children()
+    launcher.process.send_signal(signal.SIGTERM)
+    code, _ = launcher.finish(timeout_s=60)
+    assert code == 0
+    assert gone(services)
+
+    second = Launcher(tmp_path)
+    second.wait_for("Ctrl-C stops everything")
+    services = second.children()
+    second.process.send_signal(signal.SIGINT)
+    second.wait_for("Ctrl-C again to kill at once", timeout_s=10)
+    second.process.send_signal(signal.SIGINT)
+    code, _ = second.finish(timeout_s=10)
+    assert code == 130
+    deadline = time.monotonic() + 10
+    while not gone(services):
+        assert time.monotonic() < deadline, "the second Ctrl-C did not kill the services"
+        time.sleep(0.1)

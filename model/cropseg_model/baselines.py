@@ -21,7 +21,8 @@ from collections.abc import Callable
 import numpy as np
 
 from cropseg_core.bands import Layout
-from cropseg_core.indices import BLACK_LEVEL, chromaticity, excess_green, ndvi, threshold_otsu
+from cropseg_core.indices import chromaticity, excess_green, ndvi, threshold_otsu
+from cropseg_core.masks import BLACK_LEVEL
 
 Baseline = Callable[[np.ndarray], np.ndarray]
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from cropseg_stack.launcher import REPO, Stack, StackConfig, StackError, print_line
+from cropseg_stack.launcher import REPO, Stack, StackConfig, StackError, StackInterruptedError, print_line
 
 
 def _port(variable: str, default: int) -> int:
@@ -48,17 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(config)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        if stack.stopping.is_set():  # the second Ctrl-C: no more waiting
+            print_line("stack", "stopping now: killing every service")
+            stack.kill()
+            os._exit(130)
+        print_line("stack", "stopping: finishing requests in flight (Ctrl-C again to kill at once)")
         stack.stopping.set()
 
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+    except StackInterruptedError:
+        return 130
     except StackError as e:
         print(f"cropseg-stack: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        stack.stop()
-        return 130
     urls = stack.urls()
     lines = [
         f"web UI          {urls['storage']}",
@@ -76,12 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     for line in lines:
         print_line("stack", line)
     try:
-        stack.wait()
-    except KeyboardInterrupt:
-        pass
+        reason = stack.wait()
     finally:
-        print_line("stack", "stopping: finishing requests in flight")
         stack.stop()
+    if reason:
+        print(f"cropseg-stack: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 

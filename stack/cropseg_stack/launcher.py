@@ -3,7 +3,9 @@ periodic drift run (the CronJob's role) and Prometheus when it is installed.
 
 Each process's output is streamed line by line with its name in front. A process that dies
 is reported and the others keep running (the status page then shows it down, as in a
-cluster); :meth:`Stack.start_service` brings it back. Used by ``make up`` and by the
+cluster); :meth:`Stack.start_service` brings it back. When every service has died,
+:meth:`Stack.wait` returns why. Services run in their own session, so a terminal's Ctrl-C
+reaches the launcher only, which stops them in order. Used by ``make up`` and by the
 end-to-end tests, which also kill and restart services through it.
 """
 
@@ -31,6 +33,10 @@ Output = Callable[[str, str], None]
 
 class StackError(RuntimeError):
     """The stack cannot start; the message says what to change."""
+
+
+class StackInterruptedError(StackError):
+    """Asked to stop (Ctrl-C, SIGTERM) while starting."""
 
 
 @dataclass
@@ -176,11 +182,14 @@ class Stack:
             env={**os.environ, **self.environment()},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher, which stops everything in order
         )
         self.processes[name] = process
         self._thread(lambda: self._pump(name, process), f"log-{name}")
         deadline = time.monotonic() + self.config.ready_timeout_s
         while not is_ready(ready_url):
+            if self.stopping.is_set():
+                raise StackInterruptedError(f"stopped while {name} was starting")
             if process.poll() is not None:
                 raise StackError(
                     f"{name} exited with code {process.returncode} while starting: see its log above"
@@ -194,9 +203,10 @@ class Stack:
         return process
 
     def stop_service(self, name: str) -> None:
-        process = self.processes.pop(name, None)
+        process = self.processes.get(name)
         if process is not None:
-            stop(process)
+            stop(process)  # still listed meanwhile, so that a second Ctrl-C (kill) reaches it
+            self.processes.pop(name, None)
 
     def kill_service(self, name: str) -> None:
         """SIGKILL, as a crash would (the end-to-end fault tests)."""
@@ -212,16 +222,26 @@ class Stack:
         for thread in self.threads:
             thread.join(timeout=5)
 
-    def wait(self) -> None:
-        """Block until Ctrl-C or SIGTERM; report services that die meanwhile."""
+    def kill(self) -> None:
+        """SIGKILL every service now (a second Ctrl-C)."""
+        self.stopping.set()
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+
+    def wait(self) -> str | None:
+        """Block until asked to stop (None) or until every service has exited (then: why).
+        A service that dies meanwhile is reported; the others keep running."""
         reported: set[str] = set()
         while not self.stopping.wait(1.0):
-            for name, process in list(self.processes.items()):
-                if process.poll() is not None and name not in reported:
-                    reported.add(name)
-                    self.output(
-                        "stack", f"{name} exited with code {process.returncode}; the others keep running"
-                    )
+            exited = {name: p.returncode for name, p in list(self.processes.items()) if p.poll() is not None}
+            for name in sorted(exited.keys() - reported):
+                self.output("stack", f"{name} exited with code {exited[name]}; the others keep running")
+            reported |= exited.keys()
+            if self.processes and len(exited) == len(self.processes):
+                codes = ", ".join(f"{name} {code}" for name, code in exited.items())
+                return f"every service has exited (exit codes: {codes}); see their logs above"
+        return None
 
     def run_drift(self, **settings: str) -> int:
         """One drift run over the stack's data (the CronJob's command); its exit code.
@@ -231,7 +251,9 @@ class Stack:
         data = str(self.config.data)
         argv = [sys.executable, "-m", "cropseg_drift", "run", "--data", data, "--no-progress"]
         env = {**os.environ, **self.environment(), **{f"DRIFT_{k.upper()}": v for k, v in settings.items()}}
-        result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, check=False)
+        result = subprocess.run(
+            argv, cwd=REPO, env=env, capture_output=True, check=False, start_new_session=True
+        )
         for line in (result.stdout + result.stderr).decode(errors="replace").splitlines():
             self.output("drift-run", line)
         self.drift_runs.append(result.returncode)

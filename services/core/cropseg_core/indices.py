@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from cropseg_core.bands import Layout
-
-BLACK_LEVEL = 2
+from cropseg_core.masks import BLACK_LEVEL
 
 
 def chromaticity(rgb: np.ndarray) -> np.ndarray:

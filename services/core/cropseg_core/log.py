@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+OUTGOING_LOGGERS = ("httpx", "httpcore", "botocore", "boto3", "urllib3")
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,3 +50,8 @@ def configure_logging(
     handler._cropseg = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    # One access line per request is the services' own; outgoing calls (httpx logs each at INFO)
+    # show only when debugging.
+    quiet = logging.DEBUG if logging.getLevelName(str(level).upper()) == logging.DEBUG else logging.WARNING
+    for name in OUTGOING_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)

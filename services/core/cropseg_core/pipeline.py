@@ -36,7 +36,8 @@ import numpy as np
 from PIL import Image
 
 from cropseg_core.bands import Layout, get_layout, to_model_bands
-from cropseg_core.indices import BLACK_LEVEL, otsu_threshold, typical_leaf_width, vegetation_index
+from cropseg_core.indices import otsu_threshold, typical_leaf_width, vegetation_index
+from cropseg_core.masks import BLACK_LEVEL
 from cropseg_core.tiling import Tile, plan_tiles, stitch
 
 MIN_SCALE = 1 / 16

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from cropseg_core.bands import DEFAULT_LAYOUT, decode_picture, get_layout, to_model_bands
 from cropseg_core.imaging import DecodedImage, decode_channels, decode_image
-from cropseg_core.masks import encode_png
+from cropseg_core.masks import BLACK_LEVEL, encode_png
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobNotFoundError, BlobStore, encode_json
 from cropseg_core.web.errors import ClientError, ConflictError, NotFoundError
@@ -69,6 +69,12 @@ class NoSegmentationError(ConflictError):
     code = "no_segmentation"
 
 
+def black_fraction(pixels: np.ndarray) -> float:
+    """Share of pixels whose every channel is at most BLACK_LEVEL (out of field), 4 decimals."""
+    channels = pixels if pixels.ndim == 2 else pixels.max(axis=2)
+    return round(float((channels <= BLACK_LEVEL).mean()), 4)
+
+
 def check_id(image_id: str) -> str:
     """``image_id`` if it is a lowercase hex sha256; ids never reach a path otherwise."""
     if not IMAGE_ID.fullmatch(image_id):
@@ -89,6 +95,11 @@ class ImageRecord(BaseModel):
     filename: str | None = Field(description="Name the client gave, for display only")
     layout: str = Field(
         default=DEFAULT_LAYOUT, description="Sensor layout of the channels (GET /api/v1/layouts); editable"
+    )
+    black_fraction: float | None = Field(
+        default=None,
+        description="Share of out-of-field (black) pixels, e.g. outside an orthomosaic's footprint; "
+        "null for images stored before it was measured",
     )
     created_at: datetime
 
@@ -168,6 +179,7 @@ class ImageRepository:
                 source=source,
                 filename=_display_name(filename),
                 layout=sensor.name,
+                black_fraction=black_fraction(decoded.pixels),
                 created_at=datetime.now(UTC),
             )
             self.store.put(_image_key(record), data)
@@ -249,8 +261,9 @@ class ImageRepository:
             after = names[-1]
         return records, after
 
-    def sample(self, limit: int, source: Source | None = None) -> list[ImageRecord]:
-        """Up to ``limit`` images chosen at random (the seed's gallery)."""
+    def sample(self, limit: int, source: Source | None = None, labelled: bool = False) -> list[ImageRecord]:
+        """Up to ``limit`` images chosen at random (the seed's gallery); only those with a label
+        when ``labelled``."""
         markers = [
             key
             for name in ((source,) if source else SOURCES)
@@ -259,7 +272,7 @@ class ImageRepository:
         records = []
         for marker in random.sample(markers, len(markers)):
             record = self.find(marker.rsplit("-", 1)[1])
-            if record is not None:
+            if record is not None and (not labelled or self.has_label(record.id)):
                 records.append(record)
                 if len(records) == limit:
                     break

@@ -48,3 +48,15 @@ def test_reconfiguring_replaces_the_handler() -> None:
     logging.getLogger("cropseg.test").warning("once")
     assert first.getvalue() == ""
     assert second.getvalue().count("once") == 1
+
+
+@pytest.mark.parametrize(("level", "shown"), [("INFO", False), ("WARNING", False), ("DEBUG", True)])
+def test_outgoing_calls_are_logged_only_when_debugging(level: str, shown: bool) -> None:
+    stream = io.StringIO()
+    configure_logging(level, stream=stream)
+    logging.getLogger("httpx").info(
+        'HTTP Request: POST http://inference:8001/api/v1/segment "HTTP/1.1 200 OK"'
+    )
+    logging.getLogger("cropseg_storage.access").warning("the service's own line")
+    assert ("HTTP Request" in stream.getvalue()) is shown
+    assert "the service's own line" in stream.getvalue()

@@ -52,9 +52,10 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _distribution_plot(name: str, reference: np.ndarray, current: np.ndarray, p_val: float) -> bytes:
-    """Histogram and empirical CDF of one feature, reference against current."""
-    figure, (density, cdf) = plt.subplots(1, 2, figsize=(9, 3.2))
+def distribution_figure(name: str, reference: np.ndarray, current: np.ndarray, p_val: float) -> Figure:
+    """Histogram and empirical CDF of one feature, reference against current. The feature's name
+    is the figure's title; the panels' own titles stay short so that nothing overlaps."""
+    figure, (density, cdf) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     bins = np.histogram_bin_edges(np.concatenate([reference, current]), bins=30)
     for values, colour, label in (
         (reference, REFERENCE_COLOUR, "reference"),
@@ -67,16 +68,17 @@ def _distribution_plot(name: str, reference: np.ndarray, current: np.ndarray, p_
         cdf.step(
             ordered, np.arange(1, len(ordered) + 1) / len(ordered), color=colour, where="post", label=label
         )
-    density.set_title(f"{name}: distribution")
-    cdf.set_title(f"{name}: CDF (KS p = {p_val:.2g})")
+    figure.suptitle(name.replace("_", " "))
+    density.set_title("distribution", fontsize=10)
+    cdf.set_title(f"cumulative (KS p = {p_val:.2g})", fontsize=10)
     density.legend(fontsize=8)
     cdf.legend(fontsize=8)
-    return _png(figure)
+    return figure
 
 
-def _grey_histogram_plot(reference: np.ndarray, current: np.ndarray) -> bytes:
+def grey_histogram_figure(reference: np.ndarray, current: np.ndarray) -> Figure:
     """The seed's figure: average grey-level histogram and its CDF, reference against current."""
-    figure, (bars, cdf) = plt.subplots(1, 2, figsize=(9, 3.2))
+    figure, (bars, cdf) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
     levels = np.arange(256)
     for histograms, colour, label in (
         (reference, REFERENCE_COLOUR, "reference"),
@@ -85,20 +87,20 @@ def _grey_histogram_plot(reference: np.ndarray, current: np.ndarray) -> bytes:
         mean = histograms.mean(axis=0)
         bars.plot(levels, mean, color=colour, label=label)
         cdf.plot(levels, np.cumsum(mean), color=colour, label=label)
-    bars.set_title("average grey-level histogram")
-    cdf.set_title("cumulative")
+    bars.set_title("average grey-level histogram", fontsize=10)
+    cdf.set_title("cumulative", fontsize=10)
     bars.set_xlabel("grey level")
     cdf.set_xlabel("grey level")
     bars.legend(fontsize=8)
-    return _png(figure)
+    return figure
 
 
-def _importance_plot(importances: dict[str, float]) -> bytes:
-    figure, axis = plt.subplots(figsize=(6, 3))
+def importance_figure(importances: dict[str, float]) -> Figure:
+    figure, axis = plt.subplots(figsize=(7, 3.2), layout="constrained")
     names = list(importances)[::-1]
-    axis.barh(names, [importances[n] for n in names], color=CURRENT_COLOUR)
-    axis.set_title("what gave the current images away (domain classifier)")
-    return _png(figure)
+    axis.barh([n.replace("_", " ") for n in names], [importances[n] for n in names], color=CURRENT_COLOUR)
+    axis.set_title("what gave the current images away (domain classifier)", fontsize=10)
+    return figure
 
 
 def make_plots(
@@ -107,25 +109,31 @@ def make_plots(
     """The overview histogram always; a distribution plot per drifted feature."""
     plots: dict[str, bytes] = {}
     if len(current.images.ids):
-        plots["grey_histogram.png"] = _grey_histogram_plot(profile.grey_histograms, current.images.histograms)
+        plots["grey_histogram.png"] = _png(
+            grey_histogram_figure(profile.grey_histograms, current.images.histograms)
+        )
     properties = results.get("image_properties", {}).get("data", {})
     for name, feature in properties.get("features", {}).items():
         if feature["is_drift"]:
             index = PROPERTY_NAMES.index(name)
-            plots[f"{name}.png"] = _distribution_plot(
-                name, profile.properties[:, index], current.images.properties[:, index], feature["p_val"]
+            plots[f"{name}.png"] = _png(
+                distribution_figure(
+                    name, profile.properties[:, index], current.images.properties[:, index], feature["p_val"]
+                )
             )
     fraction = results.get("prediction_vegetation_fraction", {}).get("data", {})
     if fraction.get("is_drift"):
-        plots["predicted_vegetation_fraction.png"] = _distribution_plot(
-            "predicted vegetation fraction",
-            profile.predicted_vegetation_fraction,
-            current.predicted_fractions,
-            fraction["p_val"],
+        plots["predicted_vegetation_fraction.png"] = _png(
+            distribution_figure(
+                "predicted vegetation fraction",
+                profile.predicted_vegetation_fraction,
+                current.predicted_fractions,
+                fraction["p_val"],
+            )
         )
     dataset = results.get("dataset", {}).get("data", {})
     if dataset.get("is_drift"):
-        plots["dataset_importances.png"] = _importance_plot(dataset["importances"])
+        plots["dataset_importances.png"] = _png(importance_figure(dataset["importances"]))
     return plots
 
 

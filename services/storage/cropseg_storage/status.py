@@ -56,7 +56,12 @@ class ServiceStatus(BaseModel):
     latency_ms: float | None
     checked_at: datetime | None
     uptime: float | None
-    """Share of passed checks over the history window."""
+    """Share of passed checks over the history window, that is since ``measured_since``."""
+    measured_since: datetime | None
+    """The oldest check in the window: the uptime covers from then to now (minutes after a first
+    start, at most ``days``)."""
+    checks: int
+    """Checks in the window."""
     days: list[DayUptime]
 
 
@@ -156,6 +161,8 @@ class StatusMonitor:
                     latency_ms=last.latency_ms if last else None,
                     checked_at=last.time if last else None,
                     uptime=_uptime(own),
+                    measured_since=own[0].time if own else None,
+                    checks=len(own),
                     days=[
                         DayUptime(date=day, uptime=_uptime([c for c in by_day[day] if c.service == name]))
                         for day in days

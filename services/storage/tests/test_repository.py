@@ -187,3 +187,15 @@ def test_samples_are_seeded_once_with_labels(repository: ImageRepository) -> Non
     samples = repository.sample(50, source="sample")
     assert len(samples) == 12
     assert all(repository.has_label(r.id) for r in samples)
+
+
+def test_the_out_of_field_share_is_measured_at_upload(repository: ImageRepository) -> None:
+    field = field_image(seed=3)
+    half = field.copy()
+    half[:, : half.shape[1] // 2] = 0  # the left half beyond the orthomosaic's edge
+    black = np.zeros_like(field)
+    fractions = [
+        repository.add_image(encode(pixels), source="upload")[0].black_fraction
+        for pixels in (field, half, black)
+    ]
+    assert fractions == [0.0, 0.5, 1.0]

@@ -66,8 +66,23 @@ def test_daily_uptime_covers_the_window_and_ignores_older_days(tmp_path: Path) -
         ("2026-11-27", 1.0),
     ]
     assert inference.state == "up"
+    assert (inference.measured_since, inference.checks) == (NOW - timedelta(days=1, hours=1), 3)
     storage = next(s for s in status.summary(NOW).services if s.name == "storage")
-    assert (storage.state, storage.uptime) == ("unknown", None)
+    assert (storage.state, storage.uptime, storage.measured_since, storage.checks) == (
+        "unknown",
+        None,
+        None,
+        0,
+    )
+
+
+def test_uptime_says_since_when_it_was_measured(tmp_path: Path) -> None:
+    status = monitor(tmp_path, history_days=7)
+    for minute in range(6, 0, -1):  # six minutes after a first start
+        record(status, "inference", NOW - timedelta(minutes=minute), True)
+    inference = next(s for s in status.summary(NOW).services if s.name == "inference")
+    assert (inference.uptime, inference.checks) == (1.0, 6)
+    assert inference.measured_since == NOW - timedelta(minutes=6), "not 'over 7 days'"
 
 
 def test_cli_refuses_bad_settings_with_a_clear_message(

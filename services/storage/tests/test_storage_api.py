@@ -182,9 +182,16 @@ def test_listing_pages_and_sample(client: TestClient) -> None:
     assert [i["id"] for i in first["items"] + second["items"]] == ids[::-1]
     assert second["next_cursor"] is None
     assert client.get("/api/v1/images", params={"source": "sample"}).json()["items"] == []
-    sample = client.get("/api/v1/images/sample", params={"limit": 2}).json()["items"]
+    assert client.get("/api/v1/images/sample").json()["items"] == [], "a sample is a labelled example"
+    sample = client.get("/api/v1/images/sample", params={"limit": 2, "labelled": False}).json()["items"]
     assert len(sample) == 2
     assert {i["id"] for i in sample} <= set(ids)
+    labelled_put = client.put(
+        f"/api/v1/images/{ids[0]}/label", content=LABEL, headers={"content-type": "image/png"}
+    )
+    assert labelled_put.status_code in (200, 201, 204), labelled_put.text
+    labelled = client.get("/api/v1/images/sample", params={"limit": 5}).json()["items"]
+    assert [(i["id"], i["has_label"]) for i in labelled] == [(ids[0], True)]
     bad = client.get("/api/v1/images", params={"cursor": "nonsense"})
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_cursor")
     assert client.get("/api/v1/images", params={"limit": 0}).status_code == 422

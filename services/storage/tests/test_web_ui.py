@@ -140,6 +140,10 @@ def test_status_and_drift_pages(browser: Browser, live_stack: dict[str, str]) ->
     expect(page.locator('[data-service="storage"] .badge')).to_have_text("up")
     expect(page.locator('[data-service="drift-monitor"] .badge')).to_have_text("down")
     expect(page.locator("#status-incidents")).to_contain_text("drift-monitor")
+    # Uptime over the time actually measured (this stack started seconds ago), not "over 7 days".
+    expect(page.locator('[data-service="inference"]')).to_contain_text(
+        re.compile(r"uptime [\d.]+ % over the last 1 min \(\d+ checks\)")
+    )
     page.screenshot(path=ARTIFACTS / "status.png", full_page=True)
     page.click("nav a[data-page=drift]")
     expect(page.locator("#drift-list")).to_contain_text(

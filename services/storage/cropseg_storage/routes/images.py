@@ -150,10 +150,14 @@ def list_images(
 
 @router.get("/sample", response_model=ImageSample)
 def sample_images(
-    repository: Repository, limit: Annotated[int, Query(ge=1, le=50)] = 9, source: Source | None = None
+    repository: Repository,
+    limit: Annotated[int, Query(ge=1, le=50)] = 9,
+    source: Source | None = None,
+    labelled: Annotated[bool, Query(description="only images with a ground-truth label; false: any")] = True,
 ) -> ImageSample:
-    """A random selection of stored images (the gallery)."""
-    return ImageSample(items=[describe(repository, r) for r in repository.sample(limit, source)])
+    """A random selection of labelled examples (the gallery): images whose masks can be scored."""
+    records = repository.sample(limit, source, labelled=labelled)
+    return ImageSample(items=[describe(repository, r) for r in records])
 
 
 @router.get(

@@ -66,6 +66,14 @@ function element(tag, attributes = {}, ...children) {
 const percent = (value) => `${(100 * value).toFixed(1)} %`;
 const when = (iso) => new Date(iso).toLocaleString();
 
+// "6 min", "5 h", "7 days": how long ago an ISO time was.
+function since(iso) {
+  const minutes = (Date.now() - new Date(iso).getTime()) / 60000;
+  if (minutes < 90) return `${Math.max(1, Math.round(minutes))} min`;
+  if (minutes < 48 * 60) return `${Math.round(minutes / 60)} h`;
+  return `${Math.round(minutes / 1440)} days`;
+}
+
 function loadImage(img, src) {
   return new Promise((resolve, reject) => {
     img.onload = () => { img.hidden = false; resolve(); };
@@ -76,6 +84,16 @@ function loadImage(img, src) {
 
 // ---------- segment page ----------
 
+// A tile mostly outside the field (black, e.g. beyond an orthomosaic's edge) is data, not a
+// broken image: say so on it.
+function outOfField(image) {
+  const black = image.black_fraction;
+  if (black === null || black === undefined || black < 0.5) return null;
+  return black >= 0.99
+    ? { short: "no field: all black", long: "Outside the field: every pixel is black (no data)" }
+    : { short: `${Math.round(100 * black)} % out of field`, long: "Black pixels are outside the field (no data)" };
+}
+
 function thumbButton(image, container) {
   const button = element("button", {
     type: "button",
@@ -84,6 +102,8 @@ function thumbButton(image, container) {
     onclick: () => select(image),
   }, element("img", { src: image.links.thumbnail, alt: image.filename || "image", loading: "lazy" }));
   if (image.has_label) button.append(element("span", { class: "tag", text: "label" }));
+  const outside = outOfField(image);
+  if (outside) button.append(element("span", { class: "tag out-of-field", text: outside.short, title: outside.long }));
   if (state.selected && state.selected.id === image.id) button.classList.add("selected");
   container.append(button);
 }
@@ -317,6 +337,9 @@ function bar(day) {
   return element("span", { class: level, title: `${day.date}: ${text}` });
 }
 
+// The oldest check of any service: how far back the status page can speak.
+const measuredSince = (services) => services.map((s) => s.measured_since).filter(Boolean).sort()[0];
+
 async function loadStatus() {
   try {
     const status = await json("/api/v1/status");
@@ -330,7 +353,7 @@ async function loadStatus() {
       element("div", { class: "muted", text:
         `${service.detail}${service.latency_ms !== null ? ` · ${Math.round(service.latency_ms)} ms` : ""}` +
         `${service.checked_at ? ` · checked ${when(service.checked_at)}` : ""}` +
-        `${service.uptime !== null ? ` · uptime ${percent(service.uptime)} over ${service.days.length} days` : ""}` }),
+        `${service.uptime !== null ? ` · uptime ${percent(service.uptime)} over the last ${since(service.measured_since)} (${service.checks} checks)` : ""}` }),
       element("div", { class: "bars", "aria-label": "uptime per day" }, ...service.days.map(bar)))));
     const incidents = status.incidents.slice(0, 20);
     $("status-incidents").replaceChildren(...(incidents.length ? incidents.map((incident) => element("li", {},
@@ -338,7 +361,8 @@ async function loadStatus() {
       " ", element("strong", { text: incident.service }), " ",
       element("span", { text: `${when(incident.started_at)}${incident.ended_at ? ` – ${when(incident.ended_at)}` : ""}` }),
       element("div", { class: "muted", text: `${incident.detail} (${incident.checks_failed} failed checks)` })))
-      : [element("li", { class: "muted", text: `No incidents in the last ${status.services[0]?.days.length ?? 7} days.` })]));
+      : [element("li", { class: "muted", text: measuredSince(status.services)
+        ? `No incidents in the last ${since(measuredSince(status.services))}.` : "No checks yet." })]));
   } catch (e) {
     $("status-overall").textContent = e.message;
     $("status-overall").className = "overall down";
