@@ -79,8 +79,6 @@ def slim(venv: Path = Path("/opt/venv")) -> None:
         shutil.rmtree(tests, ignore_errors=True)
     for library in site.glob("onnxruntime/capi/libonnxruntime.so*"):
         library.unlink()
-    for source_map in site.glob("swagger_ui_bundle/**/*.map"):  # for debugging Swagger UI itself
-        source_map.unlink()
     for model in site.glob("botocore/data/*"):
         if model.is_dir() and model.name not in BOTOCORE_SERVICES:
             shutil.rmtree(model)

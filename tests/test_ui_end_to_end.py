@@ -67,3 +67,76 @@ def test_upload_segment_drift_and_status_pages(browser: Browser, system: Stack, 
     expect(page.locator("#status-overall")).to_have_text("All systems operational")
     page.screenshot(path=ARTIFACTS / "3-status.png", full_page=True)
     assert errors == []
+
+
+VIEWPORTS = {"laptop": (1280, 800), "desktop": (1920, 1080), "phone": (390, 844)}
+
+# What a reader sees wrong at a glance: the page scrolls sideways, an element sticks out of the
+# viewport (unless inside a container that scrolls or clips it), or a primary panel (marked
+# data-primary in the page) starts beyond the first two screens.
+LAYOUT_PROBLEMS = """() => {
+  const width = document.documentElement.clientWidth, height = window.innerHeight, problems = [];
+  if (document.documentElement.scrollWidth > width + 1)
+    problems.push(`the page scrolls sideways: ${document.documentElement.scrollWidth} px wide in ${width}`);
+  const contained = (el) => {
+    for (let up = el.parentElement; up && up !== document.body; up = up.parentElement)
+      if (["auto", "scroll", "hidden", "clip"].includes(getComputedStyle(up).overflowX)) return true;
+    return false;
+  };
+  for (const el of document.querySelectorAll("body *")) {
+    if (!el.getClientRects().length || contained(el)) continue;
+    const box = el.getBoundingClientRect();
+    if (box.right > width + 1 || box.left < -1)
+      problems.push(`${el.tagName}#${el.id}.${el.className}: ${box.left | 0}..${box.right | 0} of ${width}`);
+  }
+  for (const el of document.querySelectorAll("[data-primary]")) {
+    if (!el.getClientRects().length) continue;
+    const top = el.getBoundingClientRect().top + window.scrollY;
+    if (top > 2 * height)
+      problems.push(`primary panel ${el.id || el.className} starts at ${top | 0} px, past 2 screens`);
+  }
+  return problems.slice(0, 12);
+}"""
+
+
+@pytest.mark.parametrize("viewport", list(VIEWPORTS))
+def test_every_page_fits_the_screen(browser: Browser, system: Stack, viewport: str) -> None:
+    """Screenshots of every page at a laptop, a desktop and a phone size (var/test-artifacts/
+    ui-e2e/screens/), each checked for sideways overflow and primary panels out of reach."""
+    from playwright.sync_api import expect
+
+    folder = ARTIFACTS / "screens"
+    folder.mkdir(parents=True, exist_ok=True)
+    urls = system.urls()
+    if not httpx.get(f"{urls['drift-monitor']}/api/v1/drift/reports").json()["items"]:
+        system.run_drift(source="sample", min_samples="5")
+    width, height = VIEWPORTS[viewport]
+    page = browser.new_page(viewport={"width": width, "height": height})
+    problems: dict[str, list[str]] = {}
+
+    def check(name: str) -> None:
+        page.wait_for_timeout(300)  # images and fonts settle
+        page.screenshot(path=folder / f"{name}-{width}x{height}.png", full_page=True)
+        found = page.evaluate(LAYOUT_PROBLEMS)
+        if found:
+            problems[name] = found
+
+    page.goto(f"{urls['storage']}/#/segment")
+    expect(page.locator("#gallery button")).to_have_count(9)
+    page.locator("#gallery button").first.click()
+    page.click("#segment-button")
+    expect(page.locator("#stats")).to_be_visible(timeout=30_000)
+    check("segment")
+    page.goto(f"{urls['storage']}/#/drift")
+    page.locator("#drift-list li").first.click()
+    expect(page.locator("#drift-detail table")).to_be_visible()
+    check("drift")
+    page.goto(f"{urls['storage']}/#/status")
+    expect(page.locator('[data-service="inference"] .badge')).to_have_text("up", timeout=10_000)
+    check("status")
+    for service in ("storage", "inference", "drift-monitor"):
+        page.goto(f"{urls[service]}/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_be_visible(timeout=15_000)  # offline: no CDN here
+        check(f"docs-{service}")
+    page.close()
+    assert problems == {}, problems

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings
 from cropseg_core.imaging import NotAnImageError
 from cropseg_core.web.auth import ApiToken, token_from_file
 from cropseg_core.web.bodies import read_limited_body, read_upload
-from cropseg_core.web.docs import install_docs
+from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import NotFoundError, UnavailableError, install_error_handlers
 from cropseg_core.web.metrics import install_metrics
 from cropseg_core.web.server import dependency_versions
@@ -176,16 +176,14 @@ def test_an_empty_token_variable_is_no_token(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_docs_are_served_offline_from_packaged_assets() -> None:
-    app = FastAPI(title="probe", docs_url=None, redoc_url=None)
-    install_docs(app)
+    app = service_app(title="probe")
     with TestClient(app) as client:
-        page = client.get("/docs")
-        assert page.status_code == 200
-        assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
-        assert assets, page.text
-        assert all(url.startswith("/docs/assets/") for url in assets), assets  # nothing from a CDN
-        for url in assets:
-            assert client.get(url).status_code == 200, url
+        for page in ("/docs", "/redoc"):
+            html = client.get(page)
+            assert html.status_code == 200
+            assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", html.text)
+            assert assets, html.text
+            assert all(url.startswith("/static-offline-docs/") for url in assets), assets  # no CDN
+            for url in assets:
+                assert client.get(url).status_code == 200, url
         assert "/docs" not in client.get("/openapi.json").json()["paths"]
-    with pytest.raises(ValueError, match="docs_url=None"):
-        install_docs(FastAPI())

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from cropseg_core.features import load_reference_profile
 from cropseg_core.store import open_store
-from cropseg_core.web.docs import install_docs
+from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.metrics import install_metrics
 from cropseg_drift.metrics import DriftCollector
@@ -40,11 +40,11 @@ def create_app(settings: DriftSettings | None = None, registry: CollectorRegistr
         registry.register(DriftCollector(app.state.store))
         yield
 
-    app = FastAPI(title="cropseg drift monitor", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # fmt: skip
+    app = service_app(
+        title="cropseg drift monitor", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+    )
     app.state.settings = settings
     install_error_handlers(app)
-    install_docs(app)
     install_metrics(app, registry)
     app.include_router(reports.router)
     app.include_router(runs.router)

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from cropseg_core.web import layouts
-from cropseg_core.web.docs import install_docs
+from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.metrics import install_metrics
 from cropseg_inference.engine import SegmentationEngine
@@ -61,20 +61,17 @@ def create_app(
         log.info("shutting down: finishing queued work")
         await engine.stop()
 
-    app = FastAPI(
+    app = service_app(
         title="cropseg inference",
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,  # served offline by install_docs
-        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.model_card = None
     install_error_handlers(app, plain_prefixes=("/v2",))
-    install_docs(app)
     install_metrics(app, registry)
     app.include_router(segment.router)
     app.include_router(layouts.router)

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from cropseg_core.repository import ImageRepository
 from cropseg_core.store import StoreError, open_store
 from cropseg_core.web import layouts
-from cropseg_core.web.docs import install_docs
+from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.metrics import install_metrics
 from cropseg_storage.inference_client import InferenceClient
@@ -129,12 +129,10 @@ def create_app(
         await inference.aclose()
         await outgoing.aclose()
 
-    app = FastAPI(title="cropseg storage", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
-                  docs_url=None, redoc_url=None)  # fmt: skip
+    app = service_app(title="cropseg storage", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
-    install_docs(app)
     install_metrics(app, registry)
     if settings.cors_origins:
         app.add_middleware(

@@ -88,7 +88,7 @@ function loadImage(img, src) {
 // broken image: say so on it.
 function outOfField(image) {
   const black = image.black_fraction;
-  if (black === null || black === undefined || black < 0.5) return null;
+  if (black === null || black === undefined || black < 0.05) return null;
   return black >= 0.99
     ? { short: "no field: all black", long: "Outside the field: every pixel is black (no data)" }
     : { short: `${Math.round(100 * black)} % out of field`, long: "Black pixels are outside the field (no data)" };
@@ -145,6 +145,8 @@ async function select(image) {
   $("result-empty").hidden = true;
   $("result").hidden = false;
   $("segment-button").disabled = false;
+  // On a phone the result sits below the picker: bring it into view.
+  if (window.matchMedia("(max-width: 800px)").matches) $("result-title").scrollIntoView({ behavior: "smooth" });
   $("stats").hidden = true;
   $("image-caption").textContent =
     `${image.filename || "image"} · ${image.width}×${image.height} px · ${image.format} · id ${image.id.slice(0, 12)}…`;
@@ -321,7 +323,7 @@ async function showReport(id) {
         element("th", { text: "Drifted features" }))), element("tbody", {}, ...rows)) : null,
       plots.length ? element("div", { class: "plots" }, ...plots) : null,
       report.links && report.links.html
-        ? element("p", {}, element("a", { href: report.links.html, target: "_blank", rel: "noopener", text: "Full HTML report" }))
+        ? element("p", {}, element("a", { class: "button-link", href: report.links.html, target: "_blank", rel: "noopener", text: "Open the full HTML report ↗" }))
         : null,
     );
   } catch (e) {
