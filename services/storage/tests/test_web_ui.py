@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 from storage_testing import REPO, encode
 
@@ -62,6 +63,26 @@ def test_upload_segment_and_see_mask_and_metrics(
     assert page.evaluate("document.getElementById('view-mask').naturalWidth") == tile.image.shape[1]
     page.screenshot(path=ARTIFACTS / "segment.png", full_page=True)
     assert errors == []
+
+
+def test_a_tile_outside_the_field_is_labelled_not_shown_as_a_broken_image(
+    browser: Browser, live_stack: dict[str, str]
+) -> None:
+    import httpx
+    from playwright.sync_api import expect
+
+    black = encode(np.zeros((60, 80, 3), np.uint8))  # beyond an orthomosaic's footprint
+    edge = np.full((60, 80, 3), 120, np.uint8)
+    edge[:, :40] = 0  # half outside
+    for body in (black, encode(edge)):
+        assert httpx.post(f"{live_stack['storage']}/api/v1/images", content=body,
+                          headers={"content-type": "image/png"}).status_code in (200, 201)  # fmt: skip
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(live_stack["storage"])
+    tags = page.locator("#uploads .tag.out-of-field")
+    expect(tags.filter(has_text="no field: all black")).to_have_count(1)
+    expect(tags.filter(has_text="50 % out of field")).to_have_count(1)
+    page.close()
 
 
 def test_a_colour_infrared_upload_is_read_in_its_layout_and_the_layout_can_be_changed(
