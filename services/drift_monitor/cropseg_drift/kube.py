@@ -15,6 +15,7 @@ import json
 import os
 import re
 import ssl
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
