@@ -30,7 +30,7 @@ from cropseg_core.features import PROPERTY_NAMES, ReferenceProfile
 from cropseg_core.store import BlobStore, encode_json
 from cropseg_drift.detectors import Current
 
-REPORT_ID = re.compile(r"\d{8}T\d{12}Z")
+REPORT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z")  # ASCII digits only: \d also matches other scripts
 FILE_NAME = re.compile(r"[a-z0-9_]+\.(png|html|json)")
 LOG_STREAM = "drift/drift.log"
 REFERENCE_COLOUR, CURRENT_COLOUR = "#2e7d32", "#c62828"

@@ -95,6 +95,11 @@ def test_reports_paginate_newest_first(client: TestClient, data: Path, profile_p
         ("/api/v1/drift/reports?cursor=zzz", 400),
         ("/api/v1/drift/runs/nonsense", 404),
         ("/api/v1/drift/runs/20990101T000000000000Z", 404),
+        # Digits of other scripts (fullwidth, Arabic-Indic) match \d but are no report id: not a 500
+        ("/api/v1/drift/reports/２０２６１２０２T０００００００００００Z", 400),
+        ("/api/v1/drift/reports/٢٠٢٦١٢٠٢T٠٠٠٠٠٠٠٠٠٠٠٠Z/files/report.html", 400),
+        ("/api/v1/drift/reports?cursor=２０２６１２０２T０００００００００００Z", 400),
+        ("/api/v1/drift/runs/２０２６１２０２T０００００００００００Z", 404),
     ],
 )
 def test_bad_ids_and_names(client: TestClient, path: str, status: int) -> None:

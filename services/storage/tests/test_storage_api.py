@@ -194,6 +194,9 @@ def test_listing_pages_and_sample(client: TestClient) -> None:
     assert [(i["id"], i["has_label"]) for i in labelled] == [(ids[0], True)]
     bad = client.get("/api/v1/images", params={"cursor": "nonsense"})
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_cursor")
+    fullwidth = "１" * 13 + "-" + "a" * 64  # digits of another script match \d: still no cursor
+    bad = client.get("/api/v1/images", params={"cursor": fullwidth})
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "invalid_cursor")
     assert client.get("/api/v1/images", params={"limit": 0}).status_code == 422
     assert client.get("/api/v1/images", params={"source": "elsewhere"}).status_code == 422
 
