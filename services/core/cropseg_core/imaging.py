@@ -40,7 +40,9 @@ _SIGNATURES: Final = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"II*\x00", "TIFF"),
     (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),  # little-endian BigTIFF (64-bit offsets: large orthomosaics)
 )
+_BIG_ENDIAN_BIGTIFF: Final = b"MM\x00+"  # Pillow cannot read it: refused with what to do
 SUPPORTED_FORMATS: Final = ("PNG", "JPEG", "TIFF")
 _SIXTEEN_BIT_MODES: Final = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -123,6 +125,11 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
     if len(data) > limits.max_bytes:
         raise ImageTooLargeError(f"the image is {len(data)} bytes; the limit is {limits.max_bytes} bytes")
     fmt = sniff_format(data)
+    if data.startswith(_BIG_ENDIAN_BIGTIFF):
+        raise NotAnImageError(
+            "big-endian BigTIFF is not supported: write it little-endian "
+            "(e.g. gdal_translate -co BIGTIFF=YES in.tif out.tif on any PC), or as a classic TIFF"
+        )
     if fmt is None:
         formats = ", ".join(SUPPORTED_FORMATS)
         raise NotAnImageError(f"the data is not a {formats} image (detected from its content)")

@@ -3,6 +3,7 @@ import warnings
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from cropseg_core.imaging import (
@@ -165,3 +166,18 @@ def test_every_error_has_a_code_and_client_status() -> None:
     ):
         assert 400 <= error.status_code < 500
         assert error.code
+
+
+def test_bigtiff_is_a_tiff(rgb: np.ndarray) -> None:
+    """Large orthomosaics are written as BigTIFF (II+), not refused as "not an image"."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, rgb, bigtiff=True, photometric="rgb")
+    data = buffer.getvalue()
+    assert data[:4] == b"II+\x00"
+    decoded = decode_image(data)
+    assert decoded.format == "TIFF"
+    assert np.array_equal(decoded.pixels, rgb)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, rgb, bigtiff=True, byteorder=">", photometric="rgb")
+    with pytest.raises(NotAnImageError, match="big-endian BigTIFF is not supported: write it little-endian"):
+        decode_image(buffer.getvalue())  # Pillow cannot read it: say so and what to do
