@@ -6,7 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
@@ -17,6 +17,7 @@ from cropseg_core.web.auth import ApiToken, token_from_file
 from cropseg_core.web.bodies import read_limited_body, read_upload
 from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import NotFoundError, UnavailableError, install_error_handlers
+from cropseg_core.web.hygiene import install_http_hygiene
 from cropseg_core.web.metrics import install_metrics
 from cropseg_core.web.server import dependency_versions
 
@@ -187,3 +188,31 @@ def test_docs_are_served_offline_from_packaged_assets() -> None:
             for url in assets:
                 assert client.get(url).status_code == 200, url
         assert "/docs" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_head_is_answered_wherever_get_is_with_security_headers() -> None:
+    app = FastAPI()
+
+    @app.get("/thing")
+    def thing() -> dict[str, str]:
+        return {"hello": "world"}
+
+    @app.get("/page")
+    def page() -> Response:
+        return Response(
+            "<p>hi</p>", media_type="text/html", headers={"Content-Security-Policy": "default-src 'self'"}
+        )
+
+    install_http_hygiene(app)
+    with TestClient(app) as client:
+        got, head = client.get("/thing"), client.head("/thing")
+        assert (head.status_code, head.content) == (200, b"")
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.content))
+        for response in (got, head):
+            assert response.headers["x-content-type-options"] == "nosniff"
+            assert response.headers["content-security-policy"] == "frame-ancestors 'none'"
+            assert response.headers["x-frame-options"] == "DENY"
+        assert (
+            client.get("/page").headers["content-security-policy"] == "default-src 'self'"
+        )  # the route's own
+        assert client.head("/nowhere").status_code == 404

@@ -12,6 +12,7 @@ from cropseg_core.features import load_reference_profile
 from cropseg_core.store import open_store
 from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
+from cropseg_core.web.hygiene import install_http_hygiene
 from cropseg_core.web.metrics import install_metrics
 from cropseg_drift.metrics import DriftCollector
 from cropseg_drift.routes import meta, reports, runs
@@ -49,4 +50,5 @@ def create_app(settings: DriftSettings | None = None, registry: CollectorRegistr
     app.include_router(reports.router)
     app.include_router(runs.router)
     app.include_router(meta.router)
+    install_http_hygiene(app)  # outermost: HEAD and security headers for every route
     return app

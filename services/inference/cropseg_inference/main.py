@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from cropseg_core.web import layouts
 from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
+from cropseg_core.web.hygiene import install_http_hygiene
 from cropseg_core.web.metrics import install_metrics
 from cropseg_inference.engine import SegmentationEngine
 from cropseg_inference.metrics import InferenceMetrics
@@ -77,4 +78,5 @@ def create_app(
     app.include_router(layouts.router)
     app.include_router(v2.router)
     app.include_router(meta.router)
+    install_http_hygiene(app)  # outermost: HEAD and security headers for every route
     return app

@@ -22,6 +22,7 @@ from cropseg_core.store import StoreError, open_store
 from cropseg_core.web import layouts
 from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
+from cropseg_core.web.hygiene import UI_POLICY, install_http_hygiene
 from cropseg_core.web.metrics import install_metrics
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
@@ -54,6 +55,9 @@ async def _every(interval_s: float, action: Callable[[], Awaitable[object]], nam
         except Exception:  # a background chore must never die; the next round retries
             log.exception("%s failed", name)
         await asyncio.sleep(interval_s)
+
+
+TEMP_SWEEP_INTERVAL_S = 300.0  # half-written files of a crashed writer go within 15 minutes
 
 
 def create_app(
@@ -119,6 +123,9 @@ def create_app(
                     "recount",
                 )
             ),
+            asyncio.create_task(
+                _every(TEMP_SWEEP_INTERVAL_S, lambda: run_in_threadpool(store.sweep_temporary), "temp sweep")
+            ),
         ]
         log.info("storage ready: %s, inference at %s", store.describe(), settings.inference_url)
         yield
@@ -150,7 +157,9 @@ def create_app(
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": UI_POLICY}
+        return FileResponse(WEB / "index.html", headers=headers)
 
     app.mount("/static", StaticFiles(directory=WEB), name="static")
+    install_http_hygiene(app)  # outermost: HEAD and security headers for every route
     return app

@@ -170,6 +170,13 @@ def test_image_bytes_are_cacheable_by_etag(client: TestClient) -> None:
     cached = client.get(f"/api/v1/images/{image_id}", headers={"if-none-match": f'"{image_id}"'})
     assert cached.status_code == 304
     assert cached.content == b""
+    for validator in (f'W/"{image_id}"', "*", f'"other", W/"{image_id}"'):  # weak comparison, any (RFC 9110)
+        assert (
+            client.get(f"/api/v1/images/{image_id}", headers={"if-none-match": validator}).status_code == 304
+        )
+    assert client.get(f"/api/v1/images/{image_id}", headers={"if-none-match": '"other"'}).status_code == 200
+    head = client.head(f"/api/v1/images/{image_id}")
+    assert (head.status_code, head.content, head.headers["etag"]) == (200, b"", f'"{image_id}"')
     thumbnail = client.get(f"/api/v1/images/{image_id}/thumbnail")
     assert thumbnail.headers["content-type"] == "image/jpeg"
     assert decode_image(thumbnail.content).width == 40  # never enlarged
@@ -464,9 +471,16 @@ def test_web_ui_is_served(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200
     assert "<title>cropseg" in page.text
+    policy = page.headers["content-security-policy"]  # the UI's own scripts, styles and images only
+    assert "default-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert "unsafe-inline" not in policy
     for asset in ("/static/app.js", "/static/style.css"):
-        assert client.get(asset).status_code == 200
+        served = client.get(asset)
+        assert served.status_code == 200
+        assert served.headers["x-content-type-options"] == "nosniff"
     assert client.get("/static/missing.js").status_code == 404
+    assert client.head("/").status_code == 200
 
 
 def test_samples_seeded_on_first_start(make_client: Callable[..., TestClient]) -> None:

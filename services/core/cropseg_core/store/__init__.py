@@ -124,6 +124,11 @@ class BlobStore(abc.ABC):
     def describe(self) -> str:
         """Where the data lives, for logs and info endpoints (never credentials)."""
 
+    def sweep_temporary(self) -> int:
+        """Remove what writers that died left half-written; returns how many. Nothing by default:
+        an object store's PUT is atomic."""
+        return 0
+
     def delete_prefix(self, prefix: str) -> int:
         """Remove every key starting with ``prefix``; returns how many."""
         removed = 0

@@ -33,7 +33,9 @@ from cropseg_core.store import (
 
 log = logging.getLogger(__name__)
 
-STALE_TEMP_AGE_S = 3600  # older temp files belong to a writer that died, not a slow one
+# Older temp files belong to a writer that died, not a slow one: bodies are read whole before a
+# write starts, so a write takes seconds. Swept at start and periodically (storage: every 5 min).
+STALE_TEMP_AGE_S = 600
 RECORD_SUFFIX = ".jsonl"
 
 

@@ -74,13 +74,22 @@ def describe(repository: ImageRepository, record: ImageRecord) -> ImageOut:
     return ImageOut(**record.model_dump(), has_label=repository.has_label(record.id), links=links)
 
 
+def not_modified(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: ``*`` matches any stored representation, and the comparison is
+    weak (``W/"x"`` matches ``"x"``)."""
+    if not if_none_match:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
+
+
 def cached(
     request: Request, content: bytes | Callable[[], bytes], media_type: str, etag: str, cache_control: str
 ) -> Response:
     """``content`` (or what the callable makes, only when needed) with its validator, or 304
     when the client already holds it."""
     headers = {"ETag": etag, "Cache-Control": cache_control}
-    if etag in (tag.strip() for tag in request.headers.get("if-none-match", "").split(",")):
+    if not_modified(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     body = content() if callable(content) else content
     return Response(body, media_type=media_type, headers=headers)
