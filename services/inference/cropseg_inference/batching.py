@@ -6,6 +6,12 @@ them), runs the batch in a worker thread so the event loop stays free, and resol
 tile's future. While one batch runs, the next one gathers, so batches grow with load by
 themselves. A full queue refuses new work at once (the caller answers 503 + Retry-After)
 instead of letting requests wait into client timeouts.
+
+Admission is fair: a request's tiles enter the queue in chunks of at most ``max_chunk``, each
+chunk all at once or not at all. The first chunk is refused when it does not fit (nothing of
+the request is queued); once admitted, a large request queues its next chunk when its previous
+one is done and there is room, so a 40 MP image (hundreds of tiles) never holds more than one
+chunk of the queue and small requests that arrive meanwhile wait behind at most that chunk.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class MicroBatcher:
         max_batch_size: int,
         max_wait_s: float,
         max_queue: int,
+        max_chunk: int | None = None,
         on_batch: Callable[[BatchStats], None] = lambda stats: None,
         on_depth: Callable[[int], None] = lambda depth: None,
     ) -> None:
@@ -65,10 +72,12 @@ class MicroBatcher:
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.max_chunk = max_chunk or max(1, max_queue // 4)
         self._on_batch = on_batch
         self._on_depth = on_depth
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
+        self._room = asyncio.Event()  # set whenever the worker takes tiles off the queue
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         self._worker: asyncio.Task[None] | None = None
         self._stopping = False
@@ -81,11 +90,14 @@ class MicroBatcher:
         self._worker = asyncio.get_running_loop().create_task(self._serve(), name="micro-batcher")
 
     def submit(self, arrays: list[np.ndarray]) -> list[asyncio.Future[TileResult]]:
-        """Queue ``arrays`` (all of them, or none when the queue is already full)."""
+        """Queue ``arrays``: all of them, or none when they do not all fit."""
         if self._stopping:
             raise BatcherStoppedError("the service is shutting down")
-        if len(self._queue) >= self.max_queue:
-            raise QueueFullError(f"{len(self._queue)} tiles are waiting (limit {self.max_queue})")
+        if len(self._queue) + len(arrays) > self.max_queue:
+            waiting = len(self._queue)
+            raise QueueFullError(
+                f"{waiting} tiles wait, {len(arrays)} more do not fit (limit {self.max_queue})"
+            )
         loop = asyncio.get_running_loop()
         pending = [_Pending(array, loop.create_future()) for array in arrays]
         self._queue.extend(pending)
@@ -94,13 +106,27 @@ class MicroBatcher:
         return [p.future for p in pending]
 
     async def run(self, arrays: list[np.ndarray]) -> list[TileResult]:
-        futures = self.submit(arrays)
-        try:
-            return list(await asyncio.gather(*futures))
-        except BaseException:
-            for future in futures:
-                future.cancel()  # the worker skips cancelled tiles
-            raise
+        """The results of ``arrays``, queued chunk by chunk (QueueFullError: none was queued)."""
+        results: list[TileResult] = []
+        for start in range(0, len(arrays), self.max_chunk):
+            chunk = arrays[start : start + self.max_chunk]
+            futures = self.submit(chunk) if start == 0 else await self._submit_when_room(chunk)
+            try:
+                results += await asyncio.gather(*futures)
+            except BaseException:
+                for future in futures:
+                    future.cancel()  # the worker skips cancelled tiles; later chunks never queue
+                raise
+        return results
+
+    async def _submit_when_room(self, arrays: list[np.ndarray]) -> list[asyncio.Future[TileResult]]:
+        """An admitted request's next chunk: queued as soon as it fits."""
+        while True:
+            try:
+                return self.submit(arrays)
+            except QueueFullError:
+                self._room.clear()
+                await self._room.wait()
 
     async def stop(self) -> None:
         """Refuse new work, finish what is queued, then stop the worker."""
@@ -138,6 +164,7 @@ class MicroBatcher:
             if self._queue[0].future.cancelled():
                 self._queue.popleft()
                 self._on_depth(len(self._queue))
+                self._room.set()
                 continue
             if self.max_wait_s > 0:
                 deadline = self._queue[0].enqueued_at + self.max_wait_s
@@ -149,6 +176,7 @@ class MicroBatcher:
                         break
             batch = self._take_batch()
             self._on_depth(len(self._queue))
+            self._room.set()
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(

@@ -133,30 +133,49 @@ class SegmentationEngine:
         scale: float | None = None,
     ) -> Segmentation:
         """Segment one image as decoded (any size, ``layout``'s channels) through the pipeline."""
+        (segmentation,) = await self.segment_batch([channels], layout, threshold, gsd_mm=gsd_mm, scale=scale)
+        return segmentation
+
+    async def segment_batch(
+        self,
+        images: list[np.ndarray],
+        layout: Layout,
+        threshold: float | None = None,
+        *,
+        gsd_mm: float | None = None,
+        scale: float | None = None,
+    ) -> list[Segmentation]:
+        """Segment several images as one request: their tiles are admitted to the queue together
+        (all or none), so a batch never ends half computed and half refused."""
         if not self.ready:
             raise UnavailableError("the model is warming up", retry_after_s=self.settings.retry_after_s)
         threshold = self.info.threshold if threshold is None else threshold
-        inline = channels.shape[0] * channels.shape[1] <= INLINE_PIXELS
-        timings: dict[str, float] = {}
+        inline = sum(image.shape[0] * image.shape[1] for image in images) <= INLINE_PIXELS
         started = time.perf_counter()
         prepare = self.pipeline.prepare
-        if inline:
-            prepared = prepare(channels, layout, gsd_mm=gsd_mm, scale=scale)
-        else:
-            prepared = await asyncio.to_thread(prepare, channels, layout, gsd_mm=gsd_mm, scale=scale)
-        timings["preprocess"] = time.perf_counter() - started
+        prepared = []
+        for image in images:
+            if inline:
+                prepared.append(prepare(image, layout, gsd_mm=gsd_mm, scale=scale))
+            else:
+                prepared.append(await asyncio.to_thread(prepare, image, layout, gsd_mm=gsd_mm, scale=scale))
+        preprocess_s = (time.perf_counter() - started) / len(images)
 
         started = time.perf_counter()
-        outputs, queued_s = await self.run_tiles(prepared.tiles)
-        timings["queue"] = queued_s
-        timings["infer"] = time.perf_counter() - started - queued_s
+        outputs, queued_s = await self.run_tiles([tile for item in prepared for tile in item.tiles])
+        infer_s = time.perf_counter() - started - queued_s
 
-        started = time.perf_counter()
-        if inline:
-            probability, mask = self.pipeline.finish(prepared, outputs, threshold)
-        else:
-            probability, mask = await asyncio.to_thread(self.pipeline.finish, prepared, outputs, threshold)
-        timings["postprocess"] = time.perf_counter() - started
-        return Segmentation(
-            probability, mask, threshold, len(prepared.plan), prepared.scale, layout.name, timings
-        )
+        results = []
+        for item in prepared:
+            own, outputs = outputs[: len(item.tiles)], outputs[len(item.tiles) :]
+            started = time.perf_counter()
+            if inline:
+                probability, mask = self.pipeline.finish(item, own, threshold)
+            else:
+                probability, mask = await asyncio.to_thread(self.pipeline.finish, item, own, threshold)
+            timings = {"preprocess": preprocess_s, "queue": queued_s, "infer": infer_s,
+                       "postprocess": time.perf_counter() - started}  # fmt: skip
+            results.append(
+                Segmentation(probability, mask, threshold, len(item.plan), item.scale, layout.name, timings)
+            )
+        return results

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -65,7 +66,9 @@ def test_full_queue_refuses_at_once_and_stop_drains() -> None:
     gate = threading.Event()
 
     async def main() -> None:
-        batcher = MicroBatcher(recording_model(calls, gate), max_batch_size=1, max_wait_s=0, max_queue=2)
+        batcher = MicroBatcher(
+            recording_model(calls, gate), max_batch_size=1, max_wait_s=0, max_queue=2, max_chunk=2
+        )
         batcher.start()
         tile = np.zeros((2, 2, 3), np.uint8)
         first = asyncio.ensure_future(batcher.run([tile]))  # taken by the worker, blocked on the gate
@@ -123,3 +126,62 @@ def test_cancelled_requests_are_not_run() -> None:
 
     asyncio.run(main())
     assert calls == [(1, 1, 1, 3)]
+
+
+def test_a_request_is_admitted_whole_or_not_at_all() -> None:
+    gate = threading.Event()
+
+    async def main() -> None:
+        batcher = MicroBatcher(
+            recording_model([], gate), max_batch_size=1, max_wait_s=0, max_queue=4, max_chunk=4
+        )
+        batcher.start()
+        tile = np.zeros((2, 2, 3), np.uint8)
+        busy = asyncio.ensure_future(batcher.run([tile]))  # taken by the worker, blocked on the gate
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(batcher.run([tile, tile]))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError, match="2 tiles wait, 3 more do not fit"):
+            await batcher.run([tile, tile, tile])  # 2 + 3 > 4: none of it is queued
+        assert batcher.depth == 2
+        gate.set()
+        await asyncio.gather(busy, waiting)
+        await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_a_request_larger_than_the_queue_runs_in_chunks_and_small_ones_get_in_between() -> None:
+    """A huge image neither is refused forever nor starves others: it holds one chunk at a time."""
+    order: list[str] = []
+    queued_after: list[int] = []
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        order.extend("small" if tile[0, 0, 0] else "large" for tile in batch)
+        time.sleep(0.002)
+        return batch.sum(axis=-1).astype(np.float32)
+
+    async def main() -> None:
+        batcher = MicroBatcher(model, max_batch_size=1, max_wait_s=0, max_queue=16, max_chunk=4)
+        batcher.start()
+        large = [np.zeros((2, 2, 3), np.uint8)] * 40  # 2.5 times the whole queue
+        huge = asyncio.ensure_future(batcher.run(large))
+        smalls = []
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            queued_after.append(len(order))  # tiles run before this small one was queued
+            smalls.append(asyncio.ensure_future(batcher.run([np.ones((2, 2, 3), np.uint8)])))
+            assert batcher.depth <= 4 + len(smalls), "the large request holds at most one chunk"
+        results = await huge
+        assert len(results) == 40
+        await asyncio.gather(*smalls)
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert order.count("small") == 5
+    # Each small tile waited behind at most the large request's current chunk (4 tiles, one of
+    # them maybe running) and the small ones before it, not behind all 40.
+    positions = [i for i, name in enumerate(order) if name == "small"]
+    waited = [position - queued for position, queued in zip(positions, queued_after, strict=True)]
+    assert max(waited) <= 4 + 1 + 4, (waited, order)
+    assert positions[-1] < 30, order

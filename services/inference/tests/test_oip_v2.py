@@ -4,8 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from cropseg_inference.main import create_app
 from fastapi.testclient import TestClient
-from inference_testing import MODEL
+from inference_testing import MODEL, make_settings, wait_ready
+from prometheus_client import CollectorRegistry
 
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
 from cropseg_core.segmenter import OnnxSegmenter
@@ -179,3 +181,25 @@ def test_layout_parameter_reads_the_channels_in_that_order(
     probability = np.array(response.json()["outputs"][0]["data"], np.float32).reshape(cir.shape[:2])
     assert np.abs(probability - reference(cir, "cir")).max() < 1e-5
     assert np.abs(probability - reference(cir)).max() > 1e-2  # the same bytes read as RGB differ
+
+
+def test_a_batch_larger_than_the_queue_is_computed_not_refused_forever(small_tile: np.ndarray) -> None:
+    """129 images with a queue of 8 tiles: queued chunk by chunk on an idle server (it used to
+    answer 503 + Retry-After on every try while the first 128 tiles were computed anyway)."""
+    batch = np.stack([small_tile] * 129)
+    header = json.dumps({"inputs": [{"name": "image", "shape": list(batch.shape), "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": batch.size}}],
+                         "outputs": [{"name": "vegetation_fraction"}]}).encode()  # fmt: skip
+    settings = make_settings(max_queue_tiles=8)
+    with TestClient(create_app(settings, CollectorRegistry())) as client:
+        wait_ready(client)
+        response = client.post(
+            INFER,
+            content=header + batch.tobytes(),
+            headers={"inference-header-content-length": str(len(header))},
+        )
+        assert response.status_code == 200, response.text
+        fractions = {o["name"]: o for o in response.json()["outputs"]}["vegetation_fraction"]["data"]
+        assert len(fractions) == 129
+        assert len(set(fractions)) == 1  # the same image: the same answer in every chunk
+        assert "cropseg_inference_rejected_total 0.0" in client.get("/metrics").text

@@ -12,7 +12,6 @@ pipeline as ``/api/v1/segment``. Errors are ``{"error": "..."}``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Any
 
@@ -309,9 +308,7 @@ async def infer(
             raise ClientError(f"parameter 'layout' must be a string, got {json.dumps(layout)}")
         sensor = get_layout(layout)
         gsd_mm, scale = _number(parameters, "gsd_mm"), _number(parameters, "scale")
-        results = await asyncio.gather(
-            *(engine.segment(image, sensor, threshold, gsd_mm=gsd_mm, scale=scale) for image in images)
-        )
+        results = await engine.segment_batch(list(images), sensor, threshold, gsd_mm=gsd_mm, scale=scale)
         content, headers, media_type = build_response(inference, engine, results)
     except Exception:
         metrics.segmentation_result.labels("failure").inc()
