@@ -7,6 +7,11 @@
     thumbnails/<id[:2]>/<id>.jpg             cache, rebuilt when missing
     predictions/<date>                       record stream, one record per segmentation
 
+Writes to an existing image (label, mask, thumbnail, layout) check after writing that the image
+is still there, and take their write back when a DELETE came in between (404): DELETE removes
+the sidecar first, so whatever a writer wrote either is removed by that DELETE or by the writer
+itself, and nothing reappears when the same bytes are uploaded again.
+
 ``id`` is the sha256 of the bytes, so the same image always gets the same id. An upload
 writes the bytes, then its index marker, then creates the sidecar with a create-only write:
 that is the commit point. Of two concurrent uploads of the same bytes exactly one creates
@@ -215,10 +220,21 @@ class ImageRepository:
         to_model_bands(decode_channels(self.image_bytes(record), self.limits).pixels, sensor)
         updated = record.model_copy(update={"layout": sensor.name})
         self.store.put(_sidecar_key(image_id), encode_json(updated.model_dump(mode="json")))
+        if not self.store.exists(_image_key(record)):  # deleted meanwhile: no sidecar without bytes
+            self.store.delete(_sidecar_key(image_id))
+            raise ImageNotFoundError(f"image {image_id} was deleted while its layout was being changed")
         return updated
 
     def image_bytes(self, record: ImageRecord) -> bytes:
         return self.store.get(_image_key(record))
+
+    def _still_there(self, image_id: str, *written: str) -> None:
+        """After writing ``written`` for an image: take them back and answer 404 if a DELETE
+        removed the image meanwhile (its sidecar goes first)."""
+        if not self.store.exists(_sidecar_key(image_id)):
+            for key in written:
+                self.store.delete(key)
+            raise ImageNotFoundError(f"image {image_id} was deleted while this request was writing to it")
 
     def delete(self, image_id: str) -> ImageRecord:
         """Remove the image and everything derived from it (the sidecar goes first: uncommit)."""
@@ -298,6 +314,7 @@ class ImageRepository:
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=85)
         self.store.put(key, buffer.getvalue())
+        self._still_there(record.id, key)
         return buffer.getvalue()
 
     def decode(self, record: ImageRecord) -> np.ndarray:
@@ -318,6 +335,7 @@ class ImageRepository:
     def put_label(self, image_id: str, data: bytes) -> None:
         record = self.get(image_id)
         self.store.put(f"labels/{image_id}.png", self._label_png(data, record.width, record.height))
+        self._still_there(image_id, f"labels/{image_id}.png")
 
     def label(self, image_id: str) -> bytes:
         self.get(image_id)
@@ -340,6 +358,7 @@ class ImageRepository:
         summary = segmentation.model_dump(mode="json")
         self.store.put(f"{base}.png", mask_png)
         self.store.put(f"{base}.json", encode_json(summary))
+        self._still_there(segmentation.image_id, f"{base}.png", f"{base}.json")
         self.store.append_record(f"predictions/{segmentation.created_at:%Y-%m-%d}", summary)
 
     def segmentations(self, image_id: str) -> list[SegmentationRecord]:

@@ -199,3 +199,44 @@ def test_the_out_of_field_share_is_measured_at_upload(repository: ImageRepositor
         for pixels in (field, half, black)
     ]
     assert fractions == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("write", ["label", "segmentation", "thumbnail", "layout"])
+def test_a_delete_during_a_write_leaves_no_orphan(repository: ImageRepository, write: str) -> None:
+    """DELETE lands between a writer's check of the image and its write: the write is taken back
+    (404) and nothing of it reappears when the same bytes are uploaded again."""
+    data = encode(field_image(seed=7))
+    record, _ = repository.add_image(data, source="upload")
+    store = repository.store
+    original_put = store.put
+    deleted: list[str] = []
+
+    def race_then_put(key: str, value: bytes) -> None:
+        if not deleted:
+            deleted.append(key)
+            repository.delete(record.id)  # the concurrent DELETE, just before this write lands
+        original_put(key, value)
+
+    store.put = race_then_put  # type: ignore[method-assign]
+    segmentation = SegmentationRecord(
+        image_id=record.id, model_name="cropseg-unet", model_version="1.0.0", threshold=0.5,
+        vegetation_fraction=0.5, latency_ms=10, created_at=datetime.now(UTC),
+    )  # fmt: skip
+    mask = encode(column_mask(40, 30, 10))
+    writes = {
+        "label": lambda: repository.put_label(record.id, mask),
+        "segmentation": lambda: repository.save_segmentation(segmentation, mask),
+        "thumbnail": lambda: repository.thumbnail(record, 64),
+        "layout": lambda: repository.set_layout(record.id, "rgb"),
+    }
+    with pytest.raises(ImageNotFoundError):
+        writes[write]()
+    store.put = original_put  # type: ignore[method-assign]
+    assert deleted
+    again, created = repository.add_image(data, source="upload")
+    assert created
+    assert not repository.has_label(again.id)
+    assert repository.segmentations(again.id) == []
+    assert [
+        key for key in store.list_keys() if record.id in key and not key.startswith(("images/", "index/"))
+    ] == []
