@@ -2,10 +2,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
+import socket
 import stat
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
@@ -13,6 +18,8 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from cropseg_core.imaging import NotAnImageError
+from cropseg_core.processes import free_port
+from cropseg_core.web import bodies
 from cropseg_core.web.auth import ApiToken, token_from_file
 from cropseg_core.web.bodies import read_limited_body, read_upload
 from cropseg_core.web.docs import service_app
@@ -216,3 +223,66 @@ def test_head_is_answered_wherever_get_is_with_security_headers() -> None:
             client.get("/page").headers["content-security-policy"] == "default-src 'self'"
         )  # the route's own
         assert client.head("/nowhere").status_code == 404
+
+
+@pytest.fixture
+def paced_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A real uvicorn server whose body reader gives up after 0.5 s idle, or below 1000 B/s
+    after a 0.5 s grace (the production values are 30 s, 30 s and 16 KiB/s)."""
+    monkeypatch.setattr(bodies, "BODY_IDLE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(bodies, "BODY_GRACE_S", 0.5)
+    monkeypatch.setattr(bodies, "BODY_MIN_RATE", 1000)
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, int]:
+        return {"bytes": len(await bodies.read_limited_body(request, 10_000_000))}
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    yield port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def send_slowly(port: int, declared: int, pieces: list[bytes], pause_s: float) -> tuple[int, str]:
+    """POST /echo declaring ``declared`` bytes, sending ``pieces`` with pauses; the status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n".encode())
+        for piece in pieces:
+            try:
+                connection.sendall(piece)
+            except OSError:  # the server answered and closed already
+                break
+            time.sleep(pause_s)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 10:
+            data = connection.recv(65536)
+            if not data:
+                break
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+def test_a_stalled_body_is_answered_408(paced_server: int) -> None:
+    status, body = send_slowly(paced_server, 100_000, [b"x" * 10], pause_s=0)
+    assert status == 408
+    assert "no part of the request body arrived" in body
+
+
+def test_a_trickled_body_is_answered_408(paced_server: int) -> None:
+    status, body = send_slowly(paced_server, 100_000, [b"x"] * 20, pause_s=0.1)  # ~10 B/s
+    assert status == 408
+    assert "arrives too slowly" in body
+
+
+def test_a_body_at_a_normal_pace_is_read(paced_server: int) -> None:
+    status, body = send_slowly(paced_server, 50_000, [b"x" * 50_000], pause_s=0)
+    assert status == 200
+    assert '"bytes":50000' in body

@@ -1,25 +1,61 @@
-"""Reading request bodies with a size limit, as raw bytes or as a multipart ``file`` field."""
+"""Reading request bodies with a size limit and a pace, as raw bytes or a multipart ``file`` field.
+
+A client that stalls or trickles its body holds the memory of what it has sent and a
+connection: a body gets ``BODY_IDLE_TIMEOUT_S`` between chunks and, after ``BODY_GRACE_S``,
+must have averaged ``BODY_MIN_RATE`` bytes a second (128 kbit/s, far below a rural uplink),
+or it is answered 408 and its connection closed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from cropseg_core.web.errors import ClientError, PayloadTooLargeError, UnsupportedMediaTypeError
+from cropseg_core.web.errors import (
+    ClientError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    UnsupportedMediaTypeError,
+)
+
+BODY_IDLE_TIMEOUT_S = 30.0
+BODY_GRACE_S = 30.0
+BODY_MIN_RATE = 16 * 1024
 
 
 async def read_limited_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, refusing more than ``max_bytes`` before and while it is received."""
+    """The whole body, refusing more than ``max_bytes`` before and while it is received, and a
+    body that stalls or trickles (408)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"request body is {int(declared)} bytes; the limit is {max_bytes} bytes")
     chunks, received = [], 0
-    async for chunk in request.stream():
+    clock = asyncio.get_running_loop().time
+    started = clock()
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError as e:
+            raise RequestTimeoutError(
+                f"no part of the request body arrived for {BODY_IDLE_TIMEOUT_S:g} s ({received} bytes "
+                "received): send the body without pausing"
+            ) from e
         received += len(chunk)
         if received > max_bytes:
             raise PayloadTooLargeError(f"request body exceeds the limit of {max_bytes} bytes")
+        elapsed = clock() - started
+        if elapsed > BODY_GRACE_S and received < BODY_MIN_RATE * elapsed:
+            raise RequestTimeoutError(
+                f"the request body arrives too slowly ({received} bytes in {elapsed:.0f} s; at least "
+                f"{BODY_MIN_RATE // 1024} KiB/s is needed): retry on a faster connection"
+            )
         chunks.append(chunk)
     return b"".join(chunks)
 

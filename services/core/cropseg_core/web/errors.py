@@ -79,6 +79,11 @@ class ConflictError(ClientError):
     code = "conflict"
 
 
+class RequestTimeoutError(ClientError):
+    status_code = 408
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(ClientError):
     status_code = 413
     code = "payload_too_large"
