@@ -27,14 +27,20 @@ def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
+OVERLAY_ROWS = 256
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Tint the vegetation pixels of an RGB image; the rest is left as it is."""
     if image.shape[:2] != mask.shape:
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
-    out = image.astype(np.float32)
-    selected = mask > 127
-    out[selected] = (1 - alpha) * out[selected] + alpha * np.array(OVERLAY_COLOUR, np.float32)
-    return np.round(out).astype(np.uint8)
+    out = image.copy()
+    colour = alpha * np.array(OVERLAY_COLOUR, np.float32)
+    for top in range(0, image.shape[0], OVERLAY_ROWS):  # strips: float copies of a strip, not the image
+        rows = out[top : top + OVERLAY_ROWS]
+        selected = mask[top : top + OVERLAY_ROWS] > 127
+        rows[selected] = np.round((1 - alpha) * rows[selected].astype(np.float32) + colour).astype(np.uint8)
+    return out
 
 
 def vegetation_fraction(mask: np.ndarray) -> float:

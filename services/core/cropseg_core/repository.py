@@ -35,7 +35,7 @@ from pydantic import BaseModel, Field
 
 from cropseg_core.bands import DEFAULT_LAYOUT, decode_picture, get_layout, to_model_bands
 from cropseg_core.imaging import DecodedImage, decode_channels, decode_image
-from cropseg_core.masks import BLACK_LEVEL, encode_png
+from cropseg_core.masks import BLACK_LEVEL, encode_png, overlay
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobNotFoundError, BlobStore, encode_json
 from cropseg_core.web.errors import ClientError, ConflictError, NotFoundError
@@ -356,6 +356,7 @@ class ImageRepository:
         version = segmentation.model_version
         base = f"masks/{segmentation.image_id}/{version}"
         summary = segmentation.model_dump(mode="json")
+        self.store.delete_prefix(f"{base}.overlay-")  # made from the mask this one replaces
         self.store.put(f"{base}.png", mask_png)
         self.store.put(f"{base}.json", encode_json(summary))
         self._still_there(segmentation.image_id, f"{base}.png", f"{base}.json")
@@ -381,6 +382,23 @@ class ImageRepository:
                 f"POST /api/v1/images/{image_id}/segmentation first"
             )
         return found[0], self.store.get(f"masks/{image_id}/{found[0].model_version}.png")
+
+    def overlay(self, image_id: str, model_version: str | None = None) -> tuple[SegmentationRecord, bytes]:
+        """The picture with the predicted vegetation tinted (PNG), made once and kept beside the
+        mask (per layout; a new segmentation of that model version replaces it)."""
+        record = self.get(image_id)
+        segmentation, mask_png = self.mask(image_id, model_version)
+        key = f"masks/{image_id}/{segmentation.model_version}.overlay-{record.layout}.png"
+        try:
+            return segmentation, self.store.get(key)
+        except BlobNotFoundError:
+            pass
+        with Image.open(io.BytesIO(mask_png)) as stored:  # our own PNG: one grey channel
+            predicted = np.asarray(stored.convert("L"))
+        png = encode_png(overlay(self.decode(record), predicted), compress_level=3)
+        self.store.put(key, png)
+        self._still_there(image_id, key)
+        return segmentation, png
 
     def predictions(self, day: str) -> list[dict[str, Any]]:
         return self.store.read_records(f"predictions/{day}")

@@ -240,3 +240,24 @@ def test_a_delete_during_a_write_leaves_no_orphan(repository: ImageRepository, w
     assert [
         key for key in store.list_keys() if record.id in key and not key.startswith(("images/", "index/"))
     ] == []
+
+
+def test_the_overlay_is_made_once_and_replaced_with_its_mask(repository: ImageRepository) -> None:
+    record, _ = repository.add_image(encode(field_image(seed=8)), source="upload")
+
+    def segment(columns: int) -> None:
+        segmentation = SegmentationRecord(
+            image_id=record.id, model_name="cropseg-unet", model_version="1.0.0", threshold=0.5,
+            vegetation_fraction=columns / 40, latency_ms=10, created_at=datetime.now(UTC),
+        )  # fmt: skip
+        repository.save_segmentation(segmentation, encode(column_mask(40, 30, columns)))
+
+    segment(10)
+    _, first = repository.overlay(record.id)
+    cached = f"masks/{record.id}/1.0.0.overlay-rgb.png"
+    assert repository.store.get(cached) == first  # kept beside the mask: the next GET decodes nothing
+    assert repository.overlay(record.id)[1] == first
+    segment(30)  # a new mask of the same model version: the old overlay goes with it
+    assert not repository.store.exists(cached)
+    assert repository.overlay(record.id)[1] != first
+    assert [s.model_version for s in repository.segmentations(record.id)] == ["1.0.0"]

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.imaging import decode_image
-from cropseg_core.masks import encode_png, overlay, score, vegetation_fraction
+from cropseg_core.masks import score, vegetation_fraction
 from cropseg_core.repository import MODEL_VERSION, SegmentationRecord, binary_label, check_id
 from cropseg_core.web.errors import error_responses
 from cropseg_storage.deps import WRITE, Inference, Metrics, Repository
@@ -146,12 +146,9 @@ def mask(image_id: str, repository: Repository, model_version: ModelVersion = No
     "/overlay", response_class=Response, responses={**PNG_RESPONSE, **error_responses(400, 404, 409, 422)}
 )
 def overlay_image(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Response:
-    """The image with predicted vegetation tinted magenta."""
-    segmentation, png = repository.mask(image_id, model_version)
-    pixels = repository.decode(repository.get(image_id))
-    predicted = decode_image(png, repository.limits).pixels[..., 0]
-    return Response(encode_png(overlay(pixels, predicted), compress_level=3), media_type="image/png",
-                    headers=_model_headers(segmentation))  # fmt: skip
+    """The image with predicted vegetation tinted magenta (made once, then served as stored)."""
+    segmentation, png = repository.overlay(image_id, model_version)
+    return Response(png, media_type="image/png", headers=_model_headers(segmentation))
 
 
 @router.get("/evaluation", response_model=Evaluation, responses=error_responses(400, 404, 409, 422))
