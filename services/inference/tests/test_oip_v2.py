@@ -203,3 +203,46 @@ def test_a_batch_larger_than_the_queue_is_computed_not_refused_forever(small_til
         assert len(fractions) == 129
         assert len(set(fractions)) == 1  # the same image: the same answer in every chunk
         assert "cropseg_inference_rejected_total 0.0" in client.get("/metrics").text
+
+
+def test_a_large_json_request_is_read_without_python_numbers(
+    client: TestClient, field_tile: np.ndarray
+) -> None:
+    """Over 1 MiB of JSON the data array is read by numpy (nested or flat alike) and the answer
+    is the binary request's; junk in it is still a 400."""
+    image = np.ascontiguousarray(field_tile[:300, :400])  # 360,000 values: ~1.4 MB of JSON
+    only_fraction = [{"name": "vegetation_fraction"}]
+
+    def infer(data: object, shape: list[int] = [1, 300, 400, 3]) -> dict[str, object]:  # noqa: B006
+        body = {"inputs": [{"name": "image", "shape": shape, "datatype": "UINT8", "data": data}],
+                "outputs": only_fraction}  # fmt: skip
+        return client.post(INFER, content=json.dumps(body))
+
+    tensor = {"name": "image", "shape": [1, 300, 400, 3], "datatype": "UINT8",
+              "parameters": {"binary_data_size": image.size}}  # fmt: skip
+    header = json.dumps({"inputs": [tensor], "outputs": only_fraction})
+    binary = client.post(INFER, content=header.encode() + image.tobytes(),
+                         headers={"inference-header-content-length": str(len(header))})  # fmt: skip
+    expected = binary.json()["outputs"][0]["data"]
+    for data in (image.ravel().tolist(), image[None].tolist()):  # flat, and nested as [N][H][W][C]
+        answer = infer(data)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["outputs"][0]["data"] == expected
+    for junk in (256, -1, 1.5, "7", None, True):
+        values = image.ravel().tolist()
+        values[1234] = junk
+        refused = infer(values)
+        assert refused.status_code == 400, (junk, refused.text)
+    short = infer(image.ravel().tolist()[:-3])
+    assert short.status_code == 400
+    assert "values, shape" in short.json()["error"]
+
+
+def test_a_json_output_too_large_to_write_is_refused_before_any_work(client: TestClient) -> None:
+    shape = [1, 2100, 2100, 3]
+    header = json.dumps({"inputs": [{"name": "image", "shape": shape, "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": int(np.prod(shape))}}]})  # fmt: skip
+    body = header.encode() + bytes(int(np.prod(shape)))
+    response = client.post(INFER, content=body, headers={"inference-header-content-length": str(len(header))})
+    assert response.status_code == 413
+    assert '"binary_data": true' in response.json()["error"]

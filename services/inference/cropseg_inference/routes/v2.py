@@ -13,6 +13,7 @@ pipeline as ``/api/v1/segment``. Errors are ``{"error": "..."}``.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Annotated, Any
 
 import numpy as np
@@ -144,8 +145,10 @@ def model_ready(engine: Annotated[SegmentationEngine, Depends(get_engine)], mode
     return JSONResponse({"name": model_name, "ready": engine.ready}, status_code=200 if engine.ready else 503)
 
 
-def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes]:
-    """The JSON part and the binary part (Triton's binary tensor extension) of a request."""
+def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequest, bytes | np.ndarray]:
+    """The JSON part and the image data: the binary part (Triton's binary tensor extension), or,
+    for a large JSON request, its ``data`` array read straight into numbers (see
+    :func:`_lift_json_data`); an empty binary part otherwise."""
     split = len(body)
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
@@ -153,15 +156,52 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
                 f"{HEADER_LENGTH} must be the byte length of the JSON header (at most {len(body)})"
             )
         split = int(header_length)
+    header, data = body[:split], body[split:]
+    lifted: np.ndarray | None = None
+    if split > LEAN_JSON_BYTES:
+        header, lifted = _lift_json_data(header)
     try:
-        request = InferenceRequest.model_validate_json(body[:split])
+        request = InferenceRequest.model_validate_json(header)
     except ValidationError as e:
         details = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
         raise ClientError(f"invalid inference request: {details}") from e
-    return request, body[split:]
+    return request, (lifted if lifted is not None else data)
 
 
-def input_images(request: InferenceRequest, binary: bytes, max_pixels: int) -> np.ndarray:
+LEAN_JSON_BYTES = 1024 * 1024
+_BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+
+
+def _lift_json_data(header: bytes) -> tuple[bytes, np.ndarray | None]:
+    """A large JSON request's image ``data`` as numbers, and the JSON without it (``null``).
+
+    Parsed as JSON, 30 million pixel values become 30 million Python ints (about 1 GB); read
+    with numpy they take 4 bytes each until checked and stored as uint8. Brackets of a nested
+    array only group values, so they are blanked and the numbers read in order."""
+    start = header.find(b'"data"', max(header.find(b'"inputs"'), 0))
+    opening = header.find(b"[", start)
+    if start < 0 or opening < 0 or header[start + 6 : opening].strip() != b":":
+        return header, None
+    depth, end = 0, opening
+    for end in range(opening, len(header)):
+        depth += {91: 1, 93: -1}.get(header[end], 0)  # [ and ]
+        if depth == 0:
+            break
+    if depth:
+        raise ClientError("invalid inference request: the input's data array is not closed")
+    text = header[opening : end + 1].translate(_BRACKETS_TO_SPACES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns (and stops) at anything but a number
+        try:
+            values = (
+                np.fromstring(text, dtype=np.float32, sep=",") if text.strip() else np.zeros(0, np.float32)
+            )
+        except (ValueError, DeprecationWarning) as e:
+            raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255") from e
+    return header[:opening] + b"null" + header[end + 1 :], values
+
+
+def input_images(request: InferenceRequest, binary: bytes | np.ndarray, max_pixels: int) -> np.ndarray:
     """The ``image`` input as a (N, H, W, C) uint8 array, checked against the declared shape
     (C, 1 to 4, must then fit the declared layout)."""
     if len(request.inputs) != 1 or request.inputs[0].name != INPUT_NAME:
@@ -184,6 +224,8 @@ def input_images(request: InferenceRequest, binary: bytes, max_pixels: int) -> n
         )
     expected = int(np.prod(shape))
     binary_size = (tensor.parameters or {}).get("binary_data_size")
+    if isinstance(binary, np.ndarray):  # a large JSON request's data, read by _lift_json_data
+        return _checked_pixels(binary, shape, expected)
     if binary_size is not None:
         if binary_size != expected or len(binary) != expected:
             raise ClientError(f"binary image data must be exactly {expected} bytes for shape {shape}")
@@ -191,12 +233,19 @@ def input_images(request: InferenceRequest, binary: bytes, max_pixels: int) -> n
     if tensor.data is None:
         raise ClientError(f"input {INPUT_NAME!r} has no data (give 'data' or binary_data_size)")
     try:
-        values = np.asarray(tensor.data, dtype=np.int64).ravel()
+        values = np.asarray(tensor.data, dtype=np.int64)
     except (ValueError, TypeError, OverflowError) as e:
         raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255") from e
+    return _checked_pixels(values, shape, expected)
+
+
+def _checked_pixels(values: np.ndarray, shape: list[int], expected: int) -> np.ndarray:
+    """Values given as JSON numbers, as uint8 pixels of ``shape``: integers 0..255 only."""
+    values = values.ravel()
     if values.size != expected:
         raise ClientError(f"input {INPUT_NAME!r} has {values.size} values, shape {shape} needs {expected}")
-    if values.size and (values.min() < 0 or values.max() > 255):
+    fractional = values.dtype.kind == "f" and bool(np.any(np.mod(values, 1)))
+    if values.size and (values.min() < 0 or values.max() > 255 or fractional):
         raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255")
     return values.astype(np.uint8).reshape(shape)
 
@@ -225,6 +274,25 @@ def _output_array(name: str, results: list[Segmentation]) -> np.ndarray:
     if name == MASK_OUTPUT:
         return np.stack([r.mask for r in results])[:, None]
     return np.array([r.vegetation_fraction for r in results], dtype=np.float32)
+
+
+JSON_OUTPUT_VALUES = 4 * 1024 * 1024
+"""Most values of one output written as JSON numbers (a 2048 x 2048 image): larger ones take
+the binary tensor extension, which costs one byte (mask) or four (probability) per value instead
+of a Python float and its text."""
+
+
+def check_json_outputs(request: InferenceRequest, images: np.ndarray) -> None:
+    """Refuse, before any work, a JSON output too large to write (413 saying what to ask for)."""
+    pixels = int(images.shape[0] * images.shape[1] * images.shape[2])
+    for wanted in _requested_outputs(request):
+        as_json = wanted.name != FRACTION_OUTPUT and not (wanted.parameters or {}).get("binary_data")
+        if as_json and pixels > JSON_OUTPUT_VALUES:
+            raise PayloadTooLargeError(
+                f"output {wanted.name!r} would be {pixels} JSON numbers (limit {JSON_OUTPUT_VALUES}): "
+                f'ask for it with "parameters": {{"binary_data": true}} (binary tensor extension), '
+                f"or request only {FRACTION_OUTPUT!r}"
+            )
 
 
 def build_response(
@@ -299,6 +367,7 @@ async def infer(
         body = await read_limited_body(request, settings.max_tensor_request_bytes)
         inference, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
         images = input_images(inference, binary, settings.image_limits.max_pixels)
+        check_json_outputs(inference, images)
         parameters = {**(inference.parameters or {}), **(inference.inputs[0].parameters or {})}
         threshold = _number(parameters, "threshold")
         if threshold is not None and not 0 <= threshold <= 1:
