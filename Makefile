@@ -31,7 +31,7 @@ TRAIN_STEPS ?= 3600
 FINETUNE_STEPS ?= 1500
 EVAL_TILES ?= 150
 
-.PHONY: up drift experiment demo bench bench-images loadtest k8s images test-images test lint typecheck pytest system-deps model clean help
+.PHONY: up drift experiment demo bench bench-images bench-memory loadtest k8s images test-images test lint typecheck pytest system-deps model clean help
 
 help:
 	@echo "make up     set up .venv and run cropseg: web UI :8002, inference :8001, drift monitor :8003 (a drift"
@@ -40,6 +40,7 @@ help:
 	@echo "make experiment  the seed's brightness drift experiment on 7,100 tiles"
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
 	@echo "make bench  inference, model latency, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
+	@echo "make bench-memory  peak RSS of each route's largest request vs the chart's limits -> docs/performance.md"
 	@echo "make bench-images  image sizes, start to ready, compose to healthy -> docs/containers.md"
 	@echo "make loadtest PROFILE=high  a Locust profile against a fresh local stack (baseline, moderate, high,"
 	@echo "           longevity, stress, smoke); reports in reports/locust/"
@@ -92,6 +93,10 @@ bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/model_latency.py --write docs/performance.md
 	$(BIN)/python benchmarks/drift.py --write docs/performance.md
 	$(BIN)/python benchmarks/cold_start.py --write docs/performance.md
+
+# Peak RSS of each route's largest request against the chart's memory limits (docs/performance.md).
+bench-memory: $(VENV)/.dev
+	$(BIN)/python benchmarks/memory.py --write docs/performance.md
 
 # Image sizes, start to ready and compose to healthy (docs/containers.md); COLD=1 also times
 # builds without the cache.

@@ -122,17 +122,24 @@ def _composite_alpha(pixels: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return ((pixels.astype(np.uint16) * alpha[..., None] + 127) // 255).astype(np.uint8)
 
 
-def to_model_bands(channels: np.ndarray, layout: Layout) -> np.ndarray:
-    """(H, W, C) uint8 as stored in the file -> (H, W, 4) uint8 in MODEL_BANDS order."""
-    if channels.ndim == 2:
-        channels = channels[..., None]
-    count = channels.shape[2]
+def check_channels(channels: np.ndarray, layout: Layout) -> int:
+    """The channel count of (H, W[, C]) pixels; ChannelCountError (422) when ``layout`` cannot
+    read it. Checks without converting anything (an upload's check costs no copy)."""
+    count = 1 if channels.ndim == 2 else channels.shape[2]
     if count not in layout.channel_counts:
         accepted = " or ".join(str(c) for c in layout.channel_counts)
         raise ChannelCountError(
             f"layout {layout.name!r} ({layout.description}) needs {accepted} channels, "
             f"but the image has {count}: declare the layout the file was saved in"
         )
+    return count
+
+
+def to_model_bands(channels: np.ndarray, layout: Layout) -> np.ndarray:
+    """(H, W, C) uint8 as stored in the file -> (H, W, 4) uint8 in MODEL_BANDS order."""
+    count = check_channels(channels, layout)
+    if channels.ndim == 2:
+        channels = channels[..., None]
     height, width = channels.shape[:2]
     out = np.zeros((height, width, len(MODEL_BANDS)), np.uint8)
     if layout.name == "rgb":
@@ -176,8 +183,15 @@ def display_rgb(bands: np.ndarray, layout: Layout) -> np.ndarray:
     return np.ascontiguousarray(np.stack([bands[..., 3], bands[..., 0], third], axis=-1))
 
 
+def picture(channels: np.ndarray, layout: Layout) -> np.ndarray:
+    """Decoded channels as people see them in ``layout``, as a new array (true colour files are
+    copied as they are, without the four-band detour)."""
+    if layout.name == "rgb" and channels.ndim == 3 and channels.shape[2] == 3:
+        return channels.copy()
+    return display_rgb(to_model_bands(channels, layout), layout)
+
+
 def decode_picture(data: bytes, layout: str, limits: ImageLimits | None = None) -> np.ndarray:
     """An encoded file as people (and the drift features) see it in its sensor ``layout``:
     true colour, or the layout's false-colour composite."""
-    sensor = get_layout(layout)
-    return display_rgb(to_model_bands(decode_channels(data, limits).pixels, sensor), sensor)
+    return picture(decode_channels(data, limits).pixels, get_layout(layout))

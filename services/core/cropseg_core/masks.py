@@ -30,11 +30,14 @@ def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
 OVERLAY_ROWS = 256
 
 
-def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Tint the vegetation pixels of an RGB image; the rest is left as it is."""
+def overlay(
+    image: np.ndarray, mask: np.ndarray, alpha: float = 0.45, *, in_place: bool = False
+) -> np.ndarray:
+    """Tint the vegetation pixels of an RGB image; the rest is left as it is. ``in_place``:
+    tint ``image`` itself (a picture made for this) instead of a copy."""
     if image.shape[:2] != mask.shape:
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
-    out = image.copy()
+    out = image if in_place else image.copy()
     colour = alpha * np.array(OVERLAY_COLOUR, np.float32)
     for top in range(0, image.shape[0], OVERLAY_ROWS):  # strips: float copies of a strip, not the image
         rows = out[top : top + OVERLAY_ROWS]

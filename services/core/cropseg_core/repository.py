@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from cropseg_core.bands import DEFAULT_LAYOUT, decode_picture, get_layout, to_model_bands
+from cropseg_core.bands import DEFAULT_LAYOUT, check_channels, decode_picture, get_layout
 from cropseg_core.imaging import DecodedImage, decode_channels, decode_image
 from cropseg_core.masks import BLACK_LEVEL, encode_png, overlay
 from cropseg_core.settings import ImageLimits
@@ -142,7 +142,7 @@ def _marker_name(record: ImageRecord) -> str:
 
 def binary_label(label: DecodedImage) -> np.ndarray:
     """A label image as a 0/255 mask: any channel above 127 is vegetation."""
-    return np.where(label.pixels.max(axis=2) > 127, 255, 0).astype(np.uint8)
+    return np.multiply(label.pixels.max(axis=2) > 127, 255, dtype=np.uint8)  # uint8 all the way
 
 
 class ImageRepository:
@@ -168,7 +168,7 @@ class ImageRepository:
         """
         sensor = get_layout(layout)
         decoded = decode_channels(data, self.limits)
-        to_model_bands(decoded.pixels, sensor)  # ChannelCountError (422) when the file does not fit
+        check_channels(decoded.pixels, sensor)  # ChannelCountError (422) when the file does not fit
         label_png = self._label_png(label, decoded.width, decoded.height) if label is not None else None
         image_id = hashlib.sha256(data).hexdigest()
         record = self.find(image_id)
@@ -217,7 +217,7 @@ class ImageRepository:
         """Declare the image's sensor layout (its channels must fit); rewrites the sidecar."""
         record = self.get(image_id)
         sensor = get_layout(layout)
-        to_model_bands(decode_channels(self.image_bytes(record), self.limits).pixels, sensor)
+        check_channels(decode_channels(self.image_bytes(record), self.limits).pixels, sensor)
         updated = record.model_copy(update={"layout": sensor.name})
         self.store.put(_sidecar_key(image_id), encode_json(updated.model_dump(mode="json")))
         if not self.store.exists(_image_key(record)):  # deleted meanwhile: no sidecar without bytes

@@ -107,12 +107,12 @@ def render(
     mask_encoding: MaskEncoding,
 ) -> tuple[bytes, str]:
     """Response body and media type for the requested ``output`` (``pixels``: the RGB picture
-    the overlay is drawn on)."""
+    the overlay is drawn on, in place)."""
     if output == "mask":
         return encode_png(segmentation.mask, PNG_LEVEL), "image/png"
     if output == "overlay":
         assert pixels is not None
-        return encode_png(overlay(pixels, segmentation.mask), PNG_LEVEL), "image/png"
+        return encode_png(overlay(pixels, segmentation.mask, in_place=True), PNG_LEVEL), "image/png"
     return result_json(segmentation, info, mask_encoding).model_dump_json(
         exclude_none=True
     ).encode(), "application/json"

@@ -1,0 +1,212 @@
+"""Peak memory of each service's largest requests, against the chart's memory limits.
+
+    .venv/bin/python benchmarks/memory.py --write docs/performance.md     (make bench-memory)
+
+Starts inference and storage as `make up` does, then sends each route the largest input the
+default settings allow (a 40 MP image, a 64 MB Open Inference Protocol request). Before each
+request the process's peak RSS (VmHWM) is reset (``/proc/<pid>/clear_refs``), so each row is
+that request's own peak. The limit is read from charts/cropseg/values.yaml; the budget is 70 %
+of it. ``tests/test_memory_budget.py`` runs the same measurement and fails over budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from sections import replace_section
+from tqdm import tqdm
+
+from cropseg_core.masks import encode_png
+from cropseg_core.processes import free_port
+from cropseg_model.synth import generate_tile
+
+REPO = Path(__file__).resolve().parents[1]
+START, END = "<!-- memory:start -->", "<!-- memory:end -->"
+BUDGET = 0.70
+MAX_PIXELS = 40_000_000
+READS = ("picture", "thumbnail", "evaluation")
+
+
+def chart_limits_mib() -> dict[str, int]:
+    """Memory limits of the chart's default values, per component, in MiB."""
+    values = (REPO / "charts/cropseg/values.yaml").read_text()
+    limits = {}
+    for component in ("inference", "storage", "driftMonitor"):
+        block = values.split(f"\n{component}:", 1)[1]
+        quantity = re.search(r"limits: \{[^}]*memory: (\d+)(Mi|Gi)", block)
+        assert quantity is not None, component
+        limits[component] = int(quantity.group(1)) * (1024 if quantity.group(2) == "Gi" else 1)
+    return limits
+
+
+def field_image(pixels: int = MAX_PIXELS) -> np.ndarray:
+    """A field-like RGB image of about ``pixels`` (a generated tile repeated: it compresses)."""
+    tile = generate_tile(12, 0)[0].rgb
+    side = int(np.sqrt(pixels * 4 / 3))
+    rows, columns = -(-side * 3 // 4 // tile.shape[0]), -(-side // tile.shape[1])
+    image = np.tile(tile, (rows, columns, 1))[: side * 3 // 4, :side]
+    return np.ascontiguousarray(image)
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
+
+    def peak_mib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+        raise RuntimeError("no VmHWM")
+
+
+@contextmanager
+def service(name: str, argv: list[str], ready: str, env: dict[str, str]) -> Iterator[Service]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", *argv, "--port", str(port)], cwd=REPO,
+                               env={**os.environ, **env}, stdout=subprocess.DEVNULL)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + ready, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{name} did not start")
+            time.sleep(0.2)
+        yield Service(name, process, url)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def measure(progress: bool = True) -> list[dict[str, object]]:
+    """Each route's peak RSS (MiB) for its largest input."""
+    image = field_image()
+    height, width = image.shape[:2]
+    png = encode_png(image, compress_level=1)
+    label = encode_png((image[..., 1] > 120).astype(np.uint8) * 255, compress_level=1)
+    oip_shape = [1, 3200, 3200, 3]  # ~30.7 M values: a 61 MB JSON body, under the 64 MB limit
+    oip_json = (
+        f'{{"inputs":[{{"name":"image","shape":{json.dumps(oip_shape)},"datatype":"UINT8","data":['
+        + ",".join(["0"] * int(np.prod(oip_shape)))
+        + ']}],"outputs":[{"name":"vegetation_fraction"}]}'
+    ).encode()
+    tensor = np.ascontiguousarray(image[:4600, :4600])  # 63.5 MB: the largest under the 64 MB limit
+    binary_header = json.dumps({"inputs": [{"name": "image", "shape": [1, *tensor.shape], "datatype": "UINT8",
+                                            "parameters": {"binary_data_size": tensor.size}}],
+                                "outputs": [{"name": "mask", "parameters": {"binary_data": True}},
+                                            {"name": "vegetation_fraction"}]}).encode()  # fmt: skip
+    rows: list[dict[str, object]] = []
+    env = {"INFERENCE_WARMUP_RUNS": "1", "INFERENCE_LOG_LEVEL": "WARNING", "STORAGE_LOG_LEVEL": "WARNING"}
+    mp = f"{height * width / 1e6:.0f} MP"
+    with (
+        tempfile.TemporaryDirectory() as data,
+        service("inference", ["cropseg_inference"], "/readyz", env) as inference,
+        service(
+            "storage", ["cropseg_storage", "--data", data, "--inference-url", inference.url], "/readyz", env
+        ) as storage,
+    ):
+        client = httpx.Client(timeout=900)
+        image_id: dict[str, str] = {}
+
+        def upload() -> httpx.Response:
+            files = {"file": ("field.png", png, "image/png"), "label": ("truth.png", label, "image/png")}
+            response = client.post(f"{storage.url}/api/v1/images", files=files)
+            image_id["id"] = response.json()["id"]
+            return response
+
+        def base() -> str:
+            return f"{storage.url}/api/v1/images/{image_id['id']}"
+
+        def read(name: str) -> Callable[[], httpx.Response]:
+            return lambda: client.get(f"{base()}/{name}")
+
+        cases: list[tuple[Service, str, str, Callable[[], httpx.Response]]] = [
+            (inference, "POST /api/v1/segment (mask PNG, full resolution)", f"{mp} PNG",
+             lambda: client.post(f"{inference.url}/api/v1/segment?scale=1", content=png,
+                                 headers={"content-type": "image/png"})),
+            (inference, "POST /api/v1/segment?output=overlay", f"{mp} PNG",
+             lambda: client.post(f"{inference.url}/api/v1/segment?scale=1&output=overlay", content=png,
+                                 headers={"content-type": "image/png"})),
+            (inference, "POST /v2/.../infer (JSON data)", "[1,3200,3200,3], 61 MB JSON",
+             lambda: client.post(f"{inference.url}/v2/models/cropseg-unet/infer", content=oip_json)),
+            (inference, "POST /v2/.../infer (binary tensors)", "[1,4600,4600,3], 64 MB, binary mask out",
+             lambda: client.post(f"{inference.url}/v2/models/cropseg-unet/infer",
+                                 content=binary_header + tensor.tobytes(),
+                                 headers={"inference-header-content-length": str(len(binary_header))})),
+            (storage, "POST /api/v1/images (+ label)", f"{mp} PNG + mask", upload),
+            (storage, "POST /api/v1/images/{id}/segmentation", f"{mp}",
+             lambda: client.post(f"{base()}/segmentation?scale=1")),
+            (storage, "GET /api/v1/images/{id}/overlay (first: made and kept)", f"{mp}",
+             lambda: client.get(f"{base()}/overlay")),
+            *((storage, f"GET /api/v1/images/{{id}}/{name}", mp, read(name)) for name in READS),
+        ]  # fmt: skip
+        limits = chart_limits_mib()
+        for target, route, what, send in tqdm(
+            cases, desc="largest requests", unit="route", disable=not progress
+        ):
+            target.reset_peak()
+            started = time.perf_counter()
+            response = send()
+            seconds = time.perf_counter() - started
+            if response.status_code >= 400:
+                raise RuntimeError(f"{route}: {response.status_code} {response.text[:300]}")
+            limit = limits[target.name]
+            peak = target.peak_mib()
+            rows.append({"service": target.name, "route": route, "input": what, "peak_mib": peak,
+                         "limit_mib": limit, "share": peak / limit, "seconds": seconds})  # fmt: skip
+    return rows
+
+
+def markdown(rows: list[dict[str, object]]) -> str:
+    lines = [
+        "Command: `.venv/bin/python benchmarks/memory.py --write docs/performance.md` (`make bench-memory`): "
+        "each service started fresh as `make up` starts it, its peak RSS (VmHWM) reset before each request. "
+        f"Budget: {BUDGET:.0%} of the chart's memory limit.",
+        "",
+        "| service | route | largest input | peak RSS MiB | chart limit MiB | share | s |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['service']} | {row['route']} | {row['input']} | {row['peak_mib']} | "
+            f"{row['limit_mib']} | {row['share']:.0%} | {row['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--write", type=Path, help="replace the memory section of this markdown file")
+    args = parser.parse_args()
+    table = markdown(measure())
+    print(table)
+    if args.write:
+        replace_section(args.write, START, END, table)
+
+
+if __name__ == "__main__":
+    main()
