@@ -4,7 +4,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-PIP    := $(BIN)/python -m pip
+# setuptools prints a boxed "Editable installation ... folders with the same name" advice for each
+# of the six editable packages: general advice, not a problem of this layout.
+PIP    := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 PKGS   := -e 'services/core[onnx,service,s3]' -e model -e services/inference -e services/storage \
 	-e services/drift_monitor -e stack
 SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference \
