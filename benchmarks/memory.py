@@ -5,15 +5,14 @@
 Starts inference and storage as `make up` does, then sends each route the largest input the
 default settings allow (a 40 MP image, a 64 MB Open Inference Protocol request). Before each
 request the process's peak RSS (VmHWM) is reset (``/proc/<pid>/clear_refs``), so each row is
-that request's own peak. The limit is read from charts/cropseg/values.yaml; the budget is 70 %
-of it. ``tests/test_memory_budget.py`` runs the same measurement and fails over budget.
+that request's own peak, plus what earlier requests left allocated (as in a pod). The limit is
+read from charts/cropseg/values.yaml; the budget is 70 % of it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.masks import encode_png
-from cropseg_core.processes import free_port
+from cropseg_core.processes import free_port, running_service
 from cropseg_model.synth import generate_tile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,25 +78,12 @@ class Service:
 
 @contextmanager
 def service(name: str, argv: list[str], ready: str, env: dict[str, str]) -> Iterator[Service]:
+    """A service started as `make up` starts it, on a free port."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", *argv, "--port", str(port)], cwd=REPO,
-                               env={**os.environ, **env}, stdout=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + ready, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.2)
+    command = [sys.executable, "-m", *argv, "--port", str(port)]
+    with running_service(command, url + ready, env=env, cwd=REPO, timeout_s=120) as process:
         yield Service(name, process, url)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def measure(progress: bool = True) -> list[dict[str, object]]:

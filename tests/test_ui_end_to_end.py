@@ -5,6 +5,7 @@ Screenshots land in var/test-artifacts/ui-e2e/.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,8 @@ def test_upload_segment_drift_and_status_pages(browser: Browser, system: Stack, 
     expect(page.locator("#view-label")).to_be_visible()
     page.click("#segment-button")
     expect(page.locator("#stats")).to_be_visible(timeout=30_000)
+    # The numbers come first; the IoU once the evaluation is back.
+    expect(page.locator("#stat-iou")).to_have_text(re.compile(r"^[01]\.\d{3}$"), timeout=30_000)
     assert float(page.locator("#stat-iou").inner_text()) > 0.75
     page.screenshot(path=ARTIFACTS / "1-segment.png", full_page=True)
 
