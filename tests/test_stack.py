@@ -91,10 +91,14 @@ class Launcher:
             env={**os.environ, "INFERENCE_WARMUP_RUNS": "1"},
         )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(target=self._read_lines, daemon=True)
+        self.reader.start()
+
+    def _read_lines(self) -> None:
+        """The only reader of stdout (finish() waits and reads stderr, never stdout)."""
         assert self.process.stdout is not None
-        threading.Thread(
-            target=lambda: [self.lines.put(line) for line in self.process.stdout], daemon=True
-        ).start()  # type: ignore[union-attr]
+        for line in self.process.stdout:
+            self.lines.put(line)
 
     def wait_for(self, text: str, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -122,12 +126,19 @@ class Launcher:
         return found
 
     def finish(self, timeout_s: float) -> tuple[int, str]:
+        """Exit code and stderr (the launcher's one-line reasons) once it has exited."""
         try:
-            _, err = self.process.communicate(timeout=timeout_s)
+            code = self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
-        return self.process.returncode, err
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self.reader.join(timeout=10)  # stdout is at its end once the launcher has exited
+        err = self.process.stderr.read()
+        self.process.stdout.close()
+        self.process.stderr.close()
+        return code, err
 
 
 def gone(pids: list[int]) -> bool:
