@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sections import replace_section
 from tqdm import tqdm
 
-from cropseg_core.processes import free_port
+from cropseg_core.processes import free_port, is_ready
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = (REPO / "charts/cropseg/Chart.yaml").read_text()
@@ -74,11 +73,8 @@ def cold_builds() -> dict[str, float]:
 def wait_ready(url: str, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
+        if is_ready(url, timeout_s=1):
+            return
         time.sleep(0.05)
     raise SystemExit(f"{url} not ready within {timeout_s:.0f} s")
 

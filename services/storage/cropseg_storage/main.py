@@ -48,7 +48,10 @@ Errors are JSON: `{"error": {"code": "...", "message": "what to fix"}}`.
 """
 
 
-async def _every(interval_s: float, action: Callable[[], Awaitable[object]], name: str) -> None:
+async def _every(
+    interval_s: float, action: Callable[[], Awaitable[object]], name: str, *, first_after_s: float = 0.0
+) -> None:
+    await asyncio.sleep(first_after_s)
     while True:
         try:
             await action()
@@ -124,7 +127,12 @@ def create_app(
                 )
             ),
             asyncio.create_task(
-                _every(TEMP_SWEEP_INTERVAL_S, lambda: run_in_threadpool(store.sweep_temporary), "temp sweep")
+                _every(
+                    TEMP_SWEEP_INTERVAL_S,
+                    lambda: run_in_threadpool(store.sweep_temporary),
+                    "temp sweep",
+                    first_after_s=TEMP_SWEEP_INTERVAL_S,
+                )  # opening the store swept already
             ),
         ]
         log.info("storage ready: %s, inference at %s", store.describe(), settings.inference_url)
