@@ -21,7 +21,9 @@ and the drift reference profile. What a user gets is what the project measures.
 
 The model runs through a callable, so the inference service can put tiles through its
 micro-batcher while offline tools call ONNX Runtime directly: :meth:`Pipeline.prepare`,
-then the model on :attr:`Prepared.tiles`, then :meth:`Pipeline.finish`.
+then the model on each :meth:`Prepared.tile` into the :meth:`Prepared.mosaic`, then
+:meth:`Pipeline.finish`. Tiles are cut when they are run and their predictions stitched as
+they come back: a 40 MP image never holds all of its ~230 tiles or predictions at once.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from PIL import Image
 from cropseg_core.bands import Layout, get_layout, to_model_bands
 from cropseg_core.indices import otsu_threshold, typical_leaf_width, vegetation_index
 from cropseg_core.masks import BLACK_LEVEL
-from cropseg_core.tiling import Tile, plan_tiles, stitch
+from cropseg_core.tiling import Mosaic, Tile, plan_tiles
 
 MIN_SCALE = 1 / 16
 """Smallest working scale: below it the network sees nothing a leaf could be."""
@@ -168,9 +170,13 @@ class Prepared:
     scale: float
     layout: Layout
 
-    @property
-    def tiles(self) -> list[np.ndarray]:
-        return [np.ascontiguousarray(tile.read(self.bands)) for tile in self.plan]
+    def tile(self, index: int) -> np.ndarray:
+        """The model's input for tile ``index`` of the plan (a contiguous copy)."""
+        return np.ascontiguousarray(self.plan[index].read(self.bands))
+
+    def mosaic(self) -> Mosaic:
+        """Where the tiles' predictions are stitched, at the working resolution."""
+        return Mosaic(self.plan, *self.bands.shape[:2])
 
 
 @dataclass
@@ -218,11 +224,9 @@ class Pipeline:
         plan = plan_tiles(bands.shape[0], bands.shape[1], self.config.tile_size, self.config.tile_overlap)
         return Prepared(bands, plan, height, width, factor, layout)
 
-    def finish(
-        self, prepared: Prepared, outputs: list[np.ndarray], threshold: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Stitch the tiles' probabilities, resize back to the input's size, threshold."""
-        probability = stitch(outputs, prepared.plan, *prepared.bands.shape[:2])
+    def finish(self, prepared: Prepared, mosaic: Mosaic, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """The stitched probability resized back to the input's size, and thresholded."""
+        probability = mosaic.result()
         if probability.shape != (prepared.height, prepared.width):
             probability = resize_probability(probability, prepared.height, prepared.width)
         return probability, np.where(probability > threshold, np.uint8(255), np.uint8(0))
@@ -242,10 +246,12 @@ class Pipeline:
         prepared = self.prepare(channels, layout, gsd_mm=gsd_mm, scale=scale)
         timings = {"preprocess": time.perf_counter() - started}
         started = time.perf_counter()
-        outputs = [predict(tile) for tile in prepared.tiles]
+        mosaic = prepared.mosaic()
+        for index in range(len(prepared.plan)):
+            mosaic.put(index, predict(prepared.tile(index)))
         timings["infer"] = time.perf_counter() - started
         started = time.perf_counter()
-        probability, mask = self.finish(prepared, outputs, threshold)
+        probability, mask = self.finish(prepared, mosaic, threshold)
         timings["postprocess"] = time.perf_counter() - started
         return Segmentation(
             probability, mask, threshold, len(prepared.plan), prepared.scale, prepared.layout.name, timings

@@ -26,6 +26,27 @@ class ImageLimits(BaseModel):
     """Largest decoded image accepted, width x height (a 4000x3000 drone photo is 12 MP)."""
 
 
+class ConnectionLimits(BaseModel):
+    """What one client may hold of a service: time to send its headers and body, connections,
+    and the bytes of request bodies held at once (``<PREFIX>CONNECTIONS__HEADER_TIMEOUT_S`` etc.)."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    """The request line and headers must arrive within this many seconds of the request's first
+    byte (of the connection, for its first request), or the client gets 408 and is disconnected."""
+    body_idle_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Longest pause between two parts of a request body before 408."""
+    body_grace_s: float = Field(default=30.0, ge=0, le=600)
+    """After this many seconds a body must have averaged ``body_min_rate`` bytes a second."""
+    body_min_rate: int = Field(default=16 * 1024, ge=0)
+    """Slowest accepted average upload rate, bytes a second (128 kbit/s, far below a rural uplink)."""
+    max_connections: int = Field(default=512, ge=1)
+    """Open connections (or requests in progress) beyond which new requests get 503."""
+    max_body_bytes_in_flight: int | None = Field(default=None, gt=0)
+    """Bytes of request bodies being received or processed at once (a body counts with its
+    Content-Length from its first read to its response); beyond it requests get 503 +
+    Retry-After. Default: twice the largest body the service accepts."""
+
+
 class ServiceSettings(BaseSettings):
     """Settings every service shares; subclasses set ``env_prefix``."""
 
@@ -37,6 +58,8 @@ class ServiceSettings(BaseSettings):
     """``json`` writes one JSON object per line (for log collectors), ``text`` is for people."""
     image_limits: ImageLimits = ImageLimits()
     """Limits for decoding untrusted images (``<PREFIX>IMAGE_LIMITS__MAX_PIXELS`` etc.)."""
+    connections: ConnectionLimits = ConnectionLimits()
+    """Timeouts and limits of clients' connections and request bodies."""
 
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> ServiceSettings:

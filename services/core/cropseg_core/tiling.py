@@ -55,14 +55,37 @@ def plan_tiles(height: int, width: int, tile_size: int, overlap: int) -> list[Ti
     return [Tile(r, c, tile_h, tile_w) for r, c in product(rows, cols)]
 
 
-def stitch(predictions: list[np.ndarray], tiles: list[Tile], height: int, width: int) -> np.ndarray:
-    """Assemble per-tile (h, w) predictions into one (height, width) array."""
-    if len(predictions) == 1 and tiles[0].height == height and tiles[0].width == width:
-        return predictions[0]
-    out = np.empty((height, width), dtype=predictions[0].dtype)
-    for prediction, tile in zip(predictions, tiles, strict=True):
+class Mosaic:
+    """Per-tile (h, w) predictions written into one (height, width) array as they arrive, so a
+    large image never holds all its tiles' predictions at once."""
+
+    def __init__(self, tiles: list[Tile], height: int, width: int) -> None:
+        self.tiles = tiles
+        self.height = height
+        self.width = width
+        self.out: np.ndarray | None = None
+
+    def put(self, index: int, prediction: np.ndarray) -> None:
+        tile = self.tiles[index]
+        if len(self.tiles) == 1 and (tile.height, tile.width) == (self.height, self.width):
+            self.out = prediction
+            return
+        if self.out is None:
+            self.out = np.empty((self.height, self.width), dtype=prediction.dtype)
         r, c = tile.rows, tile.cols
-        out[r.keep_from : r.keep_to, c.keep_from : c.keep_to] = prediction[
+        self.out[r.keep_from : r.keep_to, c.keep_from : c.keep_to] = prediction[
             r.keep_from - r.start : r.keep_to - r.start, c.keep_from - c.start : c.keep_to - c.start
         ]
-    return out
+
+    def result(self) -> np.ndarray:
+        if self.out is None:
+            raise ValueError("no tile prediction was put into the mosaic")
+        return self.out
+
+
+def stitch(predictions: list[np.ndarray], tiles: list[Tile], height: int, width: int) -> np.ndarray:
+    """Assemble per-tile (h, w) predictions into one (height, width) array."""
+    mosaic = Mosaic(tiles, height, width)
+    for index, prediction in enumerate(predictions):
+        mosaic.put(index, prediction)
+    return mosaic.result()

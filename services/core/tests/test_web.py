@@ -1,32 +1,37 @@
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import contextlib
 import re
 import socket
 import stat
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from cropseg_core.imaging import NotAnImageError
 from cropseg_core.processes import free_port
-from cropseg_core.web import bodies
+from cropseg_core.settings import ConnectionLimits
 from cropseg_core.web.auth import ApiToken, token_from_file
 from cropseg_core.web.bodies import read_limited_body, read_upload
 from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import NotFoundError, UnavailableError, install_error_handlers
 from cropseg_core.web.hygiene import install_http_hygiene
+from cropseg_core.web.limits import install_request_limits
 from cropseg_core.web.metrics import install_metrics
-from cropseg_core.web.server import dependency_versions
+from cropseg_core.web.server import dependency_versions, server_config
 
 
 @pytest.fixture
@@ -225,29 +230,67 @@ def test_head_is_answered_wherever_get_is_with_security_headers() -> None:
         assert client.head("/nowhere").status_code == 404
 
 
+SLOW_CLIENT_LIMITS = ConnectionLimits(
+    header_timeout_s=0.5, body_idle_timeout_s=0.5, body_grace_s=0.5, body_min_rate=1000,
+    max_body_bytes_in_flight=250_000,
+)  # fmt: skip
+"""Production: 10 s for headers, 30 s idle, 30 s grace, 16 KiB/s, twice the largest body."""
+
+
+@dataclass
+class GuardedServer:
+    port: int
+    cancelled: threading.Event  # set when a /hold handler was cancelled
+    registry: CollectorRegistry
+
+
 @pytest.fixture
-def paced_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """A real uvicorn server whose body reader gives up after 0.5 s idle, or below 1000 B/s
-    after a 0.5 s grace (the production values are 30 s, 30 s and 16 KiB/s)."""
-    monkeypatch.setattr(bodies, "BODY_IDLE_TIMEOUT_S", 0.5)
-    monkeypatch.setattr(bodies, "BODY_GRACE_S", 0.5)
-    monkeypatch.setattr(bodies, "BODY_MIN_RATE", 1000)
+def guarded_server() -> Iterator[GuardedServer]:
+    """A real uvicorn server run as every service runs (server_config, request limits), with
+    SLOW_CLIENT_LIMITS: /echo reads a body, /hold reads one and then waits for ever."""
     app = FastAPI()
     install_error_handlers(app)
+    registry = CollectorRegistry()
+    install_metrics(app, registry)
+    install_request_limits(app, SLOW_CLIENT_LIMITS, largest_body_bytes=200_000, cancel_on_disconnect=True)
+    install_http_hygiene(app)
+    cancelled = threading.Event()
 
     @app.post("/echo")
     async def echo(request: Request) -> dict[str, int]:
-        return {"bytes": len(await bodies.read_limited_body(request, 10_000_000))}
+        return {"bytes": len(await read_limited_body(request, 200_000))}
+
+    @app.post("/hold")
+    async def hold(request: Request) -> None:
+        await read_limited_body(request, 200_000)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    config = server_config(app, host="127.0.0.1", port=port, shutdown_timeout_s=1, limits=SLOW_CLIENT_LIMITS)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    yield port
+    yield GuardedServer(port, cancelled, registry)
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def read_answer(connection: socket.socket) -> tuple[int, str]:
+    """Status and body of the answer on ``connection`` (read until the server closes it or the
+    body has arrived)."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 10:
+        data = connection.recv(65536)
+        if not data:
+            break
+        answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
 
 
 def send_slowly(port: int, declared: int, pieces: list[bytes], pause_s: float) -> tuple[int, str]:
@@ -260,29 +303,84 @@ def send_slowly(port: int, declared: int, pieces: list[bytes], pause_s: float) -
             except OSError:  # the server answered and closed already
                 break
             time.sleep(pause_s)
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 10:
-            data = connection.recv(65536)
-            if not data:
-                break
-            answer += data
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode(errors="replace")
+        return read_answer(connection)
 
 
-def test_a_stalled_body_is_answered_408(paced_server: int) -> None:
-    status, body = send_slowly(paced_server, 100_000, [b"x" * 10], pause_s=0)
+def test_a_stalled_body_is_answered_408(guarded_server: GuardedServer) -> None:
+    status, body = send_slowly(guarded_server.port, 100_000, [b"x" * 10], pause_s=0)
     assert status == 408
     assert "no part of the request body arrived" in body
 
 
-def test_a_trickled_body_is_answered_408(paced_server: int) -> None:
-    status, body = send_slowly(paced_server, 100_000, [b"x"] * 20, pause_s=0.1)  # ~10 B/s
+def test_a_trickled_body_is_answered_408(guarded_server: GuardedServer) -> None:
+    status, body = send_slowly(guarded_server.port, 100_000, [b"x"] * 20, pause_s=0.1)  # ~10 B/s
     assert status == 408
     assert "arrives too slowly" in body
 
 
-def test_a_body_at_a_normal_pace_is_read(paced_server: int) -> None:
-    status, body = send_slowly(paced_server, 50_000, [b"x" * 50_000], pause_s=0)
+def test_a_body_at_a_normal_pace_is_read(guarded_server: GuardedServer) -> None:
+    status, body = send_slowly(guarded_server.port, 50_000, [b"x" * 50_000], pause_s=0)
     assert status == 200
     assert '"bytes":50000' in body
+
+
+def test_headers_sent_line_by_line_too_slowly_get_408_and_the_connection_closed(
+    guarded_server: GuardedServer,
+) -> None:
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", guarded_server.port), timeout=10) as connection:
+        connection.sendall(b"POST /echo HTTP/1.1\r\n")
+        for line in (b"Host: x\r\n", b"X-Slow: 1\r\n", b"X-Slow: 2\r\n"):
+            time.sleep(0.3)
+            with contextlib.suppress(OSError):
+                connection.sendall(line)
+        status, body = read_answer(connection)
+        assert connection.recv(1) == b""  # closed
+    assert (status, body) == (408, "request headers not received within 0.5 s")
+    assert time.perf_counter() - started < 5
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
+    guarded_server: GuardedServer,
+) -> None:
+    with socket.create_connection(("127.0.0.1", guarded_server.port), timeout=10) as connection:
+        assert read_answer(connection)[0] == 408
+
+
+def test_bodies_in_flight_beyond_the_budget_get_503_before_they_are_read(
+    guarded_server: GuardedServer,
+) -> None:
+    """Two clients declare 100 kB and send one byte: they hold 200 kB of the 250 kB budget; a
+    third declaring 100 kB is refused at once with Retry-After; a small body still fits, and
+    when the holders are answered (408) their share is free again."""
+    holders = [socket.create_connection(("127.0.0.1", guarded_server.port), timeout=10) for _ in range(2)]
+    try:
+        for holder in holders:
+            holder.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx")
+        time.sleep(0.2)
+        url = f"http://127.0.0.1:{guarded_server.port}/echo"
+        refused = httpx.post(url, content=b"y" * 100_000)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert "receiving 200000 bytes of other request bodies" in refused.json()["error"]["message"]
+        assert httpx.post(url, content=b"y" * 40_000).json() == {"bytes": 40_000}
+        assert [read_answer(holder)[0] for holder in holders] == [408, 408]
+        assert httpx.post(url, content=b"y" * 100_000).json() == {"bytes": 100_000}
+        too_large = httpx.post(url, content=b"y" * 300_000)
+        assert too_large.status_code == 413  # larger than the whole budget: never a retry loop
+    finally:
+        for holder in holders:
+            holder.close()
+
+
+def test_a_client_that_disconnects_cancels_its_request(guarded_server: GuardedServer) -> None:
+    with socket.create_connection(("127.0.0.1", guarded_server.port), timeout=10) as connection:
+        connection.sendall(b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        time.sleep(0.2)
+        assert not guarded_server.cancelled.is_set()
+    assert guarded_server.cancelled.wait(5)
+    counted = 'http_requests_total{handler="/hold",method="POST",status="499"} 1.0'
+    deadline = time.monotonic() + 5  # the handler's finally runs before the middleware counts it
+    while counted not in generate_latest(guarded_server.registry).decode():
+        assert time.monotonic() < deadline, "the cancelled request was not counted as 499"
+        time.sleep(0.02)

@@ -13,6 +13,7 @@ from cropseg_core.store import open_store
 from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.hygiene import install_http_hygiene
+from cropseg_core.web.limits import install_request_limits
 from cropseg_core.web.metrics import install_metrics
 from cropseg_drift.metrics import DriftCollector
 from cropseg_drift.routes import meta, reports, runs
@@ -27,6 +28,10 @@ on (Alibi Detect, or the same tests with scipy).
 * `POST /api/v1/drift/runs`: run now (a Job from the CronJob in a cluster).
 * `/metrics`: the latest verdicts, p-values and distances for Prometheus.
 """
+
+
+SMALL_BODY_BYTES = 64 * 1024
+"""No route of the drift API takes a body; what a client sends anyway is bounded by this."""
 
 
 def create_app(settings: DriftSettings | None = None, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -47,6 +52,7 @@ def create_app(settings: DriftSettings | None = None, registry: CollectorRegistr
     app.state.settings = settings
     install_error_handlers(app)
     install_metrics(app, registry)
+    install_request_limits(app, settings.connections, largest_body_bytes=SMALL_BODY_BYTES)
     app.include_router(reports.router)
     app.include_router(runs.router)
     app.include_router(meta.router)

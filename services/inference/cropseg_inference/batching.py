@@ -12,6 +12,9 @@ chunk all at once or not at all. The first chunk is refused when it does not fit
 the request is queued); once admitted, a large request queues its next chunk when its previous
 one is done and there is room, so a 40 MP image (hundreds of tiles) never holds more than one
 chunk of the queue and small requests that arrive meanwhile wait behind at most that chunk.
+A chunk's tiles are taken from the request's sequence only when the chunk is queued and each
+result is handed over as soon as its chunk is done (:meth:`MicroBatcher.feed`), so a request
+holds one chunk of tiles and predictions in memory, not all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -105,19 +108,28 @@ class MicroBatcher:
         self._arrived.set()
         return [p.future for p in pending]
 
-    async def run(self, arrays: list[np.ndarray]) -> list[TileResult]:
+    async def run(self, arrays: Sequence[np.ndarray]) -> list[TileResult]:
         """The results of ``arrays``, queued chunk by chunk (QueueFullError: none was queued)."""
         results: list[TileResult] = []
-        for start in range(0, len(arrays), self.max_chunk):
-            chunk = arrays[start : start + self.max_chunk]
+        await self.feed(arrays, lambda index, result: results.append(result))
+        return results
+
+    async def feed(self, tiles: Sequence[np.ndarray], deliver: Callable[[int, TileResult], None]) -> None:
+        """Run ``tiles`` chunk by chunk, handing each result to ``deliver(index, result)`` in
+        order as its chunk completes. ``tiles[a:b]`` is read once per chunk, when it is queued:
+        a lazy sequence makes its arrays only then. QueueFullError: nothing was queued. When the
+        caller is cancelled or a batch fails, the request's queued tiles are dropped."""
+        for start in range(0, len(tiles), self.max_chunk):
+            chunk = list(tiles[start : start + self.max_chunk])
             futures = self.submit(chunk) if start == 0 else await self._submit_when_room(chunk)
+            del chunk
             try:
-                results += await asyncio.gather(*futures)
+                for offset, result in enumerate(await asyncio.gather(*futures)):
+                    deliver(start + offset, result)
             except BaseException:
                 for future in futures:
                     future.cancel()  # the worker skips cancelled tiles; later chunks never queue
                 raise
-        return results
 
     async def _submit_when_room(self, arrays: list[np.ndarray]) -> list[asyncio.Future[TileResult]]:
         """An admitted request's next chunk: queued as soon as it fits."""

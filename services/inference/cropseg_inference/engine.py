@@ -4,16 +4,26 @@ through the micro-batcher. Knows nothing of HTTP except the service errors it ra
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import logging
 import time
+from collections.abc import Callable, Sequence
+from typing import overload
 
 import numpy as np
 
 from cropseg_core.bands import MODEL_BANDS, Layout
-from cropseg_core.pipeline import Pipeline, PipelineConfig, Segmentation
+from cropseg_core.pipeline import Pipeline, PipelineConfig, Prepared, Segmentation
 from cropseg_core.segmenter import ModelInfo, OnnxSegmenter
 from cropseg_core.web.errors import UnavailableError
-from cropseg_inference.batching import BatcherStoppedError, BatchStats, MicroBatcher, QueueFullError
+from cropseg_inference.batching import (
+    BatcherStoppedError,
+    BatchStats,
+    MicroBatcher,
+    QueueFullError,
+    TileResult,
+)
 from cropseg_inference.metrics import InferenceMetrics
 from cropseg_inference.settings import InferenceSettings
 
@@ -21,6 +31,38 @@ log = logging.getLogger(__name__)
 INLINE_PIXELS = 600_000
 """Images up to this many pixels are prepared and finished on the event loop (under a few
 milliseconds); larger ones in a worker thread, so that the loop stays free."""
+
+
+class _Tiles(Sequence[np.ndarray]):
+    """The tiles of one request's prepared images as one sequence: each tile is cut when it is
+    read and its prediction stitched into its image's mosaic when it is put back."""
+
+    def __init__(self, prepared: list[Prepared]) -> None:
+        self.prepared = prepared
+        self.mosaics = [item.mosaic() for item in prepared]
+        self._offsets = list(itertools.accumulate((len(item.plan) for item in prepared), initial=0))
+
+    def __len__(self) -> int:
+        return self._offsets[-1]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(image, tile of that image) of tile ``index``."""
+        image = bisect.bisect_right(self._offsets, index) - 1
+        return image, index - self._offsets[image]
+
+    @overload
+    def __getitem__(self, index: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        image, tile = self._locate(index)
+        return self.prepared[image].tile(tile)
+
+    def put(self, index: int, prediction: np.ndarray) -> None:
+        image, tile = self._locate(index)
+        self.mosaics[image].put(tile, prediction)
 
 
 class SegmentationEngine:
@@ -91,7 +133,7 @@ class SegmentationEngine:
         size = self.settings.tile_size
         blank = np.full((size, size, len(MODEL_BANDS)), 96, dtype=np.uint8)
         for _ in range(self.settings.warmup_runs):
-            await self.run_tiles([blank])
+            await self.run_tiles([blank], lambda index, output: None)
         self.ready = True
         log.info("ready: %d warm-up runs in %.2f s", self.settings.warmup_runs, time.perf_counter() - started)
 
@@ -107,12 +149,23 @@ class SegmentationEngine:
         self.metrics.batch_size.observe(stats.size)
         self.metrics.batch_duration.observe(stats.run_s)
 
-    async def run_tiles(self, tiles: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-        """Probabilities of each tile and how long the first one waited in the queue."""
+    async def run_tiles(
+        self, tiles: Sequence[np.ndarray], deliver: Callable[[int, np.ndarray], None]
+    ) -> float:
+        """Put ``tiles`` through the batcher, each probability map to ``deliver(index, output)``
+        as it is done; returns how long the first tile waited in the queue."""
         if self._batcher is None:
             raise UnavailableError("the model is not loaded yet")
+        queued_s = 0.0
+
+        def take(index: int, result: TileResult) -> None:
+            nonlocal queued_s
+            if index == 0:
+                queued_s = result.queued_s
+            deliver(index, result.output)
+
         try:
-            results = await self._batcher.run(tiles)
+            await self._batcher.feed(tiles, take)
         except QueueFullError as e:
             self.metrics.rejected.inc()
             raise UnavailableError(
@@ -121,7 +174,7 @@ class SegmentationEngine:
             ) from e
         except BatcherStoppedError as e:
             raise UnavailableError(str(e), retry_after_s=self.settings.retry_after_s) from e
-        return [r.output for r in results], results[0].queued_s
+        return queued_s
 
     async def segment(
         self,
@@ -162,17 +215,17 @@ class SegmentationEngine:
         preprocess_s = (time.perf_counter() - started) / len(images)
 
         started = time.perf_counter()
-        outputs, queued_s = await self.run_tiles([tile for item in prepared for tile in item.tiles])
+        tiles = _Tiles(prepared)
+        queued_s = await self.run_tiles(tiles, tiles.put)
         infer_s = time.perf_counter() - started - queued_s
 
         results = []
-        for item in prepared:
-            own, outputs = outputs[: len(item.tiles)], outputs[len(item.tiles) :]
+        for item, mosaic in zip(prepared, tiles.mosaics, strict=True):
             started = time.perf_counter()
             if inline:
-                probability, mask = self.pipeline.finish(item, own, threshold)
+                probability, mask = self.pipeline.finish(item, mosaic, threshold)
             else:
-                probability, mask = await asyncio.to_thread(self.pipeline.finish, item, own, threshold)
+                probability, mask = await asyncio.to_thread(self.pipeline.finish, item, mosaic, threshold)
             timings = {"preprocess": preprocess_s, "queue": queued_s, "infer": infer_s,
                        "postprocess": time.perf_counter() - started}  # fmt: skip
             results.append(

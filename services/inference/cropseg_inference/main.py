@@ -12,9 +12,11 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from cropseg_core.web import layouts
+from cropseg_core.web.bodies import upload_body_limit
 from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.hygiene import install_http_hygiene
+from cropseg_core.web.limits import install_request_limits
 from cropseg_core.web.metrics import install_metrics
 from cropseg_inference.engine import SegmentationEngine
 from cropseg_inference.metrics import InferenceMetrics
@@ -74,6 +76,15 @@ def create_app(
     app.state.model_card = None
     install_error_handlers(app, plain_prefixes=("/v2",))
     install_metrics(app, registry)
+    install_request_limits(
+        app,
+        settings.connections,
+        largest_body_bytes=max(
+            upload_body_limit(settings.image_limits.max_bytes), settings.max_tensor_request_bytes
+        ),
+        retry_after_s=settings.retry_after_s,
+        cancel_on_disconnect=True,  # a client that gave up no longer holds the model's queue
+    )
     app.include_router(segment.router)
     app.include_router(layouts.router)
     app.include_router(v2.router)

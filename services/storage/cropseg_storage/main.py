@@ -20,9 +20,11 @@ from starlette.concurrency import run_in_threadpool
 from cropseg_core.repository import ImageRepository
 from cropseg_core.store import StoreError, open_store
 from cropseg_core.web import layouts
+from cropseg_core.web.bodies import upload_body_limit
 from cropseg_core.web.docs import service_app
 from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.hygiene import UI_POLICY, install_http_hygiene
+from cropseg_core.web.limits import install_request_limits
 from cropseg_core.web.metrics import install_metrics
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
@@ -149,6 +151,12 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     install_metrics(app, registry)
+    install_request_limits(
+        app,
+        settings.connections,
+        largest_body_bytes=upload_body_limit(settings.image_limits.max_bytes, images.UPLOAD_FILES),
+        retry_after_s=settings.retry_after_s,
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,9 +1,11 @@
 """Reading request bodies with a size limit and a pace, as raw bytes or a multipart ``file`` field.
 
 A client that stalls or trickles its body holds the memory of what it has sent and a
-connection: a body gets ``BODY_IDLE_TIMEOUT_S`` between chunks and, after ``BODY_GRACE_S``,
-must have averaged ``BODY_MIN_RATE`` bytes a second (128 kbit/s, far below a rural uplink),
-or it is answered 408 and its connection closed.
+connection: a body gets ``body_idle_timeout_s`` between chunks and, after ``body_grace_s``,
+must have averaged ``body_min_rate`` bytes a second (the app's
+:class:`~cropseg_core.settings.ConnectionLimits`, installed by
+:func:`cropseg_core.web.limits.install_request_limits`), or it is answered 408 and its
+connection closed.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
+from cropseg_core.settings import ConnectionLimits
 from cropseg_core.web.errors import (
     ClientError,
     PayloadTooLargeError,
@@ -21,9 +24,11 @@ from cropseg_core.web.errors import (
     UnsupportedMediaTypeError,
 )
 
-BODY_IDLE_TIMEOUT_S = 30.0
-BODY_GRACE_S = 30.0
-BODY_MIN_RATE = 16 * 1024
+
+def connection_limits(request: Request) -> ConnectionLimits:
+    """The limits the app was given (the defaults for an app built without them)."""
+    limits = getattr(request.app.state, "connection_limits", None)
+    return limits if isinstance(limits, ConnectionLimits) else ConnectionLimits()
 
 
 async def read_limited_body(request: Request, max_bytes: int) -> bytes:
@@ -32,29 +37,30 @@ async def read_limited_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"request body is {int(declared)} bytes; the limit is {max_bytes} bytes")
+    limits = connection_limits(request)
     chunks, received = [], 0
     clock = asyncio.get_running_loop().time
     started = clock()
     stream = request.stream().__aiter__()
     while True:
         try:
-            async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+            async with asyncio.timeout(limits.body_idle_timeout_s):
                 chunk = await anext(stream)
         except StopAsyncIteration:
             break
         except TimeoutError as e:
             raise RequestTimeoutError(
-                f"no part of the request body arrived for {BODY_IDLE_TIMEOUT_S:g} s ({received} bytes "
+                f"no part of the request body arrived for {limits.body_idle_timeout_s:g} s ({received} bytes "
                 "received): send the body without pausing"
             ) from e
         received += len(chunk)
         if received > max_bytes:
             raise PayloadTooLargeError(f"request body exceeds the limit of {max_bytes} bytes")
         elapsed = clock() - started
-        if elapsed > BODY_GRACE_S and received < BODY_MIN_RATE * elapsed:
+        if elapsed > limits.body_grace_s and received < limits.body_min_rate * elapsed:
             raise RequestTimeoutError(
                 f"the request body arrives too slowly ({received} bytes in {elapsed:.0f} s; at least "
-                f"{BODY_MIN_RATE // 1024} KiB/s is needed): retry on a faster connection"
+                f"{limits.body_min_rate / 1024:g} KiB/s is needed): retry on a faster connection"
             )
         chunks.append(chunk)
     return b"".join(chunks)
@@ -69,6 +75,12 @@ class Upload:
     filename: str | None = None
     extra: dict[str, bytes] = field(default_factory=dict)
     fields: dict[str, str] = field(default_factory=dict)
+
+
+def upload_body_limit(max_bytes: int, extra_files: tuple[str, ...] = ()) -> int:
+    """Largest body of an upload of files up to ``max_bytes`` each (the multipart envelope is a
+    few hundred bytes; 64 KiB leaves room for text fields)."""
+    return max_bytes * (1 + len(extra_files)) + 64 * 1024
 
 
 async def read_upload(request: Request, max_bytes: int, *, accepted: tuple[str, ...]) -> bytes:
@@ -86,7 +98,7 @@ async def receive_upload(
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        body = await read_limited_body(request, max_bytes * (1 + len(extra_files)) + 64 * 1024)
+        body = await read_limited_body(request, upload_body_limit(max_bytes, extra_files))
         return await _multipart(request, body, max_bytes, extra_files)
     if content_type not in accepted and content_type != "application/octet-stream":
         shown = content_type or "none"

@@ -7,6 +7,7 @@ few whatever clients send; requests that match no route count as ``handler="none
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,8 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+CLIENT_CLOSED = 499
+"""Status counted for a request whose client left before the answer (nginx's convention)."""
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0)
 SIZE_BUCKETS = tuple(float(4**power) for power in range(3, 14))  # 64 B .. 64 MiB
 
@@ -91,6 +94,9 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, counting_receive, counting_send)
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # cancelled because the client went away (or shutdown)
+            raise
         finally:
             handler = route_template(scope)
             self.metrics.requests.labels(handler, method, str(status)).inc()

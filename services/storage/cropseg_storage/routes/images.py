@@ -17,6 +17,8 @@ from cropseg_core.web.bodies import read_upload, receive_upload
 from cropseg_core.web.errors import error_responses
 from cropseg_storage.deps import WRITE, Metrics, Repository, Settings
 
+UPLOAD_FILES = ("label",)
+"""Files an upload may carry beside its ``file`` field."""
 router = APIRouter(prefix="/api/v1/images", tags=["images"])
 
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/tiff")
@@ -122,7 +124,7 @@ async def upload(
     is refused with 422 before anything is stored.
     """
     received = await receive_upload(
-        request, settings.image_limits.max_bytes, accepted=ACCEPTED_TYPES, extra_files=("label",)
+        request, settings.image_limits.max_bytes, accepted=ACCEPTED_TYPES, extra_files=UPLOAD_FILES
     )
     record, created = await run_in_threadpool(
         repository.add_image,
