@@ -6,7 +6,8 @@ Starts inference and storage as `make up` does, then sends each route the larges
 default settings allow (a 40 MP image, a 64 MB Open Inference Protocol request). Before each
 request the process's peak RSS (VmHWM) is reset (``/proc/<pid>/clear_refs``), so each row is
 that request's own peak, plus what earlier requests left allocated (as in a pod). The limit is
-read from charts/cropseg/values.yaml; the budget is 70 % of it.
+read from charts/cropseg/values.yaml; the budget is 70 % of it. tests/test_memory_contract.py
+runs it (``--json``) and fails when a route leaves the budget.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def measure(progress: bool = True) -> list[dict[str, object]]:
             limit = limits[target.name]
             peak = target.peak_mib()
             rows.append({"service": target.name, "route": route, "input": what, "peak_mib": peak,
-                         "limit_mib": limit, "share": peak / limit, "seconds": seconds})  # fmt: skip
+                         "limit_mib": limit, "budget_mib": round(BUDGET * limit), "share": peak / limit,
+                         "seconds": seconds})  # fmt: skip
     return rows
 
 
@@ -187,11 +189,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--write", type=Path, help="replace the memory section of this markdown file")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON (the contract test reads it)")
     args = parser.parse_args()
-    table = markdown(measure())
+    rows = measure(progress=args.json is None)
+    table = markdown(rows)
     print(table)
     if args.write:
         replace_section(args.write, START, END, table)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Starting a service as a child process and waiting until it answers ready.
+"""Starting a service as a child process and waiting until it answers ready, and reading a
+raw HTTP answer off a socket (what tests of slow or half-sent requests see).
 
 Used wherever cropseg runs its own services: integration tests, benchmarks, the local
 stack launcher. Only the standard library, so any package can use it.
@@ -29,6 +30,29 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def read_http_answer(connection: socket.socket) -> tuple[int, str]:
+    """Status and body of the HTTP answer on ``connection``, read until its Content-Length has
+    arrived or the server closes the connection."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.partition(b"\r\n\r\n")[2]) < _length(answer):
+        data = connection.recv(65536)
+        if not data:
+            break
+        answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if not head:
+        raise ConnectionError("the server closed the connection without an answer")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+def _length(answer: bytes) -> int:
+    for line in answer.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 1 << 62  # no length: until the server closes
 
 
 def is_ready(url: str, timeout_s: float = 2.0) -> bool:

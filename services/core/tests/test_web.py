@@ -22,7 +22,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from cropseg_core.imaging import NotAnImageError
-from cropseg_core.processes import free_port
+from cropseg_core.processes import free_port, read_http_answer
 from cropseg_core.settings import ConnectionLimits
 from cropseg_core.web.auth import ApiToken, token_from_file
 from cropseg_core.web.bodies import read_limited_body, read_upload
@@ -280,19 +280,6 @@ def guarded_server() -> Iterator[GuardedServer]:
     thread.join(timeout=10)
 
 
-def read_answer(connection: socket.socket) -> tuple[int, str]:
-    """Status and body of the answer on ``connection`` (read until the server closes it or the
-    body has arrived)."""
-    answer = b""
-    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < 10:
-        data = connection.recv(65536)
-        if not data:
-            break
-        answer += data
-    head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode(errors="replace")
-
-
 def send_slowly(port: int, declared: int, pieces: list[bytes], pause_s: float) -> tuple[int, str]:
     """POST /echo declaring ``declared`` bytes, sending ``pieces`` with pauses; the status and body."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
@@ -303,7 +290,7 @@ def send_slowly(port: int, declared: int, pieces: list[bytes], pause_s: float) -
             except OSError:  # the server answered and closed already
                 break
             time.sleep(pause_s)
-        return read_answer(connection)
+        return read_http_answer(connection)
 
 
 def test_a_stalled_body_is_answered_408(guarded_server: GuardedServer) -> None:
@@ -334,7 +321,7 @@ def test_headers_sent_line_by_line_too_slowly_get_408_and_the_connection_closed(
             time.sleep(0.3)
             with contextlib.suppress(OSError):
                 connection.sendall(line)
-        status, body = read_answer(connection)
+        status, body = read_http_answer(connection)
         assert connection.recv(1) == b""  # closed
     assert (status, body) == (408, "request headers not received within 0.5 s")
     assert time.perf_counter() - started < 5
@@ -344,7 +331,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
     guarded_server: GuardedServer,
 ) -> None:
     with socket.create_connection(("127.0.0.1", guarded_server.port), timeout=10) as connection:
-        assert read_answer(connection)[0] == 408
+        assert read_http_answer(connection)[0] == 408
 
 
 def test_bodies_in_flight_beyond_the_budget_get_503_before_they_are_read(
@@ -364,7 +351,7 @@ def test_bodies_in_flight_beyond_the_budget_get_503_before_they_are_read(
         assert refused.headers["retry-after"] == "1"
         assert "receiving 200000 bytes of other request bodies" in refused.json()["error"]["message"]
         assert httpx.post(url, content=b"y" * 40_000).json() == {"bytes": 40_000}
-        assert [read_answer(holder)[0] for holder in holders] == [408, 408]
+        assert [read_http_answer(holder)[0] for holder in holders] == [408, 408]
         assert httpx.post(url, content=b"y" * 100_000).json() == {"bytes": 100_000}
         too_large = httpx.post(url, content=b"y" * 300_000)
         assert too_large.status_code == 413  # larger than the whole budget: never a retry loop

@@ -14,7 +14,8 @@ class InferenceMetrics:
     def __init__(self, registry: CollectorRegistry, max_batch_size: int) -> None:
         self.segmentation_result = Counter(
             "cropseg_segmentation_result_total",
-            "Segmentations by outcome: success, or failure for any error after the request was accepted.",
+            "Segmentations by outcome: success; failure for any error after the request was accepted; "
+            "cancelled when the client disconnected before its answer.",
             ["result"], registry=registry,
         )  # fmt: skip
         self.stage_duration = Histogram(
@@ -49,7 +50,7 @@ class InferenceMetrics:
         self.ready = Gauge(
             "cropseg_inference_ready", "1 once the model is loaded and warmed up.", registry=registry
         )
-        for result in ("success", "failure"):
+        for result in ("success", "failure", "cancelled"):
             self.segmentation_result.labels(result)
         for stage in STAGES:
             self.stage_duration.labels(stage)

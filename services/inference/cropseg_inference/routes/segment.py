@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -128,6 +129,9 @@ async def segment(
         segmentation.timings["encode"] = time.perf_counter() - started
     except Exception:
         metrics.segmentation_result.labels("failure").inc()
+        raise
+    except asyncio.CancelledError:  # the client went away (cropseg_core.web.limits)
+        metrics.segmentation_result.labels("cancelled").inc()
         raise
     metrics.observe(segmentation.timings, segmentation.vegetation_fraction)
     return Response(body, media_type=media_type, headers=result_headers(segmentation, engine.info))

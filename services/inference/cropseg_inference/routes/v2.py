@@ -12,6 +12,7 @@ pipeline as ``/api/v1/segment``. Errors are ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import warnings
 from typing import Annotated, Any
@@ -381,6 +382,9 @@ async def infer(
         content, headers, media_type = build_response(inference, engine, results)
     except Exception:
         metrics.segmentation_result.labels("failure").inc()
+        raise
+    except asyncio.CancelledError:  # the client went away (cropseg_core.web.limits)
+        metrics.segmentation_result.labels("cancelled").inc()
         raise
     for result in results:
         metrics.observe(result.timings, result.vegetation_fraction)
