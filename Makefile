@@ -5,12 +5,13 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 # setuptools prints a boxed "Editable installation ... folders with the same name" advice for each
-# of the six editable packages: general advice, not a problem of this layout.
+# of the seven editable packages: general advice, not a problem of this layout.
 PIP    := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
-PKGS   := -e 'services/core[onnx,service,s3]' -e model -e services/inference -e services/storage \
+PKGS   := -e 'services/core[onnx,service,s3]' -e model -e services/inference -e services/storage -e services/batch \
 	-e services/drift_monitor -e stack
 SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference \
-	services/storage/cropseg_storage services/drift_monitor/cropseg_drift stack/cropseg_stack benchmarks
+	services/storage/cropseg_storage services/drift_monitor/cropseg_drift services/batch/cropseg_batch stack/cropseg_stack \
+	benchmarks
 DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
 INFERENCE_PORT ?= 8001
@@ -60,7 +61,7 @@ $(BIN)/python:
 
 # Runtime install: what `make up` needs (no torch).
 $(VENV)/.runtime: $(BIN)/python constraints.txt services/core/pyproject.toml model/pyproject.toml \
-		services/inference/pyproject.toml services/storage/pyproject.toml services/drift_monitor/pyproject.toml \
+		services/inference/pyproject.toml services/storage/pyproject.toml services/drift_monitor/pyproject.toml services/batch/pyproject.toml \
 		stack/pyproject.toml
 	@echo "setup: installing cropseg and its pinned dependencies into .venv (first time: about a minute)"
 	$(PIP) install --quiet -c constraints.txt $(PKGS)

@@ -136,6 +136,14 @@ class BlobStore(abc.ABC):
             removed += self.delete(blob.key)
         return removed
 
+    def download(self, key: str, path: Path) -> None:
+        """Copy the value under ``key`` into the file ``path`` (backends stream large values)."""
+        path.write_bytes(self.get(key))
+
+    def upload(self, key: str, path: Path) -> None:
+        """Store the file ``path`` under ``key`` atomically (backends stream large files)."""
+        self.put(key, path.read_bytes())
+
     def get_json(self, key: str) -> Any:
         return json.loads(self.get(key))
 

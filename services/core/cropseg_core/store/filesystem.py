@@ -72,6 +72,29 @@ class FilesystemStore(BlobStore):
         except OSError as e:
             raise StoreError(f"cannot write {key}: {e}") from e
 
+    def download(self, key: str, path: Path) -> None:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise BlobNotFoundError(f"{key} not found") from e
+        except OSError as e:
+            raise StoreError(f"cannot read {key}: {e}") from e
+
+    def upload(self, key: str, path: Path) -> None:
+        target = self._path(key)
+        try:
+            temporary = write_temporary(target, b"")
+            try:
+                shutil.copyfile(path, temporary)
+                with temporary.open("rb+") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(temporary, target)
+            finally:
+                temporary.unlink(missing_ok=True)
+            fsync_dir(target.parent)
+        except OSError as e:
+            raise StoreError(f"cannot write {key}: {e}") from e
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         path = self._path(key)
         try:

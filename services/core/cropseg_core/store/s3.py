@@ -12,9 +12,11 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -92,6 +94,23 @@ class S3Store(BlobStore):
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._object(key), Body=data)
         except (ClientError, BotoCoreError) as e:
+            raise StoreError(f"cannot write {key}: {e}") from e
+
+    def download(self, key: str, path: Path) -> None:
+        try:
+            self.client.download_file(self.bucket, self._object(key), str(path))
+        except ClientError as e:
+            if _code(e) in _MISSING:
+                raise BlobNotFoundError(f"{key} not found") from e
+            raise StoreError(f"cannot read {key}: {e}") from e
+        except BotoCoreError as e:
+            raise StoreError(f"cannot read {key}: {e}") from e
+
+    def upload(self, key: str, path: Path) -> None:
+        # Large files go up in parts; the object appears only when the upload completes.
+        try:
+            self.client.upload_file(str(path), self.bucket, self._object(key))
+        except (ClientError, BotoCoreError, S3UploadFailedError) as e:
             raise StoreError(f"cannot write {key}: {e}") from e
 
     def put_if_absent(self, key: str, data: bytes) -> bool:

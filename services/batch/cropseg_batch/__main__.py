@@ -1,0 +1,5 @@
+import sys
+
+from cropseg_batch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,170 @@
+"""``cropseg``: whole fields from the command line.
+
+    cropseg segment-raster field.tif field.mask.tif          # an orthomosaic, window by window
+    cropseg batch s3://bucket/season --output s3://bucket/season-masks --workers 4
+    cropseg batch s3://bucket/season --output ... --shard 3/8  # one worker (an Indexed Job pod)
+
+Errors a user can fix end with ``cropseg: error: ...`` and exit code 2; a batch that stopped
+on a storage error exits 1 and resumes when run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from rasterio.errors import NotGeoreferencedWarning
+from tqdm import tqdm
+
+from cropseg_batch.batch import BatchError, Options, open_location, run_local, run_shard
+from cropseg_batch.raster import WINDOW, RasterError, RasterModel, segment_raster
+from cropseg_core.bands import LAYOUTS, LayoutError
+from cropseg_core.log import configure_logging
+from cropseg_core.pipeline import ScaleError
+
+DEFAULT_MODEL = Path(os.environ.get("CROPSEG_MODEL", "model/artifacts/cropseg-unet.onnx"))
+
+
+def _bands(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"--bands takes band numbers from 1, e.g. 3,2,1 (got {text!r})"
+        ) from e
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise argparse.ArgumentTypeError(
+            f"--shard is INDEX/COUNT with 0 <= INDEX < COUNT, e.g. 0/4 (got {text!r})"
+        )
+    return int(index), int(count)
+
+
+def _segmenting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--layout", default="rgb", choices=sorted(LAYOUTS), help="sensor layout of the bands")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--gsd-mm", type=float, help="ground sampling distance in mm per pixel (default: from "
+                       "the raster's georeference, else measured)")  # fmt: skip
+    scale.add_argument("--scale", type=float, help="working scale, 1/16 to 1, instead of --gsd-mm")
+    parser.add_argument("--cell-m", type=float, default=10.0, help="grid cell side for the cover, metres")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model (CROPSEG_MODEL)")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="cropseg", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    commands = root.add_subparsers(dest="command", required=True)
+
+    raster = commands.add_parser("segment-raster", help="segment a GeoTIFF orthomosaic in bounded memory",
+                                 description="Writes OUT (a Cloud-Optimised GeoTIFF mask: 0 soil, 1 "
+                                 "vegetation, 255 no data), OUT's .cover.csv/.cover.geojson (cover per grid "
+                                 "cell) and .preview.png.")  # fmt: skip
+    raster.add_argument("source", type=Path, help="the raster (GeoTIFF or TIFF, 8-bit bands)")
+    raster.add_argument("output", type=Path, help="the mask to write (.tif)")
+    _segmenting(raster)
+    raster.add_argument("--bands", type=_bands, help="raster bands (from 1) holding the layout's "
+                        "channels, e.g. 3,2,1,5 for rgbn from a B,G,R,RedEdge,NIR camera; default: all "
+                        "but alpha")  # fmt: skip
+    raster.add_argument("--window", type=int, default=WINDOW, help="window side in pixels (multiple of 512)")
+    raster.add_argument("--report", type=Path, help="also write what was done as JSON")
+
+    batch = commands.add_parser("batch", help="segment every image and raster under an S3 prefix or folder")
+    batch.add_argument("source", help="s3://bucket/prefix or a folder")
+    batch.add_argument("--output", required=True, help="s3://bucket/prefix or a folder for the results")
+    batch.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
+                       help="S3 endpoint (SeaweedFS, MinIO...); default AWS_ENDPOINT_URL or AWS")  # fmt: skip
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    where.add_argument("--shard", type=_shard, help="run only worker INDEX of COUNT (an Indexed Job's pod)")
+    batch.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime threads per worker (0: one per core)"
+    )
+    _segmenting(batch)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    configure_logging(os.environ.get("CROPSEG_LOG_LEVEL", "WARNING"), "text")
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said once, as a warning of our own
+    try:
+        if args.command == "segment-raster":
+            return _segment_raster(args)
+        return _batch(args)
+    except (RasterError, LayoutError, ScaleError, BatchError, FileNotFoundError) as e:
+        print(f"cropseg: error: {e}", file=sys.stderr)
+        return 1 if isinstance(e, BatchError) else 2
+
+
+def _load(args: argparse.Namespace, threads: int = 0) -> RasterModel:
+    if not args.model.is_file():
+        raise FileNotFoundError(f"no model at {args.model}: pass --model or set CROPSEG_MODEL")
+    return RasterModel.load(args.model, intra_op_threads=threads)
+
+
+def _segment_raster(args: argparse.Namespace) -> int:
+    if not args.source.is_file():
+        raise FileNotFoundError(f"no raster at {args.source}")
+    report = segment_raster(
+        args.source, args.output, _load(args), layout=args.layout, bands=args.bands, gsd_mm=args.gsd_mm,
+        scale=args.scale, cell_m=args.cell_m, window=args.window, progress=True,
+    )  # fmt: skip
+    for warning in report.warnings:
+        print(f"cropseg: warning: {warning}", file=sys.stderr)
+    print(f"{report.width} x {report.height} px, working scale {report.working_scale:g}: vegetation "
+          f"{report.vegetation_fraction:.1%} of the field ({report.data_fraction:.0%} of the raster has "
+          f"data), {report.seconds:.1f} s ({report.megapixels_per_s:.2f} MP/s)")  # fmt: skip
+    for name, path in report.outputs.items():
+        print(f"  {name:<14} {path}")
+    if args.report:
+        args.report.write_text(json.dumps(report.to_json(), indent=1) + "\n")
+    return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    options = Options(args.layout, args.gsd_mm, args.scale, args.cell_m)
+    if args.shard is not None:
+        index, count = args.shard
+        source, output = (
+            open_location(args.source, args.endpoint_url),
+            open_location(args.output, args.endpoint_url),
+        )
+        records = run_shard(source, output, _load(args, args.threads), options, index, count)
+        failed = sum(record["status"] == "failed" for record in records)
+        print(f"shard {index}/{count}: {len(records)} inputs, {failed} failed")
+        return 0
+    if args.workers < 1:
+        raise BatchError(f"--workers must be at least 1 (got {args.workers})")
+    _load(args)  # a missing model fails here, not in every worker
+    with tqdm(desc="batch", unit="file") as bar:
+
+        def show(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        summary, codes = run_local(
+            args.source, args.output, options, workers=args.workers, model_path=args.model,
+            endpoint_url=args.endpoint_url, on_progress=show,
+        )  # fmt: skip
+    if summary is None:
+        raise BatchError(
+            f"workers exited with {codes}; finished files are kept: run the same command to resume"
+        )
+    print(f"{summary['inputs']} inputs: {summary['ok']} ok, {summary['failed']} failed; summary at "
+          f"{args.output.rstrip('/')}/summary.json and summary.csv")  # fmt: skip
+    for row in summary["files"]:
+        if row["status"] == "failed":
+            print(f"  failed: {row['key']}: {row['error']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
