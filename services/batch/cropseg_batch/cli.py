@@ -14,10 +14,8 @@ import argparse
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 
-from rasterio.errors import NotGeoreferencedWarning
 from tqdm import tqdm
 
 from cropseg_batch.batch import BatchError, Options, open_location, run_local, run_shard
@@ -93,7 +91,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     configure_logging(os.environ.get("CROPSEG_LOG_LEVEL", "WARNING"), "text")
-    warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said once, as a warning of our own
     try:
         if args.command == "segment-raster":
             return _segment_raster(args)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -31,15 +32,17 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import rasterio
 import rasterio.shutil
 from rasterio.enums import ColorInterp
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from tqdm import tqdm
@@ -51,6 +54,8 @@ from cropseg_core.pipeline import Pipeline, PipelineConfig, working_scale
 from cropseg_core.segmenter import OnnxSegmenter
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 BLOCK = 512
 """Block size of the output (and the window grid): 512 px, as COGs use."""
@@ -135,6 +140,19 @@ class _Grid:
         self.vegetation += np.bincount(cells, weights=flat == VEGETATION, minlength=size).astype(np.int64)
 
 
+def _quiet_about_georeference(function: Callable[P, R]) -> Callable[P, R]:
+    """Without georeference rasterio warns on every open and write; the report says it once."""
+
+    @functools.wraps(function)
+    def quiet(*args: P.args, **kwargs: P.kwargs) -> R:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return function(*args, **kwargs)
+
+    return quiet
+
+
+@_quiet_about_georeference
 def segment_raster(
     source: Path,
     output: Path,
@@ -238,7 +256,8 @@ def _bands(dataset: rasterio.DatasetReader, layout: Layout, bands: list[int] | N
     else:
         chosen = [i for i, kind in enumerate(dataset.colorinterp, 1) if kind != ColorInterp.alpha]
     if len(chosen) not in layout.channel_counts:
-        wanted = " or ".join(str(count) for count in layout.channel_counts)
+        counts = [str(count) for count in layout.channel_counts]
+        wanted = " or ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
         raise RasterError(
             f"layout {layout.name!r} ({layout.description}) needs {wanted} bands, but the raster has "
             f"{found} ({len(chosen)} besides alpha): choose them with --bands, e.g. --bands 1,2,3"
@@ -273,8 +292,21 @@ def _working_scale(
         return working_scale(np.zeros((1, 1, 4), np.uint8), layout, config, gsd_mm=gsd_mm, scale=scale)
     side_x, side_y = min(AUTO_SAMPLE, dataset.width), min(AUTO_SAMPLE, dataset.height)
     centre = Window((dataset.width - side_x) // 2, (dataset.height - side_y) // 2, side_x, side_y)
-    sample = np.moveaxis(dataset.read(bands, window=centre), 0, -1)
+    sample, _ = _read(dataset, bands, centre)
     return working_scale(to_model_bands(sample, layout), layout, config)
+
+
+def _read(dataset: rasterio.DatasetReader, bands: list[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) channels of ``window`` and where they hold data; RasterError when the file fails."""
+    try:
+        channels = np.ascontiguousarray(np.moveaxis(dataset.read(bands, window=window), 0, -1))
+        return channels, dataset.dataset_mask(window=window) > 0
+    except RasterioError as e:
+        cause = f" ({e.__cause__})" if e.__cause__ else ""
+        raise RasterError(
+            f"cannot read {Path(dataset.name).name} at rows {int(window.row_off)}-"
+            f"{int(window.row_off + window.height)}: {e}{cause}; is the file complete?"
+        ) from e
 
 
 def _window_grid(width: int, height: int, size: int) -> Iterator[Window]:
@@ -293,8 +325,7 @@ def _segment_window(
     bottom = min(dataset.height, int(core.row_off + core.height) + margin)
     right = min(dataset.width, int(core.col_off + core.width) + margin)
     read = Window(left, top, right - left, bottom - top)
-    channels = np.ascontiguousarray(np.moveaxis(dataset.read(bands, window=read), 0, -1))
-    valid = dataset.dataset_mask(window=read) > 0
+    channels, valid = _read(dataset, bands, read)
     channels[~valid] = 0
     segmentation = model.pipeline.run(
         model.segmenter.predict, channels, model.threshold, layout, scale=factor
@@ -353,8 +384,8 @@ def _write_cover(output: Path, dataset: rasterio.DatasetReader, grid: _Grid) -> 
     rows, cols = np.divmod(np.flatnonzero(grid.data), grid.cols)
     cells = rows * grid.cols + cols
     transform = dataset.transform
-    x0, y0 = transform * (cols * grid.cell_px, rows * grid.cell_px)
-    x1, y1 = transform * (np.minimum((cols + 1) * grid.cell_px, dataset.width),
+    x0, y0 = transform @ (cols * grid.cell_px, rows * grid.cell_px)
+    x1, y1 = transform @ (np.minimum((cols + 1) * grid.cell_px, dataset.width),
                           np.minimum((rows + 1) * grid.cell_px, dataset.height))  # fmt: skip
     pixel_m = _pixel_size_m(dataset)
     cover = grid.vegetation[cells] / grid.data[cells]
