@@ -21,7 +21,7 @@ PROMETHEUS_PORT ?= 9090
 CHECKOV_VERSION := 3.3.30
 # Image tag: the chart's appVersion, so the chart's defaults name what `make images` builds.
 IMAGE_TAG := $(shell sed -n 's/^appVersion: *"*\([^"]*\)"*/\1/p' charts/cropseg/Chart.yaml)
-IMAGES := inference storage drift_monitor
+IMAGES := inference storage drift_monitor batch
 
 # Model recipe (see model/README.md). Synthetic seeds are fixed: training 1, selection 2,
 # evaluation 3 (never seen in training), reference profile 4, sample gallery 5. Real photos
@@ -34,7 +34,7 @@ TRAIN_STEPS ?= 3600
 FINETUNE_STEPS ?= 1500
 EVAL_TILES ?= 150
 
-.PHONY: up drift experiment demo bench bench-images bench-memory loadtest k8s images test-images test lint typecheck pytest system-deps model clean help
+.PHONY: up drift experiment demo bench bench-images bench-memory bench-rasters loadtest k8s images test-images test lint typecheck pytest system-deps model clean help
 
 help:
 	@echo "make up     set up .venv and run cropseg: web UI :8002, inference :8001, drift monitor :8003 (a drift"
@@ -44,6 +44,7 @@ help:
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
 	@echo "make bench  inference, model latency, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
 	@echo "make bench-memory  peak RSS of each route's largest request vs the chart's limits -> docs/performance.md"
+	@echo "make bench-rasters  time per megapixel and peak RSS of segment-raster on 2k, 8k, 32k rasters -> docs/batch.md"
 	@echo "make bench-images  image sizes, start to ready, compose to healthy -> docs/containers.md"
 	@echo "make loadtest PROFILE=high  a Locust profile against a fresh local stack (baseline, moderate, high,"
 	@echo "           longevity, stress, smoke); reports in reports/locust/"
@@ -103,6 +104,9 @@ bench-memory: $(VENV)/.dev
 
 # Image sizes, start to ready and compose to healthy (docs/containers.md); COLD=1 also times
 # builds without the cache.
+bench-rasters: $(VENV)/.runtime
+	$(BIN)/python benchmarks/rasters.py --write docs/batch.md
+
 bench-images: images
 	$(BIN)/python benchmarks/containers.py --write docs/containers.md --readme README.md $(if $(COLD),--cold)
 

@@ -46,6 +46,8 @@ STANDARD_LABELS = (
     "helm.sh/chart",
 )
 MODULES = {"inference": "cropseg_inference", "storage": "cropseg_storage", "drift-monitor": "cropseg_drift"}
+WORKLOADS = {**MODULES, "batch": "cropseg_batch"}  # the services and the batch Job's worker
+SUBCOMMANDS = {"cropseg_drift", "cropseg_batch"}  # command lines whose first argument is a subcommand
 
 
 def helm() -> str:
@@ -63,8 +65,8 @@ def render(values: Path) -> list[dict[str, Any]]:
 
 
 def command_help(module: str, arguments: list[str]) -> str:
-    """The --help text of a service's command line (of the drift monitor's subcommand in ``arguments``)."""
-    subcommand = arguments[:1] if module == "cropseg_drift" else []
+    """The --help text of a service's command line (of the subcommand in ``arguments`` where it has them)."""
+    subcommand = arguments[:1] if module in SUBCOMMANDS else []
     command = [sys.executable, "-m", module, *subcommand, "--help"]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True).stdout
 
@@ -77,6 +79,8 @@ def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]
             specs.append((obj["metadata"]["name"], obj["spec"]["template"]["spec"]))
         elif kind == "CronJob":
             specs.append((obj["metadata"]["name"], obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
+        elif kind == "Job":
+            specs.append((obj["metadata"]["name"], obj["spec"]["template"]["spec"]))
         elif kind == "Pod":
             specs.append((obj["metadata"]["name"], obj["spec"]))
     return specs
@@ -204,18 +208,20 @@ def test_probes_hit_real_routes_on_the_served_port(rendered: tuple[Path, list[di
 def test_commands_are_the_real_entry_points(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
     _, objects = rendered
     for obj in objects:
-        if obj["kind"] not in ("Deployment", "CronJob"):
+        if obj["kind"] not in ("Deployment", "CronJob", "Job"):
             continue
-        workload = obj["spec"] if obj["kind"] == "Deployment" else obj["spec"]["jobTemplate"]["spec"]
-        template = workload["template"]
-        spec = template["spec"]
-        container = spec["containers"][0]
-        module = MODULES["drift-monitor" if obj["kind"] == "CronJob" else component(obj)]
+        workload = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+        container = workload["template"]["spec"]["containers"][0]
+        module = WORKLOADS["drift-monitor" if obj["kind"] == "CronJob" else component(obj)]
         help_text = command_help(module, container["args"])
         for flag in (a for a in container["args"] if a.startswith("--")):
             assert flag in help_text, f"{obj['metadata']['name']}: {flag} is not an option of {module}"
         if obj["kind"] == "CronJob":
             assert container["args"][0] == "run"  # the drift job itself
+        if obj["kind"] == "Job":  # the batch: one shard of the manifest per completion index
+            assert workload["completionMode"] == "Indexed"
+            shard = container["args"][container["args"].index("--shard") + 1]
+            assert shard == f"$(JOB_COMPLETION_INDEX)/{workload['completions']}"
         if "--data" in container["args"]:  # the data path is where the shared volume is mounted
             data = container["args"][container["args"].index("--data") + 1]
             assert data in {m["mountPath"] for m in container["volumeMounts"]}
@@ -226,6 +232,7 @@ def test_dockerfiles_match_the_chart_and_packages() -> None:
         "inference": "services/inference",
         "storage": "services/storage",
         "drift-monitor": "services/drift_monitor",
+        "batch": "services/batch",
     }
     for name, folder in images.items():
         dockerfile = (REPO / folder / "Dockerfile").read_text()
@@ -234,9 +241,10 @@ def test_dockerfiles_match_the_chart_and_packages() -> None:
             f"{entry} is no console script"
         )
         assert "USER 10001:10001" in dockerfile
-        # No image HEALTHCHECK for drift: its `run` is a run-once job (compose and the chart probe `serve`).
-        assert ("HEALTHCHECK --" in dockerfile) == (name != "drift-monitor")
-        assert "/healthz" in ROUTES[name]
+        # No image HEALTHCHECK for drift (its `run` is a run-once job; compose and the chart probe
+        # `serve`) nor for the batch worker.
+        assert ("HEALTHCHECK --" in dockerfile) == (name in ROUTES and name != "drift-monitor")
+        assert name not in ROUTES or "/healthz" in ROUTES[name]
         installs_drift = "drift_monitor" in dockerfile
         assert installs_drift == (name == "drift-monitor"), (
             f"only the drift image carries Alibi Detect ({name})"

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = yaml.safe_load((REPO / "charts/cropseg/Chart.yaml").read_text())["appVersion"]
-BUDGET_MB = {"inference": 280, "storage": 280, "drift-monitor": 800}
+BUDGET_MB = {"inference": 280, "storage": 280, "drift-monitor": 800, "batch": 400}
 IMAGES = {service: f"cropseg/{service}:{TAG}" for service in BUDGET_MB}
 
 
@@ -108,7 +108,7 @@ import importlib.util as u, json, os, shutil
 print(json.dumps({
     "compilers": [c for c in ("gcc", "cc", "g++", "make") if shutil.which(c)],
     "modules": {m: u.find_spec(m) is not None for m in ("torch", "alibi_detect", "onnxruntime",
-                "cropseg_storage", "cropseg_inference", "cv2", "pip")},
+                "cropseg_storage", "cropseg_inference", "cropseg_batch", "rasterio", "cv2", "pip")},
     "uid": os.getuid(), "gid": os.getgid(),
 }))
 """
@@ -130,8 +130,10 @@ def test_image_is_within_budget_non_root_and_holds_only_its_service(docker: str,
     assert not modules["torch"], "torch is for training only"
     assert not modules["pip"], "pip stays in the build stage"
     assert modules["alibi_detect"] == modules["cv2"] == (service == "drift-monitor")
-    assert modules["onnxruntime"] == modules["cropseg_inference"] == (service == "inference")
-    assert modules["cropseg_storage"] == (service == "storage"), "each image holds only its own service"
+    assert modules["onnxruntime"] == (service in ("inference", "batch"))
+    assert modules["rasterio"] == modules["cropseg_batch"] == (service == "batch")
+    assert modules["cropseg_inference"] == (service == "inference"), "each image holds only its own service"
+    assert modules["cropseg_storage"] == (service == "storage")
     arguments = ["serve", "--help"] if service == "drift-monitor" else ["--help"]
     assert run(docker, "run", "--rm", "--read-only", image, *arguments).returncode == 0
 
@@ -148,6 +150,21 @@ def test_a_data_folder_the_service_cannot_write_stops_it_with_one_clear_line(
     assert "the data folder /data is not writable by this process (uid 10001, gid 10001)" in result.stderr
     assert "chown it to the service's user" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_batch_image_segments_an_orthomosaic_read_only(docker: str, tmp_path: Path) -> None:
+    """GDAL inside rasterio's wheel reads and writes GeoTIFF and COG in the slimmed image."""
+    from cropseg_batch.fields import write_field
+
+    tmp_path.chmod(0o777)  # the container's user (10001) writes the mask beside the field
+    write_field(tmp_path / "field.tif", 700)
+    mounts = ["--read-only", "--tmpfs", "/tmp", "-v", f"{tmp_path}:/work"]
+    result = run(docker, "run", "--rm", *mounts, IMAGES["batch"], "segment-raster", "/work/field.tif",
+                 "/work/out/mask.tif", check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "700 x 700 px" in result.stdout
+    names = {path.name for path in (tmp_path / "out").iterdir()}
+    assert names == {"mask.tif", "mask.preview.png", "mask.cover.csv", "mask.cover.geojson"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,7 +395,8 @@ def as_pod(name: str, template: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def podman(docker: str, podman_binary: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
     engine = Podman(podman_binary, tmp_path_factory.mktemp("kube"))
-    for image in IMAGES.values():  # podman has its own image store: load what docker built when it differs
+    # podman has its own image store: load what docker built when it differs (the batch Job is off by default)
+    for image in (image for service, image in IMAGES.items() if service != "batch"):
         ours = run(docker, "image", "inspect", "-f", "{{.Id}}", image).stdout.strip()
         theirs = engine("image", "inspect", "-f", "{{.Id}}", image, check=False).stdout.strip()
         if theirs.removeprefix("sha256:") != ours.removeprefix("sha256:"):

@@ -326,13 +326,15 @@ def _segment_window(
     right = min(dataset.width, int(core.col_off + core.width) + margin)
     read = Window(left, top, right - left, bottom - top)
     channels, valid = _read(dataset, bands, read)
+    inner = (slice(int(core.row_off) - top, int(core.row_off) - top + int(core.height)),
+             slice(int(core.col_off) - left, int(core.col_off) - left + int(core.width)))  # fmt: skip
+    if not valid[inner].any():  # outside the field: nothing to segment
+        return np.full((int(core.height), int(core.width)), NODATA, np.uint8), channels[inner]
     channels[~valid] = 0
     segmentation = model.pipeline.run(
         model.segmenter.predict, channels, model.threshold, layout, scale=factor
     )
     classes = np.where(valid, np.where(segmentation.mask > 0, VEGETATION, SOIL), NODATA).astype(np.uint8)
-    inner = (slice(int(core.row_off) - top, int(core.row_off) - top + int(core.height)),
-             slice(int(core.col_off) - left, int(core.col_off) - left + int(core.width)))  # fmt: skip
     return np.ascontiguousarray(classes[inner]), channels[inner]
 
 

@@ -24,18 +24,20 @@ def run_lock(store: BlobStore, ttl_s: float) -> Iterator[None]:
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     now = time.time()
     payload = encode_json({"owner": owner, "acquired_at": now, "expires_at": now + ttl_s})
-    if not store.put_if_absent(LOCK_KEY, payload):
-        try:
-            held = store.get_json(LOCK_KEY)
-        except BlobNotFoundError:  # released in between: try once more below
-            held = None
-        if held is not None and held["expires_at"] > now:
-            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held["acquired_at"]))
-            raise RunLockedError(f"another drift run ({held['owner']}) has been running since {since}")
-        store.delete(LOCK_KEY)  # stale: its run died without releasing it
-        if not store.put_if_absent(LOCK_KEY, payload):
-            raise RunLockedError("another drift run took the lock at the same moment")
+    # Released in `finally` whenever the lock is ours, even when a signal (SIGTERM -> SystemExit)
+    # interrupts the acquisition after the create-only write landed but before it returned.
     try:
+        if not store.put_if_absent(LOCK_KEY, payload):
+            try:
+                held = store.get_json(LOCK_KEY)
+            except BlobNotFoundError:  # released in between: try once more below
+                held = None
+            if held is not None and held["expires_at"] > now:
+                since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(held["acquired_at"]))
+                raise RunLockedError(f"another drift run ({held['owner']}) has been running since {since}")
+            store.delete(LOCK_KEY)  # stale: its run died without releasing it
+            if not store.put_if_absent(LOCK_KEY, payload):
+                raise RunLockedError("another drift run took the lock at the same moment")
         yield
     finally:
         with contextlib.suppress(BlobNotFoundError):

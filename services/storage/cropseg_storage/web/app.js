@@ -312,7 +312,8 @@ async function showReport(id) {
       element("td", { text: name.replaceAll("_", " ") }),
       element("td", {}, element("span", { class: `badge ${data.status}`, text: data.status.replace("_", " ") })),
       element("td", { text: typeof data.p_val === "number" ? data.p_val.toExponential(2) : "–" }),
-      element("td", { text: (data.drifted || []).join(", ") || data.reason || "–" })));
+      element("td", { class: "wrap", text: (data.drifted || []).map((f) => f.replaceAll("_", " ")).join(", ")
+        || data.reason || "–" })));
     const plots = (report.plots || []).map((plot) => element("figure", {},
       element("img", { src: plot.url, alt: plot.name, loading: "lazy" }), element("figcaption", { text: plot.name })));
     detail.replaceChildren(
