@@ -8,10 +8,11 @@ Objects cannot be appended to, so each record of a stream is its own object,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,16 +80,21 @@ class S3Store(BlobStore):
     def _object(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def get(self, key: str) -> bytes:
+    @contextlib.contextmanager
+    def _reading(self, key: str) -> Iterator[None]:
+        """S3's errors of a read as the store's: a missing object, or a failure saying which key."""
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._object(key))
-            return response["Body"].read()
+            yield
         except ClientError as e:
             if _code(e) in _MISSING:
                 raise BlobNotFoundError(f"{key} not found") from e
             raise StoreError(f"cannot read {key}: {e}") from e
         except BotoCoreError as e:
             raise StoreError(f"cannot read {key}: {e}") from e
+
+    def get(self, key: str) -> bytes:
+        with self._reading(key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"].read()
 
     def put(self, key: str, data: bytes) -> None:
         try:
@@ -97,14 +103,8 @@ class S3Store(BlobStore):
             raise StoreError(f"cannot write {key}: {e}") from e
 
     def download(self, key: str, path: Path) -> None:
-        try:
+        with self._reading(key):
             self.client.download_file(self.bucket, self._object(key), str(path))
-        except ClientError as e:
-            if _code(e) in _MISSING:
-                raise BlobNotFoundError(f"{key} not found") from e
-            raise StoreError(f"cannot read {key}: {e}") from e
-        except BotoCoreError as e:
-            raise StoreError(f"cannot read {key}: {e}") from e
 
     def upload(self, key: str, path: Path) -> None:
         # Large files go up in parts; the object appears only when the upload completes.
