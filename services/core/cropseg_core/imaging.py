@@ -28,6 +28,7 @@ from typing import Final
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from cropseg_core.geotiff import Georeference, read_georeference
 from cropseg_core.settings import PIXEL_CEILING, ImageLimits
 
 # Set explicitly rather than trusting Pillow's default: Pillow warns above this many
@@ -84,6 +85,8 @@ class DecodedImage:
     pixels: np.ndarray
     format: str
     original_mode: str
+    georeference: Georeference | None = None
+    """A GeoTIFF's tags that place it on Earth (None for other files)."""
 
     @property
     def height(self) -> int:
@@ -104,8 +107,8 @@ def sniff_format(data: bytes) -> str | None:
 
 def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
     """Decode untrusted ``data`` into RGB uint8, or raise a subclass of ImageDecodeError."""
-    image, fmt = _open(data, limits or ImageLimits())
-    return DecodedImage(pixels=_to_rgb_uint8(image), format=fmt, original_mode=image.mode)
+    image, fmt, georeference = _open(data, limits or ImageLimits())
+    return DecodedImage(_to_rgb_uint8(image), fmt, image.mode, georeference)
 
 
 def decode_channels(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
@@ -115,11 +118,11 @@ def decode_channels(data: bytes, limits: ImageLimits | None = None) -> DecodedIm
     may hold a near-infrared band where Pillow sees alpha, and a 2-channel one a red/NIR pair,
     so nothing is composited or converted here; 16-bit grey is scaled to 8 bits.
     """
-    image, fmt = _open(data, limits or ImageLimits())
-    return DecodedImage(pixels=_to_channels_uint8(image), format=fmt, original_mode=image.mode)
+    image, fmt, georeference = _open(data, limits or ImageLimits())
+    return DecodedImage(_to_channels_uint8(image), fmt, image.mode, georeference)
 
 
-def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
+def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str, Georeference | None]:
     if not data:
         raise EmptyImageError("the image is empty: send the file's bytes")
     if len(data) > limits.max_bytes:
@@ -139,6 +142,7 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
             image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
             width, height = image.size
             _check_pixels(width, height, limits)
+            georeference = read_georeference(image) if fmt == "TIFF" else None
             image.load()
             image = ImageOps.exif_transpose(image) or image
     except ImageDecodeError:
@@ -155,7 +159,7 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str]:
         if "mode" in str(e).lower() or "unsupported" in str(e).lower():
             raise UnsupportedModeError(f"the {fmt} image uses a pixel format that cannot be read: {e}") from e
         raise TruncatedImageError(f"the {fmt} image is truncated or corrupt: {e}") from e
-    return image, fmt
+    return image, fmt, georeference
 
 
 def _check_pixels(width: int, height: int, limits: ImageLimits) -> None:

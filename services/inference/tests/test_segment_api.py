@@ -81,6 +81,47 @@ def test_overlay_is_rgb_of_the_input_size(client: TestClient, field_png: bytes) 
     assert read_png(response.content).shape == (360, 480, 3)
 
 
+def geotiff(pixels: np.ndarray) -> bytes:
+    """``pixels`` as a GeoTIFF in UTM 32N at 2 cm/px, written by GDAL."""
+    import rasterio  # GDAL, from the batch package's dependencies in the development install
+    from rasterio.transform import from_origin
+
+    place = {"crs": "EPSG:32632", "transform": from_origin(500_000, 5_300_000, 0.02, 0.02)}
+    with rasterio.MemoryFile() as memory:
+        with memory.open(driver="GTiff", width=pixels.shape[1], height=pixels.shape[0], count=3,
+                         dtype="uint8", **place) as out:  # fmt: skip
+            out.write(np.moveaxis(pixels, -1, 0))
+        return bytes(memory.read())
+
+
+def test_a_geotiff_gets_its_mask_back_georeferenced(client: TestClient, field_tile: np.ndarray) -> None:
+    import rasterio
+
+    response = client.post(SEGMENT, params={"output": "geotiff"}, content=geotiff(field_tile),
+                           headers={"content-type": "image/tiff"})  # fmt: skip
+    assert response.status_code == 200
+    assert (response.headers["content-type"], response.headers["x-georeferenced"]) == ("image/tiff", "true")
+    with rasterio.MemoryFile(response.content) as memory, memory.open() as mask:
+        assert mask.crs.to_epsg() == 32632
+        assert mask.transform.to_gdal() == (500_000, 0.02, 0, 5_300_000, 0, -0.02)
+        assert np.array_equal(mask.read(1), expected_mask(field_tile))
+
+
+def test_a_tiff_without_georeference_gets_a_plain_tiff_mask_and_a_warning(
+    client: TestClient, field_tile: np.ndarray
+) -> None:
+    plain = io.BytesIO()
+    Image.fromarray(field_tile).save(plain, format="TIFF")
+    response = client.post(SEGMENT, params={"output": "geotiff"}, content=plain.getvalue(),
+                           headers={"content-type": "image/tiff"})  # fmt: skip
+    assert response.status_code == 200
+    assert response.headers["x-georeferenced"] == "false"
+    assert "no GeoTIFF georeference" in response.headers["warning"]
+    with Image.open(io.BytesIO(response.content)) as mask:
+        assert not {33550, 33922, 34735} & set(mask.tag_v2)
+        assert np.array_equal(np.asarray(mask), expected_mask(field_tile))
+
+
 @pytest.mark.parametrize("encoding", ["png", "rle"])
 def test_json_carries_the_same_mask(client: TestClient, field_png: bytes, encoding: str) -> None:
     mask = read_png(client.post(SEGMENT, content=field_png, headers=PNG).content)

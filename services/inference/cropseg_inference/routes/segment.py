@@ -47,10 +47,13 @@ REQUEST_BODY: dict[str, Any] = {
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The mask (`output=mask`, single-channel PNG, 255 = vegetation, same size as the "
-        "input), the overlay (`output=overlay`, RGB PNG) or the JSON summary (`output=json`). "
+        "input), the overlay (`output=overlay`, RGB PNG), the JSON summary (`output=json`) or the mask "
+        "as a TIFF carrying a GeoTIFF upload's georeference (`output=geotiff`; `X-Georeferenced` says "
+        "whether the upload had one). "
         "Headers carry the vegetation fraction, size, model and per-stage timings (Server-Timing).",
         "content": {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/tiff": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {
                 "schema": SegmentationResult.model_json_schema(),
                 "example": {
@@ -122,9 +125,10 @@ async def segment(
         segmentation.timings = {"decode": decode_s, **segmentation.timings}
         started = time.perf_counter()
         drawn_on = picture(decoded.pixels, sensor) if output == "overlay" else None
+        georeference = decoded.georeference
         del decoded, data  # a 40 MP image: 120 MB less while the answer is encoded
         body, media_type = await run_in_threadpool(
-            render, segmentation, drawn_on, engine.info, output, mask_encoding
+            render, segmentation, drawn_on, engine.info, output, mask_encoding, georeference
         )
         segmentation.timings["encode"] = time.perf_counter() - started
     except Exception:
@@ -134,4 +138,9 @@ async def segment(
         metrics.segmentation_result.labels("cancelled").inc()
         raise
     metrics.observe(segmentation.timings, segmentation.vegetation_fraction)
-    return Response(body, media_type=media_type, headers=result_headers(segmentation, engine.info))
+    headers = result_headers(segmentation, engine.info)
+    if output == "geotiff":
+        headers["X-Georeferenced"] = "true" if georeference else "false"
+        if georeference is None:  # still a mask, but it cannot be placed on a map
+            headers["Warning"] = '299 - "the upload has no GeoTIFF georeference: the mask has none either"'
+    return Response(body, media_type=media_type, headers=headers)
