@@ -43,6 +43,18 @@ def read_georeference(image: Image.Image) -> Georeference | None:
     return Georeference(found) if GEO_KEY_DIRECTORY in present and placed else None
 
 
+def georeference_of(data: bytes) -> Georeference | None:
+    """The georeference of an encoded image (a stored upload): read from the TIFF header only,
+    None for other formats or a TIFF without one."""
+    if not data.startswith((b"II", b"MM")):
+        return None
+    try:
+        with Image.open(io.BytesIO(data), formats=["TIFF"]) as image:
+            return read_georeference(image)
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
 def encode_tiff(mask: np.ndarray, georeference: Georeference | None) -> bytes:
     """A single-band uint8 TIFF (deflate) of ``mask``, with ``georeference``'s tags when given."""
     directory = TiffImagePlugin.ImageFileDirectory_v2()

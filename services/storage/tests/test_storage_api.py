@@ -242,6 +242,30 @@ def test_segment_then_mask_overlay_and_evaluation(client: TestClient) -> None:
     assert [s["model_version"] for s in listed] == ["1.0.0"]
 
 
+def test_the_mask_of_a_geotiff_upload_comes_back_georeferenced(client: TestClient) -> None:
+    import rasterio  # GDAL, from the batch package's dependencies in the development install
+    from rasterio.transform import from_origin
+
+    pixels = decode_image(IMAGE).pixels
+    place = {"crs": "EPSG:32632", "transform": from_origin(500_000, 5_300_000, 0.02, 0.02)}
+    with rasterio.MemoryFile() as memory:
+        with memory.open(driver="GTiff", width=40, height=30, count=3, dtype="uint8", **place) as out:
+            out.write(np.moveaxis(pixels, -1, 0))
+        geotiff = bytes(memory.read())
+    image_id = upload(client, geotiff, headers={"content-type": "image/tiff"}).json()["id"]
+    client.post(f"/api/v1/images/{image_id}/segmentation")
+    response = client.get(f"/api/v1/images/{image_id}/mask", params={"format": "geotiff"})
+    assert (response.headers["content-type"], response.headers["x-georeferenced"]) == ("image/tiff", "true")
+    with rasterio.MemoryFile(response.content) as memory, memory.open() as mask:
+        assert (mask.crs.to_epsg(), mask.transform) == (32632, place["transform"])
+        np.testing.assert_array_equal(mask.read(1), column_mask(40, 30, 20))
+    plain_id = upload(client).json()["id"]  # a PNG: a TIFF mask, but nowhere on the map
+    client.post(f"/api/v1/images/{plain_id}/segmentation")
+    plain = client.get(f"/api/v1/images/{plain_id}/mask", params={"format": "geotiff"})
+    assert plain.headers["x-georeferenced"] == "false"
+    assert client.get(f"/api/v1/images/{plain_id}/mask", params={"format": "jpeg"}).status_code == 422
+
+
 def test_evaluation_without_label_is_a_conflict(client: TestClient) -> None:
     image_id = upload(client).json()["id"]
     client.post(f"/api/v1/images/{image_id}/segmentation")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Response
@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from cropseg_core.imaging import decode_image
+from cropseg_core.geotiff import encode_tiff, georeference_of
+from cropseg_core.imaging import decode_channels, decode_image
 from cropseg_core.masks import score, vegetation_fraction
 from cropseg_core.repository import MODEL_VERSION, SegmentationRecord, binary_label, check_id
 from cropseg_core.web.errors import error_responses
@@ -134,12 +135,29 @@ def segmentations(image_id: str, repository: Repository) -> SegmentationList:
 
 
 @router.get(
-    "/mask", response_class=Response, responses={**PNG_RESPONSE, **error_responses(400, 404, 409, 422)}
+    "/mask",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "image/tiff": {}}}, **error_responses(400, 404, 409, 422)},
 )
-def mask(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Response:
-    """The predicted mask as a PNG (255 = vegetation)."""
+def mask(
+    image_id: str,
+    repository: Repository,
+    model_version: ModelVersion = None,
+    encoding: Annotated[
+        Literal["png", "geotiff"],
+        Query(alias="format", description="png, or geotiff: a TIFF with a GeoTIFF upload's georeference"),
+    ] = "png",
+) -> Response:
+    """The predicted mask as a PNG (255 = vegetation), or as a TIFF placed where a GeoTIFF upload
+    lies (``X-Georeferenced`` says whether the upload had a georeference)."""
     segmentation, png = repository.mask(image_id, model_version)
-    return Response(png, media_type="image/png", headers=_model_headers(segmentation))
+    headers = _model_headers(segmentation)
+    if encoding == "png":
+        return Response(png, media_type="image/png", headers=headers)
+    georeference = georeference_of(repository.image_bytes(repository.get(image_id)))
+    tiff = encode_tiff(decode_channels(png).pixels[..., 0], georeference)
+    headers["X-Georeferenced"] = "true" if georeference else "false"
+    return Response(tiff, media_type="image/tiff", headers=headers)
 
 
 @router.get(
