@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cropseg_batch.batch import BatchError, Options, open_location, run_local, run_shard
-from cropseg_batch.raster import WINDOW, RasterError, RasterModel, segment_raster
+from cropseg_batch.raster import WINDOW, RasterError, RasterModel, release_large_allocations, segment_raster
 from cropseg_core.bands import LAYOUTS, LayoutError
 from cropseg_core.log import configure_logging
 from cropseg_core.pipeline import ScaleError
@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
     raster.add_argument("--bands", type=_bands, help="raster bands (from 1) holding the layout's "
                         "channels, e.g. 3,2,1,5 for rgbn from a B,G,R,RedEdge,NIR camera; default: all "
                         "but alpha")  # fmt: skip
-    raster.add_argument("--window", type=int, default=WINDOW, help="window side in pixels (multiple of 512)")
+    raster.add_argument("--window", type=int, default=WINDOW,
+                        help="largest window read, margins included, in px (a multiple of 512)")  # fmt: skip
     raster.add_argument("--report", type=Path, help="also write what was done as JSON")
 
     batch = commands.add_parser("batch", help="segment every image and raster under an S3 prefix or folder")
@@ -90,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    release_large_allocations()
     configure_logging(os.environ.get("CROPSEG_LOG_LEVEL", "WARNING"), "text")
     try:
         if args.command == "segment-raster":

@@ -3,8 +3,9 @@ its size.
 
 An orthomosaic from OpenDroneMap, Pix4D or Agisoft is a GeoTIFF of tens of thousands of
 pixels a side with a coordinate reference system, a geotransform and no data outside the
-field (an alpha band or a nodata value). It is read in windows of ``window`` pixels plus a
-margin on every side, each window goes through the core segmentation pipeline
+field (an alpha band or a nodata value). It is read in windows of at most ``window`` pixels
+a side: a core (a multiple of the 512-px output blocks) plus a margin on every side. Each
+window goes through the core segmentation pipeline
 (:class:`cropseg_core.pipeline.Pipeline`, the one the API runs) and only its centre is
 kept: every kept pixel saw at least half the pipeline's tile overlap of context, as inside
 one image, so windows leave no seam. Written as they are done:
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import functools
 import io
 import json
@@ -47,7 +49,7 @@ from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from cropseg_core.bands import Layout, display_rgb, get_layout, to_model_bands
+from cropseg_core.bands import MODEL_BANDS, Layout, display_rgb, get_layout, to_model_bands
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import encode_png, overlay
 from cropseg_core.pipeline import Pipeline, PipelineConfig, working_scale
@@ -60,11 +62,33 @@ R = TypeVar("R")
 BLOCK = 512
 """Block size of the output (and the window grid): 512 px, as COGs use."""
 WINDOW = 4 * BLOCK
-"""Side of the part of a window that is kept (the window reads a margin around it)."""
+"""Largest side of a window as read, margins included: what bounds memory, whatever the scale."""
 PREVIEW_SIDE = 1024
 SOIL, VEGETATION, NODATA = 0, 1, 255
+GDAL_CACHE_MB = 16
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+try:
+    _GLIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc (musl, macOS): its allocator is left as it is
+    _GLIBC = None
+"""GDAL's block cache: a window's blocks and the output's, not the raster's."""
 AUTO_SAMPLE = 2048
 """Side of the central window the automatic working scale is measured on."""
+
+
+def release_large_allocations() -> None:
+    """Have glibc serve allocations of 1 MiB and more with mmap, given back when freed. By default
+    its threshold rises with every large free, so windows' freed arrays piled up in the heap and
+    the peak crept up by ~130 MiB over an 8k raster; with it, the peak is a window's. Called by
+    the command line (it is process-wide); a no-op where libc is not glibc."""
+    if _GLIBC is not None:
+        _GLIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+
+
+def _trim_heap() -> None:
+    """Return the heap's free pages after a window (what smaller allocations left, ~20 MiB)."""
+    if _GLIBC is not None:
+        _GLIBC.malloc_trim(0)
 
 
 class RasterError(ValueError):
@@ -112,6 +136,11 @@ class RasterModel:
         segmenter = OnnxSegmenter(model_path, intra_op_threads=intra_op_threads)
         info = segmenter.load()
         pipeline = Pipeline(PipelineConfig(model_gsd_mm=info.working_gsd_mm))
+        # Warm up as the inference service does: ONNX Runtime sizes its memory arena over the first
+        # two runs of a shape, so a raster's first windows would otherwise raise its peak.
+        side = pipeline.config.tile_size
+        for _ in range(2):
+            segmenter.predict(np.zeros((side, side, len(MODEL_BANDS)), np.uint8))
         return cls(segmenter, pipeline, info.threshold if threshold is None else threshold)
 
 
@@ -126,33 +155,41 @@ class _Grid:
     data: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.vegetation = np.zeros(self.rows * self.cols, np.int64)
-        self.data = np.zeros(self.rows * self.cols, np.int64)
+        self.vegetation = np.zeros((self.rows, self.cols), np.int64)
+        self.data = np.zeros((self.rows, self.cols), np.int64)
 
     def add(self, row_off: int, col_off: int, classes: np.ndarray) -> None:
-        height, width = classes.shape
-        cell_rows = ((row_off + np.arange(height)) / self.cell_px).astype(np.int64)
-        cell_cols = ((col_off + np.arange(width)) / self.cell_px).astype(np.int64)
-        cells = (cell_rows[:, None] * self.cols + cell_cols[None, :]).ravel()
-        flat = classes.ravel()
-        size = self.rows * self.cols
-        self.data += np.bincount(cells, weights=flat != NODATA, minlength=size).astype(np.int64)
-        self.vegetation += np.bincount(cells, weights=flat == VEGETATION, minlength=size).astype(np.int64)
+        """Count a window's pixels into its cells: summed over each cell's run of rows, then of
+        columns (a few bytes a pixel, not an index per pixel)."""
+        rows, row_starts = self._runs(row_off, classes.shape[0])
+        cols, col_starts = self._runs(col_off, classes.shape[1])
+        for counts, selected in ((self.data, classes != NODATA), (self.vegetation, classes == VEGETATION)):
+            per_cell = np.add.reduceat(np.add.reduceat(selected, row_starts, axis=0, dtype=np.int64),
+                                       col_starts, axis=1)  # fmt: skip
+            counts[np.ix_(rows, cols)] += per_cell
+
+    def _runs(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cells a window's rows (or columns) fall in, and where each cell's run starts."""
+        cells = ((offset + np.arange(length)) / self.cell_px).astype(np.int64)
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(cells)) + 1])
+        return cells[starts], starts
 
 
-def _quiet_about_georeference(function: Callable[P, R]) -> Callable[P, R]:
-    """Without georeference rasterio warns on every open and write; the report says it once."""
+def _bounded_gdal(function: Callable[P, R]) -> Callable[P, R]:
+    """Run ``function`` with GDAL's block cache capped (by default GDAL may cache 5 % of the
+    machine's memory: 1.2 GB here, and peak memory grew with the raster) and without rasterio's
+    warning on every open of a raster without georeference (the report says it once)."""
 
     @functools.wraps(function)
-    def quiet(*args: P.args, **kwargs: P.kwargs) -> R:
-        with warnings.catch_warnings():
+    def bounded(*args: P.args, **kwargs: P.kwargs) -> R:
+        with warnings.catch_warnings(), rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return function(*args, **kwargs)
 
-    return quiet
+    return bounded
 
 
-@_quiet_about_georeference
+@_bounded_gdal
 def segment_raster(
     source: Path,
     output: Path,
@@ -195,7 +232,12 @@ def segment_raster(
         stride = max(1, math.ceil(max(dataset.width, dataset.height) / PREVIEW_SIDE))
         preview = np.full((-(-dataset.height // stride), -(-dataset.width // stride), 3), 255, np.uint8)
         vegetation = data = 0
-        windows = list(_window_grid(dataset.width, dataset.height, window))
+        # The margin is read at full resolution: the smaller the working scale, the wider it is,
+        # so the core shrinks to keep the read window (the memory) the same. A raster that fits
+        # in one window is read whole (no margin needed).
+        fits = max(dataset.width, dataset.height) <= window
+        core_side = window if fits else max(BLOCK, (window - 2 * margin) // BLOCK * BLOCK)
+        windows = list(_window_grid(dataset.width, dataset.height, core_side))
         with _written_beside(output) as mask_path:
             profile = {
                 "driver": "GTiff", "width": dataset.width, "height": dataset.height, "count": 1,
@@ -214,6 +256,8 @@ def segment_raster(
                     if grid is not None:
                         grid.add(int(core.row_off), int(core.col_off), classes)
                     _add_to_preview(preview, stride, core, channels, classes, sensor)
+                    del classes, channels
+                    _trim_heap()
             if georeferenced:
                 _to_cog(mask_path)
         outputs = {"mask": str(output)}
@@ -334,7 +378,8 @@ def _segment_window(
     segmentation = model.pipeline.run(
         model.segmenter.predict, channels, model.threshold, layout, scale=factor
     )
-    classes = np.where(valid, np.where(segmentation.mask > 0, VEGETATION, SOIL), NODATA).astype(np.uint8)
+    classes = np.full(valid.shape, NODATA, np.uint8)
+    classes[valid] = (segmentation.mask[valid] > 0).astype(np.uint8)  # SOIL 0, VEGETATION 1
     return np.ascontiguousarray(classes[inner]), channels[inner]
 
 
@@ -383,19 +428,18 @@ def _to_cog(path: Path) -> None:
 
 def _write_cover(output: Path, dataset: rasterio.DatasetReader, grid: _Grid) -> dict[str, str]:
     """Cover per cell as CSV (raster CRS) and GeoJSON (WGS 84), for cells with data."""
-    rows, cols = np.divmod(np.flatnonzero(grid.data), grid.cols)
-    cells = rows * grid.cols + cols
+    rows, cols = np.nonzero(grid.data)
     transform = dataset.transform
     x0, y0 = transform @ (cols * grid.cell_px, rows * grid.cell_px)
     x1, y1 = transform @ (np.minimum((cols + 1) * grid.cell_px, dataset.width),
                           np.minimum((rows + 1) * grid.cell_px, dataset.height))  # fmt: skip
     pixel_m = _pixel_size_m(dataset)
-    cover = grid.vegetation[cells] / grid.data[cells]
-    area_m2 = grid.data[cells] * pixel_m**2
+    cover = grid.vegetation[rows, cols] / grid.data[rows, cols]
+    area_m2 = grid.data[rows, cols] * pixel_m**2
     text = io.StringIO()
     writer = csv.writer(text)
     writer.writerow(["row", "col", "x_min", "y_min", "x_max", "y_max", "vegetation_cover", "data_area_m2"])
-    for i in range(len(cells)):
+    for i in range(len(rows)):
         writer.writerow([rows[i], cols[i], f"{min(x0[i], x1[i]):.3f}", f"{min(y0[i], y1[i]):.3f}",
                          f"{max(x0[i], x1[i]):.3f}", f"{max(y0[i], y1[i]):.3f}", f"{cover[i]:.4f}",
                          f"{area_m2[i]:.2f}"])  # fmt: skip
@@ -405,7 +449,7 @@ def _write_cover(output: Path, dataset: rasterio.DatasetReader, grid: _Grid) -> 
     corners_x = np.stack([x0, x1, x1, x0, x0], axis=1).ravel()
     corners_y = np.stack([y0, y0, y1, y1, y0], axis=1).ravel()
     lon, lat = transform_points(dataset.crs, "EPSG:4326", corners_x.tolist(), corners_y.tolist())
-    ring = np.stack([np.round(lon, 8), np.round(lat, 8)], axis=1).reshape(len(cells), 5, 2)
+    ring = np.stack([np.round(lon, 8), np.round(lat, 8)], axis=1).reshape(len(rows), 5, 2)
     features = [
         {
             "type": "Feature",
@@ -417,7 +461,7 @@ def _write_cover(output: Path, dataset: rasterio.DatasetReader, grid: _Grid) -> 
                 "data_area_m2": round(float(area_m2[i]), 2),
             },
         }
-        for i in range(len(cells))
+        for i in range(len(rows))
     ]
     geojson_path = output.with_name(output.stem + ".cover.geojson")
     collection = {"type": "FeatureCollection", "features": features}
