@@ -216,11 +216,11 @@ def segment_raster(
         raise RasterError(f"cannot read {source.name} as a raster: {e}") from e
     with dataset:
         band_list = _bands(dataset, sensor, bands)
-        warnings: list[str] = []
+        cautions: list[str] = []
         georeferenced = dataset.crs is not None and not dataset.transform.is_identity
         pixel_m = _pixel_size_m(dataset) if georeferenced else None
         if not georeferenced:
-            warnings.append(
+            cautions.append(
                 f"{source.name} has no georeference (CRS and geotransform): the mask is a plain TIFF "
                 "without one, and there is no cover per grid cell"
             )
@@ -266,8 +266,8 @@ def segment_raster(
         outputs["preview"] = str(preview_path)
         if grid is not None:
             outputs.update(_write_cover(output, dataset, grid))
-        for warning in warnings:
-            log.warning("%s", warning)
+        for caution in cautions:
+            log.warning("%s", caution)
         return RasterReport(
             source=str(source),
             width=dataset.width,
@@ -281,7 +281,7 @@ def segment_raster(
             data_fraction=data / (dataset.width * dataset.height),
             outputs=outputs,
             seconds=time.perf_counter() - started,
-            warnings=warnings,
+            warnings=cautions,
         )
 
 
