@@ -46,7 +46,14 @@ from cropseg_core.bands import LayoutError, get_layout, picture
 from cropseg_core.imaging import ImageDecodeError, decode_channels
 from cropseg_core.masks import encode_png, overlay
 from cropseg_core.pipeline import ScaleError
-from cropseg_core.store import BlobNotFoundError, BlobStore, S3Settings, StoreError, encode_json
+from cropseg_core.store import (
+    BlobNotFoundError,
+    BlobStore,
+    InvalidKeyError,
+    S3Settings,
+    StoreError,
+    encode_json,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,7 +117,7 @@ def retrying(action: Callable[[], T], what: str) -> T:
     for attempt in range(ATTEMPTS):
         try:
             return action()
-        except BlobNotFoundError:
+        except (BlobNotFoundError, InvalidKeyError):  # not transient: retrying cannot help
             raise
         except StoreError as e:
             if attempt == ATTEMPTS - 1:
@@ -193,6 +200,10 @@ def process(
             retrying(lambda: source.download(key, local), f"downloading {key}")
         except BlobNotFoundError:
             return record | {"status": "failed", "error": f"{key} is no longer in the input", "seconds": 0.0}
+        except InvalidKeyError:
+            error = (f"the key {key!r} has characters cropseg does not read (it takes letters, digits and "
+                     "- _ . = /): rename the file")  # fmt: skip
+            return record | {"status": "failed", "error": error, "seconds": 0.0}
         digest = _file_digest(local)
         result_key = f"outputs/{digest}/result.json"
         record["sha256"] = digest

@@ -130,10 +130,12 @@ def test_a_folder_batch_and_its_command_line_errors(
     season_of_two = [field_block(700, 700 + 50 * i, 64, 64, 2048, seed=i)[..., :3] for i in range(2)]
     for index, pixels in enumerate(season_of_two):
         source.put(f"photo-{index}.png", encode_png(pixels))
-    assert (
-        main(["batch", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(MODEL)]) == 0
-    )
-    assert "2 inputs: 2 ok, 0 failed" in capsys.readouterr().out
+    (tmp_path / "in/photo 2.png").write_bytes(encode_png(season_of_two[0]))  # a key S3 allows, cropseg not
+    command = ["batch", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(MODEL)]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "3 inputs: 2 ok, 1 failed" in printed
+    assert "failed: photo 2.png: the key 'photo 2.png' has characters cropseg does not read" in printed
     assert (tmp_path / "out/summary.csv").is_file()
     with pytest.raises(SystemExit):
         main(["batch", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--shard", "4/4"])
