@@ -157,8 +157,6 @@ def run_shard(
     options: Options,
     index: int,
     count: int,
-    *,
-    progress: Callable[[dict[str, Any]], None] = lambda record: None,
 ) -> list[dict[str, Any]]:
     """Worker ``index`` of ``count``: its share of the manifest; then the summary when every
     shard is done. Returns the records of its share."""
@@ -172,12 +170,10 @@ def run_shard(
             done = retrying(partial(output.get_json, record_key), f"reading {record_key}")
             if done.get("status") == "ok":
                 records.append(done)
-                progress(done)
                 continue
         record = process(source, output, model, options, entry)
         retrying(partial(output.put_json, record_key, record), f"writing {record_key}")
         records.append(record)
-        progress(record)
     retrying(
         lambda: output.put_json(f"shards/{index}-of-{count}.json", {"files": len(records)}),
         "writing the shard mark",
