@@ -48,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(config)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Runs on the main thread between two bytecodes, possibly inside print_line: taking its
+        # lock or printing here could deadlock (a second Ctrl-C once hung so), so the first signal
+        # only sets the flag (the main thread says it) and the second writes straight to the fd.
         if stack.stopping.is_set():  # the second Ctrl-C: no more waiting
-            print_line("stack", "stopping now: killing every service")
+            os.write(sys.stdout.fileno(), f"{'stack':<13}| stopping now: killing every service\n".encode())
             stack.kill()
             os._exit(130)
-        print_line("stack", "stopping: finishing requests in flight (Ctrl-C again to kill at once)")
         stack.stopping.set()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reason = stack.wait()
     finally:
+        if stack.stopping.is_set():
+            print_line("stack", "stopping: finishing requests in flight (Ctrl-C again to kill at once)")
         stack.stop()
     if reason:
         print(f"cropseg-stack: {reason}", file=sys.stderr)

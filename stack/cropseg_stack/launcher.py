@@ -225,7 +225,7 @@ class Stack:
     def kill(self) -> None:
         """SIGKILL every service now (a second Ctrl-C)."""
         self.stopping.set()
-        for process in self.processes.values():
+        for process in list(self.processes.values()):
             if process.poll() is None:
                 process.kill()
 
