@@ -316,7 +316,7 @@ async function showReport(id) {
         || data.reason || "–" })));
     const plots = (report.plots || []).map((plot) => element("figure", {},
       element("img", { src: plot.url, alt: plot.name, loading: "lazy" }), element("figcaption", { text: plot.name })));
-    detail.replaceChildren(
+    detail.replaceChildren(...[  // a part a report lacks is null: left out (replaceChildren would write "null")
       element("p", {}, element("span", { class: `badge ${report.status}`, text: report.status.replace("_", " ") }),
         " ", report.summary || ""),
       rows.length ? element("table", {}, element("thead", {}, element("tr", {},
@@ -326,7 +326,7 @@ async function showReport(id) {
       report.links && report.links.html
         ? element("p", {}, element("a", { class: "button-link", href: report.links.html, target: "_blank", rel: "noopener", text: "Open the full HTML report ↗" }))
         : null,
-    );
+    ].filter(Boolean));
   } catch (e) {
     detail.replaceChildren(element("p", { class: "muted", text: e.message }));
   }
