@@ -122,7 +122,6 @@ class MicroBatcher:
         for start in range(0, len(tiles), self.max_chunk):
             chunk = list(tiles[start : start + self.max_chunk])
             futures = self.submit(chunk) if start == 0 else await self._submit_when_room(chunk)
-            del chunk
             try:
                 for offset, result in enumerate(await asyncio.gather(*futures)):
                     deliver(start + offset, result)
