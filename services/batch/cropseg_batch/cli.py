@@ -19,9 +19,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cropseg_batch.batch import BatchError, Options, open_location, run_local, run_shard
-from cropseg_batch.raster import WINDOW, RasterError, RasterModel, release_large_allocations, segment_raster
+from cropseg_batch.raster import WINDOW, RasterError, RasterModel, segment_raster
 from cropseg_core.bands import LAYOUTS, LayoutError
 from cropseg_core.log import configure_logging
+from cropseg_core.memory import release_large_allocations
 from cropseg_core.pipeline import ScaleError
 
 DEFAULT_MODEL = Path(os.environ.get("CROPSEG_MODEL", "model/artifacts/cropseg-unet.onnx"))

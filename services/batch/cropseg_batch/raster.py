@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
 import functools
 import io
 import json
@@ -52,6 +51,7 @@ from tqdm import tqdm
 from cropseg_core.bands import MODEL_BANDS, Layout, display_rgb, get_layout, to_model_bands
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import encode_png, overlay
+from cropseg_core.memory import trim_heap
 from cropseg_core.pipeline import Pipeline, PipelineConfig, working_scale
 from cropseg_core.segmenter import OnnxSegmenter
 
@@ -66,29 +66,9 @@ WINDOW = 4 * BLOCK
 PREVIEW_SIDE = 1024
 SOIL, VEGETATION, NODATA = 0, 1, 255
 GDAL_CACHE_MB = 16
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-try:
-    _GLIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
-except OSError:  # not glibc (musl, macOS): its allocator is left as it is
-    _GLIBC = None
 """GDAL's block cache: a window's blocks and the output's, not the raster's."""
 AUTO_SAMPLE = 2048
 """Side of the central window the automatic working scale is measured on."""
-
-
-def release_large_allocations() -> None:
-    """Have glibc serve allocations of 1 MiB and more with mmap, given back when freed. By default
-    its threshold rises with every large free, so windows' freed arrays piled up in the heap and
-    the peak crept up by ~130 MiB over an 8k raster; with it, the peak is a window's. Called by
-    the command line (it is process-wide); a no-op where libc is not glibc."""
-    if _GLIBC is not None:
-        _GLIBC.mallopt(M_MMAP_THRESHOLD, 1 << 20)
-
-
-def _trim_heap() -> None:
-    """Return the heap's free pages after a window (what smaller allocations left, ~20 MiB)."""
-    if _GLIBC is not None:
-        _GLIBC.malloc_trim(0)
 
 
 class RasterError(ValueError):
@@ -257,7 +237,7 @@ def segment_raster(
                         grid.add(int(core.row_off), int(core.col_off), classes)
                     _add_to_preview(preview, stride, core, channels, classes, sensor)
                     del classes, channels
-                    _trim_heap()
+                    trim_heap()  # what a window's smaller allocations left, ~20 MiB
             if georeferenced:
                 _to_cog(mask_path)
         outputs = {"mask": str(output)}

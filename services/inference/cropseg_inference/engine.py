@@ -122,6 +122,7 @@ class SegmentationEngine:
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
             max_queue=self.settings.max_queue_tiles,
+            max_queue_wait_s=self.settings.max_queue_wait_s,
             on_batch=self._observe_batch,
             on_depth=self.metrics.queue_depth.set,
         )

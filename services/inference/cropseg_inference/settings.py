@@ -51,6 +51,10 @@ class InferenceSettings(ServiceSettings):
     what is already queued, never wait)."""
     max_queue_tiles: int = Field(default=128, ge=1)
     """When this many tiles are waiting, new requests get 503 with Retry-After at once."""
+    max_queue_wait_s: float = Field(default=1.5, ge=0, le=600)
+    """A new request that would wait longer than this before its first tile runs (tiles ahead
+    of it times the recent seconds per tile) gets 503 with Retry-After at once: overload is
+    shed early and admitted requests keep a bounded latency (0 = bounded by tiles only)."""
     max_tensor_request_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     """Largest Open Inference Protocol request body (JSON or binary tensors), in bytes."""
     retry_after_s: int = Field(default=1, ge=1)

@@ -185,3 +185,34 @@ def test_a_request_larger_than_the_queue_runs_in_chunks_and_small_ones_get_in_be
     waited = [position - queued for position, queued in zip(positions, queued_after, strict=True)]
     assert max(waited) <= 4 + 1 + 4, (waited, order)
     assert positions[-1] < 30, order
+
+
+def test_a_new_request_is_refused_when_the_work_ahead_would_keep_it_waiting_too_long() -> None:
+    """Shedding by time: 0.05 s per tile and a 0.3 s bound. An admitted request's later chunks
+    still queue however long the queue (it was promised an answer)."""
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.05)
+        return batch.sum(axis=-1).astype(np.float32)
+
+    async def main() -> None:
+        batcher = MicroBatcher(model, max_batch_size=1, max_wait_s=0, max_queue=64, max_chunk=4,
+                               max_queue_wait_s=0.3)  # fmt: skip
+        batcher.start()
+        tile = np.zeros((2, 2, 3), np.uint8)
+        await batcher.run([tile])  # learns the cost of a tile
+        assert 0.04 < batcher.tile_s < 0.1
+        assert batcher.expected_wait_s == 0
+        large = asyncio.ensure_future(batcher.run([tile] * 12))  # three chunks of 4
+        await asyncio.sleep(0.01)
+        block = asyncio.ensure_future(batcher.run([tile] * 4))  # ~3 tiles ahead: ~0.15 s, admitted
+        more = asyncio.ensure_future(batcher.run([tile] * 4))  # ~7 ahead: ~0.35 s, over the bound
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFullError, match=r"7 tiles wait, about 0\.\d+ s of work \(limit 0\.3 s\)"):
+            await more
+        assert len(await large) == 12  # its second chunk queued behind the block all the same
+        assert len(await block) == 4
+        assert await batcher.run([tile]), "admitted again once the queue has drained"
+        await batcher.stop()
+
+    asyncio.run(main())

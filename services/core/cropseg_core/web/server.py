@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cropseg_core.log import configure_logging
+from cropseg_core.memory import release_large_allocations
 from cropseg_core.settings import ConnectionLimits
 
 S = TypeVar("S", bound="Served")
@@ -116,6 +117,7 @@ class Served(Protocol):
 def serve_settings(create_app: Callable[[S], FastAPI], settings: S) -> None:
     """Configure logging from ``settings``, build the app and serve it until a signal."""
     configure_logging(settings.log_level, settings.log_format)
+    release_large_allocations()  # a large request's arrays go back to the system when it ends
     serve(
         create_app(settings),
         host=settings.host,

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.geotiff import encode_tiff, georeference_of
-from cropseg_core.imaging import decode_channels, decode_image
+from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import score, vegetation_fraction
 from cropseg_core.repository import MODEL_VERSION, SegmentationRecord, binary_label, check_id
 from cropseg_core.web.errors import error_responses
@@ -173,9 +173,10 @@ def overlay_image(image_id: str, repository: Repository, model_version: ModelVer
 def evaluation(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Evaluation:
     """Pixel accuracy and IoU of the stored mask against the label (the seed's ``/metrics``)."""
     check_id(image_id)
-    label = binary_label(decode_image(repository.label(image_id), repository.limits))
+    # Both are single-band PNGs this service wrote: decoded as stored, not widened to RGB.
+    label = binary_label(decode_channels(repository.label(image_id), repository.limits))
     segmentation, png = repository.mask(image_id, model_version)
-    predicted = decode_image(png, repository.limits).pixels[..., 0]
+    predicted = decode_channels(png, repository.limits).pixels[..., 0]
     result = score(predicted, label)
     return Evaluation(
         image_id=image_id,
