@@ -34,7 +34,7 @@ TRAIN_STEPS ?= 3600
 FINETUNE_STEPS ?= 1500
 EVAL_TILES ?= 150
 
-.PHONY: up drift experiment demo bench bench-images bench-memory bench-rasters loadtest k8s images test-images test lint typecheck pytest system-deps model clean help
+.PHONY: up drift experiment demo bench bench-images bench-memory bench-peers bench-rasters loadtest k8s images test-images test lint typecheck pytest system-deps model clean help
 
 help:
 	@echo "make up     set up .venv and run cropseg: web UI :8002, inference :8001, drift monitor :8003 (a drift"
@@ -43,6 +43,7 @@ help:
 	@echo "make experiment  the seed's brightness drift experiment on 7,100 tiles"
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
 	@echo "make bench  inference, model latency, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
+	@echo "make bench-peers  cropseg vs bare FastAPI, LitServe, BentoML, MLServer, KServe, Ray Serve -> docs/performance.md"
 	@echo "make bench-memory  peak RSS of each route's largest request vs the chart's limits -> docs/performance.md"
 	@echo "make bench-rasters  time per megapixel and peak RSS of segment-raster on 2k, 8k, 32k rasters -> docs/batch.md"
 	@echo "make bench-images  image sizes, start to ready, compose to healthy -> docs/containers.md"
@@ -99,6 +100,11 @@ bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/cold_start.py --write docs/performance.md
 
 # Peak RSS of each route's largest request against the chart's memory limits (docs/performance.md).
+# Each peer in a virtualenv of its own under var/peers/ (built from PyPI on the first run, ~5 min).
+bench-peers: $(VENV)/.dev
+	$(BIN)/python benchmarks/peers/peers.py setup
+	$(BIN)/python benchmarks/peers/bench.py --write docs/performance.md
+
 bench-memory: $(VENV)/.dev
 	$(BIN)/python benchmarks/memory.py --write docs/performance.md
 

@@ -106,6 +106,15 @@ class MicroBatcher:
         """How long a tile queued now would wait before its batch starts (an estimate)."""
         return len(self._queue) * self.tile_s
 
+    def check_wait(self) -> None:
+        """QueueFullError when a new request would wait longer than ``max_queue_wait_s``: callers
+        ask before they read and decode a request, so that shedding it costs next to nothing."""
+        if self.max_queue_wait_s and (wait := self.expected_wait_s) > self.max_queue_wait_s:
+            raise QueueFullError(
+                f"{len(self._queue)} tiles wait, about {wait:.1f} s of work "
+                f"(limit {self.max_queue_wait_s:g} s)"
+            )
+
     def submit(self, arrays: list[np.ndarray], *, admit: bool = True) -> list[asyncio.Future[TileResult]]:
         """Queue ``arrays``: all of them, or none when they do not all fit. ``admit``: a new
         request, also refused when the work ahead of it would keep it waiting too long (an
@@ -117,11 +126,8 @@ class MicroBatcher:
             raise QueueFullError(
                 f"{waiting} tiles wait, {len(arrays)} more do not fit (limit {self.max_queue})"
             )
-        if admit and self.max_queue_wait_s and (wait := self.expected_wait_s) > self.max_queue_wait_s:
-            raise QueueFullError(
-                f"{len(self._queue)} tiles wait, about {wait:.1f} s of work "
-                f"(limit {self.max_queue_wait_s:g} s)"
-            )
+        if admit:
+            self.check_wait()
         loop = asyncio.get_running_loop()
         pending = [_Pending(array, loop.create_future()) for array in arrays]
         self._queue.extend(pending)

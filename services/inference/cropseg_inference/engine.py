@@ -168,14 +168,27 @@ class SegmentationEngine:
         try:
             await self._batcher.feed(tiles, take)
         except QueueFullError as e:
-            self.metrics.rejected.inc()
-            raise UnavailableError(
-                f"the service is at capacity ({e}); retry after {self.settings.retry_after_s} s",
-                retry_after_s=self.settings.retry_after_s,
-            ) from e
+            raise self._at_capacity(e) from e
         except BatcherStoppedError as e:
             raise UnavailableError(str(e), retry_after_s=self.settings.retry_after_s) from e
         return queued_s
+
+    def admit(self) -> None:
+        """Refuse a new request at once (UnavailableError, 503) while the model warms up or when
+        the work already queued would keep it waiting too long: called before its body is read."""
+        if not self.ready or self._batcher is None:
+            raise UnavailableError("the model is warming up", retry_after_s=self.settings.retry_after_s)
+        try:
+            self._batcher.check_wait()
+        except QueueFullError as e:
+            raise self._at_capacity(e) from e
+
+    def _at_capacity(self, error: QueueFullError) -> UnavailableError:
+        self.metrics.rejected.inc()
+        return UnavailableError(
+            f"the service is at capacity ({error}); retry after {self.settings.retry_after_s} s",
+            retry_after_s=self.settings.retry_after_s,
+        )
 
     async def segment(
         self,

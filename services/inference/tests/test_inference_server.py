@@ -92,6 +92,30 @@ def test_full_queue_answers_503_with_retry_after_at_once(field_tile: np.ndarray)
         assert f"cropseg_inference_rejected_total {float(len(shed))}" in metrics
 
 
+def test_overload_is_shed_by_time_before_a_request_is_read(field_tile: np.ndarray) -> None:
+    """25 tiles queued are seconds of work, over a 0.5 s bound: a new request is refused before its
+    body is read or parsed (a body that is no image gets 503, not 415); once the queue has
+    drained, requests are read and judged again."""
+    body = large_png(field_tile, 1800)
+    png_type = {"content-type": "image/png"}
+    with running_service(max_queue_wait_s="0.5") as (_, url), ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{url}/api/v1/segment", content=body, headers=png_type, timeout=60)
+        deadline = time.monotonic() + 10
+        while not re.search(r"cropseg_inference_queue_depth (1\d|2\d)\.0", httpx.get(f"{url}/metrics").text):
+            assert time.monotonic() < deadline, "the large request never queued its tiles"
+            time.sleep(0.01)
+        refused = httpx.post(f"{url}/api/v1/segment", content=b"no image", headers=png_type)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "1"
+        assert re.search(r"about \d+\.\d s of work \(limit 0\.5 s\)", refused.json()["error"]["message"])
+        oip = httpx.post(
+            f"{url}/v2/models/cropseg-unet/infer", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert oip.status_code == 503
+        assert pending.result(timeout=60).status_code == 200
+        assert httpx.post(f"{url}/api/v1/segment", content=b"no image", headers=png_type).status_code == 415
+
+
 def test_missing_model_stops_start_up_with_a_clear_message() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cropseg_inference", "--model", "/nonexistent/model.onnx"],

@@ -117,6 +117,7 @@ async def segment(
 ) -> Response:
     try:
         sensor = get_layout(layout)
+        engine.admit()  # shed before the body is read and decoded
         data = await read_upload(request, settings.image_limits.max_bytes, accepted=IMAGE_TYPES)
         started = time.perf_counter()
         decoded = await run_in_threadpool(decode_channels, data, settings.image_limits)

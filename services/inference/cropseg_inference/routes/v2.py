@@ -365,6 +365,7 @@ async def infer(
 ) -> Response:
     try:
         _check_model(engine, model_name, model_version)
+        engine.admit()  # shed before the body is read and parsed
         body = await read_limited_body(request, settings.max_tensor_request_bytes)
         inference, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
         images = input_images(inference, binary, settings.image_limits.max_pixels)
