@@ -3,9 +3,13 @@
     python loadtest/report.py                              # print the tables
     python loadtest/report.py --write docs/performance.md  # and replace the load-test section
 
+    python loadtest/report.py --write docs/performance.md --only mix   # the realistic-mix section only
+
 Reads ``summary.json`` and ``memory.csv`` of the newest run of each profile under
-reports/locust/ (``loadtest/run.py`` writes them) and draws the longevity run's memory and
-the stress run's throughput into docs/img/.
+reports/locust/ (``loadtest/run.py`` writes them) and draws the longevity run's memory, the
+stress run's throughput and the curve run's latency and shed rate into docs/img/. The
+realistic-mix section holds the newest high run (any ``--scale``) against the targets and
+the curve.
 """
 
 from __future__ import annotations
@@ -18,16 +22,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import P95_LIMITS_MS, PROFILES, REPO, stress_steps
+from run import MAX_SHED_RATIO, P95_LIMITS_MS, PROFILES, REPO, curve_steps, stress_steps
 
 START, END = "<!-- loadtest:start -->", "<!-- loadtest:end -->"
+MIX_START, MIX_END = "<!-- mix:start -->", "<!-- mix:end -->"
 SEED = {  # the seed's results (section 8 of its report): failures, and failure rate as printed
     "baseline": "1 of 981 (0%)",
     "moderate": "11 of 2,873 (0%)",
     "high": "14%",
     "longevity": "6%",
 }
-NAMES = ["info", "gallery", "image", "upload", "segment", "evaluation"]
+NAMES = ["page", "info", "gallery", "image", "upload", "segment", "evaluation"]
 
 
 def newest(reports: Path, profile: str) -> Path | None:
@@ -228,21 +233,94 @@ def section(reports: Path, images: Path) -> str:
     return "\n".join(lines)
 
 
+def mix_section(reports: Path, images: Path) -> str:
+    """The newest high run against the targets, and the curve: users -> p50/p95 -> shed rate."""
+    lines = []
+    high = newest(reports, "high")
+    if high is not None:
+        run = json.loads((high / "summary.json").read_text())
+        total = next(row for row in run["requests"] if row["Name"] == "Aggregated")
+        count = int(total["Request Count"])
+        lines += [
+            f"The mix at 50 users (`.venv/bin/python loadtest/run.py high --scale {run['scale']:g}`: "
+            f"{minutes(run['duration_s'] * run['scale'])}, {run['started']}, {run.get('commit')}): "
+            f"{count:,} requests, **{run['shed']} shed ({run['shed'] / count:.2%}**, target at most "
+            f"{MAX_SHED_RATIO:.0%}), failures other than shedding: {sum(run['other_failures'].values())}; "
+            f"exit code {run['exit_code']} (1 when a target is broken).",
+            "",
+            "| request | count | p50 ms | p95 ms | p95 target ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for request in NAMES:
+            row = next((r for r in run["requests"] if r["Name"] == request), None)
+            if row is not None:
+                lines.append(f"| {request} | {int(row['Request Count']):,} | {row['Median Response Time']} "
+                             f"| {row['95%']} | {P95_LIMITS_MS[request]} |")  # fmt: skip
+    curve = newest(reports, "curve")
+    if curve is not None:
+        run = json.loads((curve / "summary.json").read_text())
+        steps = curve_steps(curve / "locust_stats_history.csv")
+        lines += [
+            "",
+            f"The curve (`.venv/bin/python loadtest/run.py curve`, {run['started']}, {run.get('commit')}): "
+            "the same mix at 10 to 60 users, a minute each; per step (its first 10 s left out) requests "
+            "per second and the share shed; segmentation's p50/p95 over the step's last 10 s.",
+            "",
+            "| users | requests/s | shed | segment p50 ms | segment p95 ms |",
+            "|---:|---:|---:|---:|---:|",
+            *(f"| {step['users']} | {step['requests_per_s']:.1f} | {step['shed_ratio']:.2%} "
+              f"| {step['segment_p50_ms']:.0f} | {step['segment_p95_ms']:.0f} |" for step in steps),
+        ]  # fmt: skip
+        lines += ["", curve_plot(steps, images)]
+    return "\n".join(lines)
+
+
+def curve_plot(steps: list[dict[str, float]], images: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    images.mkdir(parents=True, exist_ok=True)
+    users = [step["users"] for step in steps]
+    figure, left = plt.subplots(figsize=(8, 3.5))
+    left.plot(users, [step["segment_p50_ms"] / 1000 for step in steps], "o-", label="segment p50")
+    left.plot(users, [step["segment_p95_ms"] / 1000 for step in steps], "s-", label="segment p95")
+    left.axhline(P95_LIMITS_MS["segment"] / 1000, color="grey", linestyle="--", label="p95 target")
+    left.set(xlabel="users", ylabel="latency (s)", ylim=(0, None))
+    right = left.twinx()
+    right.bar(users, [100 * step["shed_ratio"] for step in steps], width=3, alpha=0.3, color="tab:red",
+              label="shed %")  # fmt: skip
+    right.set(ylabel="requests shed (%)", ylim=(0, max(5.0, *(100 * s["shed_ratio"] for s in steps)) * 1.2))
+    left.legend(loc="upper left")
+    right.legend(loc="upper center")
+    figure.tight_layout()
+    figure.savefig(images / "mix-curve.png", dpi=100)
+    plt.close(figure)
+    return "![Segmentation latency and share shed against users, the realistic mix](img/mix-curve.png)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reports", type=Path, default=REPO / "reports" / "locust")
-    parser.add_argument("--write", type=Path, help="replace the load-test section of this markdown file")
+    parser.add_argument("--write", type=Path, help="replace the load-test sections of this markdown file")
+    parser.add_argument("--only", choices=["profiles", "mix"], help="one section: the profiles, or the mix")
     args = parser.parse_args()
     images = (args.write.parent if args.write else REPO / "reports") / "img"
-    text = section(args.reports, images)
-    print(text)
-    if args.write:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from sections import replace_section  # type: ignore[import-not-found]
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from sections import replace_section  # type: ignore[import-not-found]
 
-        replace_section(args.write, START, END, text)
+    for name, (start, end, make) in {
+        "profiles": (START, END, section),
+        "mix": (MIX_START, MIX_END, mix_section),
+    }.items():
+        if args.only in (None, name):
+            text = make(args.reports, images)
+            print(text)
+            if args.write:
+                replace_section(args.write, start, end, text)
 
 
 if __name__ == "__main__":

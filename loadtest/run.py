@@ -165,7 +165,7 @@ def stress_steps(history: Path, settle_s: float = 10.0) -> list[dict[str, float 
     503) has no rate, only its failures.
     """
     with history.open() as handle:
-        steps = _steps(list(csv.DictReader(handle)), "segment")
+        steps = _steps(list(csv.DictReader(handle)), "Aggregated")  # segment and "segment shed"
     result: list[dict[str, float | None]] = []
     failed_before = 0
     for users, group in steps.items():

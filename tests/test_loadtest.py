@@ -4,6 +4,7 @@ but load shed with 503 + Retry-After (timings are not asserted: this machine is 
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +27,8 @@ def test_smoke_profile_has_no_failures(tmp_path: Path) -> None:
     stats = next(tmp_path.glob("smoke/*/locust_stats.csv"))
     with stats.open() as handle:
         rows = {row["Name"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"page", "info", "gallery", "image", "upload", "segment", "evaluation", "Aggregated"}
+    names = {name.removesuffix(" shed") for name in rows}  # "segment shed": answered 503 + Retry-After
+    assert names == {"page", "info", "gallery", "image", "upload", "segment", "evaluation", "Aggregated"}
     shed, others = run.failure_counts(stats.parent / "locust")
     assert not others
     assert int(rows["Aggregated"]["Failure Count"]) == shed
@@ -82,6 +84,27 @@ def test_curve_steps_give_rate_shed_share_and_segment_latency_per_user_count(tmp
     assert steps[1]["shed_ratio"] == pytest.approx(15 / 190)
     assert (steps[1]["segment_p50_ms"], steps[1]["segment_p95_ms"]) == (2000, 4000)
     assert "    20    10.0    7.89" in run.curve_table(steps)
+
+
+def test_mix_section_shows_targets_shed_share_and_the_curve(tmp_path: Path) -> None:
+    high = tmp_path / "reports" / "high" / "20261202T000000"
+    high.mkdir(parents=True)
+    requests = [
+        {"Name": "segment", "Request Count": "300", "Median Response Time": "120", "95%": "400"},
+        {"Name": "Aggregated", "Request Count": "2000", "Median Response Time": "20", "95%": "200"},
+    ]
+    summary = {"scale": 0.1, "duration_s": 1800, "started": "now", "commit": "abc", "requests": requests,
+               "shed": 4, "other_failures": {}, "exit_code": 0}  # fmt: skip
+    (high / "summary.json").write_text(json.dumps(summary))
+    curve = tmp_path / "reports" / "curve" / "20261202T000000"
+    curve.mkdir(parents=True)
+    (curve / "summary.json").write_text(json.dumps({"started": "now", "commit": "abc"}))
+    write_history(curve / "locust_stats_history.csv", [(t, 10, 6 * t, 0) for t in range(30)])
+    text = report.mix_section(tmp_path / "reports", tmp_path / "img")
+    assert "**4 shed (0.20%**" in text
+    assert "| segment | 300 | 120 | 400 | 2500 |" in text
+    assert "| 10 | 6.0 | 0.00% | 1000 | 2000 |" in text
+    assert (tmp_path / "img" / "mix-curve.png").is_file()
 
 
 def test_shed_load_is_counted_apart_from_failures(tmp_path: Path) -> None:
