@@ -44,6 +44,7 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from inference import timed  # noqa: E402
 from peers import PEERS, REPO, Peer, ensure_venv, venv_python  # noqa: E402
 from sections import replace_section  # noqa: E402
 from workload import MODEL, Workload  # noqa: E402
@@ -213,14 +214,7 @@ def baselines(tile: bytes, runs: int) -> dict[str, float]:
     results = {}
     for name, function in (("session_run", lambda: workload.segmenter.predict(bands)),
                            ("workload", lambda: workload(tile))):  # fmt: skip
-        for _ in range(3):
-            function()
-        times = []
-        for _ in range(runs):
-            started = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - started)
-        results[name] = statistics.median(times)
+        results[name] = statistics.median(timed(function, runs))
     workload.segmenter.unload()
     return results
 
