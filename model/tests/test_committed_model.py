@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cropseg_core.bands import LAYOUTS, from_model_bands
 from cropseg_core.features import PROPERTY_NAMES, load_reference_profile
@@ -136,7 +137,10 @@ def test_artifacts_are_committed_files() -> None:
 
 def test_committed_sample_tiles_are_what_the_generator_makes(tmp_path: Path) -> None:
     """model/artifacts/samples (the storage gallery's seed) is
-    ``generate --count 12 --seed 5 --layout-files``: each tile in its own layout."""
+    ``generate --count 12 --seed 5 --layout-files``: each tile in its own layout. Pixels are
+    compared, not file bytes (a PNG's compressed bytes depend on the zlib the system gives
+    Pillow), and a few image values may differ by 1 (float rounding of NumPy's vectorised maths
+    differs between CPUs); labels are exact."""
     samples = ARTIFACTS / "samples"
     lines = [json.loads(line) for line in (samples / "metadata.jsonl").read_text().splitlines()]
     assert len(lines) == 12
@@ -146,4 +150,14 @@ def test_committed_sample_tiles_are_what_the_generator_makes(tmp_path: Path) -> 
         assert made == meta
         for folder in ("images", "masks"):
             (name,) = [p.name for p in (tmp_path / folder).glob(f"{meta['name']}.*")]
-            assert (samples / folder / name).read_bytes() == (tmp_path / folder / name).read_bytes()
+            with (
+                Image.open(samples / folder / name) as committed,
+                Image.open(tmp_path / folder / name) as new,
+            ):
+                assert committed.mode == new.mode, name
+                difference = np.abs(np.asarray(committed, np.int16) - np.asarray(new, np.int16))
+            if folder == "masks":
+                assert not difference.any(), name
+            else:
+                assert difference.max() <= 1, name
+                assert np.count_nonzero(difference) <= difference.size // 10_000, name
