@@ -210,6 +210,7 @@ def curve_steps(history: Path, settle_s: float = 10.0) -> list[dict[str, float]]
     with history.open() as handle:
         rows = list(csv.DictReader(handle))
     result = []
+    segments = _steps(rows, "segment")
     for users, group in _steps(rows, "Aggregated").items():
         start = float(group[0]["Timestamp"]) + settle_s
         kept = [row for row in group if float(row["Timestamp"]) >= start]
@@ -218,7 +219,7 @@ def curve_steps(history: Path, settle_s: float = 10.0) -> list[dict[str, float]]
         first, last = kept[0], kept[-1]
         requests = int(last["Total Request Count"]) - int(first["Total Request Count"])
         failures = int(last["Total Failure Count"]) - int(first["Total Failure Count"])
-        segment = _steps(rows, "segment").get(users, [])
+        segment = segments.get(users, [])
         result.append({
             "users": users,
             "requests_per_s": requests / (float(last["Timestamp"]) - float(first["Timestamp"])),
