@@ -65,10 +65,12 @@ class OnnxSegmenter:
         *,
         intra_op_threads: int = 0,
         graph_optimization: GraphOptimization = "all",
+        thread_spinning: bool = True,
     ) -> None:
         self.path = path
         self.intra_op_threads = intra_op_threads  # 0: one thread per physical core
         self.graph_optimization = graph_optimization
+        self.thread_spinning = thread_spinning  # idle intra-op threads busy-wait for the next run
         self._session: ort.InferenceSession | None = None
         self.info: ModelInfo | None = None
 
@@ -76,6 +78,8 @@ class OnnxSegmenter:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.intra_op_threads
         options.graph_optimization_level = _GRAPH_OPTIMIZATION[self.graph_optimization]
+        spinning = "1" if self.thread_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         self._session = session

@@ -96,3 +96,16 @@ def test_tiles_without_enough_overlap_show_seams() -> None:
     image = periodic_field(1024, 1024)
     stitched = predict_tiled(segmenter, image, 512, 0)
     assert np.abs(stitched - segmenter.predict(image)).max() > 5 * ATOL
+
+
+def test_session_options_reach_onnx_runtime_and_do_not_change_the_answer() -> None:
+    tile = periodic_field(96, 128)
+    default = OnnxSegmenter(MODEL)
+    default.load()
+    tuned = OnnxSegmenter(MODEL, intra_op_threads=1, graph_optimization="basic", thread_spinning=False)
+    tuned.load()
+    assert tuned._session is not None
+    options = tuned._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 1
+    np.testing.assert_allclose(tuned.predict(tile), default.predict(tile), atol=1e-4)

@@ -73,6 +73,7 @@ class SegmentationEngine:
             settings.model_path,
             intra_op_threads=settings.intra_op_threads,
             graph_optimization=settings.graph_optimization,
+            thread_spinning=settings.thread_spinning,
         )
         self.pipeline = Pipeline()
         self._batcher: MicroBatcher | None = None

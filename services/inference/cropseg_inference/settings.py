@@ -31,6 +31,9 @@ class InferenceSettings(ServiceSettings):
     """ONNX Runtime threads per run; 0 = one per physical core (1 thread is twice as slow on 2 cores)."""
     graph_optimization: GraphOptimization = "all"
     """ONNX Runtime graph optimisation level ("all" is 1.6x faster than "basic" here)."""
+    thread_spinning: bool = True
+    """Whether ONNX Runtime's idle intra-op threads busy-wait for the next run (faster hand-over)
+    or sleep (CPU left to the rest of the pod); measured both ways in docs/performance.md."""
     tile_size: int = Field(default=512, ge=64, le=4096)
     """Images up to this many pixels a side (at their working resolution) run in one pass;
     larger ones in overlapping tiles."""
