@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
+import random
 import re
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
-from sections import replace_section
+from sections import publish
 from tqdm import tqdm
 
 from cropseg_core.bands import get_layout, to_model_bands
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "model" / "artifacts" / "cropseg-unet.onnx"
 START, END = "<!-- inference-benchmark:start -->", "<!-- inference-benchmark:end -->"
+Call = Callable[[], object]
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -53,7 +55,7 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95))}
 
 
-def timed(function: Callable[[], object], runs: int, warmup: int = 3) -> list[float]:
+def timed(function: Call, runs: int, warmup: int = 3) -> list[float]:
     for _ in range(warmup):
         function()
     times = []
@@ -62,6 +64,24 @@ def timed(function: Callable[[], object], runs: int, warmup: int = 3) -> list[fl
         function()
         times.append(time.perf_counter() - started)
     return times
+
+
+def interleaved(calls: dict[str, Call], rounds: int) -> dict[str, float]:
+    """Median milliseconds of each call, rounds shuffled so no call always follows another."""
+    timings: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    order = list(calls)
+    shuffle = random.Random(0).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            calls[name]()  # untimed: the previous call's threads may still spin
+            for _ in range(2):
+                started = time.perf_counter()
+                calls[name]()
+                timings[name].append(time.perf_counter() - started)
+    return {name: 1000 * statistics.median(values) for name, values in timings.items()}
 
 
 @contextmanager
@@ -295,12 +315,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     results = run(args.runs, args.requests)
-    table = markdown(results)
-    print(table)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    if args.write:
-        replace_section(args.write, START, END, table)
+    publish(markdown(results), results, args.json, args.write, START, END)
 
 
 if __name__ == "__main__":

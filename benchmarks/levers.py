@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -43,8 +41,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 from cropseg_inference.encoding import PNG_LEVEL
-from inference import concurrent_load, count_flops, service
-from sections import replace_section
+from inference import Call, concurrent_load, count_flops, interleaved, service
+from sections import publish
 from tqdm import tqdm
 
 from cropseg_core.bands import get_layout, to_model_bands
@@ -60,25 +58,6 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "model" / "artifacts" / "cropseg-unet.onnx"
 REAL = REPO / "model" / "data" / "real"
 START, END = "<!-- levers:start -->", "<!-- levers:end -->"
-Call = Callable[[], object]
-
-
-def interleaved(calls: dict[str, Call], rounds: int) -> dict[str, float]:
-    """Median milliseconds of each call, rounds shuffled so no call always follows another."""
-    timings: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        call()
-    order = list(calls)
-    shuffle = random.Random(0).shuffle
-    for _ in range(rounds):
-        shuffle(order)
-        for name in order:
-            calls[name]()  # untimed: the previous call's threads may still spin
-            for _ in range(2):
-                started = time.perf_counter()
-                calls[name]()
-                timings[name].append(time.perf_counter() - started)
-    return {name: 1000 * statistics.median(values) for name, values in timings.items()}
 
 
 def runner(path: Path, bands: np.ndarray, **options: Any) -> Call:
@@ -433,12 +412,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     results = run(args.rounds)
-    table = markdown(results)
-    print(table)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    if args.write:
-        replace_section(args.write, START, END, table)
+    publish(markdown(results), results, args.json, args.write, START, END)
 
 
 if __name__ == "__main__":

@@ -14,17 +14,15 @@ automatic working resolution, model, threshold) for the new one, and the ratios.
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from inference import Call, interleaved
+from sections import replace_section
+
 from cropseg_core.bands import get_layout, to_model_bands
-from cropseg_core.files import write_atomic
 from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.synth import generate_tile
@@ -48,10 +46,6 @@ def previous_model(revision: str, folder: Path) -> Path:
     return path
 
 
-def median_ms(samples: list[float]) -> float:
-    return 1000 * statistics.median(samples)
-
-
 def measure(rounds: int, revision: str) -> dict[str, float]:
     tile = generate_tile(3, 0, 360, 480)[0].rgb
     rgb = get_layout("rgb")
@@ -64,26 +58,12 @@ def measure(rounds: int, revision: str) -> dict[str, float]:
         new = OnnxSegmenter(MODEL)
         info = new.load()
         pipeline = Pipeline(PipelineConfig(model_gsd_mm=info.working_gsd_mm))
-        calls: dict[str, Callable[[], object]] = {
+        calls: dict[str, Call] = {
             "previous": lambda: old_session.run(None, {"image": tile[None]}),
             "new": lambda: new.predict(bands[None]),
             "new_pipeline": lambda: pipeline.run(new.predict, tile, info.threshold, rgb),
         }
-        timings: dict[str, list[float]] = {name: [] for name in calls}
-        for call in calls.values():  # warm-up
-            call()
-        order = list(calls)
-        shuffle = random.Random(0).shuffle
-        for _ in range(rounds):
-            shuffle(order)  # no call always runs right after another
-            for name in order:
-                call = calls[name]
-                call()  # the other session's threads may still spin for a moment: not timed
-                for _ in range(2):
-                    started = time.perf_counter()
-                    call()
-                    timings[name].append(time.perf_counter() - started)
-    result = {f"{name}_ms": median_ms(values) for name, values in timings.items()}
+        result = {f"{name}_ms": ms for name, ms in interleaved(calls, rounds).items()}
     result["ratio_model"] = result["new_ms"] / result["previous_ms"]
     result["ratio_pipeline"] = result["new_pipeline_ms"] / result["previous_ms"]
     result["rounds"] = rounds
@@ -120,11 +100,7 @@ def main() -> None:
     table = markdown(result, args.previous)
     print(table)
     if args.write:
-        text = args.write.read_text()
-        if START not in text or END not in text:
-            sys.exit(f"model_latency: {args.write} has no {START} ... {END} markers")
-        head, rest = text.split(START, 1)
-        write_atomic(args.write, f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}".encode())
+        replace_section(args.write, START, END, table)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 def replace_section(path: Path, start: str, end: str, text: str) -> None:
@@ -13,3 +15,14 @@ def replace_section(path: Path, start: str, end: str, text: str) -> None:
     before, rest = content.split(start, 1)
     after = rest.split(end, 1)[1]
     path.write_text(f"{before}{start}\n{text}\n{end}{after}")
+
+
+def publish(
+    table: str, results: Any, json_path: Path | None, write: Path | None, start: str, end: str
+) -> None:
+    """Print ``table``; keep the raw ``results`` as JSON and the table in a markdown file if asked."""
+    print(table)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
+    if write:
+        replace_section(write, start, end, table)
