@@ -324,9 +324,12 @@ def main(argv: list[str] | None = None) -> int:
 
         data = REPO / "var" / "loadtest" / "data"
         shutil.rmtree(data, ignore_errors=True)  # every run starts from the seeded samples alone
+        # The stress search measures capacity: with the time bound on, inference would shed
+        # as soon as ~1.5 s of work queued, before the throughput plateau could be read.
+        bound = {"INFERENCE_MAX_QUEUE_WAIT_S": "0"} if args.profile == "stress" else {}
         config = StackConfig(
             data=data, inference_port=free_port(), storage_port=free_port(),
-            drift_port=free_port(), prometheus=False, drift_every_s=None,
+            drift_port=free_port(), prometheus=False, drift_every_s=None, environment=bound,
         )  # fmt: skip
         log = (out / "stack.log").open("w")
         stack = Stack(config, output=lambda name, line: print(f"{name:<13}| {line}", file=log, flush=True))

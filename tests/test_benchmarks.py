@@ -27,7 +27,7 @@ def run_benchmark(script: str, *args: str, out: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.train
 def test_levers_benchmark_measures_every_lever(tmp_path: Path) -> None:
-    record = run_benchmark("levers.py", "--rounds", "1", out=tmp_path / "levers.json")
+    record = run_benchmark("levers.py", "--rounds", "1", "--limit", "4", out=tmp_path / "levers.json")
     assert len(record["session"]) == 5
     assert len(record["service"]) == 2
     quantised = {row["model"]: row for row in record["quantisation"]}
