@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from cropseg_core.bands import get_layout, to_model_bands
 from cropseg_core.imaging import decode_channels
-from cropseg_core.masks import encode_png
+from cropseg_core.masks import encode_png, score
 from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import INPUT_NAME, OnnxSegmenter
 from cropseg_model.datasets import discover, load_masked
@@ -165,10 +165,7 @@ def real_iou(model: Path, limit: int | None) -> dict[str, float]:
         scores = []
         for sample in discover(REAL / source / "val")[:limit]:
             bands, truth = load_masked(sample)
-            predicted = evaluator.segment(bands[..., :3], rgb) > 127
-            vegetation = truth > 127
-            union = np.count_nonzero(predicted | vegetation)
-            scores.append(np.count_nonzero(predicted & vegetation) / union if union else 1.0)
+            scores.append(score(evaluator.segment(bands[..., :3], rgb), truth).iou)
         result[source] = float(np.mean(scores))
     return result
 
