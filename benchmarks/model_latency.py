@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from inference import Call, interleaved
-from sections import replace_section
+from sections import publish
 
 from cropseg_core.bands import get_layout, to_model_bands
 from cropseg_core.pipeline import Pipeline, PipelineConfig
@@ -97,10 +97,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, default=None, help="replace the table between the markers")
     args = parser.parse_args()
     result = measure(args.rounds, args.previous)
-    table = markdown(result, args.previous)
-    print(table)
-    if args.write:
-        replace_section(args.write, START, END, table)
+    publish(markdown(result, args.previous), result, None, args.write, START, END)
 
 
 if __name__ == "__main__":
