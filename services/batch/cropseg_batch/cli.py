@@ -116,8 +116,6 @@ def _segment_raster(args: argparse.Namespace) -> int:
         args.source, args.output, _load(args), layout=args.layout, bands=args.bands, gsd_mm=args.gsd_mm,
         scale=args.scale, cell_m=args.cell_m, window=args.window, progress=True,
     )  # fmt: skip
-    for warning in report.warnings:
-        print(f"cropseg: warning: {warning}", file=sys.stderr)
     print(f"{report.width} x {report.height} px, working scale {report.working_scale:g}: vegetation "
           f"{report.vegetation_fraction:.1%} of the field ({report.data_fraction:.0%} of the raster has "
           f"data), {report.seconds:.1f} s ({report.megapixels_per_s:.2f} MP/s)")  # fmt: skip
