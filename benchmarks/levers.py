@@ -251,10 +251,16 @@ def architecture_levers(bands: np.ndarray, rounds: int, folder: Path) -> list[di
     ms = interleaved(calls, rounds)
     base = ms["today: 16-32-64-128, bottleneck 256"]
     return [
-        {"variant": name, "ms": value, "ratio": value / base, "gflop": flops.get(name, float("nan")) / 1e9,
+        {"variant": name, "ms": value, "ratio": value / base,
+         "gflop": flops[name] / 1e9 if name in flops else None,
          "parameters": sum(p.numel() for p in variants[name].parameters()) if name in variants else 0}
         for name, value in ms.items()
     ]  # fmt: skip
+
+
+def gflop(row: dict[str, Any]) -> str:
+    """A variant's GFLOP per tile, or a dash for a row that is no whole network."""
+    return "–" if row["gflop"] is None else f"{row['gflop']:.2f}"
 
 
 def encoding_levers(mask: np.ndarray, rounds: int) -> list[dict[str, Any]]:
@@ -380,7 +386,7 @@ def markdown(r: dict[str, Any]) -> str:
         "| variant | GFLOP per tile | parameters | ms | ratio to today |",
         "|---|---:|---:|---:|---:|",
         *(
-            f"| {row['variant']} | {row['gflop']:.2f} | {row['parameters']:,} | {row['ms']:.1f} | "
+            f"| {row['variant']} | {gflop(row)} | {row['parameters']:,} | {row['ms']:.1f} | "
             f"{row['ratio']:.2f} |"
             for row in r["architecture"]
         ),
