@@ -42,7 +42,7 @@ help:
 	@echo "make drift  one drift run over var/data (the CronJob's command)"
 	@echo "make experiment  the seed's brightness drift experiment on 7,100 tiles"
 	@echo "make demo   segment one generated tile without a server (var/demo/)"
-	@echo "make bench  inference, model latency, levers, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
+	@echo "make bench  inference, previous model (latency and IoU), levers, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
 	@echo "make bench-peers  cropseg vs bare FastAPI, LitServe, BentoML, MLServer, KServe, Ray Serve -> docs/performance.md"
 	@echo "make bench-memory  peak RSS of each route's largest request vs the chart's limits -> docs/performance.md"
 	@echo "make bench-rasters  time per megapixel and peak RSS of segment-raster on 2k, 8k, 32k rasters -> docs/batch.md"
@@ -95,7 +95,7 @@ demo: $(VENV)/.runtime
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/inference.py --write docs/performance.md
-	$(BIN)/python benchmarks/model_latency.py --write docs/performance.md
+	$(BIN)/python benchmarks/previous_model.py --write docs/performance.md
 	$(BIN)/python benchmarks/levers.py --write docs/performance.md
 	$(BIN)/python benchmarks/drift.py --write docs/performance.md
 	$(BIN)/python benchmarks/cold_start.py --write docs/performance.md

@@ -1,6 +1,6 @@
-"""The inference and levers benchmarks still run end to end (smoke runs: a real service, the
-quantised and variant models built, every section filled; timings are not asserted, this
-machine is shared)."""
+"""The inference, levers and previous-model benchmarks still run end to end (smoke runs: a
+real service, the quantised and variant models built, both model files scored, every section
+filled; timings are not asserted, this machine is shared)."""
 
 from __future__ import annotations
 
@@ -51,3 +51,19 @@ def test_inference_benchmark_completes(tmp_path: Path) -> None:
     assert record["flops_per_tile"] > 1e9
     assert record["cpu_peak_gflops"] > 0
     assert record["drone_photo"]["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_previous_model_benchmark_scores_both_models(tmp_path: Path) -> None:
+    record = run_benchmark(
+        "previous_model.py", "--rounds", "1", "--limit", "3", out=tmp_path / "previous.json"
+    )
+    assert record["latency"]["previous_ms"] > 0
+    assert record["latency"]["ratio_pipeline"] > 0
+    quality = record["quality"]
+    assert set(quality) == {"ews/val", "peanut/val", "synthetic/eval"}
+    for scores in quality.values():
+        assert 1 <= scores["images"] <= 3
+        assert all(0 < scores[method] <= 1 for method in ("unet", "previous", "exg_otsu")), scores
+    # two different files really ran: they cannot agree on every set
+    assert any(scores["unet"] != scores["previous"] for scores in quality.values())
