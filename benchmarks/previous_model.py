@@ -42,7 +42,7 @@ from cropseg_model.synth import generate_tile, write_dataset
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "model" / "artifacts" / "cropseg-unet.onnx"
 PREVIOUS = "29add47"  # cropseg-unet 1.0.0 trained on synthetic tiles only (3-channel RGB input)
-REAL = (REPO / "model/data/real/ews/val", REPO / "model/data/real/peanut/val")
+REAL = {name: REPO / "model/data/real" / name for name in ("ews/val", "peanut/val")}
 SYNTHETIC_SEED, SYNTHETIC_TILES = 3, 150  # the evaluation tiles of `make model`
 START, END = "<!-- previous-model:start -->", "<!-- previous-model:end -->"
 
@@ -116,9 +116,8 @@ def quality(previous: Path, folder: Path, limit: int | None) -> dict[str, dict[s
     synthetic = folder / "eval"
     write_dataset(synthetic, limit or SYNTHETIC_TILES, SYNTHETIC_SEED, progress=False)
     evaluator = WithPrevious(previous)
-    sets = {"ews/val": REAL[0], "peanut/val": REAL[1], "synthetic/eval": synthetic}
     result = {}
-    for name, data in sets.items():
+    for name, data in {**REAL, "synthetic/eval": synthetic}.items():
         report = evaluate(MODEL, data, layouts=["rgb"], evaluator=evaluator, limit=limit, progress=False)
         methods = report["layouts"]["rgb"]  # type: ignore[index]
         result[name] = {
