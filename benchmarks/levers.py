@@ -13,10 +13,10 @@ that ran just before may still spin), on the committed model and one 360x480 fie
    share of mask pixels that differ from float32's, and vegetation IoU on the real
    validation sets through the same pipeline the API runs.
 3. **The network's own cost**: variants of the architecture at random weights (latency does
-   not depend on the weights): narrower full-resolution level, narrower everywhere, three
-   levels, depthwise-separable convolutions; FLOPs and latency. Their IoU needs a training
-   run each (about 45 minutes on 2 cores), so none is adopted on latency alone. Also the
-   in-graph pre-processing alone (the features the network computes from the bands).
+   not depend on the weights): the larger EfficientNet-Lite1 and -Lite2 encoders, the
+   decoder ending at half resolution, and the plain U-Net of cropseg 1.x; FLOPs and latency.
+   What they are worth in IoU is the model card's ablation (``make model-ablation``). Also
+   the in-graph pre-processing alone (the features the network computes from the bands).
 4. **Encoding**: the mask answer as PNG at compression levels 0-9 (Pillow) and with
    OpenCV, for a 360x480 tile and a 4000x3000 photo: time and bytes.
 5. **The service path in-process**, stage by stage (decode, band mapping and tiling with
@@ -58,6 +58,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "model" / "artifacts" / "cropseg-unet.onnx"
 REAL = REPO / "model" / "data" / "real"
 START, END = "<!-- levers:start -->", "<!-- levers:end -->"
+TODAY = "today: EfficientNet-Lite0 encoder, separable U-Net decoder"
 
 
 def runner(path: Path, bands: np.ndarray, **options: Any) -> Call:
@@ -196,29 +197,7 @@ def architecture_levers(bands: np.ndarray, rounds: int, folder: Path) -> list[di
     from torch import nn
 
     from cropseg_model.export import export_onnx
-    from cropseg_model.unet import FEATURE_CHANNELS, ExportedSegmenter, UNet, input_features
-
-    class Separable(nn.Sequential):
-        """Depthwise 3x3 then pointwise 1x1, twice: the ConvBlock's shape at a ninth of its cost."""
-
-        def __init__(self, in_channels: int, out_channels: int) -> None:
-            layers: list[nn.Module] = []
-            for c_in in (in_channels, out_channels):
-                layers += [nn.Conv2d(c_in, c_in, 3, padding=1, groups=c_in, bias=False),
-                           nn.Conv2d(c_in, out_channels, 1, bias=False),
-                           nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]  # fmt: skip
-            super().__init__(*layers)
-
-    def separable_unet() -> UNet:
-        net = UNet()
-        previous, encoders = FEATURE_CHANNELS, []
-        for width in net.channels:
-            encoders.append(Separable(previous, width))
-            previous = width
-        net.encoders = nn.ModuleList(encoders)
-        net.bottleneck = Separable(previous, net.bottleneck_channels)  # type: ignore[assignment]
-        net.decoders = nn.ModuleList(Separable(2 * w, w) for w in reversed(net.channels))
-        return net
+    from cropseg_model.unet import EfficientUNet, ExportedSegmenter, UNet, input_features
 
     class Features(nn.Module):
         def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -226,11 +205,11 @@ def architecture_levers(bands: np.ndarray, rounds: int, folder: Path) -> list[di
 
     torch.manual_seed(0)
     variants: dict[str, nn.Module] = {
-        "today: 16-32-64-128, bottleneck 256": UNet(),
-        "full-resolution level 8 wide": UNet((8, 32, 64, 128), 256),
-        "every width x0.75": UNet((12, 24, 48, 96), 192),
-        "three levels (16-32-64, 128)": UNet((16, 32, 64), 128),
-        "depthwise-separable convolutions": separable_unet(),
+        TODAY: EfficientUNet(),
+        "EfficientNet-Lite1 encoder": EfficientUNet("efficientnet-lite1"),
+        "EfficientNet-Lite2 encoder": EfficientUNet("efficientnet-lite2"),
+        "decoder ends at half resolution": EfficientUNet(full_resolution=False),
+        "plain U-Net of cropseg 1.x (16-32-64-128, 256)": UNet(),
     }
     x = torch.from_numpy(bands[None].copy())
     calls, flops = {}, {}
@@ -249,7 +228,7 @@ def architecture_levers(bands: np.ndarray, rounds: int, folder: Path) -> list[di
     sess = ort.InferenceSession(str(features), providers=["CPUExecutionProvider"])
     calls["in-graph pre-processing alone"] = lambda: sess.run(None, {INPUT_NAME: bands[None]})
     ms = interleaved(calls, rounds)
-    base = ms["today: 16-32-64-128, bottleneck 256"]
+    base = ms[TODAY]
     return [
         {"variant": name, "ms": value, "ratio": value / base,
          "gflop": flops[name] / 1e9 if name in flops else None,
@@ -381,7 +360,7 @@ def markdown(r: dict[str, Any]) -> str:
             for row in r["quantisation"]
         ),
         "",
-        "**The network's own cost** (same interface, random weights; IoU would need a training run each):",
+        "**The network's own cost** (same interface, random weights; their IoU: the model card's ablation):",
         "",
         "| variant | GFLOP per tile | parameters | ms | ratio to today |",
         "|---|---:|---:|---:|---:|",

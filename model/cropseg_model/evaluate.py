@@ -14,7 +14,9 @@ Per folder it scores:
   same pipeline forced to full resolution.
 
 Scores are vegetation IoU and pixel accuracy per image, then means (non-black: leaving out
-tiles entirely out of field, where every method scores 1 trivially).
+tiles entirely out of field, where every method scores 1 trivially); boundary F1 (edges
+within 2 px, :func:`cropseg_model.metrics.boundary_f1`) and the mean predicted and true
+vegetation cover show whether edges are drawn where they are and plants too wide.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +36,17 @@ from cropseg_core.bands import LAYOUTS, Layout, from_model_bands
 from cropseg_core.masks import IGNORE, MaskScore, score
 from cropseg_core.pipeline import Pipeline, PipelineConfig, Segmentation
 from cropseg_core.segmenter import OnnxSegmenter
-from cropseg_model.baselines import baselines_for
+from cropseg_model.baselines import BASELINES, baselines_for
 from cropseg_model.datasets import discover, load_masked
-from cropseg_model.metrics import summarise
+from cropseg_model.metrics import boundary_f1, summarise
 
 EXPOSURE_GAINS = (0.5, 0.7, 1.0, 1.4, 2.0)
 METHOD_LABELS = {
-    "unet": "cropseg pipeline (U-Net)",
+    "unet": "cropseg pipeline",
+    "unet_untrimmed": "pipeline without the index trim",
     "exg_otsu": "ExG + Otsu",
     "ndvi_otsu": "NDVI + Otsu",
+    "difference_otsu": "(NIR − red) + Otsu",
     "green_kmeans": "Green filter + k-means",
 }
 Method = Callable[[np.ndarray], np.ndarray]
@@ -58,10 +63,10 @@ def shrink(bands: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarr
     return small, np.where(votes >= 0.5, 255, 0).astype(np.uint8)
 
 
-def enlarge(bands: np.ndarray, mask: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+def enlarge(bands: np.ndarray, mask: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
     """Image (bicubic) and mask (nearest) ``factor`` times larger: a closer, sharper photo."""
     height, width = mask.shape
-    size = (width * factor, height * factor)
+    size = (round(width * factor), round(height * factor))
     big = np.dstack(
         [cv2.resize(bands[..., i], size, interpolation=cv2.INTER_CUBIC) for i in range(bands.shape[2])]
     )
@@ -72,15 +77,21 @@ class Evaluator:
     """The model through the pipeline, plus the baselines, on one machine and one thread."""
 
     def __init__(
-        self, model: Path, threshold: float | None = None, config: PipelineConfig | None = None
+        self,
+        model: Path,
+        threshold: float | None = None,
+        config: PipelineConfig | None = None,
+        leaf_widths: tuple[float, ...] = (),
     ) -> None:
         self.segmenter = OnnxSegmenter(model)
         self.info = self.segmenter.load()
         self.threshold = self.info.threshold if threshold is None else threshold
         self.config = config or PipelineConfig(model_gsd_mm=self.info.working_gsd_mm)
         self.pipeline = Pipeline(self.config)
-        self.full_resolution = Pipeline(PipelineConfig(
-            self.config.tile_size, self.config.tile_overlap, 0, self.config.model_gsd_mm))  # fmt: skip
+        self.full_resolution = Pipeline(replace(self.config, auto_leaf_px=0))
+        self.untrimmed = Pipeline(replace(self.config, trim_by_index=False))
+        # Other automatic working resolutions to compare on enlarged photos (leaf width, px).
+        self.leaf_widths = {w: Pipeline(replace(self.config, auto_leaf_px=w)) for w in leaf_widths}
 
     def run(self, channels: np.ndarray, layout: Layout, pipeline: Pipeline | None = None) -> Segmentation:
         """What the API computes for this file (its channels as stored) in this layout."""
@@ -92,10 +103,17 @@ class Evaluator:
         return self.run(channels, layout, pipeline).mask
 
     def methods(self, layout: Layout) -> dict[str, Method]:
+        """The pipeline, for layouts it trims by the index also without trimming
+        (``unet_untrimmed``), and the baselines the layout allows."""
+
         def unet(bands: np.ndarray) -> np.ndarray:
             return self.segment(from_model_bands(bands, layout), layout)
 
-        return {"unet": unet, **baselines_for(layout)}
+        def untrimmed(bands: np.ndarray) -> np.ndarray:
+            return self.segment(from_model_bands(bands, layout), layout, self.untrimmed)
+
+        trims = self.config.trim_by_index and layout.has("nir") and layout.has("red")
+        return {"unet": unet, **({"unet_untrimmed": untrimmed} if trims else {}), **baselines_for(layout)}
 
 
 def _as_layout(bands: np.ndarray, layout: Layout) -> np.ndarray:
@@ -109,7 +127,7 @@ def evaluate(
     *,
     layouts: list[str] | None = None,
     scales: tuple[float, ...] = (),
-    enlarge_factors: tuple[int, ...] = (),
+    enlarge_factors: tuple[float, ...] = (),
     threshold: float | None = None,
     robustness: bool = False,
     progress: bool = True,
@@ -125,6 +143,8 @@ def evaluate(
     evaluator = evaluator or Evaluator(model, threshold)
     samples = discover(data)[:limit]
     scores: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
+    edges: dict[tuple[str, str], list[float]] = defaultdict(list)
+    cover: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     seconds: dict[tuple[str, str], float] = defaultdict(float)
     by_scale: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
     by_enlargement: dict[tuple[str, str], list[MaskScore]] = defaultdict(list)
@@ -144,6 +164,12 @@ def evaluate(
                 prediction = run(view)
                 seconds[(name, method)] += time.perf_counter() - started
                 scores[(name, method)].append(score(prediction, truth, view))
+                edges[(name, method)].append(boundary_f1(prediction, truth))
+                counted = truth != IGNORE
+                cover[(name, method)].append(
+                    (float((prediction[counted] > 127).mean()), float((truth[counted] > 127).mean()))
+                    if counted.any() else (0.0, 0.0)
+                )  # fmt: skip
                 if name == chosen[0]:
                     wrong, near_edge = edge_errors(prediction, truth)
                     errors[method] += wrong
@@ -158,13 +184,16 @@ def evaluate(
         for factor in enlarge_factors:
             big, big_truth = enlarge(view, truth, factor)
             channels = from_model_bands(big, first)
-            by_enlargement[(str(factor), "unet_auto")].append(
+            by_enlargement[(f"{factor:g}", "unet_auto")].append(
                 score(evaluator.segment(channels, first), big_truth)
             )
             fixed = evaluator.segment(channels, first, evaluator.full_resolution)
-            by_enlargement[(str(factor), "unet_full_resolution")].append(score(fixed, big_truth))
+            by_enlargement[(f"{factor:g}", "unet_full_resolution")].append(score(fixed, big_truth))
+            for width, pipeline in evaluator.leaf_widths.items():
+                leaf = evaluator.segment(channels, first, pipeline)
+                by_enlargement[(f"{factor:g}", f"unet_leaf_{width:g}")].append(score(leaf, big_truth))
             baseline = next(iter(baselines_for(first).values()))
-            by_enlargement[(str(factor), "baseline")].append(score(baseline(big), big_truth))
+            by_enlargement[(f"{factor:g}", "baseline")].append(score(baseline(big), big_truth))
         for gain in EXPOSURE_GAINS if robustness else ():
             shifted = np.clip(view.astype(np.float32) * gain, 0, 255).astype(np.uint8)
             for method in ("unet", "exg_otsu"):
@@ -180,6 +209,9 @@ def evaluate(
             name: {
                 method: {
                     **summarise(items),
+                    "boundary_f1": float(np.mean(edges[(name, method)])),
+                    "cover_predicted": float(np.mean([p for p, _ in cover[(name, method)]])),
+                    "cover_true": float(np.mean([t for _, t in cover[(name, method)]])),
                     "seconds_per_image": seconds[(name, method)] / len(items),
                 }
                 for (layout_name, method), items in scores.items()
@@ -222,7 +254,7 @@ def _ordered(methods: list[str]) -> list[str]:
 def layout_table(reports: dict[str, Any]) -> str:
     """One row per (set, layout): IoU (non-black) of the pipeline and each applicable baseline,
     and the pipeline's margin over the best baseline."""
-    methods = ["unet", "exg_otsu", "ndvi_otsu", "green_kmeans"]
+    methods = ["unet", "unet_untrimmed", "exg_otsu", "ndvi_otsu", "difference_otsu", "green_kmeans"]
     header = "| set | layout | images | " + " | ".join(METHOD_LABELS[m] for m in methods)
     rows = [header + " | margin over best baseline |", "|---|---|---:|" + "---:|" * (len(methods) + 1)]
     # Real photos (true colour only) first, then synthetic tiles; layouts in their usual order.
@@ -232,10 +264,36 @@ def layout_table(reports: dict[str, Any]) -> str:
         for layout in (name for name in LAYOUTS if name in layouts):
             by_method = layouts[layout]
             cells = [f"{by_method[m]['iou_non_black']:.3f}" if m in by_method else "–" for m in methods]
-            best = max(by_method[m]["iou_non_black"] for m in by_method if m != "unet")
+            best = by_method[_best_baseline(by_method)]["iou_non_black"]
             margin = by_method["unet"]["iou_non_black"] - best
             images = by_method["unet"]["non_black_images"]
             rows.append(f"| {set_name} | {layout} | {images} | " + " | ".join(cells) + f" | {margin:+.3f} |")
+    return "\n".join(rows)
+
+
+def _best_baseline(by_method: dict[str, Any]) -> str:
+    return max((m for m in by_method if m in BASELINES), key=lambda m: float(by_method[m]["iou_non_black"]))
+
+
+def edge_table(reports: dict[str, Any]) -> str:
+    """One row per (set, layout): boundary F1 of the pipeline and of the best baseline by IoU,
+    and the mean vegetation cover each draws against the truth's."""
+    rows = [
+        "| set | layout | boundary F1, pipeline | boundary F1, best baseline | cover: truth "
+        "| cover: pipeline | cover: best baseline |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for set_name, report in sorted(reports.items(), key=lambda item: (len(item[1]["layouts"]) > 1, item[0])):
+        layouts = report["layouts"]
+        for layout in (name for name in LAYOUTS if name in layouts):
+            by_method = layouts[layout]
+            unet = by_method["unet"]
+            best = by_method[_best_baseline(by_method)]
+            rows.append(
+                f"| {set_name} | {layout} | {unet['boundary_f1']:.3f} | {best['boundary_f1']:.3f} "
+                f"| {unet['cover_true']:.1%} | {unet['cover_predicted']:.1%} "
+                f"| {best['cover_predicted']:.1%} |"
+            )
     return "\n".join(rows)
 
 
@@ -265,10 +323,18 @@ def sweep_table(table: dict[str, dict[str, float]], key_label: str, labels: dict
 
 
 ENLARGEMENT_LABELS = {
-    "unet_auto": "pipeline, automatic working resolution",
+    "unet_auto": "pipeline, automatic working resolution (the default)",
     "unet_full_resolution": "pipeline forced to full resolution",
     "baseline": "the layout's index + Otsu",
 }
+
+
+def enlargement_labels(table: dict[str, dict[str, float]]) -> dict[str, str]:
+    """ENLARGEMENT_LABELS plus a row for each other leaf width the table holds."""
+    widths = sorted({m for row in table.values() for m in row if m.startswith("unet_leaf_")},
+                    key=lambda m: float(m.removeprefix("unet_leaf_")))  # fmt: skip
+    labels = {m: f"pipeline, automatic, leaves scaled to {m.removeprefix('unet_leaf_')} px" for m in widths}
+    return {"unet_auto": ENLARGEMENT_LABELS["unet_auto"], **labels, **ENLARGEMENT_LABELS}
 
 
 def set_name(folder: Path) -> str:
@@ -285,14 +351,16 @@ def evaluate_all(
     synthetic: Path | None,
     *,
     scales: tuple[float, ...],
-    enlarge_factors: tuple[int, ...],
+    enlarge_factors: tuple[float, ...],
+    leaf_widths: tuple[float, ...] = (),
     synthetic_limit: int | None = None,
     threshold: float | None = None,
     progress: bool = True,
 ) -> dict[str, object]:
     """The model card's evaluation: real folders (true colour) with the scale sweep and the
-    enlargement check; the synthetic folder in every layout, with exposure robustness."""
-    evaluator = Evaluator(model, threshold)
+    enlargement check (also at ``leaf_widths``); the synthetic folder in every layout, with
+    exposure robustness."""
+    evaluator = Evaluator(model, threshold, leaf_widths=leaf_widths)
     sets: dict[str, object] = {}
     for folder in real:
         sets[set_name(folder)] = evaluate(model, folder, scales=scales, enlarge_factors=enlarge_factors,

@@ -20,7 +20,7 @@ from cropseg_core.segmenter import DEFAULT_THRESHOLD, INPUT_NAME, OUTPUT_NAME, O
 from cropseg_model.metrics import summarise
 from cropseg_model.synth import generate_tile
 from cropseg_model.train import load_checkpoint, load_pairs, predict_probabilities, selection_views
-from cropseg_model.unet import BANDS, ExportedSegmenter, UNet
+from cropseg_model.unet import BANDS, ExportedSegmenter, Network
 
 log = logging.getLogger(__name__)
 # On probabilities in [0, 1]. The per-image statistics are float32 sums over every pixel
@@ -33,7 +33,7 @@ CALIBRATION_THRESHOLDS = np.round(np.arange(0.30, 0.71, 0.05), 2)
 
 
 def export_onnx(net: torch.nn.Module, out: Path, metadata: dict[str, str]) -> None:
-    """Export ``net`` (a UNet) to ``out`` atomically, with ``metadata`` in the file."""
+    """Export ``net`` (a Network) to ``out`` atomically, with ``metadata`` in the file."""
     wrapper = ExportedSegmenter(net).eval()  # type: ignore[arg-type]
     for noisy in ("onnxscript", "onnx_ir"):  # they log every graph rewrite at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -107,7 +107,7 @@ def check_parity(net: torch.nn.Module, onnx_path: Path) -> float:
 
 
 def calibrate_threshold(
-    net: UNet, sets: list[list[tuple[np.ndarray, np.ndarray]]]
+    net: Network, sets: list[list[tuple[np.ndarray, np.ndarray]]]
 ) -> tuple[float, dict[str, float]]:
     """The probability threshold with the best IoU (non-black; mean over the ``sets``, each
     the mean over its images) on selection folders."""
@@ -152,7 +152,7 @@ def export_checkpoint(
     metadata = {
         "name": name,
         "version": version,
-        "architecture": f"unet{'-'.join(map(str, net.channels))}-{net.bottleneck_channels}",
+        "architecture": net.architecture,
         "input": "image: uint8 (N,H,W,4) bands red, green, blue, nir (0 where absent), any H and W",
         "bands": ",".join(MODEL_BANDS),
         "working_gsd_mm": f"{working_gsd_mm:g}",

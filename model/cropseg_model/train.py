@@ -36,7 +36,7 @@ from cropseg_core.files import write_atomic
 from cropseg_core.masks import IGNORE, score
 from cropseg_model.datasets import DatasetError, discover, load_masked
 from cropseg_model.metrics import summarise
-from cropseg_model.unet import UNet, count_parameters
+from cropseg_model.unet import DECODER_CHANNELS, EfficientUNet, Network, UNet, count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,44 @@ class TrainConfig:
     max_scale: float = 1.8
     val_every: int = 250
     seed: int = 0
+    architecture: str = "efficientnet-lite0"
+    """An encoder of :data:`ENCODERS` under the U-Net decoder, or "unet" (the plain U-Net, from scratch)."""
+    pretrained: bool = True
+    """Start the encoder from its ImageNet weights (False: random initialisation, the ablation)."""
+    index_channels: bool = True
+    full_resolution: bool = True
+    decoder: tuple[int, ...] = DECODER_CHANNELS
     channels: tuple[int, ...] = (16, 32, 64, 128)
     bottleneck: int = 256
+    encoder_lr_scale: float = 0.3
+    """The pretrained encoder learns at this fraction of the decoder's learning rate."""
+
+
+def build_network(config: TrainConfig, *, pretrained: bool | None = None) -> Network:
+    """The network ``config`` describes; ``pretrained`` overrides the config (False when
+    weights are about to be loaded from a checkpoint anyway)."""
+    if config.architecture == "unet":
+        return UNet(config.channels, config.bottleneck)
+    return EfficientUNet(
+        config.architecture,
+        config.decoder,
+        pretrained=config.pretrained if pretrained is None else pretrained,
+        index_channels=config.index_channels,
+        full_resolution=config.full_resolution,
+    )
+
+
+def parameter_groups(net: Network, config: TrainConfig) -> list[dict[str, object]]:
+    """The pretrained encoder at ``encoder_lr_scale`` of the learning rate, the rest at it."""
+    if not isinstance(net, EfficientUNet) or not config.pretrained:
+        return [{"params": list(net.parameters()), "lr": config.lr}]
+    encoder = {id(p) for p in net.blocks.parameters()} | {id(p) for p in net.stem.parameters()}
+    pretrained = [p for p in net.parameters() if id(p) in encoder]
+    fresh = [p for p in net.parameters() if id(p) not in encoder]
+    return [
+        {"params": pretrained, "lr": config.lr * config.encoder_lr_scale},
+        {"params": fresh, "lr": config.lr},
+    ]
 
 
 LAYOUT_WEIGHTS = {"rgb": 0.5, "cir": 0.2, "rgbn": 0.1, "nir_red": 0.1, "red_nir": 0.1}
@@ -172,7 +208,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.
 
 
 @torch.no_grad()
-def predict_probabilities(net: UNet, images: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
+def predict_probabilities(net: Network, images: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
     """Vegetation probability (H, W) of each (H, W, 4) uint8 bands image, one at a time."""
     net.eval()
     probabilities = []
@@ -182,16 +218,16 @@ def predict_probabilities(net: UNet, images: list[np.ndarray], device: torch.dev
     return probabilities
 
 
-def predict_masks(net: UNet, images: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
+def predict_masks(net: Network, images: list[np.ndarray], device: torch.device) -> list[np.ndarray]:
     return [np.where(p > 0.5, 255, 0).astype(np.uint8) for p in predict_probabilities(net, images, device)]
 
 
-def validate(net: UNet, pairs: Pairs, device: torch.device) -> dict[str, float | int]:
+def validate(net: Network, pairs: Pairs, device: torch.device) -> dict[str, float | int]:
     predictions = predict_masks(net, [image for image, _ in pairs], device)
     return summarise(score(p, m, i) for p, (i, m) in zip(predictions, pairs, strict=True))
 
 
-def validate_sets(net: UNet, sets: dict[str, Pairs], device: torch.device) -> dict[str, float | int]:
+def validate_sets(net: Network, sets: dict[str, Pairs], device: torch.device) -> dict[str, float | int]:
     """IoU (non-black) of each selection set and their mean (``iou_non_black``)."""
     scores = {name: float(validate(net, pairs, device)["iou_non_black"]) for name, pairs in sets.items()}
     return {
@@ -201,7 +237,7 @@ def validate_sets(net: UNet, sets: dict[str, Pairs], device: torch.device) -> di
 
 
 def save_checkpoint(
-    path: Path, net: UNet, config: TrainConfig, step: int, metrics: dict[str, float | int]
+    path: Path, net: Network, config: TrainConfig, step: int, metrics: dict[str, float | int]
 ) -> None:
     buffer = io.BytesIO()
     torch.save(
@@ -210,10 +246,12 @@ def save_checkpoint(
     write_atomic(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path) -> tuple[UNet, dict[str, object]]:
+def load_checkpoint(path: Path) -> tuple[Network, dict[str, object]]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    config = payload["config"]
-    net = UNet(tuple(config["channels"]), config["bottleneck"])
+    # Checkpoints from before the config named an architecture hold the plain U-Net.
+    fields = {**asdict(TrainConfig(architecture="unet")), **payload["config"]}
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+    net = build_network(TrainConfig(**fields), pretrained=False)
     net.load_state_dict(payload["state_dict"])
     return net, payload
 
@@ -241,11 +279,15 @@ def train(
     if init is not None:
         net, _ = load_checkpoint(init)
     else:
-        net = UNet(config.channels, config.bottleneck)
+        net = build_network(config)
     net.to(device)
-    optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    groups = parameter_groups(net, config)
+    optimiser = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)  # type: ignore[arg-type]
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
+        optimiser,
+        max_lr=[float(g["lr"]) for g in groups],
+        total_steps=config.steps,
+        pct_start=0.1,  # type: ignore[arg-type]
     )
     sampler = CropSampler(training, config)
     best: dict[str, float | int] = {"iou_non_black": -1.0}

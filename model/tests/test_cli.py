@@ -8,6 +8,7 @@ import pytest
 
 from cropseg_core.features import load_reference_profile
 from cropseg_core.masks import IGNORE, encode_png
+from cropseg_model.card import VersionError, record_version
 from cropseg_model.cli import main
 from cropseg_model.datasets import discover, read_mask
 from cropseg_model.pseudolabel import pseudo_mask
@@ -48,16 +49,17 @@ def test_evaluate_prints_all_three_methods_and_writes_json(
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for label in (
-        "cropseg pipeline (U-Net)",
+        "cropseg pipeline",
         "ExG + Otsu",
         "NDVI + Otsu",
+        "(NIR − red) + Otsu",
         "Green filter + k-means",
         "exposure",
     ):
         assert label in printed
     saved = json.loads(report.read_text())["sets"][f"synthetic/{tiny_dataset.name}"]
     assert set(saved["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}
-    assert set(saved["layouts"]["nir_red"]) == {"unet", "ndvi_otsu"}
+    assert set(saved["layouts"]["nir_red"]) == {"unet", "unet_untrimmed", "ndvi_otsu", "difference_otsu"}
     assert saved["layouts"]["rgb"]["unet"]["images"] == 8
     robustness = saved["exposure_robustness"]
     assert set(robustness) == {"0.5", "0.7", "1", "1.4", "2"}
@@ -130,3 +132,13 @@ def test_demo_runs_as_a_command(tmp_path: Path) -> None:
     assert "latency" in result.stdout
     for name in ("tile.png", "mask.png", "truth.png", "overlay.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_a_version_names_one_model_file_forever(tmp_path: Path) -> None:
+    ledger = tmp_path / "versions.json"
+    assert record_version(ledger, "2.0.0", "a" * 64) == {"2.0.0": "a" * 64}
+    assert record_version(ledger, "2.0.0", "a" * 64) == {"2.0.0": "a" * 64}  # the same file again: fine
+    with pytest.raises(VersionError, match=r"version 2\.0\.0 already names the model file with sha256 aaaa"):
+        record_version(ledger, "2.0.0", "b" * 64)
+    assert record_version(ledger, "2.1.0", "b" * 64) == {"2.0.0": "a" * 64, "2.1.0": "b" * 64}
+    assert json.loads(ledger.read_text()) == {"2.0.0": "a" * 64, "2.1.0": "b" * 64}

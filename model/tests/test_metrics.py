@@ -3,7 +3,7 @@ import pytest
 
 from cropseg_core.masks import score
 from cropseg_model.evaluate import edge_errors
-from cropseg_model.metrics import summarise
+from cropseg_model.metrics import boundary_f1, summarise
 
 
 def masks(*rows: str) -> np.ndarray:
@@ -64,3 +64,26 @@ def test_edge_errors_count_mistakes_next_to_true_edges() -> None:
     prediction[1, 3] = 255  # one pixel too far out: next to the edge
     prediction[6, 6] = 255  # isolated false positive far from any edge
     assert edge_errors(prediction, truth) == (2, 1)
+
+
+def test_boundary_f1_forgives_edges_within_the_tolerance_only() -> None:
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:30, 10:30] = 255
+    assert boundary_f1(truth, truth) == 1.0
+    wider = np.zeros_like(truth)
+    wider[8:32, 10:30] = 255  # top and bottom edges 2 px out: within the tolerance
+    assert boundary_f1(wider, truth) == 1.0
+    much_wider = np.zeros_like(truth)
+    much_wider[5:35, 5:35] = 255  # 5 px out: no edge pixel matches
+    assert boundary_f1(much_wider, truth) == 0.0
+    assert boundary_f1(np.zeros_like(truth), truth) == 0.0
+    assert boundary_f1(np.zeros_like(truth), np.zeros_like(truth)) == 1.0
+
+
+def test_boundary_f1_leaves_ignored_pixels_out() -> None:
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:15, 5:15] = 255
+    truth[:, 17:] = 128  # ignored: whatever is predicted there counts for nothing
+    prediction = truth.copy()
+    prediction[prediction == 128] = 255
+    assert boundary_f1(prediction, truth) == 1.0

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cropseg_core.segmenter import OnnxSegmenter
+from cropseg_model.ablation import ablation_table
 from cropseg_model.card import write_card
 from cropseg_model.cli import main
 from cropseg_model.datasets import DatasetError
@@ -26,29 +27,62 @@ from cropseg_model.train import (
     segmentation_loss,
     train,
 )
-from cropseg_model.unet import UNet, input_features
+from cropseg_model.unet import EfficientUNet, UNet, input_features, pretrained_weights
 
 pytestmark = pytest.mark.train
 
 
-@pytest.mark.parametrize("size", [(1, 1), (7, 9), (33, 47), (64, 64), (360, 480)], ids=str)
-def test_output_has_exactly_the_input_size(size: tuple[int, int]) -> None:
-    net = UNet().eval()
-    with torch.no_grad():
-        out = net(torch.rand(2, 4, *size))
-    assert out.shape == (2, 1, *size)
-
-
-def test_masks_are_aligned_not_shifted() -> None:
-    """Translating the input by a few pixels translates the output by exactly as much."""
+@pytest.fixture(scope="module")
+def efficient() -> EfficientUNet:
     torch.manual_seed(0)
-    net = UNet().eval()
-    image = torch.rand(1, 4, 64, 64)
-    shifted = torch.roll(image, shifts=(8, 8), dims=(2, 3))
+    return EfficientUNet(pretrained=True).eval()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 9), (33, 47), (64, 64), (360, 480)], ids=str)
+def test_output_has_exactly_the_input_size(size: tuple[int, int], efficient: EfficientUNet) -> None:
+    for net in (UNet().eval(), efficient):
+        with torch.no_grad():
+            out = net(torch.rand(2, 4, *size))
+        assert out.shape == (2, 1, *size)
+
+
+@pytest.mark.parametrize("kind", ["unet", "efficientnet-lite0"])
+def test_masks_are_aligned_not_shifted(kind: str, efficient: EfficientUNet) -> None:
+    """Translating the input by one stride of the deepest level translates the output by
+    exactly as much (8 px for the U-Net, 32 for the EfficientNet encoder)."""
+    torch.manual_seed(0)
+    net, shift = (UNet().eval(), 16) if kind == "unet" else (efficient, 32)
+    image = torch.rand(1, 4, 8 * shift, 8 * shift)
+    shifted = torch.roll(image, shifts=(shift, shift), dims=(2, 3))
+    inner = slice(2 * shift, 5 * shift)
+    moved = slice(3 * shift, 6 * shift)
     with torch.no_grad():
-        a = net(image)[..., 16:40, 16:40]
-        b = net(shifted)[..., 24:48, 24:48]
+        a = net(image)[..., inner, inner]
+        b = net(shifted)[..., moved, moved]
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_the_encoder_starts_as_the_pretrained_imagenet_network(efficient: EfficientUNet) -> None:
+    """The package's ImageNet weights are loaded, and the extra input channels start at zero:
+    on a photo the encoder computes exactly what the pretrained EfficientNet-Lite0 computes
+    on the ImageNet-normalised picture."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(torch.load(pretrained_weights("efficientnet-lite0"), weights_only=True))
+    reference.eval()
+    photo = torch.rand(1, 4, 64, 64) * 0.8 + 0.1
+    photo[:, 3] = 0  # no NIR: a true-colour photo
+    with torch.no_grad():
+        ours = efficient.stem(efficient.stem_input(photo))
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        theirs = reference._swish(reference._bn0(reference._conv_stem((photo[:, :3] - mean) / std)))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert float(efficient.stem[0].weight[:, 3:].abs().max()) == 0.0
+    random = EfficientUNet(pretrained=False)
+    first = efficient.blocks[0]._depthwise_conv.weight
+    assert not torch.equal(random.blocks[0]._depthwise_conv.weight, first)
 
 
 def test_standardised_features_ignore_exposure_and_black_regions() -> None:
@@ -124,7 +158,14 @@ def test_tiny_training_run_reduces_the_loss_and_exports_with_parity(
     tiny_dataset: Path, tmp_path: Path
 ) -> None:
     config = TrainConfig(
-        steps=40, batch_size=4, crop=64, lr=5e-3, val_every=20, channels=(8, 16), bottleneck=16
+        steps=40,
+        batch_size=4,
+        crop=64,
+        lr=5e-3,
+        val_every=20,
+        architecture="unet",
+        channels=(8, 16),
+        bottleneck=16,
     )
     report = train([Source(tiny_dataset)], [tiny_dataset], tmp_path / "tiny.pt", config, progress=False)
     history = report["history"]
@@ -147,7 +188,9 @@ def test_tiny_training_run_reduces_the_loss_and_exports_with_parity(
 
 
 def test_fine_tuning_starts_from_the_given_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
-    config = TrainConfig(steps=2, batch_size=2, crop=32, val_every=1, channels=(8, 16), bottleneck=16)
+    config = TrainConfig(
+        steps=2, batch_size=2, crop=32, val_every=1, architecture="unet", channels=(8, 16), bottleneck=16
+    )
     train([Source(tiny_dataset)], [tiny_dataset], tmp_path / "a.pt", config, progress=False)
     start, _ = load_checkpoint(tmp_path / "a.pt")
     config.lr = 1e-12  # nothing moves: the result must equal the starting weights
@@ -170,7 +213,7 @@ def test_train_and_export_commands_with_weighted_sources(tiny_dataset: Path, tmp
     checkpoint = tmp_path / "cli.pt"
     argv = ["-q", "train", "--data", f"{tiny_dataset}:0.7", "--data", f"{tiny_dataset}:0.3",
             "--val", str(tiny_dataset), "--out", str(checkpoint), "--steps", "2", "--batch-size", "2",
-            "--crop", "32", "--val-every", "1"]  # fmt: skip
+            "--crop", "32", "--val-every", "1", "--architecture", "unet"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(checkpoint.with_suffix(".json").read_text())
     assert [s["weight"] for s in report["sources"]] == [0.7, 0.3]
@@ -219,7 +262,8 @@ def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> N
     assert set(real["layouts"]) == {"rgb"}
     assert set(real["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}
     assert set(synthetic["layouts"]) == {"rgb", "cir", "rgbn", "nir_red", "red_nir"}
-    assert set(synthetic["layouts"]["cir"]) == {"unet", "ndvi_otsu"}
+    assert set(synthetic["layouts"]["cir"]) == {"unet", "unet_untrimmed", "ndvi_otsu", "difference_otsu"}
+    assert 0 <= real["layouts"]["rgb"]["unet"]["boundary_f1"] <= 1
     assert set(real["scales"]) == {"0.5", "1"}
     assert set(real["enlargement"]["2"]) == {"unet_auto", "unet_full_resolution", "baseline"}
     argv = ["-q", "profile", "--model", str(onnx_path), "--data", str(tiny_dataset),
@@ -242,3 +286,31 @@ def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> N
     assert "old" not in readme
     for figure in ("examples.png", "scale.png", "training_curve.png"):
         assert (artifacts / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_architecture_and_variant_are_usage_errors(
+    tiny_dataset: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    common = ["--data", str(tiny_dataset), "--val", str(tiny_dataset), "--out", str(tmp_path / "x.json")]
+    assert main(["-q", "train", *common, "--architecture", "resnet50"]) == 2
+    assert "choose one of efficientnet-lite0" in capsys.readouterr().err
+    assert main(["-q", "ablate", *common, "--variant", "bigger"]) == 2
+    assert "unknown --variant 'bigger'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ablation_trains_exports_and_scores_each_variant(tiny_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ablation.json"
+    argv = ["-q", "ablate", "--data", str(tiny_dataset), "--val", str(tiny_dataset), "--steps", "2",
+            "--batch-size", "2", "--crop", "32", "--val-every", "1", "--real-val", str(tiny_dataset),
+            "--variant", "plain U-Net of cropseg 1.x", "--out", str(out),
+            "--work", str(tmp_path / "work")]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    (variant,) = report["variants"]
+    assert variant["architecture"] == "unet16-32-64-128-256"
+    assert report["steps"] == 2
+    name = f"{tiny_dataset.parent.name}/{tiny_dataset.name}"
+    assert 0 <= variant["scores"][name]["iou_non_black"] <= 1
+    assert (tmp_path / "work" / "plain-u-net-of-cropseg-1-x.onnx").exists()
+    assert "| plain U-Net of cropseg 1.x | 1.94 M |" in ablation_table(report)

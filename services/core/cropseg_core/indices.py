@@ -3,7 +3,9 @@
 On images in the model's bands (:mod:`cropseg_core.bands`):
 
 * **ExG** (excess green) ``2g - r - b`` on chromaticity coordinates, for true colour;
-* **NDVI** ``(NIR - R) / (NIR + R)`` wherever near-infrared and red exist.
+* **NDVI** ``(NIR - R) / (NIR + R)`` wherever near-infrared and red exist;
+* the **difference** ``NIR - R``, NDVI's numerator, which separates plants from dark soil
+  better where both bands are small.
 
 :func:`index_mask` thresholds the index its layout allows with Otsu's method over the
 in-field pixels: the baseline the model must beat, and the pipeline's rough vegetation
@@ -36,6 +38,12 @@ def ndvi(bands: np.ndarray) -> np.ndarray:
     nir = bands[..., 3].astype(np.float32)
     total = nir + red
     return np.divide(nir - red, total, out=np.zeros_like(total), where=total > 0)
+
+
+def nir_red_difference(bands: np.ndarray) -> np.ndarray:
+    """(H, W, 4) red, green, blue, NIR -> NIR - red in [-255, 255]: NDVI's numerator, which
+    unlike NDVI does not blow up dark soil where both bands are small."""
+    return bands[..., 3].astype(np.float32) - bands[..., 0].astype(np.float32)
 
 
 def vegetation_index(bands: np.ndarray, layout: Layout) -> np.ndarray:
@@ -74,6 +82,28 @@ def index_mask(bands: np.ndarray, layout: Layout) -> np.ndarray:
     """The layout's vegetation index thresholded by Otsu (ExG+Otsu or NDVI+Otsu)."""
     in_field = bands.max(axis=2) > BLACK_LEVEL
     return threshold_otsu(vegetation_index(bands, layout), in_field)
+
+
+def difference_threshold(bands: np.ndarray, max_pixels: int = 250_000) -> float | None:
+    """Otsu's threshold of NIR - red over the in-field pixels of an evenly strided sample of at
+    most ``max_pixels``; None when nothing is in field."""
+    step = max(1, int(np.sqrt(bands.shape[0] * bands.shape[1] / max_pixels)))
+    sample = bands[::step, ::step]
+    in_field = sample.max(axis=2) > BLACK_LEVEL
+    return otsu_threshold(nir_red_difference(sample)[in_field]) if in_field.any() else None
+
+
+def trim_by_difference(probability: np.ndarray, bands: np.ndarray, rows: int = 512) -> None:
+    """Set the probability to 0 in place where NIR - red is at or below its Otsu threshold:
+    the network proposes plants, the index trims the soil its edges drew in. In strips of
+    ``rows``, so a large image needs no full-size float copy."""
+    threshold = difference_threshold(bands)
+    if threshold is None:
+        return
+    for top in range(0, bands.shape[0], rows):
+        strip = bands[top : top + rows]
+        soil = strip[..., 3].astype(np.int16) - strip[..., 0].astype(np.int16) <= threshold
+        probability[top : top + rows][soil] = 0.0
 
 
 def typical_leaf_width(mask: np.ndarray, max_depth: int = 64) -> float | None:

@@ -3,7 +3,7 @@ Inference Protocol route (so storage's segment too), evaluation, pseudo-labellin
 and the drift reference profile. What a user gets is what the project measures.
 
     decode -> band mapping -> working resolution -> tiles -> model -> stitch
-           -> resize back to the original size -> threshold
+           -> trim by the index (NIR layouts) -> resize back to the original size -> threshold
 
 * **Band mapping** (:mod:`cropseg_core.bands`): the file's channels, read in the declared
   layout, become the model's red, green, blue, NIR.
@@ -18,6 +18,11 @@ and the drift reference profile. What a user gets is what the project measures.
   (``tile_size`` on its longest side). Images are never enlarged.
   The probability is resized back: the mask is always the input's size.
 * **Tiles**: images larger than ``tile_size`` run in overlapping tiles (:mod:`.tiling`).
+* **Trim by the index**: where the layout has near-infrared and red, the stitched probability
+  is set to 0 wherever NIR - red is at or below its Otsu threshold (at the working
+  resolution): the network proposes plants and the index, which draws plant edges in such
+  bands more sharply than the network learnt to from synthetic tiles, trims them
+  (``trim_by_index``; measured in the model card).
 
 The model runs through a callable, so the inference service can put tiles through its
 micro-batcher while offline tools call ONNX Runtime directly: :meth:`Pipeline.prepare`,
@@ -38,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from cropseg_core.bands import Layout, get_layout, to_model_bands
-from cropseg_core.indices import otsu_threshold, typical_leaf_width, vegetation_index
+from cropseg_core.indices import otsu_threshold, trim_by_difference, typical_leaf_width, vegetation_index
 from cropseg_core.masks import BLACK_LEVEL
 from cropseg_core.tiling import Mosaic, Tile, plan_tiles
 
@@ -75,6 +80,9 @@ class PipelineConfig:
     are scaled down until it is this wide (0 = never scale automatically)."""
     model_gsd_mm: float = DEFAULT_MODEL_GSD_MM
     """Ground sampling distance the model works best at (from the model file's metadata)."""
+    trim_by_index: bool = True
+    """Where the layout has near-infrared and red, pixels at or below the Otsu threshold of
+    NIR - red are soil whatever the network says (the network proposes, the index trims)."""
 
 
 def automatic_scale(bands: np.ndarray, layout: Layout, leaf_px: float) -> float:
@@ -227,6 +235,8 @@ class Pipeline:
     def finish(self, prepared: Prepared, mosaic: Mosaic, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """The stitched probability resized back to the input's size, and thresholded."""
         probability = mosaic.result()
+        if self.config.trim_by_index and prepared.layout.has("nir") and prepared.layout.has("red"):
+            trim_by_difference(probability, prepared.bands)
         if probability.shape != (prepared.height, prepared.width):
             probability = resize_probability(probability, prepared.height, prepared.width)
         return probability, np.where(probability > threshold, np.uint8(255), np.uint8(0))

@@ -107,3 +107,39 @@ def test_run_returns_a_full_size_mask_from_the_working_resolution() -> None:
     truth = green_model(image) > 0.5
     assert ((result.mask > 127) == truth).mean() > 0.97
     assert set(result.timings) == {"preprocess", "infer", "postprocess"}
+
+
+def widen(plants: np.ndarray) -> np.ndarray:
+    """A network that draws plants too wide: each plant pixel's 2 px neighbourhood."""
+    out = plants.copy()
+    for dy in (-2, 0, 2):
+        for dx in (-2, 0, 2):
+            out = np.maximum(out, np.roll(plants, (dy, dx), axis=(0, 1)))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["rgbn", "red_nir", "cir"])
+def test_nir_layouts_are_trimmed_by_the_difference_index(layout: str) -> None:
+    """The network proposes, NIR - red trims: the soil drawn around plants goes."""
+    bands = leaves(200, 6)
+    truth = green_model(bands) > 0.5
+    sensor = get_layout(layout)
+    image = from_model_bands(bands * np.array(sensor.present(), np.uint8), sensor)
+
+    def model(tile: np.ndarray) -> np.ndarray:  # sees plants by their NIR, which every layout here has
+        return widen((tile[..., 3] > 150).astype(np.float32))
+
+    trimmed = Pipeline(PipelineConfig(auto_leaf_px=0)).run(model, image, 0.5, sensor).mask > 127
+    untrimmed = Pipeline(PipelineConfig(auto_leaf_px=0, trim_by_index=False)).run(model, image, 0.5, sensor)
+    assert (untrimmed.mask > 127).sum() > 1.5 * truth.sum()
+    assert (trimmed == truth).all()
+
+
+def test_true_colour_is_not_trimmed() -> None:
+    image = from_model_bands(leaves(200, 6), get_layout("rgb"))
+
+    def model(tile: np.ndarray) -> np.ndarray:
+        return widen(green_model(tile))
+
+    result = Pipeline(PipelineConfig(auto_leaf_px=0)).run(model, image, 0.5, "rgb")
+    assert (result.mask > 127).sum() > 1.5 * (green_model(image) > 0.5).sum()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "model" / "artifacts" / "cropseg-unet.onnx"
+MODEL_VERSION = json.loads((MODEL.parent / "metrics.json").read_text())["model"]["version"]
 
 
 def make_settings(**overrides: Any) -> InferenceSettings:

@@ -4,7 +4,7 @@ import re
 
 from cropseg_inference.main import create_app
 from fastapi.testclient import TestClient
-from inference_testing import make_settings, wait_ready
+from inference_testing import MODEL_VERSION, make_settings, wait_ready
 from prometheus_client import CollectorRegistry
 
 
@@ -54,5 +54,5 @@ def test_metrics_follow_real_requests(field_png: bytes) -> None:
     assert sample(text, "cropseg_inference_ready") == 1
     info = [line for line in text.splitlines() if line.startswith("cropseg_model_info{")]
     assert len(info) == 1
-    assert 'version="1.0.0"' in info[0]
+    assert f'version="{MODEL_VERSION}"' in info[0]
     assert info[0].endswith(" 1.0")

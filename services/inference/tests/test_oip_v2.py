@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from cropseg_inference.main import create_app
 from fastapi.testclient import TestClient
-from inference_testing import MODEL, make_settings, wait_ready
+from inference_testing import MODEL, MODEL_VERSION, make_settings, wait_ready
 from prometheus_client import CollectorRegistry
 
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
@@ -41,7 +41,7 @@ def test_server_and_model_metadata(client: TestClient) -> None:
     assert meta["platform"] == "onnxruntime_onnx"
     assert meta["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, -1, -1, -1]}]
     assert [o["name"] for o in meta["outputs"]] == ["vegetation_probability", "mask", "vegetation_fraction"]
-    assert client.get("/v2/models/cropseg-unet/versions/1.0.0").status_code == 200
+    assert client.get(f"/v2/models/cropseg-unet/versions/{MODEL_VERSION}").status_code == 200
 
 
 def test_json_inference_matches_the_model(client: TestClient, small_tile: np.ndarray) -> None:
@@ -55,7 +55,7 @@ def test_json_inference_matches_the_model(client: TestClient, small_tile: np.nda
     response = client.post(INFER, json=request)
     assert response.status_code == 200
     body = response.json()
-    assert (body["model_name"], body["model_version"], body["id"]) == ("cropseg-unet", "1.0.0", "req-7")
+    assert (body["model_name"], body["model_version"], body["id"]) == ("cropseg-unet", MODEL_VERSION, "req-7")
     outputs = {o["name"]: o for o in body["outputs"]}
     probability = np.array(outputs["vegetation_probability"]["data"], np.float32).reshape(2, 1, 64, 96)
     assert outputs["vegetation_probability"]["shape"] == [2, 1, 64, 96]

@@ -11,7 +11,7 @@ import pytest
 from cropseg_inference.encoding import rle_decode, rle_encode
 from cropseg_inference.main import create_app
 from fastapi.testclient import TestClient
-from inference_testing import make_settings, png, wait_ready
+from inference_testing import MODEL_VERSION, make_settings, png, wait_ready
 from PIL import Image
 from prometheus_client import CollectorRegistry
 
@@ -51,7 +51,7 @@ def test_default_answer_is_the_mask_with_headers(
     headers = response.headers
     assert float(headers["x-vegetation-fraction"]) == pytest.approx((mask == 255).mean(), abs=1e-6)
     assert (headers["x-image-width"], headers["x-image-height"]) == ("480", "360")
-    assert (headers["x-model-name"], headers["x-model-version"]) == ("cropseg-unet", "1.0.0")
+    assert (headers["x-model-name"], headers["x-model-version"]) == ("cropseg-unet", MODEL_VERSION)
     stages = [part.split(";")[0] for part in headers["server-timing"].split(", ")]
     assert stages == ["decode", "preprocess", "queue", "infer", "postprocess", "encode"]
 
@@ -129,7 +129,7 @@ def test_json_carries_the_same_mask(client: TestClient, field_png: bytes, encodi
         SEGMENT, params={"output": "json", "mask_encoding": encoding}, content=field_png, headers=PNG
     ).json()
     assert (body["width"], body["height"], body["tiles"]) == (480, 360, 1)
-    assert body["model"] == {"name": "cropseg-unet", "version": "1.0.0"}
+    assert body["model"] == {"name": "cropseg-unet", "version": MODEL_VERSION}
     assert body["vegetation_fraction"] == pytest.approx((mask == 255).mean(), abs=1e-6)
     assert set(body["timings_ms"]) == {"decode", "preprocess", "queue", "infer", "postprocess"}
     if encoding == "png":
@@ -284,7 +284,7 @@ def test_model_description(client: TestClient) -> None:
 def test_info_lists_versions(client: TestClient) -> None:
     body = client.get("/api/v1/info").json()
     assert body["service"] == "cropseg-inference"
-    assert body["model"]["version"] == "1.0.0"
+    assert body["model"]["version"] == MODEL_VERSION
     assert body["dependencies"]["onnxruntime"][0].isdigit()
     assert "torch" not in body["dependencies"]
 

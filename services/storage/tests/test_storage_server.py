@@ -23,6 +23,7 @@ from storage_testing import REPO, encode, field_image
 from cropseg_core.imaging import decode_image
 from cropseg_core.processes import free_port, running_service, wait_ready
 
+MODEL_VERSION = json.loads((REPO / "model/artifacts/metrics.json").read_text())["model"]["version"]
 pytestmark = pytest.mark.slow
 
 
@@ -153,7 +154,7 @@ def test_segmentation_through_the_real_inference_service(live_stack: dict[str, s
     for sample in chosen:
         response = httpx.post(f"{url}{sample['links']['segmentation']}", timeout=60)
         assert response.status_code == 201, response.text
-        assert response.json()["model_version"] == "1.0.0"
+        assert response.json()["model_version"] == MODEL_VERSION
         evaluation = httpx.get(f"{url}{sample['links']['evaluation']}").json()
         assert evaluation["iou"] > 0.75, evaluation
         assert evaluation["pixel_accuracy"] > 0.9

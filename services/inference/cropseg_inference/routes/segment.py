@@ -64,7 +64,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
                     "tiles": 1,
                     "layout": "rgb",
                     "working_scale": 1.0,
-                    "model": {"name": "cropseg-unet", "version": "1.0.0"},
+                    "model": {"name": "cropseg-unet", "version": "2.0.0"},
                     "timings_ms": {
                         "decode": 3.9,
                         "preprocess": 0.03,
