@@ -32,7 +32,7 @@ REAL   := model/data/real
 MODEL_VERSION := 2.0.0
 TRAIN_TILES ?= 1200
 TRAIN_STEPS ?= 1200
-ABLATION_STEPS ?= 300
+ABLATION_STEPS ?= 200
 EVAL_TILES ?= 150
 TRAINING := --data $(DATA)/train:0.35 --data $(REAL)/ews/train:0.4 --data $(REAL)/peanut/train:0.25 \
 	--val $(DATA)/val --val $(REAL)/ews/select --val $(REAL)/peanut/select --val-every 300
@@ -56,7 +56,7 @@ help:
 	@echo "make images build the three service images (cropseg/<service>:$(IMAGE_TAG)); installs an engine and"
 	@echo "           a local base image first when missing (scripts/container-engine.sh, needs root)"
 	@echo "make k8s    render the Helm chart into k8s/ (plain manifests for kubectl apply -k)"
-	@echo "make model  regenerate data, retrain, export and evaluate the committed model (about 50 min on 2 cores)"
+	@echo "make model  regenerate data, retrain, export and evaluate the committed model (under an hour on 2 cores)"
 	@echo "make model-ablation  the model card's ablation table: variants of the recipe, scored on real images"
 
 $(BIN)/python:

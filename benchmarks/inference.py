@@ -157,10 +157,10 @@ def torch_eager(tile: np.ndarray, runs: int) -> tuple[dict[str, float], float]:
     """Latency of the eager model and its FLOPs for one tile."""
     import torch
 
-    from cropseg_model.unet import ExportedSegmenter, UNet
+    from cropseg_model.unet import EfficientUNet, ExportedSegmenter
 
     torch.set_num_threads(os.cpu_count() or 1)
-    net = ExportedSegmenter(UNet()).eval()
+    net = ExportedSegmenter(EfficientUNet()).eval()
     x = torch.from_numpy(to_model_bands(tile, get_layout("rgb"))[None].copy())
     flops = count_flops(net, x)
     with torch.inference_mode():

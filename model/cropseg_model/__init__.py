@@ -1,1 +1,1 @@
-"""cropseg model pipeline: data, baselines, U-Net, ONNX export, evaluation."""
+"""cropseg model pipeline: data, baselines, networks, training, ONNX export, evaluation."""

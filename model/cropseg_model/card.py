@@ -53,9 +53,9 @@ EfficientNet-Lite was designed for mobile CPUs (ReLU6, no squeeze-and-excitation
   red, green and blue exist) and **NDVI** (where NIR and red exist) as input channels, and an
   in-field indicator. The stem's weights for these extra channels start at zero, so training
   starts from the pretrained network exactly.
-- **Trimmed by the index** where the layout has near-infrared and red: the pipeline sets the
-  probability to 0 wherever NIR − red is at or below its Otsu threshold (the network
-  proposes, the index trims the soil its edges drew in).
+- **Refined by the index** where the layout has near-infrared and red: the network says
+  where plants are, (NIR − red) + Otsu draws their pixels — soil where the index says soil,
+  plant where it says plant within 2 px of the network's mask (`cropseg_core.pipeline`).
 - Working resolution: metadata `working_gsd_mm` = {working_gsd_mm} mm per pixel; the
   segmentation pipeline (`cropseg_core.pipeline`) scales finer images down to it when a
   request gives `gsd_mm`, and otherwise scales images whose leaves are wider than
@@ -95,10 +95,10 @@ to the encoder's authors (Tan and Le, ICML 2019; see the repository's `NOTICE`).
 
 ## Evaluation
 Everything below is the **segmentation pipeline** a user gets through the API (band mapping,
-working resolution, tiles, the ONNX model, the index trim, resize back, threshold), not the
+working resolution, tiles, the ONNX model, the index refinement, resize back, threshold), not the
 bare network, scored beside the simple indices each layout allows (ExG + Otsu for true
 colour; NDVI + Otsu and (NIR − red) + Otsu wherever NIR exists) and the seed's green filter
-+ k-means; for NIR layouts also the pipeline without the index trim. Vegetation IoU, mean of
++ k-means; for NIR layouts also the network alone, without the index refinement. Vegetation IoU, mean of
 per-image scores (non-black: images with in-field pixels).
 
 {layout_table}
@@ -119,13 +119,11 @@ masks by majority), as a coarser ground sampling distance would show them:
 {scale_tables}
 
 **Large photos.** The same validation images enlarged (bicubic) as a closer, higher-resolution
-photo would show them: the pipeline's automatic working resolution against the same
-pipeline forced to full resolution.
+photo would show them: the pipeline's automatic working resolution (leaves scaled to
+{auto_leaf_px:g} px), the same aiming at other leaf widths, and the pipeline forced to full
+resolution. This sweep sets the default: {enlargement_verdict}
 
 {enlargement_tables}
-
-The automatic working resolution pays off where leaves become many times wider than in
-training (4× enlarged); at 2× the images stay at full size or nearly so.
 
 **Exposure** (true colour, synthetic tiles darkened or brightened by a constant gain):
 
@@ -302,6 +300,24 @@ pipeline. Vegetation IoU (boundary F1); synthetic tiles in true colour and CIR
 """
 
 
+def _enlargement_verdict(real: dict[str, Any]) -> str:
+    """Whether the default automatic working resolution is the best row of every
+    enlargement table (within half a point), or where another does better."""
+    losses = []
+    for name, report in real.items():
+        table = report.get("enlargement", {})
+        labels = enlargement_labels(table)
+        for factor, row in table.items():
+            pipelines = {m: v for m, v in row.items() if m.startswith("unet")}
+            best = max(pipelines, key=lambda m: pipelines[m])
+            if pipelines[best] > pipelines["unet_auto"] + 0.005:
+                losses.append(f"{name} at {factor}× ({labels[best]} {pipelines[best]:.3f}, "
+                              f"the default {pipelines['unet_auto']:.3f})")  # fmt: skip
+    if not losses:
+        return "it is the best row, or within half a point of it, at every enlargement of both sets."
+    return "another row does better on " + "; ".join(losses) + "."
+
+
 def _stage_table(stages: list[dict[str, Any]]) -> str:
     rows = [
         "| stage | steps | max lr | draws (synthetic / EWS / peanut) | best step | selection IoU | minutes |",
@@ -409,6 +425,7 @@ def write_card(
             for name, report in real.items()
             if "scales" in report
         ),
+        enlargement_verdict=_enlargement_verdict(real),
         enlargement_tables="\n\n".join(
             f"*{name}*\n\n"
             + sweep_table(report["enlargement"], "enlarged ×", enlargement_labels(report["enlargement"]))

@@ -43,7 +43,7 @@ from cropseg_model.metrics import boundary_f1, summarise
 EXPOSURE_GAINS = (0.5, 0.7, 1.0, 1.4, 2.0)
 METHOD_LABELS = {
     "unet": "cropseg pipeline",
-    "unet_untrimmed": "pipeline without the index trim",
+    "unet_network_only": "network alone (no index refinement)",
     "exg_otsu": "ExG + Otsu",
     "ndvi_otsu": "NDVI + Otsu",
     "difference_otsu": "(NIR − red) + Otsu",
@@ -89,7 +89,7 @@ class Evaluator:
         self.config = config or PipelineConfig(model_gsd_mm=self.info.working_gsd_mm)
         self.pipeline = Pipeline(self.config)
         self.full_resolution = Pipeline(replace(self.config, auto_leaf_px=0))
-        self.untrimmed = Pipeline(replace(self.config, trim_by_index=False))
+        self.network_only = Pipeline(replace(self.config, refine_by_index=False))
         # Other automatic working resolutions to compare on enlarged photos (leaf width, px).
         self.leaf_widths = {w: Pipeline(replace(self.config, auto_leaf_px=w)) for w in leaf_widths}
 
@@ -103,17 +103,18 @@ class Evaluator:
         return self.run(channels, layout, pipeline).mask
 
     def methods(self, layout: Layout) -> dict[str, Method]:
-        """The pipeline, for layouts it trims by the index also without trimming
-        (``unet_untrimmed``), and the baselines the layout allows."""
+        """The pipeline, for layouts it refines by the index also without the refinement
+        (``unet_network_only``), and the baselines the layout allows."""
 
         def unet(bands: np.ndarray) -> np.ndarray:
             return self.segment(from_model_bands(bands, layout), layout)
 
-        def untrimmed(bands: np.ndarray) -> np.ndarray:
-            return self.segment(from_model_bands(bands, layout), layout, self.untrimmed)
+        def network_only(bands: np.ndarray) -> np.ndarray:
+            return self.segment(from_model_bands(bands, layout), layout, self.network_only)
 
-        trims = self.config.trim_by_index and layout.has("nir") and layout.has("red")
-        return {"unet": unet, **({"unet_untrimmed": untrimmed} if trims else {}), **baselines_for(layout)}
+        refines = self.config.refine_by_index and layout.has("nir") and layout.has("red")
+        variants = {"unet_network_only": network_only} if refines else {}
+        return {"unet": unet, **variants, **baselines_for(layout)}
 
 
 def _as_layout(bands: np.ndarray, layout: Layout) -> np.ndarray:
@@ -254,7 +255,7 @@ def _ordered(methods: list[str]) -> list[str]:
 def layout_table(reports: dict[str, Any]) -> str:
     """One row per (set, layout): IoU (non-black) of the pipeline and each applicable baseline,
     and the pipeline's margin over the best baseline."""
-    methods = ["unet", "unet_untrimmed", "exg_otsu", "ndvi_otsu", "difference_otsu", "green_kmeans"]
+    methods = ["unet", "unet_network_only", "exg_otsu", "ndvi_otsu", "difference_otsu", "green_kmeans"]
     header = "| set | layout | images | " + " | ".join(METHOD_LABELS[m] for m in methods)
     rows = [header + " | margin over best baseline |", "|---|---|---:|" + "---:|" * (len(methods) + 1)]
     # Real photos (true colour only) first, then synthetic tiles; layouts in their usual order.

@@ -66,7 +66,7 @@ def export_onnx(net: torch.nn.Module, out: Path, metadata: dict[str, str]) -> No
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.doc_string = (
-        "cropseg U-Net: uint8 bands red, green, blue, NIR (N,H,W,4; 0 where absent) "
+        "cropseg segmentation network: uint8 bands red, green, blue, NIR (N,H,W,4; 0 where absent) "
         "-> vegetation probability (N,1,H,W)"
     )
     onnx.checker.check_model(model)

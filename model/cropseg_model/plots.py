@@ -43,7 +43,7 @@ def training_curve(history: list[dict[str, float]], stage_ends: list[int], path:
         left.annotate(" stage 2", (end, min(iou)), ha="left", va="bottom", fontsize=8, color="tab:blue")
     figure.legend(loc="upper left", bbox_to_anchor=(0.8, 0.92), fontsize=7)
     figure.subplots_adjust(right=0.62)
-    left.set_title("U-Net training: mean IoU over the selection sets")
+    left.set_title("Training: IoU over the selection sets")
     _save(figure, path)
 
 

@@ -1,4 +1,4 @@
-"""U-Net training: random multi-scale crops with photometric augmentation, BCE + Dice loss
+"""Training: random multi-scale crops with photometric augmentation, BCE + Dice loss
 (ignoring pixels marked 128), validation on whole images, best checkpoint kept.
 
 Training draws from several folders with weights (e.g. real photos and synthetic tiles).
@@ -24,6 +24,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -79,7 +80,7 @@ def build_network(config: TrainConfig, *, pretrained: bool | None = None) -> Net
     )
 
 
-def parameter_groups(net: Network, config: TrainConfig) -> list[dict[str, object]]:
+def parameter_groups(net: Network, config: TrainConfig) -> list[dict[str, Any]]:
     """The pretrained encoder at ``encoder_lr_scale`` of the learning rate, the rest at it."""
     if not isinstance(net, EfficientUNet) or not config.pretrained:
         return [{"params": list(net.parameters()), "lr": config.lr}]
@@ -282,12 +283,9 @@ def train(
         net = build_network(config)
     net.to(device)
     groups = parameter_groups(net, config)
-    optimiser = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)  # type: ignore[arg-type]
+    optimiser = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser,
-        max_lr=[float(g["lr"]) for g in groups],
-        total_steps=config.steps,
-        pct_start=0.1,  # type: ignore[arg-type]
+        optimiser, max_lr=[g["lr"] for g in groups], total_steps=config.steps, pct_start=0.1
     )
     sampler = CropSampler(training, config)
     best: dict[str, float | int] = {"iou_non_black": -1.0}

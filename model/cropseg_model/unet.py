@@ -1,13 +1,16 @@
-"""The cropseg U-Net (PyTorch; training only, never imported by a service).
+"""The cropseg networks (PyTorch; training only, never imported by a service).
 
-Same family as the seed's network, one level deeper (encoder 16-32-64-128 channels, a
-256-channel bottleneck: a wider view for shadows and context at little cost, since the
-extra level runs at 1/8 and 1/16 of the resolution), with two changes that matter in
-production:
+:class:`EfficientUNet` is the model since 2.0.0: an ImageNet-pretrained EfficientNet-Lite
+encoder under a light U-Net decoder (see its docstring). :class:`UNet` is the network of
+cropseg 1.x, trained from scratch, kept as the ablation's baseline and for old checkpoints.
+Both share the input features and the two properties that matter in production.
+
+The plain U-Net is the seed's network one level deeper (encoder 16-32-64-128 channels, a
+256-channel bottleneck), with two changes that both networks keep:
 
 * **Pixel alignment.** Convolutions are padded ("same"), the input is padded on the
-  right/bottom to a multiple of 16 inside the network and the output is cropped back, so
-  the mask has exactly the input's size and is aligned pixel for pixel, for any size.
+  right/bottom to a multiple of 16 (32 for EfficientNet) inside the network and the output
+  is cropped back, so the mask has exactly the input's size and is aligned pixel for pixel.
   (The seed used unpadded convolutions and resized the smaller output, shifting masks.)
 * **Bands, not pictures.** The input is the four bands of
   :data:`cropseg_core.bands.MODEL_BANDS` (red, green, blue, near-infrared); a band the

@@ -59,7 +59,7 @@ def test_evaluate_prints_all_three_methods_and_writes_json(
         assert label in printed
     saved = json.loads(report.read_text())["sets"][f"synthetic/{tiny_dataset.name}"]
     assert set(saved["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}
-    assert set(saved["layouts"]["nir_red"]) == {"unet", "unet_untrimmed", "ndvi_otsu", "difference_otsu"}
+    assert set(saved["layouts"]["nir_red"]) == {"unet", "unet_network_only", "ndvi_otsu", "difference_otsu"}
     assert saved["layouts"]["rgb"]["unet"]["images"] == 8
     robustness = saved["exposure_robustness"]
     assert set(robustness) == {"0.5", "0.7", "1", "1.4", "2"}

@@ -262,7 +262,7 @@ def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> N
     assert set(real["layouts"]) == {"rgb"}
     assert set(real["layouts"]["rgb"]) == {"unet", "exg_otsu", "green_kmeans"}
     assert set(synthetic["layouts"]) == {"rgb", "cir", "rgbn", "nir_red", "red_nir"}
-    assert set(synthetic["layouts"]["cir"]) == {"unet", "unet_untrimmed", "ndvi_otsu", "difference_otsu"}
+    assert set(synthetic["layouts"]["cir"]) == {"unet", "unet_network_only", "ndvi_otsu", "difference_otsu"}
     assert 0 <= real["layouts"]["rgb"]["unet"]["boundary_f1"] <= 1
     assert set(real["scales"]) == {"0.5", "1"}
     assert set(real["enlargement"]["2"]) == {"unet_auto", "unet_full_resolution", "baseline"}

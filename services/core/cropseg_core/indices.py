@@ -15,6 +15,7 @@ mask for choosing a working resolution (:func:`typical_leaf_width`). numpy only.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageFilter
 
 from cropseg_core.bands import Layout
 from cropseg_core.masks import BLACK_LEVEL
@@ -93,17 +94,31 @@ def difference_threshold(bands: np.ndarray, max_pixels: int = 250_000) -> float 
     return otsu_threshold(nir_red_difference(sample)[in_field]) if in_field.any() else None
 
 
-def trim_by_difference(probability: np.ndarray, bands: np.ndarray, rows: int = 512) -> None:
-    """Set the probability to 0 in place where NIR - red is at or below its Otsu threshold:
-    the network proposes plants, the index trims the soil its edges drew in. In strips of
-    ``rows``, so a large image needs no full-size float copy."""
-    threshold = difference_threshold(bands)
-    if threshold is None:
+def refine_by_difference(
+    probability: np.ndarray, bands: np.ndarray, threshold: float, reach: int = 2, rows: int = 512
+) -> None:
+    """The network says where plants are, NIR - red draws their pixels (in place).
+
+    Where NIR - red is at or below its Otsu threshold the probability becomes 0 (the soil a
+    network's edges draw in); where it is above and within ``reach`` pixels of the network's
+    mask (probability above ``threshold``), at least ``(1 + threshold) / 2`` (plant pixels
+    the network missed beside its plants). Plants the index sees far from any the network
+    found stay out: that is the network's share. In strips of ``rows``, so a large image
+    needs no full-size float copy.
+    """
+    cut = difference_threshold(bands)
+    if cut is None:
         return
+    proposal = Image.fromarray(np.where(probability > threshold, np.uint8(255), np.uint8(0)))
+    near = np.asarray(proposal.filter(ImageFilter.MaxFilter(2 * reach + 1))) > 0
+    floor = np.float32((1 + threshold) / 2)
     for top in range(0, bands.shape[0], rows):
         strip = bands[top : top + rows]
-        soil = strip[..., 3].astype(np.int16) - strip[..., 0].astype(np.int16) <= threshold
-        probability[top : top + rows][soil] = 0.0
+        plant = strip[..., 3].astype(np.int16) - strip[..., 0].astype(np.int16) > cut
+        values = probability[top : top + rows]
+        values[~plant] = 0.0
+        confirmed = plant & near[top : top + rows]
+        values[confirmed] = np.maximum(values[confirmed], floor)
 
 
 def typical_leaf_width(mask: np.ndarray, max_depth: int = 64) -> float | None:

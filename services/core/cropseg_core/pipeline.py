@@ -3,7 +3,7 @@ Inference Protocol route (so storage's segment too), evaluation, pseudo-labellin
 and the drift reference profile. What a user gets is what the project measures.
 
     decode -> band mapping -> working resolution -> tiles -> model -> stitch
-           -> trim by the index (NIR layouts) -> resize back to the original size -> threshold
+           -> refine by the index (NIR layouts) -> resize back to the original size -> threshold
 
 * **Band mapping** (:mod:`cropseg_core.bands`): the file's channels, read in the declared
   layout, become the model's red, green, blue, NIR.
@@ -18,11 +18,13 @@ and the drift reference profile. What a user gets is what the project measures.
   (``tile_size`` on its longest side). Images are never enlarged.
   The probability is resized back: the mask is always the input's size.
 * **Tiles**: images larger than ``tile_size`` run in overlapping tiles (:mod:`.tiling`).
-* **Trim by the index**: where the layout has near-infrared and red, the stitched probability
-  is set to 0 wherever NIR - red is at or below its Otsu threshold (at the working
-  resolution): the network proposes plants and the index, which draws plant edges in such
-  bands more sharply than the network learnt to from synthetic tiles, trims them
-  (``trim_by_index``; measured in the model card).
+* **Refine by the index**: where the layout has near-infrared and red, the network says
+  where plants are and NIR - red + Otsu draws their pixels (at the working resolution): 0
+  where the index says soil, at least halfway between the threshold and 1 where it says
+  plant within 2 px of the network's mask. In such bands the index draws plant edges more
+  sharply than a network that learnt NIR from synthetic tiles only, while the network keeps
+  out what the index alone would take for plants (``refine_by_index``; the model card
+  measures both).
 
 The model runs through a callable, so the inference service can put tiles through its
 micro-batcher while offline tools call ONNX Runtime directly: :meth:`Pipeline.prepare`,
@@ -43,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from cropseg_core.bands import Layout, get_layout, to_model_bands
-from cropseg_core.indices import otsu_threshold, trim_by_difference, typical_leaf_width, vegetation_index
+from cropseg_core.indices import otsu_threshold, refine_by_difference, typical_leaf_width, vegetation_index
 from cropseg_core.masks import BLACK_LEVEL
 from cropseg_core.tiling import Mosaic, Tile, plan_tiles
 
@@ -74,15 +76,15 @@ class PipelineConfig:
     tile_size: int = 512
     """Images up to this many pixels a side (after scaling) run in one pass."""
     tile_overlap: int = 128
-    """Pixels shared by neighbouring tiles (each keeps its centre; the U-Net looks about 64 px around)."""
+    """Pixels shared by neighbouring tiles (each keeps its centre, with overlap/2 px of context)."""
     auto_leaf_px: float = 16.0
     """Automatic working resolution: images whose typical leaf is wider than this many pixels
     are scaled down until it is this wide (0 = never scale automatically)."""
     model_gsd_mm: float = DEFAULT_MODEL_GSD_MM
     """Ground sampling distance the model works best at (from the model file's metadata)."""
-    trim_by_index: bool = True
-    """Where the layout has near-infrared and red, pixels at or below the Otsu threshold of
-    NIR - red are soil whatever the network says (the network proposes, the index trims)."""
+    refine_by_index: bool = True
+    """Where the layout has near-infrared and red, the network says where plants are and
+    NIR - red + Otsu draws their pixels (:func:`cropseg_core.indices.refine_by_difference`)."""
 
 
 def automatic_scale(bands: np.ndarray, layout: Layout, leaf_px: float) -> float:
@@ -235,8 +237,8 @@ class Pipeline:
     def finish(self, prepared: Prepared, mosaic: Mosaic, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """The stitched probability resized back to the input's size, and thresholded."""
         probability = mosaic.result()
-        if self.config.trim_by_index and prepared.layout.has("nir") and prepared.layout.has("red"):
-            trim_by_difference(probability, prepared.bands)
+        if self.config.refine_by_index and prepared.layout.has("nir") and prepared.layout.has("red"):
+            refine_by_difference(probability, prepared.bands, threshold)
         if probability.shape != (prepared.height, prepared.width):
             probability = resize_probability(probability, prepared.height, prepared.width)
         return probability, np.where(probability > threshold, np.uint8(255), np.uint8(0))

@@ -68,11 +68,14 @@ def predict_tiled(segmenter: OnnxSegmenter, image: np.ndarray, tile_size: int, o
     return stitch(predictions, tiles, *image.shape[:2])
 
 
-# The four-level network's context reaches past half the default 128 px overlap: a stitched
-# probability differs from one pass by up to 0.011 there (0.005 with 160 px, 0.0014 with
-# 192 px, measured on this image), while no mask pixel changes. 128 px keeps large images
-# 1.4x cheaper than 192 px; the masks, not the last decimals, are what users get.
-ATOL = 0.02
+# The EfficientNet encoder's context reaches far past half the default 128 px overlap, and
+# each tile standardises its own bands: measured on this image with cropseg-unet 2.0.0, a
+# stitched probability differs from one pass by 0.034 at the 99.9th percentile (0.15 at the
+# worst pixel) and the mask on 0.016 % of pixels; 256 px would halve that at 1.6x the cost
+# for large images, and without overlap it is 0.072 and 0.044 %. The masks, not the last
+# decimals, are what users get.
+ATOL = 0.05  # on the 99.9th percentile of the probability difference
+MAX_MASK_CHANGE = 3e-4  # share of mask pixels that may differ
 
 
 def test_stitched_mask_equals_single_pass_where_both_are_possible() -> None:
@@ -83,10 +86,10 @@ def test_stitched_mask_equals_single_pass_where_both_are_possible() -> None:
     single = segmenter.predict(image)
     assert len(plan_tiles(1024, 1152, config.tile_size, config.tile_overlap)) == 9
     stitched = predict_tiled(segmenter, image, config.tile_size, config.tile_overlap)
-    assert np.abs(stitched - single).max() < ATOL
+    assert np.percentile(np.abs(stitched - single), 99.9) < ATOL
     threshold = segmenter.info.threshold if segmenter.info else 0.5
     assert 0.05 < (single > threshold).mean() < 0.95  # the image has both classes
-    assert np.array_equal(stitched > threshold, single > threshold)
+    assert ((stitched > threshold) != (single > threshold)).mean() < MAX_MASK_CHANGE
 
 
 def test_tiles_without_enough_overlap_show_seams() -> None:
@@ -95,7 +98,7 @@ def test_tiles_without_enough_overlap_show_seams() -> None:
     segmenter.load()
     image = periodic_field(1024, 1024)
     stitched = predict_tiled(segmenter, image, 512, 0)
-    assert np.abs(stitched - segmenter.predict(image)).max() > 5 * ATOL
+    assert np.percentile(np.abs(stitched - segmenter.predict(image)), 99.9) > ATOL
 
 
 def test_session_options_reach_onnx_runtime_and_do_not_change_the_answer() -> None:
