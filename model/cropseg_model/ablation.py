@@ -6,16 +6,21 @@ larger encoder — is trained, exported with its threshold calibrated on the sel
 folders, and scored through the segmentation pipeline on the real validation splits
 (vegetation IoU and boundary F1) and on synthetic tiles in true colour and CIR. The model
 card shows the table (``make model-ablation`` writes the report the card reads).
+
+The report is written after each variant; a rerun keeps every variant whose configuration
+is unchanged and trains only the rest, so an interrupted ablation resumes.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cropseg_core.files import write_json
 from cropseg_model.evaluate import Evaluator, evaluate, set_name, synthetic_name
 
 if TYPE_CHECKING:  # training needs torch; the table (the model card) does not
@@ -48,11 +53,13 @@ def ablate(
     base: TrainConfig,
     variants: list[str],
     folder: Path,
+    out: Path,
     *,
     synthetic_limit: int = 50,
     progress: bool = True,
 ) -> dict[str, object]:
-    """Train, export and score every variant; returns the report (also per variant in ``folder``)."""
+    """Train, export and score every variant (checkpoints and ONNX files in ``folder``);
+    writes the report to ``out`` after each one and returns it."""
     from cropseg_model.export import export_checkpoint
     from cropseg_model.train import train
 
@@ -60,9 +67,18 @@ def ablate(
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}: choose from {list(VARIANTS)}")
     folder.mkdir(parents=True, exist_ok=True)
-    results = []
+    earlier = json.loads(out.read_text())["variants"] if out.exists() else []
+    results: list[dict[str, object]] = []
+    report: dict[str, object] = {"steps": base.steps, "batch_size": base.batch_size, "variants": results}
     for name in variants:
         config = replace(base, **VARIANTS[name])  # type: ignore[arg-type]
+        as_stored = json.loads(json.dumps(asdict(config)))  # tuples become lists, as in the report
+        kept = [v for v in earlier if v["name"] == name and v["config"] == as_stored]
+        if kept:
+            log.info("ablation %r: unchanged since the last run, kept", name)
+            results.append(kept[0])
+            write_json(out, report)
+            continue
         checkpoint = folder / f"{slug(name)}.pt"
         log.info("ablation %r: training %d steps", name, config.steps)
         started = time.perf_counter()
@@ -92,8 +108,9 @@ def ablate(
             "seconds": round(time.perf_counter() - started, 1),
             "scores": scores,
         })  # fmt: skip
+        write_json(out, report)
         log.info("ablation %r: %s", name, {k: round(v["iou_non_black"], 3) for k, v in scores.items()})
-    return {"steps": base.steps, "batch_size": base.batch_size, "variants": results}
+    return report
 
 
 def _unet(report: dict[str, object], layout: str) -> dict[str, float]:

@@ -136,8 +136,7 @@ def cmd_ablate(args: argparse.Namespace) -> None:
         choices = ", ".join(repr(v) for v in VARIANTS)
         raise UsageError(f"unknown --variant {unknown[0]!r}: choose from {choices}")
     report = ablate(sources, args.val, args.real_val, args.synthetic, config, variants,
-                    args.work, progress=not args.quiet)  # fmt: skip
-    write_json(args.out, report)
+                    args.work, args.out, progress=not args.quiet)  # fmt: skip
     print(ablation_table(report))
 
 
