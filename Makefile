@@ -164,6 +164,7 @@ test: lint typecheck pytest
 
 # The synthetic sets, generated once per tile count (seeds fixed: the same tiles every time).
 $(DATA)/.sets-$(TRAIN_TILES): $(VENV)/.dev model/cropseg_model/synth.py
+	rm -rf $(DATA)/train $(DATA)/val $(DATA)/eval $(DATA)/reference $(DATA)/.sets-*  # exactly these tiles
 	$(BIN)/cropseg-model generate --count $(TRAIN_TILES) --seed 1 --out $(DATA)/train
 	$(BIN)/cropseg-model generate --count 100 --seed 2 --out $(DATA)/val
 	$(BIN)/cropseg-model generate --count $(EVAL_TILES) --seed 3 --out $(DATA)/eval

@@ -293,8 +293,10 @@ def _ablation_section(ablation: dict[str, Any] | None) -> str:
 **Ablation.** What each part of the recipe is worth: each row changes one thing of the same
 recipe, trained for {ablation["steps"]} steps (batches of {ablation["batch_size"]}) on the same
 data with the same seed, exported with its own calibrated threshold and scored through the
-pipeline. Vegetation IoU (boundary F1); synthetic tiles in true colour and CIR
-(`make model-ablation`, `artifacts/ablation.json`):
+pipeline. Vegetation IoU (boundary F1); synthetic tiles in true colour and CIR; the last
+column is the mean IoU change on the real validation sets against the first row
+(`make model-ablation`, `artifacts/ablation.json`). Each row is one run with one seed, at a
+sixth of the recipe's steps: no error bars.
 
 {ablation_table(ablation)}
 """

