@@ -10,6 +10,7 @@ from inference_testing import MODEL, MODEL_VERSION, make_settings, wait_ready
 from prometheus_client import CollectorRegistry
 
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
+from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
 
 INFER = "/v2/models/cropseg-unet/infer"
@@ -21,10 +22,12 @@ def small_tile(field_tile: np.ndarray) -> np.ndarray:
 
 
 def reference(image: np.ndarray, layout: str = "rgb") -> np.ndarray:
-    """The bare model on the image's bands (the tile is small: no scaling, one tile)."""
+    """The core pipeline's probability for the image, run in this process (the tile is small:
+    no scaling, one tile; NIR layouts refined by their index)."""
     segmenter = OnnxSegmenter(MODEL)
-    segmenter.load()
-    return segmenter.predict(to_model_bands(image, get_layout(layout)))
+    info = segmenter.load()
+    pipeline = Pipeline(PipelineConfig(model_gsd_mm=info.working_gsd_mm))
+    return pipeline.run(segmenter.predict, image, info.threshold, get_layout(layout)).probability
 
 
 def model_threshold() -> float:
