@@ -91,10 +91,10 @@ def ablate(
             unet = _unet(evaluate(onnx, data, layouts=["rgb"], evaluator=evaluator, progress=False), "rgb")
             scores[set_name(data)] = unet
         if synthetic is not None:
-            report = evaluate(onnx, synthetic, layouts=SYNTHETIC_LAYOUTS, evaluator=evaluator,
-                              progress=False, limit=synthetic_limit)  # fmt: skip
+            tiles = evaluate(onnx, synthetic, layouts=SYNTHETIC_LAYOUTS, evaluator=evaluator,
+                             progress=False, limit=synthetic_limit)  # fmt: skip
             for layout in SYNTHETIC_LAYOUTS:
-                scores[f"{synthetic_name(synthetic)} ({layout})"] = _unet(report, layout)
+                scores[f"{synthetic_name(synthetic)} ({layout})"] = _unet(tiles, layout)
         results.append({
             "name": name,
             "changes": VARIANTS[name],

@@ -303,7 +303,7 @@ def test_ablation_trains_exports_and_scores_each_variant(tiny_dataset: Path, tmp
     out = tmp_path / "ablation.json"
     argv = ["-q", "ablate", "--data", str(tiny_dataset), "--val", str(tiny_dataset), "--steps", "2",
             "--batch-size", "2", "--crop", "32", "--val-every", "1", "--real-val", str(tiny_dataset),
-            "--variant", "plain U-Net of cropseg 1.x", "--out", str(out),
+            "--variant", "plain U-Net of cropseg 1.x", "--out", str(out), "--synthetic", str(tiny_dataset),
             "--work", str(tmp_path / "work")]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(out.read_text())
@@ -312,6 +312,7 @@ def test_ablation_trains_exports_and_scores_each_variant(tiny_dataset: Path, tmp
     assert report["steps"] == 2
     name = f"{tiny_dataset.parent.name}/{tiny_dataset.name}"
     assert 0 <= variant["scores"][name]["iou_non_black"] <= 1
+    assert 0 <= variant["scores"][f"synthetic/{tiny_dataset.name} (cir)"]["boundary_f1"] <= 1
     onnx = tmp_path / "work" / "plain-u-net-of-cropseg-1-x.onnx"
     assert "| plain U-Net of cropseg 1.x | 1.94 M |" in ablation_table(report)
     made = onnx.stat().st_mtime_ns
