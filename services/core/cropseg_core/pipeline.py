@@ -35,7 +35,6 @@ they come back: a 40 MP image never holds all of its ~230 tiles or predictions a
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +44,13 @@ import numpy as np
 from PIL import Image
 
 from cropseg_core.bands import Layout, get_layout, to_model_bands
-from cropseg_core.indices import otsu_threshold, refine_by_difference, typical_leaf_width, vegetation_index
+from cropseg_core.indices import (
+    otsu_threshold,
+    refine_by_difference,
+    strided_sample,
+    typical_leaf_width,
+    vegetation_index,
+)
 from cropseg_core.masks import BLACK_LEVEL
 from cropseg_core.tiling import Mosaic, Tile, plan_tiles
 
@@ -97,8 +102,7 @@ def automatic_scale(bands: np.ndarray, layout: Layout, leaf_px: float) -> float:
     leaves into wide ones.
     """
     height, width = bands.shape[:2]
-    step = max(1, int(math.sqrt(height * width / SAMPLE_PIXELS)))
-    sample = bands[::step, ::step]
+    sample = strided_sample(bands, SAMPLE_PIXELS)
     in_field = sample.max(axis=2) > BLACK_LEVEL
     if not in_field.any():
         return 1.0
