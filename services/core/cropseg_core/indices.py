@@ -108,21 +108,27 @@ def refine_by_difference(
     network's edges draw in); where it is above and within ``reach`` pixels of the network's
     mask (probability above ``threshold``), at least ``(1 + threshold) / 2`` (plant pixels
     the network missed beside its plants). Plants the index sees far from any the network
-    found stay out: that is the network's share. In strips of ``rows``, so a large image
-    needs no full-size float copy.
+    found stay out: that is the network's share. In strips of ``rows`` (each seeing ``reach``
+    rows of the network's mask above and below it), so a large image needs no full-size copy
+    of anything: concurrent requests each hold a few strips.
     """
     cut = difference_threshold(bands)
     if cut is None:
         return
-    proposal = Image.fromarray(np.where(probability > threshold, np.uint8(255), np.uint8(0)))
-    near = np.asarray(proposal.filter(ImageFilter.MaxFilter(2 * reach + 1))) > 0
     floor = np.float32((1 + threshold) / 2)
-    for top in range(0, bands.shape[0], rows):
+    height = bands.shape[0]
+    below = probability[: min(height, rows + reach)] > threshold  # the network's mask, read ahead
+    for top in range(0, height, rows):
+        start = max(0, top - reach)
+        proposal = Image.fromarray(np.where(below, np.uint8(255), np.uint8(0)))
+        near = np.asarray(proposal.filter(ImageFilter.MaxFilter(2 * reach + 1)))[top - start :][:rows] > 0
+        after = top + rows  # read the next strip's mask before this strip's probabilities change
+        below = probability[max(0, after - reach) : min(height, after + rows + reach)] > threshold
         strip = bands[top : top + rows]
         plant = nir_red_difference(strip, np.int16) > cut
         values = probability[top : top + rows]
         values[~plant] = 0.0
-        confirmed = plant & near[top : top + rows]
+        confirmed = plant & near
         values[confirmed] = np.maximum(values[confirmed], floor)
 
 

@@ -149,3 +149,23 @@ def test_true_colour_is_not_refined() -> None:
 
     result = Pipeline(PipelineConfig(auto_leaf_px=0)).run(model, image, 0.5, "rgb")
     assert (result.mask > 127).sum() > 1.5 * (green_model(image) > 0.5).sum()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 512])
+def test_the_refinement_in_strips_equals_it_over_the_whole_image(rows: int) -> None:
+    """Strips (which keep concurrent requests' memory small) see their neighbours' mask rows."""
+    from PIL import Image, ImageFilter
+
+    from cropseg_core.indices import difference_threshold, nir_red_difference, refine_by_difference
+
+    rng = np.random.default_rng(0)
+    bands = rng.integers(0, 255, (23, 31, 4), dtype=np.uint8)
+    probability = rng.random((23, 31)).astype(np.float32)
+    expected = probability.copy()
+    mask = Image.fromarray(np.where(expected > 0.5, np.uint8(255), np.uint8(0)))
+    near = np.asarray(mask.filter(ImageFilter.MaxFilter(5))) > 0
+    plant = nir_red_difference(bands, np.int16) > difference_threshold(bands)
+    expected[~plant] = 0
+    expected[plant & near] = np.maximum(expected[plant & near], np.float32(0.75))
+    refine_by_difference(probability, bands, 0.5, rows=rows)
+    assert np.array_equal(probability, expected)
