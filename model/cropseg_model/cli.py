@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=_existing, required=True)
     p.add_argument("--out", type=Path, default=DEFAULT_MODEL)
     p.add_argument("--name", default="cropseg-unet")
-    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--version", required=True, help="version stamped into the model, e.g. 2.1.0")
     p.add_argument("--report", type=Path, default=None, help="write the export result as JSON")
     p.add_argument(
         "--calibrate",

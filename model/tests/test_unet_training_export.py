@@ -249,7 +249,8 @@ def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> N
             "--val-every", "1"]  # fmt: skip
     assert main(argv) == 0
     argv = ["-q", "export", "--checkpoint", str(tmp_path / "unet.pt"), "--out", str(onnx_path),
-            "--report", str(tmp_path / "export.json"), "--calibrate", str(tiny_dataset)]  # fmt: skip
+            "--version", "0.1.0", "--report", str(tmp_path / "export.json"),
+            "--calibrate", str(tiny_dataset)]  # fmt: skip
     assert main(argv) == 0
     export = json.loads((tmp_path / "export.json").read_text())
     assert export["threshold"] in export["threshold_calibration"]

@@ -5,6 +5,7 @@ Screenshots land in var/test-artifacts/ui/ (kept by CI as artefacts of the run).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = REPO / "var" / "test-artifacts" / "ui"
+MODEL_VERSION = json.loads((REPO / "model" / "artifacts" / "metrics.json").read_text())["model"]["version"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,7 +56,7 @@ def test_upload_segment_and_see_mask_and_metrics(
     expect(page.locator("#stats")).to_be_visible(timeout=30_000)
     expect(page.locator("#view-mask")).to_be_visible()
     expect(page.locator("#view-overlay")).to_be_visible()
-    expect(page.locator("#stat-model")).to_have_text("cropseg-unet 1.0.0")
+    expect(page.locator("#stat-model")).to_have_text(f"cropseg-unet {MODEL_VERSION}")
     expect(page.locator("#stat-iou")).to_have_text(re.compile(r"0\.\d{3}"))
     iou = float(page.locator("#stat-iou").inner_text())
     fraction = float(page.locator("#stat-fraction").inner_text().split()[0]) / 100
