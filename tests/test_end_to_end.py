@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import threading
 import time
 from pathlib import Path
@@ -30,11 +31,22 @@ def png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def upload_and_segment(client: httpx.Client, count: int, seed: int, brightness: float = 1.0) -> list[str]:
+REAL = ARTIFACTS.parent / "data" / "real"
+
+
+def real_photos() -> list[np.ndarray]:
+    """The 57 held-out real photos of the model's training sources (EWS wheat and peanut, never
+    trained on), in a fixed shuffled order: what a grower like those the model learned from uploads."""
+    splits = ("ews/val", "ews/select", "peanut/val", "peanut/select")
+    paths = [path for split in splits for path in sorted((REAL / split / "images").iterdir())]
+    random.Random(0).shuffle(paths)
+    return [decode_image(path.read_bytes()).pixels for path in paths]
+
+
+def upload_and_segment(client: httpx.Client, images: list[np.ndarray], brightness: float = 1.0) -> list[str]:
     ids = []
-    for index in range(count):
-        tile = generate_tile(seed, index)[0]
-        image = np.clip(tile.rgb.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
+    for pixels in images:
+        image = np.clip(pixels.astype(np.float32) * brightness, 0, 255).astype(np.uint8)
         response = client.post("/api/v1/images", content=png(image), headers={"content-type": "image/png"})
         assert response.status_code in (200, 201), response.text
         image_id = response.json()["id"]
@@ -69,18 +81,23 @@ def test_journey_upload_label_segment_evaluate_then_drift(system: Stack) -> None
         expected_accuracy = float(((mask > 127) == (tile.mask > 127)).mean())
         assert evaluation["pixel_accuracy"] == pytest.approx(expected_accuracy)
 
-        upload_and_segment(client, 25, seed=42)
-        assert system.run_drift(window_images="25") == 0  # like the training data: no drift
+        photos = real_photos()
+        upload_and_segment(client, photos[:28])
+        assert system.run_drift(window_images="28") == 0  # photos like the training photos: no drift
         wait_for_metric(prometheus, 'cropseg_drift_detected{check="overall"}', 0)
         quiet = client.get("/api/v1/drift/reports/latest").json()
         assert quiet["status"] == "no_drift", quiet["summary"]
+        # the model's confidence on these photos: an IoU estimate like on its validation photos
+        assert quiet["performance"]["status"] == "ok", quiet["performance"]
+        wait_for_metric(prometheus, 'cropseg_drift_detected{check="estimated_iou"}', 0)
 
-        upload_and_segment(client, 25, seed=43, brightness=1.5)
-        assert system.run_drift(window_images="25") == 1  # brightened: drift, the Job fails
+        upload_and_segment(client, photos[28:56], brightness=1.5)
+        assert system.run_drift(window_images="28") == 1  # over-exposed: drift, the Job fails
         wait_for_metric(prometheus, 'cropseg_drift_detected{check="overall"}', 1)
         loud = client.get("/api/v1/drift/reports/latest").json()
         assert loud["status"] == "drift"
         assert "brightness" in loud["detectors"]["image_properties"]["data"]["drifted"]
+        assert "exposure changed" in loud["summary"], loud["summary"]
         assert loud["id"] != quiet["id"]
         metrics = httpx.get(f"{system.urls()['drift-monitor']}/metrics").text
         assert 'cropseg_drift_runs_total{outcome="drift"}' in metrics

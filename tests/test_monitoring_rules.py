@@ -17,7 +17,7 @@ def test_config_and_rules_are_valid(promtool: str) -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool_run(promtool, "check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 7 rules found" in rules.stdout
+    assert "SUCCESS: 8 rules found" in rules.stdout
 
 
 def test_every_alert_fires_and_stays_quiet_when_it_should(promtool: str) -> None:
@@ -30,6 +30,7 @@ def test_every_alert_fires_and_stays_quiet_when_it_should(promtool: str) -> None
         "CropsegLoadShedding",
         "CropsegSegmentationLatencyHigh",
         "CropsegDriftDetected",
+        "CropsegEstimatedIoUDrop",
         "CropsegDriftJobStale",
         "CropsegVolumeAlmostFull",
     )

@@ -57,9 +57,14 @@ def test_upload_segment_drift_and_status_pages(browser: Browser, system: Stack, 
                 "/api/v1/images", content=encode_png(image), headers={"content-type": "image/png"}
             )
             client.post(f"/api/v1/images/{stored.json()['id']}/segmentation")
-    system.run_drift()
     page.click("nav a[data-page=drift]")
+    page.click("#drift-run")  # through storage to the drift monitor, which runs it in a worker
+    expect(page.locator("#drift-run-state")).to_contain_text("Finished", timeout=120_000)
     expect(page.locator("#drift-list li").first).to_contain_text("images")
+    detail = page.locator("#drift-detail")
+    expect(detail).to_contain_text("Compared with 128 ews/train + 48 peanut/train images")
+    short_number = re.compile(r"^(\d\.\d{3}|\d\.\de-\d+|<1e-300|–)$")  # never wraps mid-number
+    expect(detail.locator("td.number").first).to_have_text(short_number)
     expect(page.locator("#drift-detail table")).to_be_visible()
     expect(page.locator("#drift-detail .plots img").first).to_be_visible()
     page.screenshot(path=ARTIFACTS / "2-drift.png", full_page=True)

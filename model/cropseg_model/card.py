@@ -161,7 +161,8 @@ absolute difference in probability over random and generated inputs in every lay
   synthetic tiles, and real CIR or red/NIR imagery may score lower. Check the masks on your
   own imagery and fine-tune (`cropseg-model pseudo-label`, then `cropseg-model train --init`).
   The drift monitor compares incoming images of a layout with that layout's rows of
-  `artifacts/reference_profile.npz`.
+  `artifacts/reference_profile.npz`: the real training photos for `rgb`, synthetic tiles for
+  the NIR layouts (so a real NIR field may show as drift where the model still works).
 - The real photos are close-range wheat and peanut: true-colour drone tiles are represented
   by synthetic tiles only. Real drone tiles with masks would tell how far either carries.
 - {edge_share:.0%} of the pipeline's wrong pixels on the true-colour validation sets lie within
@@ -188,7 +189,7 @@ keyed by model version.
 | `artifacts/versions.json` | every released version and the sha256 of its model file |
 | `artifacts/ablation.json` | the ablation report behind its table |
 | `artifacts/examples.png`, `artifacts/scale.png`, `artifacts/training_curve.png` | the figures above |
-| `artifacts/reference_profile.npz` | drift reference: per image and layout, grey histograms, image properties, true and predicted vegetation fractions ({reference_images} reference tiles, seed 4, in {reference_layouts} layouts) |
+| `artifacts/reference_profile.npz` | drift reference: per image and layout, grey histograms, image properties, true and predicted vegetation fractions ({reference_rows}) |
 """
 
 
@@ -381,13 +382,17 @@ def write_card(
         },
     }
     profile_path = artifacts / "reference_profile.npz"
-    reference_images, reference_layouts = "?", "?"
+    reference_rows = "not built yet: `make model` builds it"
     if profile_path.exists():
         from cropseg_core.features import load_reference_profile
 
         profile = load_reference_profile(profile_path)
-        reference_images = str(profile.meta.get("images", "?"))
-        reference_layouts = str(len(set(profile.layouts.tolist())))
+        by_layout: dict[str, list[str]] = {}
+        for layout in dict.fromkeys(profile.layouts.tolist()):
+            counts = profile.for_layout(layout).source_counts()
+            key = " + ".join(f"{count} {source}" for source, count in counts.items())
+            by_layout.setdefault(key, []).append(layout)
+        reference_rows = "; ".join(f"{', '.join(layouts)}: {key}" for key, layouts in by_layout.items())
     record_version(artifacts / "versions.json", export["version"], metrics["model"]["sha256"])
     metrics_path = artifacts / "metrics.json"
     write_json(metrics_path, metrics)
@@ -452,8 +457,7 @@ def write_card(
         device=training["device"],
         threads=training["torch_threads"],
         parity=export["parity_max_abs_diff"],
-        reference_images=reference_images,
-        reference_layouts=reference_layouts,
+        reference_rows=reference_rows,
     )
     _figures(stages, evaluation, onnx_path, artifacts)
     card_path = artifacts.parent / "README.md"

@@ -5,7 +5,7 @@
         --val var/model/val --val model/data/real/ews/select --out var/model/unet.pt
     cropseg-model export --checkpoint var/model/unet.pt --out model/artifacts/cropseg-unet.onnx
     cropseg-model evaluate --model model/artifacts/cropseg-unet.onnx --data var/model/eval
-    cropseg-model profile --model ... --data var/model/reference --out model/artifacts/reference_profile.npz
+    cropseg-model profile --data model/data/real/ews/train --data var/model/reference:cir,rgbn
     cropseg-model pseudo-label --model ... --images my_flight/ --out var/pseudo
     cropseg-model demo
 
@@ -40,6 +40,15 @@ def _existing(path: str) -> Path:
     if not resolved.exists():
         raise argparse.ArgumentTypeError(f"{path} does not exist")
     return resolved
+
+
+def _profile_set(value: str) -> tuple[Path, list[str] | None]:
+    folder, _, names = value.partition(":")
+    layouts = [name.strip() for name in names.split(",") if name.strip()] or None
+    unknown = [name for name in layouts or [] if name not in LAYOUTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown layout {', '.join(unknown)}: use {', '.join(LAYOUTS)}")
+    return _existing(folder), layouts
 
 
 def _positive(value: str) -> int:
@@ -208,8 +217,14 @@ def _numbers(kind: type) -> Any:
 def cmd_profile(args: argparse.Namespace) -> None:
     from cropseg_model.profile import build_profile
 
-    meta = build_profile(args.model, args.data, args.out, progress=not args.quiet)
+    meta = build_profile(args.model, args.data, args.out, not args.quiet, args.calibrate, args.check)
     print(f"wrote reference profile of {meta['images']} images to {args.out}")
+    estimate = meta.get("iou_estimate")
+    if isinstance(estimate, dict):
+        print(f"label-free IoU estimate: temperature {estimate['temperature']:g}")
+        for name, tracked in estimate["tracking"].items():
+            measured, estimated = tracked["measured_iou"], tracked["estimated_iou"]
+            print(f"  {name}: measured {measured:.3f}, estimated {estimated:.3f}")
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> None:
@@ -381,7 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", help="build the reference profile for drift detection")
     p.add_argument("--model", type=_existing, default=DEFAULT_MODEL)
-    p.add_argument("--data", type=_existing, required=True)
+    p.add_argument(
+        "--data",
+        type=_profile_set,
+        action="append",
+        required=True,
+        help="labelled folder[:layout,...] (repeatable): its images in those layouts "
+        "(default: every layout the images have bands for)",
+    )
+    p.add_argument(
+        "--calibrate",
+        type=_existing,
+        action="append",
+        default=[],
+        help="labelled folder (repeatable) the label-free IoU estimate is calibrated on",
+    )
+    p.add_argument("--check", type=_existing, action="append", default=[],
+                   help="labelled folder (repeatable) to report how well that estimate tracks")  # fmt: skip
     p.add_argument("--out", type=Path, default=ARTIFACTS / "reference_profile.npz")
     p.set_defaults(func=cmd_profile)
 

@@ -71,7 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         f"web UI          {urls['storage']}",
         f"inference API   {urls['inference']}/docs",
         f"drift monitor   {urls['drift-monitor']}/docs"
-        + (f" (a drift run every {config.drift_every_s:g} s)" if config.drift_every_s else ""),
+        + (
+            f" (first drift run in {min(config.first_drift_after_s, config.drift_every_s):g} s, "
+            f"then every {config.drift_every_s:g} s)"
+            if config.drift_every_s
+            else ""
+        ),
     ]
     if "prometheus" in urls:
         lines.append(f"prometheus      {urls['prometheus']}")

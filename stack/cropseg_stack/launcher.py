@@ -51,6 +51,9 @@ class StackConfig:
     """None: run Prometheus when it is installed."""
     drift_every_s: float | None = 300.0
     """Run the drift check this often (None: never)."""
+    first_drift_after_s: float = 30.0
+    """The first drift run this long after start (then every ``drift_every_s``), so a new
+    user sees a report within a minute."""
     scrape_interval_s: float = 5.0
     """Prometheus scrape interval of the local stack."""
     prometheus_dir: Path = REPO / "var" / "prometheus"
@@ -262,8 +265,10 @@ class Stack:
     # Helpers
 
     def _drift_loop(self) -> None:
-        while not self.stopping.wait(self.config.drift_every_s or 0):
+        wait = min(self.config.first_drift_after_s, self.config.drift_every_s or 0)
+        while not self.stopping.wait(wait):
             self.run_drift()
+            wait = self.config.drift_every_s or 0
 
     def _pump(self, name: str, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None

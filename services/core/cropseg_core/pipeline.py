@@ -38,12 +38,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import product
 
 import numpy as np
 from PIL import Image
 
 from cropseg_core.bands import Layout, get_layout, to_model_bands
+from cropseg_core.confidence import confidence_counts
 from cropseg_core.indices import (
     otsu_threshold,
     refine_by_difference,
@@ -214,6 +216,12 @@ class Segmentation:
     @property
     def vegetation_fraction(self) -> float:
         return float(np.count_nonzero(self.mask)) / self.mask.size if self.mask.size else 0.0
+
+    @cached_property
+    def confidence(self) -> np.ndarray:
+        """(2, BINS) pixel counts by predicted probability, soil then plant: what the label-free
+        IoU estimate reads (:mod:`cropseg_core.confidence`)."""
+        return confidence_counts(self.probability, self.threshold)
 
 
 class Pipeline:

@@ -125,6 +125,11 @@ class SegmentationRecord(BaseModel):
     latency_ms: float = Field(description="Round trip to the inference service")
     layout: str = Field(default=DEFAULT_LAYOUT, description="Sensor layout the image was read in")
     working_scale: float = Field(default=1.0, description="Factor the image was resized by for the model")
+    confidence: list[list[int]] | None = Field(
+        default=None,
+        description="Pixels by predicted probability, soil then plant (cropseg_core.confidence): what "
+        "the drift monitor's label-free IoU estimate reads; absent from inference versions before it",
+    )
     created_at: datetime
 
 
@@ -382,6 +387,16 @@ class ImageRepository:
                 f"POST /api/v1/images/{image_id}/segmentation first"
             )
         return found[0], self.store.get(f"masks/{image_id}/{found[0].model_version}.png")
+
+    def mask_and_label(
+        self, image_id: str, model_version: str | None = None
+    ) -> tuple[SegmentationRecord, np.ndarray, np.ndarray]:
+        """The stored mask of ``model_version`` and the image's label, decoded (H, W) for scoring;
+        NoLabelError, NoSegmentationError when either is missing."""
+        # Both are single-band PNGs this service wrote: decoded as stored, not widened to RGB.
+        label = binary_label(decode_channels(self.label(image_id), self.limits))
+        segmentation, png = self.mask(image_id, model_version)
+        return segmentation, decode_channels(png, self.limits).pixels[..., 0], label
 
     def overlay(self, image_id: str, model_version: str | None = None) -> tuple[SegmentationRecord, bytes]:
         """The picture with the predicted vegetation tinted (PNG), made once and kept beside the

@@ -1,10 +1,13 @@
+import io
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from PIL import Image
 
-from cropseg_core.features import PROPERTY_NAMES, image_features
+from cropseg_core.features import PROPERTY_NAMES, image_features, jpeg_blockiness
 from cropseg_core.files import write_atomic, write_json
 from cropseg_core.imaging import decode_image
 from cropseg_core.masks import encode_png, overlay, vegetation_fraction
@@ -54,12 +57,21 @@ def test_properties_match_their_plain_definitions_on_a_partly_black_tile() -> No
     field = image.max(axis=2) > 2
     laplacian = grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:] - 4 * grey[1:-1, 1:-1]
     channels = image[field].astype(np.float64).sum(axis=0)
+    steps_x, steps_y = np.abs(np.diff(grey, axis=1)), np.abs(np.diff(grey, axis=0))
+    across = np.arange(steps_x.shape[1]) % 8 == 7  # the step from column 8k+7 to 8k+8
+    down = np.arange(steps_y.shape[0]) % 8 == 7
+    block_ratio = (steps_x[:, across].mean() + steps_y[down].mean()) / (
+        steps_x[:, ~across].mean() + steps_y[~down].mean()
+    )
     expected = [
         grey[field].mean() / 255,
         grey[field].std() / 255,
         *(channels / channels.sum()),
         laplacian[field[1:-1, 1:-1]].var() / 255**2,
         1 - field.mean(),
+        (image.max(axis=2) >= 250).sum() / field.sum(),
+        max(0.0, block_ratio - 1.15),
+        laplacian[field[1:-1, 1:-1]].std() / grey[field].std(),
     ]
     np.testing.assert_allclose(
         image_features(image)[1], expected, rtol=2e-4
@@ -112,3 +124,19 @@ def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_heavy_jpeg_shows_its_blocks_an_ordinary_one_does_not() -> None:
+    rng = np.random.default_rng(0)
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3)).astype(np.uint8), (0, 0), 2)
+    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX)
+
+    def blockiness(quality: int | None) -> float:
+        if quality is None:
+            return jpeg_blockiness(cv2.cvtColor(texture, cv2.COLOR_RGB2GRAY))
+        buffer = io.BytesIO()
+        Image.fromarray(texture).save(buffer, "JPEG", quality=quality)
+        return jpeg_blockiness(cv2.cvtColor(np.asarray(Image.open(buffer)), cv2.COLOR_RGB2GRAY))
+
+    assert blockiness(None) == blockiness(92) == 0.0  # lossless or a camera's JPEG: nothing to see
+    assert blockiness(30) > 0.2

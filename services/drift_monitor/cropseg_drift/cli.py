@@ -76,7 +76,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     settings = _settings(args, "engine")
     rows = run_experiment(
-        args.count, images=args.images, seed=args.seed, engine_name=settings.engine, p_value=settings.p_value,
+        args.count, images=args.images, seed=args.seed, engine_name=settings.engine,
         workers=settings.workers, progress=not args.quiet,
     )  # fmt: skip
     half = args.count // 2
@@ -99,8 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--engine", choices=("alibi", "scipy"), help="DRIFT_ENGINE")
     run.add_argument("--window-images", type=int, help="DRIFT_WINDOW_IMAGES")
     run.add_argument("--source", choices=("upload", "sample"), help="DRIFT_SOURCE")
+    run.add_argument(
+        "--fail-on-drift",
+        dest="fail_on_drift",
+        action="store_const",
+        const=True,
+        help="exit 1 when drift is found: a Job shows failed (DRIFT_FAIL_ON_DRIFT=true)",
+    )
     run.add_argument("--no-fail-on-drift", dest="fail_on_drift", action="store_const", const=False,
-                     help="exit 0 even when drift is found (DRIFT_FAIL_ON_DRIFT=false)")  # fmt: skip
+                     help="exit 0 when the run worked (DRIFT_FAIL_ON_DRIFT=false)")  # fmt: skip
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     run.set_defaults(handler=cmd_run)
 

@@ -6,13 +6,18 @@ Checks (inputs from :mod:`cropseg_core.features` and the prediction records):
   Bonferroni correction. The seed ran one KS test over the 256 bins of the *average*
   histogram, which compares bin heights as if they were samples; here every image is a
   sample and every bin a feature, which is what the test assumes.
-* ``image_properties`` brightness, RMS contrast, relative R/G/B intensity, sharpness and
-  black fraction: feature-wise KS + Bonferroni, with the shift of each property.
+* ``image_properties`` brightness, RMS contrast, relative R/G/B intensity, sharpness, black
+  fraction, clipped fraction, JPEG blockiness and detail: feature-wise KS + Bonferroni, with
+  the shift of each property.
 * ``prediction_vegetation_fraction``  KS on the predicted vegetation fraction per image.
 * ``prediction_has_vegetation``       chi-square on the share of images with / without
   vegetation, with Cramér's V as effect size (the seed's "classes per image").
 * ``dataset``          a domain classifier (random forest, out-of-fold probabilities, KS)
-  over the property vector: multivariate drift, and which properties gave it away.
+  over the property vector: multivariate drift, and which properties gave it away; drift
+  only when it is also large (``classifier_min_distance``).
+
+The run's significance ``p_value`` is split over the checks that ran (Bonferroni), so it
+bounds the false alarms of a whole run; benchmarks/drift_error_rates.py measured the choice.
 
 Results are shaped as Alibi Detect shapes them: ``{"meta": {...}, "data": {"is_drift",
 "distance", "p_val", "threshold", ...}}``.
@@ -207,10 +212,21 @@ class Current:
     predicted_fractions: np.ndarray
 
 
+CHECK_LABELS = {
+    "grey_histogram": "grey-level histogram",
+    "image_properties": "image properties",
+    "dataset": "all properties together",
+    "prediction_vegetation_fraction": "predicted vegetation cover",
+    "prediction_has_vegetation": "images with vegetation",
+}
+"""How reports name each check (``meta.label``; the JSON keys stay as they are)."""
+
+
 def _result(
     name: str, method: str, used: DriftEngine, data: dict[str, Any], samples: dict[str, int]
 ) -> dict[str, Any]:
-    return {"meta": {"name": name, "detector": method, "engine": used.name, **samples}, "data": data}
+    meta = {"name": name, "label": CHECK_LABELS[name], "detector": method, "engine": used.name, **samples}
+    return {"meta": meta, "data": data}
 
 
 def _insufficient(name: str, method: str, used: DriftEngine, have: int, need: int) -> dict[str, Any]:
@@ -218,6 +234,7 @@ def _insufficient(name: str, method: str, used: DriftEngine, have: int, need: in
         "is_drift": None,
         "status": "insufficient_data",
         "reason": f"{have} samples, at least {need} needed",
+        "samples_needed": need,
     }
     return _result(name, method, used, data, {"samples": have})
 
@@ -325,14 +342,16 @@ def check_dataset(
         properties = properties[np.sort(chosen)]
     test = used.classifier(profile.properties, properties, p_value, settings)
     ranked = sorted(zip(PROPERTY_NAMES, test.importances.tolist(), strict=True), key=lambda item: -item[1])
+    drift = test.is_drift and test.distance >= settings.classifier_min_distance  # significant and large
     data = {
-        "is_drift": test.is_drift,
-        "status": "drift" if test.is_drift else "no_drift",
+        "is_drift": drift,
+        "status": "drift" if drift else "no_drift",
         "p_val": test.p_val,
         "distance": test.distance,
         "threshold": test.threshold,
+        "min_distance": settings.classifier_min_distance,
         "importances": dict(ranked),
-        "drifted": [name for name, _ in ranked[:3]] if test.is_drift else [],
+        "drifted": [name for name, _ in ranked[:3]] if drift else [],
     }
     return _result("dataset", "ClassifierDrift", used, data, {"samples": len(properties)})
 
@@ -342,8 +361,10 @@ def run_checks(
 ) -> dict[str, dict[str, Any]]:
     """Every check whose input has at least ``min_samples`` samples; the others say why not."""
     used = engine(settings.engine)
-    p, need = settings.p_value, settings.min_samples
+    need = settings.min_samples
     images, predictions = len(current.images.ids), len(current.predicted_fractions)
+    checks = 3 * (images >= need) + 2 * (predictions >= need)
+    p = settings.p_value / max(checks, 1) if settings.split_p_value_over_checks else settings.p_value
     results: dict[str, dict[str, Any]] = {}
     if images >= need:
         results["grey_histogram"] = check_grey_histogram(used, profile, current, p)

@@ -53,7 +53,8 @@ def run_experiment(
     count: int, *, images: Path | None = None, seed: int = 1, engine_name: Engine = "alibi",
     p_value: float = 0.01, workers: int = 0, progress: bool = True,
 ) -> list[dict[str, object]]:  # fmt: skip
-    """The table rows: one per case and method."""
+    """The table rows: one per case and method, each test at the seed's significance ``p_value``
+    (not the drift run's ``DRIFT_P_VALUE``: this reproduces the seed's experiment)."""
     sources: list[tuple[int, int] | Path]
     if images is not None:
         files = sorted(

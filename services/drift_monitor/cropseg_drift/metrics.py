@@ -88,12 +88,25 @@ class DriftCollector(Collector):
             "cropseg_drift_predictions_analysed", "Predictions compared in the newest report."
         )
         predictions.add_metric([], float(report["predictions"]))
+        iou = GaugeMetricFamily(
+            "cropseg_drift_iou",
+            "Segmentation IoU on the newest report's uploads: kind=estimated (from the model's confidence, "
+            "no labels), expected (the same estimate on held-out photos of the training sources), "
+            "measured (uploads with a label).",
+            labels=["kind"],
+        )
+        performance = report.get("performance", {})
+        for kind in ("estimated", "expected", "measured"):
+            if performance.get(f"{kind}_iou") is not None:
+                iou.add_metric([kind], float(performance[f"{kind}_iou"]))
         detected = GaugeMetricFamily(
             "cropseg_drift_detected",
             "1 when the check found drift in the newest report (check=overall: any).",
             labels=["check"],
         )
         detected.add_metric(["overall"], 1.0 if report["status"] == "drift" else 0.0)
+        if performance.get("status") in ("ok", "dropped"):
+            detected.add_metric(["estimated_iou"], 1.0 if performance["status"] == "dropped" else 0.0)
         p_values = GaugeMetricFamily(
             "cropseg_drift_p_value",
             "p-value per check and feature in the newest report (feature=all: smallest).",
@@ -114,4 +127,4 @@ class DriftCollector(Collector):
             for feature, values in data.get("features", {}).items():
                 p_values.add_metric([name, feature], float(values["p_val"]))
                 distances.add_metric([name, feature], float(values["distance"]))
-        return [success, duration, images, predictions, detected, p_values, distances]
+        return [success, duration, images, predictions, iou, detected, p_values, distances]

@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from cropseg_core.features import PROPERTY_NAMES, ReferenceProfile
+from cropseg_core.features import PROPERTY_LABELS, PROPERTY_NAMES, ReferenceProfile
 from cropseg_core.store import BlobStore, encode_json
-from cropseg_drift.detectors import Current
+from cropseg_drift.detectors import CHECK_LABELS, Current
 
 REPORT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z")  # ASCII digits only: \d also matches other scripts
 FILE_NAME = re.compile(r"[a-z0-9_]+\.(png|html|json)")
@@ -137,23 +137,120 @@ def make_plots(
     return plots
 
 
-def summarise(status: str, results: dict[str, dict[str, Any]]) -> str:
-    if status == "insufficient_data":
-        reasons = {r["data"].get("reason", "") for r in results.values()}
-        return "not enough data for a verdict: " + "; ".join(sorted(reasons))
-    drifted = [
-        name
-        + (
-            f" ({', '.join(r['data']['drifted'][:4])})"
-            if r["data"].get("drifted") and name != "grey_histogram"
-            else ""
+# What a shifted property most likely means, and what to do about it: the report's first sentence.
+_ADVICE = {
+    "exposure": "the exposure changed: check the camera's exposure settings or the light at flight time",
+    "colour": "the colours changed: check the sensor layout the images were uploaded as (a colour-infrared "
+    "file declared rgb looks like this), or a crop or season the model has not seen",
+    "compression": "the images are more heavily compressed: upload the camera's originals or a lossless "
+    "export",
+    "blur": "the images are blurrier: check focus and motion blur (flight speed, shutter time)",
+    "coverage": "more of each image lies outside the field: crop orthomosaic edges before uploading",
+    "predictions": "the model finds a different amount of vegetation than on its training images: a new "
+    "growth stage or crop; check a few masks, and label and retrain if they are wrong",
+    "look": "the overall look of the images changed",
+}
+# The likely cause of a property moving (up, down); None: that direction says nothing clear.
+_CAUSE: dict[str, tuple[str | None, str | None]] = {
+    "brightness": ("exposure", "exposure"),
+    "rms_contrast": ("exposure", "exposure"),
+    "clipped_fraction": ("exposure", "exposure"),
+    "red_relative_intensity": ("colour", "colour"),
+    "green_relative_intensity": ("colour", "colour"),
+    "blue_relative_intensity": ("colour", "colour"),
+    "jpeg_blockiness": ("compression", None),
+    "sharpness": ("exposure", "blur"),  # the Laplacian's variance grows with contrast
+    "detail": (None, "blur"),
+    "black_fraction": ("coverage", None),
+}
+
+
+def describe_changes(results: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """What changed, in words ("brightness up 52%"), and the likely causes, most telling first."""
+    changes, causes = [], []
+    features = results.get("image_properties", {}).get("data", {}).get("features", {})
+    drifted = sorted((f for f in features.items() if f[1]["is_drift"]), key=lambda f: -f[1]["distance"])
+    for name, feature in drifted:  # the largest change first
+        reference, current = feature["reference_mean"], feature["current_mean"]
+        up = current > reference
+        change = f" {abs(current - reference) / abs(reference):.0%}" if reference else ""
+        changes.append(f"{PROPERTY_LABELS[name]} {'up' if up else 'down'}{change}")
+        cause = _CAUSE[name][0 if up else 1]
+        if cause:
+            causes.append(cause)
+    fraction = results.get("prediction_vegetation_fraction", {}).get("data", {})
+    if fraction.get("is_drift"):
+        changes.append(
+            f"predicted vegetation cover {fraction['reference_mean']:.0%} -> {fraction['current_mean']:.0%}"
         )
-        for name, r in results.items()
-        if r["data"]["is_drift"]
-    ]
-    if not drifted:
-        return f"no drift in {sum(r['data']['is_drift'] is False for r in results.values())} checks"
-    return f"drift in {len(drifted)} of {len(results)} checks: " + "; ".join(drifted)
+        causes.append("predictions")
+    elif results.get("prediction_has_vegetation", {}).get("data", {}).get("is_drift"):
+        causes.append("predictions")
+    if not causes:
+        causes.append("look")
+    return changes, list(dict.fromkeys(causes))
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def performance_text(performance: dict[str, Any]) -> str:
+    """One sentence on the label-free IoU estimate (and the measured IoU where labels exist)."""
+    measured = performance.get("measured_iou")
+    labelled = (
+        f" Measured on {plural(performance['labelled_images'], 'labelled upload')}: {measured:.2f}."
+        if measured is not None
+        else ""
+    )
+    if performance["status"] in ("unavailable", "insufficient_data"):
+        return f"No IoU estimate: {performance['reason']}.{labelled}"
+    estimate, expected = performance["estimated_iou"], performance["expected_iou"]
+    text = (f"Estimated IoU without labels: {estimate:.2f} on {performance['images']} uploads "
+            f"(held-out photos of the training sources: {expected:.2f}).")  # fmt: skip
+    if performance["status"] == "dropped":
+        text += (" The model is likely doing worse on these uploads: check a few masks; label and "
+                 "retrain if they are wrong.")  # fmt: skip
+    return text + labelled
+
+
+def summarise(status: str, results: dict[str, dict[str, Any]], layout: str = "rgb") -> str:
+    """The report's first sentence: what changed, what it likely means, what to do."""
+    if status == "insufficient_data":
+        have = min(r["meta"]["samples"] for r in results.values())
+        need = max(r["data"].get("samples_needed", 0) for r in results.values())
+        return (
+            f"Not enough {layout} images for a verdict yet: {have} in the window, at least {need} needed "
+            f"({need - have} more)."
+        )
+    checked = sum(r["data"]["is_drift"] is not None for r in results.values())
+    if status == "no_drift":
+        return (
+            f"Recent {layout} uploads look like the images the model learned from ({checked} checks agree)."
+        )
+    changes, causes = describe_changes(results)
+    drifted = sum(r["data"]["is_drift"] is True for r in results.values())
+    what = f": {', '.join(changes[:4])}" if changes else ""
+    advice = "; ".join(_ADVICE[cause] for cause in causes[:2])
+    return (
+        f"Recent {layout} uploads differ from the images the model learned from{what}. Likely {advice}. "
+        f"({drifted} of {checked} checks found a change.)"
+    )
+
+
+def reference_text(reference: dict[str, Any]) -> str:
+    """ "128 ews/train + 48 peanut/train images (model 2.0.0's training photos)"."""
+    sources = " + ".join(f"{count} {name}" for name, count in reference.get("sources", {}).items())
+    return f"{sources or reference['images']} images ({reference['description']})"
+
+
+def format_p_value(value: object) -> str:
+    """A p-value as a short number that does not wrap: 0.042, 3.1e-05, <1e-300."""
+    if not isinstance(value, float):
+        return "–"
+    if value >= 0.001:
+        return f"{value:.3f}"
+    return f"{value:.1e}" if value > 0 else "<1e-300"
 
 
 def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
@@ -163,12 +260,14 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     for name, result in report["detectors"].items():
         data = result["data"]
         verdict = data.get("status", "")
-        p_val = f"{data['p_val']:.3g}" if isinstance(data.get("p_val"), float) else "–"
+        p_val = format_p_value(data.get("p_val"))
         distance = f"{data['distance']:.3f}" if isinstance(data.get("distance"), float) else "–"
-        detail = ", ".join(data.get("drifted", [])[:8]) or data.get("reason", "")
+        detail = ", ".join(PROPERTY_LABELS.get(n, n) for n in data.get("drifted", [])[:8]) or data.get(
+            "reason", ""
+        )
         rows.append(
-            f"<tr><td>{escape(name)}</td><td>{escape(result['meta']['detector'])}</td>"
-            f"<td class='{escape(verdict)}'>{escape(verdict.replace('_', ' '))}</td><td>{p_val}</td>"
+            f"<tr><td>{escape(CHECK_LABELS.get(name, name))}</td><td>{escape(result['meta']['detector'])}</td>"
+            f"<td class='{escape(verdict)}'>{escape(verdict.replace('_', ' '))}</td><td class='number'>{p_val}</td>"
             f"<td>{distance}</td><td>{escape(detail)}</td></tr>"
         )
     figures = "".join(
@@ -181,15 +280,16 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
 <html lang="en"><head><meta charset="utf-8"><title>cropseg drift report {escape(report["id"])}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1000px; color: #1d2521; padding: 0 1rem; }}
-table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #dfe5e1; padding: .4rem; text-align: left; }}
+table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #dfe5e1; padding: .4rem; text-align: left; }} .number {{ white-space: nowrap; }}
 .drift {{ color: #c62828; font-weight: 600; }} .no_drift {{ color: #2e7d32; }} .insufficient_data {{ color: #8d6e00; }}
 figure {{ margin: 1rem 0; }} img {{ max-width: 100%; }} .status {{ font-size: 1.3rem; }}
 </style></head><body>
 <h1>Drift report {escape(report["id"])}</h1>
 <p class="status {escape(report["status"])}">{escape(report["status"].replace("_", " "))}: {escape(report["summary"])}</p>
-<p>{report["images"]} images and {report["predictions"]} predictions against {report["reference"]["images"]}
-reference images (model {escape(report["reference"]["model_version"])}); engine {escape(report["engine"])},
+<p>{report["images"]} images and {report["predictions"]} predictions against the reference:
+{escape(report["reference"]["text"])}; engine {escape(report["engine"])},
 p-value {report["p_value"]}; run at {escape(report["created_at"])} in {report["duration_s"]:.1f} s.</p>
+<p>{escape(report["performance"]["text"])}</p>
 <table><thead><tr><th>check</th><th>detector</th><th>verdict</th><th>p-value</th><th>distance</th><th>drifted / note</th></tr></thead>
 <tbody>{"".join(rows)}</tbody></table>
 {figures}

@@ -15,13 +15,23 @@ from typing import Any
 
 import numpy as np
 
-from cropseg_core.features import ReferenceProfile, load_reference_profile
+from cropseg_core.features import PROPERTY_LABELS, ReferenceProfile, load_reference_profile
 from cropseg_core.repository import ImageRecord, ImageRepository
 from cropseg_core.store import BlobStore, StoreError, open_store
-from cropseg_drift.detectors import Current, overall_status, run_checks
+from cropseg_drift.detectors import CHECK_LABELS, Current, overall_status, run_checks
 from cropseg_drift.extraction import extract
 from cropseg_drift.lock import RunLockedError, run_lock
-from cropseg_drift.report import LOG_STREAM, make_plots, new_report_id, summarise, write_report
+from cropseg_drift.performance import estimate_performance
+from cropseg_drift.report import (
+    LOG_STREAM,
+    format_p_value,
+    make_plots,
+    new_report_id,
+    performance_text,
+    reference_text,
+    summarise,
+    write_report,
+)
 from cropseg_drift.settings import DriftSettings
 
 log = logging.getLogger(__name__)
@@ -58,22 +68,22 @@ def _window(repository: ImageRepository, settings: DriftSettings, now: datetime)
     return chosen
 
 
-def _predictions(store: BlobStore, settings: DriftSettings, now: datetime) -> np.ndarray:
-    """Predicted vegetation fractions of the newest records of the source, one per image."""
+def _predictions(store: BlobStore, settings: DriftSettings, now: datetime) -> list[dict[str, Any]]:
+    """The newest prediction record of each of the newest images of the source, one per image."""
     oldest = now - timedelta(hours=settings.window_hours) if settings.window_hours else None
-    latest: dict[str, float] = {}
+    latest: dict[str, dict[str, Any]] = {}
     for stream in reversed(store.streams("predictions/")):
         for record in reversed(store.read_records(stream)):
             if oldest is not None and datetime.fromisoformat(record["created_at"]) < oldest:
-                return np.array(list(latest.values()), np.float32)
+                return list(latest.values())
             if record.get("source", "upload") != settings.source or record["image_id"] in latest:
                 continue
             if record.get("layout", "rgb") != settings.layout:
                 continue
-            latest[record["image_id"]] = float(record["vegetation_fraction"])
+            latest[record["image_id"]] = record
             if len(latest) >= settings.window_images:
-                return np.array(list(latest.values()), np.float32)
-    return np.array(list(latest.values()), np.float32)
+                return list(latest.values())
+    return list(latest.values())
 
 
 def _image_bytes(
@@ -113,15 +123,18 @@ def execute(
         extracted = time.perf_counter()
         for skipped in features.skipped:
             log.warning("skipping image %s: %s", skipped["id"], skipped["reason"])
-        current = Current(features, _predictions(store, settings, now))
+        predictions = _predictions(store, settings, now)
+        fractions = np.array([float(record["vegetation_fraction"]) for record in predictions], np.float32)
+        current = Current(features, fractions)
         results = run_checks(profile, current, settings)
+        performance = estimate_performance(profile, predictions, repository, settings)
         checked = time.perf_counter()
         status = overall_status(results)
         report: dict[str, Any] = {
             "id": report_id,
             "created_at": now.isoformat(),
             "status": status,
-            "summary": summarise(status, results),
+            "summary": summarise(status, results, settings.layout),
             "engine": settings.engine,
             "p_value": settings.p_value,
             "images": len(features.ids),
@@ -135,11 +148,17 @@ def execute(
             },
             "reference": {
                 "images": len(profile.image_names),
+                "sources": profile.source_counts(),
+                "description": f"the training images of {profile.meta.get('model_name', 'the model')} "
+                f"{profile.meta.get('model_version', '')}".rstrip(),
                 "model_name": profile.meta.get("model_name", ""),
                 "model_version": profile.meta.get("model_version", ""),
             },
             "detectors": results,
+            "performance": performance,
         }
+        report["reference"]["text"] = reference_text(report["reference"])
+        performance["text"] = performance_text(performance)
         plots = make_plots(profile, current, results)
         report["plots"] = [
             {
@@ -199,21 +218,26 @@ def run(
 
 
 def summary_table(result: RunResult) -> str:
-    """What ``kubectl logs`` on the CronJob's pod shows: one line per check, then the verdict."""
+    """What ``kubectl logs`` on the CronJob's pod shows: the verdict in words, one line per check."""
     if result.report is None:
         return f"drift run failed: {result.message}\n"
-    lines = [f"{'check':<32}{'detector':<17}{'verdict':<19}{'p-value':>10}{'distance':>10}  drifted"]
-    for name, check in result.report["detectors"].items():
-        data = check["data"]
-        p_val = f"{data['p_val']:.3g}" if isinstance(data.get("p_val"), float) else "-"
-        distance = f"{data['distance']:.3f}" if isinstance(data.get("distance"), float) else "-"
-        drifted = ", ".join(data.get("drifted", [])[:5]) or data.get("reason", "")
-        detector = check["meta"]["detector"]
-        lines.append(f"{name:<32}{detector:<17}{data['status']:<19}{p_val:>10}{distance:>10}  {drifted}")
     report = result.report
-    lines.append(f"\n{report['status'].upper()}: {report['summary']}")
-    lines.append(
-        f"{report['images']} images, {report['predictions']} predictions, {len(report['skipped'])} skipped; "
-        f"report {report['id']} ({report['duration_s']:.1f} s)"
-    )
+    lines = [
+        f"{report['status'].upper().replace('_', ' ')}: {report['summary']}",
+        report["performance"]["text"],
+        "",
+    ]
+    lines.append(f"{'check':<30}{'detector':<17}{'verdict':<19}{'p-value':>9}{'distance':>10}  changed")
+    for name, check in report["detectors"].items():
+        data = check["data"]
+        distance = f"{data['distance']:.3f}" if isinstance(data.get("distance"), float) else "-"
+        drifted = ", ".join(PROPERTY_LABELS.get(n, n) for n in data.get("drifted", [])[:5])
+        lines.append(
+            f"{CHECK_LABELS.get(name, name):<30}{check['meta']['detector']:<17}{data['status']:<19}"
+            f"{format_p_value(data.get('p_val')):>9}{distance:>10}  {drifted or data.get('reason', '')}"
+        )
+    skipped = len(report["skipped"])
+    counts = f"{report['images']} images, {report['predictions']} predictions, {skipped} skipped"
+    lines.append(f"\n{counts}; reference: {report['reference']['text']}")
+    lines.append(f"report {report['id']} ({report['duration_s']:.1f} s)")
     return "\n".join(lines) + "\n"

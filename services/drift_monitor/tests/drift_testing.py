@@ -47,6 +47,7 @@ def make_profile(count: int = 200, seed: int = 0) -> ReferenceProfile:
         predicted_vegetation_fraction=rng.uniform(0.05, 0.4, count).astype(np.float32),
         image_names=np.array([f"ref{i}" for i in range(count)]),
         layouts=np.array(["rgb"] * count),
+        sources=np.array(["fields/train"] * count),
         meta={"model_name": "cropseg-unet", "model_version": "1.0.0", "images": count},
     )
 
@@ -62,6 +63,7 @@ def write_profile(path: Path, profile: ReferenceProfile) -> Path:
         predicted_vegetation_fraction=profile.predicted_vegetation_fraction,
         image_names=profile.image_names,
         layouts=profile.layouts,
+        sources=profile.sources,
         meta_json=np.array(json.dumps(profile.meta)),
     )
     path.write_bytes(buffer.getvalue())
@@ -75,13 +77,16 @@ def add_uploads(
     brightness: float = 1.0,
     seed: int = 1,
     fractions: tuple[float, float] = (0.05, 0.4),
+    confidence: np.ndarray | None = None,
 ) -> list[str]:
-    """Store ``count`` uploads and one prediction record each, as the storage service would."""
+    """Store ``count`` uploads and one prediction record each, as the storage service would (an
+    empty mask; ``confidence``: the counts the inference service would have sent)."""
     rng = np.random.default_rng(seed)
     repository = ImageRepository(store, ImageLimits())
     ids = []
     for _ in range(count):
-        record, _ = repository.add_image(png(field_image(rng, brightness)), source="upload")
+        pixels = field_image(rng, brightness)
+        record, _ = repository.add_image(png(pixels), source="upload")
         repository.save_segmentation(
             SegmentationRecord(
                 image_id=record.id,
@@ -90,9 +95,10 @@ def add_uploads(
                 threshold=0.55,
                 vegetation_fraction=float(rng.uniform(*fractions)),
                 latency_ms=5.0,
+                confidence=None if confidence is None else confidence.tolist(),
                 created_at=datetime.now(UTC),
             ),
-            png(np.zeros((4, 4), np.uint8)),
+            png(np.zeros(pixels.shape[:2], np.uint8)),
         )
         ids.append(record.id)
     return ids

@@ -73,6 +73,7 @@ def test_image_checks_see_a_brightness_shift(
     histogram = check_grey_histogram(used, profile, brighter, 0.01)
     assert histogram["meta"] == {
         "name": "grey_histogram",
+        "label": "grey-level histogram",
         "detector": "KSDrift",
         "engine": used.name,
         "samples": 80,
@@ -96,10 +97,12 @@ def test_the_classifier_sees_a_change_no_single_property_shows(profile: Referenc
     data = Current(shuffled, np.full(200, 0.2, np.float32))
     used = ScipyEngine()
     assert check_image_properties(used, profile, data, 0.01)["data"]["is_drift"] is False
-    assert (
-        check_dataset(used, profile, data, 0.01, DriftSettings(classifier_trees=100))["data"]["is_drift"]
-        is True
-    )
+    dataset = check_dataset(used, profile, data, 0.01, DriftSettings(classifier_trees=100))["data"]
+    assert dataset["p_val"] < dataset["threshold"]
+    # significant; reported as drift only when the classifier also separates the sets clearly
+    assert dataset["is_drift"] is (dataset["distance"] >= DriftSettings().classifier_min_distance)
+    floorless = DriftSettings(classifier_trees=100, classifier_min_distance=0)
+    assert check_dataset(used, profile, data, 0.01, floorless)["data"]["is_drift"] is True
 
 
 @pytest.mark.parametrize("used", ENGINES, ids=lambda e: e.name)

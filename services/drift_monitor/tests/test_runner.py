@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,10 +16,13 @@ import pytest
 from cropseg_drift import report as report_module
 from cropseg_drift.cli import main
 from cropseg_drift.lock import LOCK_KEY, RunLockedError, run_lock
+from cropseg_drift.metrics import DriftCollector
 from cropseg_drift.report import LOG_STREAM, REPORT_ID
 from cropseg_drift.runner import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, execute, run
-from drift_testing import add_uploads, make_profile, settings_for, write_profile
+from drift_testing import add_uploads, make_profile, png, settings_for, write_profile
+from prometheus_client import generate_latest
 
+from cropseg_core.confidence import confidence_counts
 from cropseg_core.features import ReferenceProfile
 from cropseg_core.repository import ImageRepository
 from cropseg_core.settings import ImageLimits
@@ -106,7 +110,8 @@ def test_a_run_checks_one_layout_against_its_own_reference_rows(data: Path, tmp_
     mixed = ReferenceProfile(
         *(np.concatenate([a, a]) for a in (rgb_rows.grey_histograms, rgb_rows.properties,
           rgb_rows.vegetation_fraction, rgb_rows.predicted_vegetation_fraction, rgb_rows.image_names)),
-        layouts=np.array(["rgb"] * 60 + ["cir"] * 60), meta=rgb_rows.meta)  # fmt: skip
+        layouts=np.array(["rgb"] * 60 + ["cir"] * 60), sources=np.concatenate([rgb_rows.sources] * 2),
+        meta=rgb_rows.meta)  # fmt: skip
     result = run(settings_for(data, write_profile(tmp_path / "mixed.npz", mixed), layout="cir"))
     assert result.report is not None, result.message
     assert (result.report["images"], result.report["predictions"]) == (21, 21)
@@ -118,11 +123,48 @@ def test_a_run_checks_one_layout_against_its_own_reference_rows(data: Path, tmp_
         settings_for(data, tmp_path / "rgb.npz", layout="ndvi")
 
 
+def test_the_iou_estimate_without_labels_and_the_measured_iou_beside_it(data: Path, tmp_path: Path) -> None:
+    profile = make_profile()
+    tracking = {"f/val": {"measured_iou": 0.88, "estimated_iou": 0.9}}
+    profile.meta["iou_estimate"] = {"temperature": 1.0, "expected_iou": 0.9, "calibrated_on": ["f/select"],
+                                    "tracking": tracking}  # fmt: skip
+    path = write_profile(tmp_path / "profile.npz", profile)
+    sure = np.full((100, 100), 0.01, np.float32)
+    sure[:, :30] = 0.99  # 30 % plant, every pixel nearly certain: an estimate near 1
+    unsure = np.where(sure > 0.5, 0.6, 0.3).astype(np.float32)  # the same mask, hesitant: far lower
+    store = store_at(data)
+    add_uploads(store, 25, confidence=confidence_counts(sure, 0.55))
+    quiet = run(settings_for(data, path))
+    assert quiet.report is not None, quiet.message
+    performance = quiet.report["performance"]
+    assert (performance["status"], performance["estimated_iou"] > 0.95) == ("ok", True)
+    assert (performance["measured_iou"], performance["labelled_images"]) == (None, 0)
+    assert "Estimated IoU without labels: 0.9" in performance["text"]
+
+    repository = ImageRepository(store, ImageLimits())
+    labelled = add_uploads(store, 25, seed=2, confidence=confidence_counts(unsure, 0.55))
+    for image_id in labelled[:3]:  # labelled all plant; the stored masks say all soil: IoU 0
+        record = repository.get(image_id)
+        repository.put_label(image_id, png(np.full((record.height, record.width), 255, np.uint8)))
+    loud = run(settings_for(data, path, window_images=25))
+    assert loud.report is not None, loud.message
+    performance = loud.report["performance"]
+    assert (performance["status"], performance["estimated_iou"] < 0.6) == ("dropped", True)
+    assert (performance["measured_iou"], performance["labelled_images"]) == (0.0, 3)
+    assert "likely doing worse on these uploads" in performance["text"]
+    assert "Measured on 3 labelled uploads: 0.00." in performance["text"]
+    metrics = generate_latest(DriftCollector(store)).decode()  # what Prometheus scrapes
+    assert 'cropseg_drift_iou{kind="estimated"}' in metrics
+    assert 'cropseg_drift_detected{check="estimated_iou"} 1.0' in metrics
+
+
 def test_too_few_images_is_not_a_verdict(data: Path, profile_path: Path) -> None:
     add_uploads(store_at(data), 5)
     result = run(settings_for(data, profile_path))
     assert (result.exit_code, result.status) == (EXIT_OK, "insufficient_data")
-    assert "5 samples, at least 20 needed" in result.message
+    assert result.message == (
+        "Not enough rgb images for a verdict yet: 5 in the window, at least 20 needed (15 more)."
+    )
 
 
 def test_unreadable_image_is_reported_and_skipped(data: Path, profile_path: Path) -> None:
@@ -229,10 +271,16 @@ def test_cli_prints_the_summary_table(data: Path, profile_path: Path, capsys: py
     monkeypatch.setenv("DRIFT_MIN_SAMPLES", "20")
     monkeypatch.setenv("DRIFT_CLASSIFIER_TREES", "20")
     assert main(["run", "--data", str(data), "--engine", "scipy", "--no-progress"]) == EXIT_DRIFT
-    out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:4] == ["check", "detector", "verdict", "p-value"]
-    assert "image_properties" in out
-    assert "DRIFT: drift in" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("DRIFT: Recent rgb uploads differ from the images the model learned from:")
+    assert "brightness up" in lines[0]
+    assert "Likely the exposure changed" in lines[0]
+    assert lines[1].startswith("No IoU estimate: the reference profile has no IoU calibration")
+    assert lines[3].split()[:4] == ["check", "detector", "verdict", "p-value"]
+    properties = next(line for line in lines if line.startswith("image properties"))
+    assert "brightness" in properties
+    assert re.search(r"\s(\d\.\d{3}|\d\.\de-\d\d|<1e-300)\s", properties)  # a short p-value, no wrapping
+    assert "reference: 200 fields/train images (the training images of cropseg-unet 1.0.0)" in lines[-2]
     assert (
         main(["run", "--data", str(data), "--no-fail-on-drift", "--engine", "scipy", "--no-progress"])
         == EXIT_OK

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from cropseg_core.confidence import encode_counts
 from cropseg_core.geotiff import Georeference, encode_tiff
 from cropseg_core.masks import encode_png, overlay
 from cropseg_core.pipeline import Segmentation
@@ -67,6 +68,10 @@ class SegmentationResult(BaseModel):
     working_scale: float = Field(description="Factor the image was resized by for the model (1 = full size)")
     model: ModelRef
     timings_ms: dict[str, float]
+    confidence: dict[str, list[int]] = Field(
+        description="Pixels by predicted probability in 32 bins even in logit space (-8..8), for the "
+        "pixels called soil and plant: what the drift monitor's label-free IoU estimate reads"
+    )
     mask: EncodedMask | None = None
 
 
@@ -97,6 +102,7 @@ def result_json(
         working_scale=round(segmentation.scale, 6),
         model=ModelRef(name=info.name, version=info.version),
         timings_ms=timings_ms(segmentation),
+        confidence=dict(zip(("soil", "plant"), segmentation.confidence.tolist(), strict=True)),
         mask=mask,
     )
 
@@ -135,5 +141,6 @@ def result_headers(segmentation: Segmentation, info: ModelInfo) -> dict[str, str
         "X-Working-Scale": f"{segmentation.scale:.6g}",
         "X-Model-Name": info.name,
         "X-Model-Version": info.version,
+        "X-Confidence": encode_counts(segmentation.confidence),
         "Server-Timing": timing,
     }

@@ -16,6 +16,7 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
+from cropseg_core.confidence import decode_counts
 from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
 
@@ -52,6 +53,8 @@ def test_default_answer_is_the_mask_with_headers(
     assert float(headers["x-vegetation-fraction"]) == pytest.approx((mask == 255).mean(), abs=1e-6)
     assert (headers["x-image-width"], headers["x-image-height"]) == ("480", "360")
     assert (headers["x-model-name"], headers["x-model-version"]) == ("cropseg-unet", MODEL_VERSION)
+    confidence = decode_counts(headers["x-confidence"])  # the pixels by probability, soil then plant
+    assert confidence[1].sum() / confidence.sum() == pytest.approx((mask == 255).mean(), abs=1e-6)
     stages = [part.split(";")[0] for part in headers["server-timing"].split(", ")]
     assert stages == ["decode", "preprocess", "queue", "infer", "postprocess", "encode"]
 
@@ -132,6 +135,9 @@ def test_json_carries_the_same_mask(client: TestClient, field_png: bytes, encodi
     assert body["model"] == {"name": "cropseg-unet", "version": MODEL_VERSION}
     assert body["vegetation_fraction"] == pytest.approx((mask == 255).mean(), abs=1e-6)
     assert set(body["timings_ms"]) == {"decode", "preprocess", "queue", "infer", "postprocess"}
+    assert sum(body["confidence"]["plant"]) / (480 * 360) == pytest.approx(
+        body["vegetation_fraction"], abs=1e-6
+    )
     if encoding == "png":
         decoded = read_png(base64.b64decode(body["mask"]["data"]))
     else:

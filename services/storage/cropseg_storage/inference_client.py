@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from cropseg_core.confidence import decode_counts
 from cropseg_core.web.errors import BadGatewayError, ClientError, GatewayTimeoutError, UnavailableError
 
 SEGMENT_PATH = "/api/v1/segment"
@@ -52,6 +53,8 @@ class Segmentation:
     latency_s: float
     layout: str
     working_scale: float
+    confidence: list[list[int]] | None = None
+    """Pixels by predicted probability (X-Confidence); None from an inference service without it."""
 
 
 CONNECT_TIMEOUT_S = 5.0
@@ -103,6 +106,9 @@ class InferenceClient:
                 latency_s=latency,
                 layout=response.headers["x-layout"],
                 working_scale=float(response.headers["x-working-scale"]),
+                confidence=decode_counts(response.headers["x-confidence"]).tolist()
+                if "x-confidence" in response.headers
+                else None,
             )
         except (KeyError, ValueError) as e:
             raise InferenceFailedError(

@@ -1,4 +1,5 @@
-"""Drift reports, read from the drift-monitor API so the UI needs only this service.
+"""Drift reports, read from the drift-monitor API so the UI needs only this service, and the UI's
+"Run now" (``POST /api/v1/drift/runs``, with the caller's token).
 
 In a cluster the Ingress sends ``/api/v1/drift`` straight to drift-monitor; locally (no
 Ingress) this route forwards the same paths, so the UI works unchanged in both.
@@ -21,6 +22,19 @@ class DriftUnavailableError(UnavailableError):
     code = "drift_monitor_unavailable"
 
 
+@router.post(
+    "/api/v1/drift/runs",
+    status_code=202,
+    response_class=Response,
+    responses=error_responses(401, 403, 409, 502, 503, 504),
+)
+async def start_drift_run(request: Request) -> Response:
+    """Start a drift run now (the web UI's "Run now"): forwarded with the caller's token, which
+    the drift monitor checks; 409 while a run is in progress."""
+    authorization = request.headers.get("authorization")
+    return await _forward(request, "POST", "runs", {"authorization": authorization} if authorization else {})
+
+
 @router.get(
     "/api/v1/drift/{path:path}", response_class=Response, responses=error_responses(400, 502, 503, 504)
 )
@@ -30,15 +44,21 @@ async def drift(path: str, request: Request) -> Response:
         check_key(path)  # plain names only: no "..", no control characters
     except InvalidKeyError as e:
         raise ClientError(f"invalid drift path {path!r}: use the links the drift API returns") from e
+    return await _forward(request, "GET", path, {})
+
+
+async def _forward(request: Request, method: str, path: str, headers: dict[str, str]) -> Response:
     client: httpx.AsyncClient = request.app.state.outgoing
     base_url = str(request.app.state.settings.drift_url).rstrip("/")
     try:
-        upstream = await client.get(f"{base_url}/api/v1/drift/{path}", params=request.query_params)
+        upstream = await client.request(
+            method, f"{base_url}/api/v1/drift/{path}", params=request.query_params, headers=headers
+        )
     except httpx.TimeoutException as e:
         raise GatewayTimeoutError(f"the drift monitor at {base_url} did not answer in time") from e
     except httpx.TransportError as e:
         raise DriftUnavailableError(
             f"the drift monitor at {base_url} is not reachable: start it, or set STORAGE_DRIFT_URL"
         ) from e
-    headers = {name: upstream.headers[name] for name in FORWARDED_HEADERS if name in upstream.headers}
-    return Response(upstream.content, status_code=upstream.status_code, headers=headers)
+    forwarded = {name: upstream.headers[name] for name in FORWARDED_HEADERS if name in upstream.headers}
+    return Response(upstream.content, status_code=upstream.status_code, headers=forwarded)

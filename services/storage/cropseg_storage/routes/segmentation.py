@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from cropseg_core.geotiff import encode_tiff, georeference_of
 from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import score, vegetation_fraction
-from cropseg_core.repository import MODEL_VERSION, SegmentationRecord, binary_label, check_id
+from cropseg_core.repository import MODEL_VERSION, SegmentationRecord, check_id
 from cropseg_core.web.errors import error_responses
 from cropseg_storage.deps import WRITE, Inference, Metrics, Repository
 from cropseg_storage.inference_client import (
@@ -118,6 +118,7 @@ async def segment(
         latency_ms=round(result.latency_s * 1000, 2),
         layout=result.layout,
         working_scale=result.working_scale,
+        confidence=result.confidence,
         created_at=datetime.now(UTC),
     )
     await run_in_threadpool(repository.save_segmentation, segmentation, result.mask_png)
@@ -173,10 +174,7 @@ def overlay_image(image_id: str, repository: Repository, model_version: ModelVer
 def evaluation(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Evaluation:
     """Pixel accuracy and IoU of the stored mask against the label (the seed's ``/metrics``)."""
     check_id(image_id)
-    # Both are single-band PNGs this service wrote: decoded as stored, not widened to RGB.
-    label = binary_label(decode_channels(repository.label(image_id), repository.limits))
-    segmentation, png = repository.mask(image_id, model_version)
-    predicted = decode_channels(png, repository.limits).pixels[..., 0]
+    segmentation, predicted, label = repository.mask_and_label(image_id, model_version)
     result = score(predicted, label)
     return Evaluation(
         image_id=image_id,

@@ -282,6 +282,13 @@ function setUpDropzone() {
 
 // ---------- drift page ----------
 
+// A p-value as a short number that never wraps mid-number (the drift monitor's format_p_value).
+function pValue(value) {
+  if (typeof value !== "number") return "–";
+  if (value >= 0.001) return value.toFixed(3);
+  return value > 0 ? value.toExponential(1) : "<1e-300";
+}
+
 async function loadDrift() {
   const list = $("drift-list");
   list.replaceChildren(element("li", { class: "muted", text: "Loading reports…" }));
@@ -300,6 +307,30 @@ async function loadDrift() {
   }
 }
 
+// "Run now": start a drift run, follow it, then show its report.
+async function runDrift() {
+  const button = $("drift-run"), note = $("drift-run-state");
+  button.disabled = true;
+  note.textContent = "Starting a drift run…";
+  try {
+    let run = await json("/api/v1/drift/runs", { method: "POST" });
+    while (run.status === "pending" || run.status === "running") {
+      note.textContent = "Drift run in progress…";
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      run = await json(`/api/v1/drift/runs/${encodeURIComponent(run.id)}`);
+    }
+    const outcomes = { drift: "drift found", no_drift: "no drift", insufficient_data: "not enough images yet" };
+    note.textContent = run.status === "succeeded"
+      ? `Finished: ${outcomes[run.outcome] || run.outcome}; the report is below.`
+      : `The run failed: ${run.message || "see the drift monitor's log"}`;
+    await loadDrift();
+  } catch (e) {
+    note.textContent = e.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 async function showReport(id) {
   document.querySelectorAll("#drift-list li").forEach((li) => li.classList.toggle("selected", li.dataset.id === id));
   const detail = $("drift-detail");
@@ -308,10 +339,10 @@ async function showReport(id) {
     const report = await json(`/api/v1/drift/reports/${encodeURIComponent(id)}`);
     $("drift-title").textContent = `Report ${when(report.created_at)}`;
     // Each check is shaped as Alibi Detect shapes results: {meta: {...}, data: {is_drift, p_val, ...}}.
-    const rows = Object.entries(report.detectors || {}).map(([name, { data }]) => element("tr", {},
-      element("td", { text: name.replaceAll("_", " ") }),
+    const rows = Object.entries(report.detectors || {}).map(([name, { meta, data }]) => element("tr", {},
+      element("td", { text: meta.label || name.replaceAll("_", " ") }),
       element("td", {}, element("span", { class: `badge ${data.status}`, text: data.status.replace("_", " ") })),
-      element("td", { text: typeof data.p_val === "number" ? data.p_val.toExponential(2) : "–" }),
+      element("td", { class: "number", text: pValue(data.p_val) }),
       element("td", { class: "wrap", text: (data.drifted || []).map((f) => f.replaceAll("_", " ")).join(", ")
         || data.reason || "–" })));
     const plots = (report.plots || []).map((plot) => element("figure", {},
@@ -319,6 +350,9 @@ async function showReport(id) {
     detail.replaceChildren(...[  // a part a report lacks is null: left out (replaceChildren would write "null")
       element("p", {}, element("span", { class: `badge ${report.status}`, text: report.status.replace("_", " ") }),
         " ", report.summary || ""),
+      report.performance && report.performance.text ? element("p", { text: report.performance.text }) : null,
+      report.reference && report.reference.text
+        ? element("p", { class: "muted", text: `Compared with ${report.reference.text}.` }) : null,
       rows.length ? element("table", {}, element("thead", {}, element("tr", {},
         element("th", { text: "Check" }), element("th", { text: "Verdict" }), element("th", { text: "p-value" }),
         element("th", { text: "Drifted features" }))), element("tbody", {}, ...rows)) : null,
@@ -405,6 +439,7 @@ async function start() {
   $("layout-select").addEventListener("change", changeLayout);
   loadLayouts();
   $("drift-refresh").addEventListener("click", loadDrift);
+  $("drift-run").addEventListener("click", runDrift);
   $("status-refresh").addEventListener("click", loadStatus);
   window.addEventListener("hashchange", route);
   route();
