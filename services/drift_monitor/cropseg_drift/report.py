@@ -239,7 +239,8 @@ def summarise(status: str, results: dict[str, dict[str, Any]], layout: str = "rg
 
 
 def reference_text(reference: dict[str, Any]) -> str:
-    """ "128 ews/train + 48 peanut/train images (model 2.0.0's training photos)"."""
+    """How a report names its reference: 128 ews/train + 48 peanut/train images (the training
+    images of cropseg-unet 2.0.0)."""
     sources = " + ".join(f"{count} {name}" for name, count in reference.get("sources", {}).items())
     return f"{sources or reference['images']} images ({reference['description']})"
 
