@@ -68,6 +68,15 @@ def test_upload_segment_drift_and_status_pages(browser: Browser, system: Stack, 
     expect(page.locator("#drift-detail table")).to_be_visible()
     expect(page.locator("#drift-detail .plots img").first).to_be_visible()
     page.screenshot(path=ARTIFACTS / "2-drift.png", full_page=True)
+    # these uploads as the reference: the next run compares them with themselves, then back
+    page.click("#drift-use-reference")
+    expect(detail).to_contain_text("rgb runs now compare with uploads chosen as the reference")
+    page.click("#drift-run")
+    expect(page.locator("#drift-run-state")).to_contain_text("Finished: no drift", timeout=120_000)
+    expect(detail).to_contain_text("Compared with uploads chosen as the reference on")
+    page.screenshot(path=ARTIFACTS / "2-drift-chosen-reference.png", full_page=True)
+    page.click("#drift-reset-reference")
+    expect(detail).to_contain_text("rgb runs now compare with 128 ews/train + 48 peanut/train images")
 
     page.click("nav a[data-page=status]")
     for service in ("storage", "inference", "drift-monitor"):

@@ -15,8 +15,6 @@ where no real labelled imagery exists.
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from tqdm import tqdm
 
 from cropseg_core.bands import LAYOUTS, display_rgb, from_model_bands
 from cropseg_core.confidence import estimated_iou, fit_temperature
-from cropseg_core.features import PROPERTY_NAMES, image_features
+from cropseg_core.features import PROPERTY_NAMES, ReferenceProfile, encode_profile, image_features
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import score, vegetation_fraction
 from cropseg_model.datasets import discover, load_masked
@@ -124,18 +122,15 @@ def build_profile(
     }
     if calibrate:
         meta["iou_estimate"] = calibrate_iou_estimate(evaluator, calibrate, check or [])
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        grey_histograms=np.stack(histograms).astype(np.float32),
-        properties=np.stack(properties).astype(np.float32),
-        property_names=np.array(PROPERTY_NAMES),
+    profile = ReferenceProfile(
+        grey_histograms=np.stack(histograms),
+        properties=np.stack(properties),
         vegetation_fraction=np.array(truth, np.float32),
         predicted_vegetation_fraction=np.array(predicted, np.float32),
         image_names=np.array(names),
         layouts=np.array(rows),
         sources=np.array(sources),
-        meta_json=np.array(json.dumps(meta, sort_keys=True)),
+        meta=meta,
     )
-    write_atomic(out, buffer.getvalue())
+    write_atomic(out, encode_profile(profile))
     return meta

@@ -22,6 +22,7 @@ or the false-colour composite), and the profile holds reference rows for every l
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -178,13 +179,44 @@ class ReferenceProfile:
         return {str(name): int(count) for name, count in zip(names, counts, strict=True)}
 
 
+def encode_profile(profile: ReferenceProfile) -> bytes:
+    """The profile as the .npz file :func:`load_reference_profile` reads."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        grey_histograms=profile.grey_histograms.astype(np.float32),
+        properties=profile.properties.astype(np.float32),
+        property_names=np.array(PROPERTY_NAMES),
+        vegetation_fraction=profile.vegetation_fraction.astype(np.float32),
+        predicted_vegetation_fraction=profile.predicted_vegetation_fraction.astype(np.float32),
+        image_names=profile.image_names,
+        layouts=profile.layouts,
+        sources=profile.sources,
+        meta_json=np.array(json.dumps(profile.meta, sort_keys=True)),
+    )
+    return buffer.getvalue()
+
+
+def decode_profile(data: bytes, name: str) -> ReferenceProfile:
+    """A profile from .npz bytes; ValueError naming ``name`` and saying what is wrong."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as found:
+            arrays = {key: found[key] for key in found.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"cannot read the reference profile {name}: {e}") from e
+    return _profile(arrays, name)
+
+
 def load_reference_profile(path: Path) -> ReferenceProfile:
     """Read a reference profile (.npz); ValueError saying what is wrong with the file."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        data = path.read_bytes()
+    except OSError as e:
         raise ValueError(f"cannot read the reference profile {path}: {e}") from e
+    return decode_profile(data, str(path))
+
+
+def _profile(arrays: dict[str, np.ndarray], name: str) -> ReferenceProfile:
     fields = (
         "grey_histograms",
         "properties",
@@ -197,10 +229,10 @@ def load_reference_profile(path: Path) -> ReferenceProfile:
     missing = [key for key in (*fields, "property_names", "meta_json") if key not in arrays]
     if missing:
         raise ValueError(
-            f"the reference profile {path} lacks {', '.join(missing)}: rebuild it with cropseg-model profile"
+            f"the reference profile {name} lacks {', '.join(missing)}: rebuild it with cropseg-model profile"
         )
     if tuple(arrays["property_names"]) != PROPERTY_NAMES:
         raise ValueError(
-            f"the reference profile {path} has other image properties than this version computes"
+            f"the reference profile {name} has other image properties than this version computes"
         )
     return ReferenceProfile(**{key: arrays[key] for key in fields}, meta=json.loads(str(arrays["meta_json"])))

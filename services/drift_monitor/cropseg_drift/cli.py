@@ -2,6 +2,7 @@
 
     cropseg-drift run          one drift run (the CronJob); exit 0 no drift, 1 drift, 2 error
     cropseg-drift serve        the API (reports, on-demand runs, metrics)
+    cropseg-drift reference    what runs compare with: show it, use uploads as it, reset it
     cropseg-drift experiment   the seed's brightness experiment, as a table
 
 Settings are environment variables prefixed DRIFT_ (cropseg_drift/settings.py); flags override them.
@@ -71,6 +72,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from cropseg_core.features import load_reference_profile
+    from cropseg_core.store import StoreError, open_store
+    from cropseg_core.web.errors import ClientError
+    from cropseg_drift import reference
+    from cropseg_drift.report import read_report
+
+    settings = _settings(args, "layout", "min_samples")
+    shipped = load_reference_profile(settings.reference_path)
+    try:
+        store = open_store(settings.store)
+        if args.action == "use":
+            if args.report:
+                report = read_report(store, args.report)
+                reference.choose_report(store, shipped, report, settings.min_samples)
+            elif args.since or args.until or args.first:
+                since, until = (reference.as_utc(datetime.fromisoformat(t)) if t else None
+                                for t in (args.since, args.until))  # fmt: skip
+                reference.choose_uploads(store, shipped, settings, since=since, until=until, first=args.first)
+            else:
+                raise ValueError("use needs --report ID, or --since / --until / --first to select uploads")
+        elif args.action == "reset":
+            reference.reset(store, settings.layout)
+        for layout in sorted(set(shipped.layouts.tolist())):
+            print(f"{layout:<8} {reference.describe(reference.load_reference(shipped, store, layout))}")
+    except (StoreError, ClientError) as e:  # a missing report, too few images: what to do
+        print(f"cropseg-drift reference: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from cropseg_drift.experiment import format_table, run_experiment
 
@@ -117,6 +151,21 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="DRIFT_PORT")
     serve.add_argument("--engine", choices=("alibi", "scipy"), help="engine of on-demand runs (DRIFT_ENGINE)")
     serve.set_defaults(handler=cmd_serve)
+
+    chosen = commands.add_parser(
+        "reference", help="what runs compare with, per layout: show it, use uploads as it, or reset it"
+    )
+    chosen.add_argument("action", choices=("show", "use", "reset"))
+    chosen.add_argument("--data", help="data folder of the filesystem backend (DRIFT_STORE__PATH)")
+    chosen.add_argument("--layout", help="the layout whose reference to set or reset (DRIFT_LAYOUT)")
+    chosen.add_argument("--report", help="use: the images of this report")
+    chosen.add_argument("--since", help="use: uploads created at or after this ISO time (UTC unless given)")
+    chosen.add_argument("--until", help="use: uploads created before this ISO time")
+    chosen.add_argument("--first", type=int, help="use: only the first (oldest) this many of them")
+    chosen.add_argument(
+        "--min-samples", type=int, help="DRIFT_MIN_SAMPLES: the fewest images a reference takes"
+    )
+    chosen.set_defaults(handler=cmd_reference)
 
     experiment = commands.add_parser("experiment", help="the seed's brightness experiment")
     experiment.add_argument(

@@ -16,7 +16,7 @@ from cropseg_core.web.hygiene import install_http_hygiene
 from cropseg_core.web.limits import install_request_limits
 from cropseg_core.web.metrics import install_metrics
 from cropseg_drift.metrics import DriftCollector
-from cropseg_drift.routes import meta, reports, runs
+from cropseg_drift.routes import meta, reference, reports, runs
 from cropseg_drift.runs import RunLauncher
 from cropseg_drift.settings import DriftSettings, get_settings
 
@@ -26,12 +26,14 @@ on (Alibi Detect, or the same tests with scipy).
 
 * `GET /api/v1/drift/reports/latest`: the newest report; `/reports`: all, newest first.
 * `POST /api/v1/drift/runs`: run now (a Job from the CronJob in a cluster).
+* `GET /api/v1/drift/reference`: what each layout is compared with; `PUT .../{layout}`: a report's
+  images or a period's uploads as the reference; `DELETE .../{layout}`: the training images again.
 * `/metrics`: the latest verdicts, p-values and distances for Prometheus.
 """
 
 
 SMALL_BODY_BYTES = 64 * 1024
-"""No route of the drift API takes a body; what a client sends anyway is bounded by this."""
+"""Only choosing a reference takes a body (a few fields); every body is bounded by this."""
 
 
 def create_app(settings: DriftSettings | None = None, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -55,6 +57,7 @@ def create_app(settings: DriftSettings | None = None, registry: CollectorRegistr
     install_request_limits(app, settings.connections, largest_body_bytes=SMALL_BODY_BYTES)
     app.include_router(reports.router)
     app.include_router(runs.router)
+    app.include_router(reference.router)
     app.include_router(meta.router)
     install_http_hygiene(app)  # outermost: HEAD and security headers for every route
     return app

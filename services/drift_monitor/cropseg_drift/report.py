@@ -27,7 +27,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cropseg_core.features import PROPERTY_LABELS, PROPERTY_NAMES, ReferenceProfile
-from cropseg_core.store import BlobStore, encode_json
+from cropseg_core.store import BlobNotFoundError, BlobStore, encode_json
+from cropseg_core.web.errors import ClientError, NotFoundError
 from cropseg_drift.detectors import CHECK_LABELS, Current
 
 REPORT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z")  # ASCII digits only: \d also matches other scripts
@@ -43,6 +44,16 @@ def new_report_id(now: datetime) -> str:
 
 def report_prefix(report_id: str) -> str:
     return f"drift/reports/{report_id}/"
+
+
+def read_report(store: BlobStore, report_id: str) -> dict[str, Any]:
+    if not REPORT_ID.fullmatch(report_id):
+        raise ClientError(f"invalid report id {report_id!r}: ids look like 20261127T144100123456Z")
+    try:
+        report: dict[str, Any] = store.get_json(report_prefix(report_id) + "report.json")
+    except BlobNotFoundError as e:
+        raise NotFoundError(f"no drift report {report_id}") from e
+    return report
 
 
 def _png(figure: Figure) -> bytes:
@@ -214,8 +225,13 @@ def performance_text(performance: dict[str, Any]) -> str:
     return text + labelled
 
 
-def summarise(status: str, results: dict[str, dict[str, Any]], layout: str = "rgb") -> str:
+def summarise(
+    status: str, results: dict[str, dict[str, Any]], layout: str = "rgb", chosen_reference: bool = False
+) -> str:
     """The report's first sentence: what changed, what it likely means, what to do."""
+    against = (
+        "the uploads chosen as the reference" if chosen_reference else "the images the model learned from"
+    )
     if status == "insufficient_data":
         have = min(r["meta"]["samples"] for r in results.values())
         need = max(r["data"].get("samples_needed", 0) for r in results.values())
@@ -225,24 +241,15 @@ def summarise(status: str, results: dict[str, dict[str, Any]], layout: str = "rg
         )
     checked = sum(r["data"]["is_drift"] is not None for r in results.values())
     if status == "no_drift":
-        return (
-            f"Recent {layout} uploads look like the images the model learned from ({checked} checks agree)."
-        )
+        return f"Recent {layout} uploads look like {against} ({checked} checks agree)."
     changes, causes = describe_changes(results)
     drifted = sum(r["data"]["is_drift"] is True for r in results.values())
     what = f": {', '.join(changes[:4])}" if changes else ""
     advice = "; ".join(_ADVICE[cause] for cause in causes[:2])
     return (
-        f"Recent {layout} uploads differ from the images the model learned from{what}. Likely {advice}. "
+        f"Recent {layout} uploads differ from {against}{what}. Likely {advice}. "
         f"({drifted} of {checked} checks found a change.)"
     )
-
-
-def reference_text(reference: dict[str, Any]) -> str:
-    """How a report names its reference: 128 ews/train + 48 peanut/train images (the training
-    images of cropseg-unet 2.0.0)."""
-    sources = " + ".join(f"{count} {name}" for name, count in reference.get("sources", {}).items())
-    return f"{sources or reference['images']} images ({reference['description']})"
 
 
 def format_p_value(value: object) -> str:

@@ -22,13 +22,13 @@ from cropseg_drift.detectors import CHECK_LABELS, Current, overall_status, run_c
 from cropseg_drift.extraction import extract
 from cropseg_drift.lock import RunLockedError, run_lock
 from cropseg_drift.performance import estimate_performance
+from cropseg_drift.reference import describe, load_reference
 from cropseg_drift.report import (
     LOG_STREAM,
     format_p_value,
     make_plots,
     new_report_id,
     performance_text,
-    reference_text,
     summarise,
     write_report,
 )
@@ -108,8 +108,8 @@ def execute(
     started = time.perf_counter()
     now = datetime.now(UTC)
     report_id = report_id or new_report_id(now)
-    profile = profile.for_layout(settings.layout)
     with run_lock(store, settings.lock_ttl_s):
+        profile = load_reference(profile, store, settings.layout)
         repository = ImageRepository(store, settings.image_limits)
         records = _window(repository, settings, now)
         unreadable: list[dict[str, str]] = []
@@ -134,7 +134,7 @@ def execute(
             "id": report_id,
             "created_at": now.isoformat(),
             "status": status,
-            "summary": summarise(status, results, settings.layout),
+            "summary": summarise(status, results, settings.layout, profile.meta.get("kind") == "chosen"),
             "engine": settings.engine,
             "p_value": settings.p_value,
             "images": len(features.ids),
@@ -147,17 +147,16 @@ def execute(
                 "layout": settings.layout,
             },
             "reference": {
+                "kind": profile.meta.get("kind", "training"),
                 "images": len(profile.image_names),
                 "sources": profile.source_counts(),
-                "description": f"the training images of {profile.meta.get('model_name', 'the model')} "
-                f"{profile.meta.get('model_version', '')}".rstrip(),
+                "text": describe(profile),
                 "model_name": profile.meta.get("model_name", ""),
                 "model_version": profile.meta.get("model_version", ""),
             },
             "detectors": results,
             "performance": performance,
         }
-        report["reference"]["text"] = reference_text(report["reference"])
         performance["text"] = performance_text(performance)
         plots = make_plots(profile, current, results)
         report["plots"] = [

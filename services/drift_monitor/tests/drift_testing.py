@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 from cropseg_drift.settings import DriftSettings
 from PIL import Image
 
-from cropseg_core.features import PROPERTY_NAMES, ReferenceProfile, image_features
+from cropseg_core.features import ReferenceProfile, encode_profile, image_features
 from cropseg_core.repository import ImageRepository, SegmentationRecord
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobStore
@@ -53,20 +52,7 @@ def make_profile(count: int = 200, seed: int = 0) -> ReferenceProfile:
 
 
 def write_profile(path: Path, profile: ReferenceProfile) -> Path:
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        grey_histograms=profile.grey_histograms,
-        properties=profile.properties,
-        property_names=np.array(PROPERTY_NAMES),
-        vegetation_fraction=profile.vegetation_fraction,
-        predicted_vegetation_fraction=profile.predicted_vegetation_fraction,
-        image_names=profile.image_names,
-        layouts=profile.layouts,
-        sources=profile.sources,
-        meta_json=np.array(json.dumps(profile.meta)),
-    )
-    path.write_bytes(buffer.getvalue())
+    path.write_bytes(encode_profile(profile))
     return path
 
 

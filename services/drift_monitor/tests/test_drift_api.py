@@ -158,3 +158,55 @@ def test_serve_refuses_a_missing_profile(tmp_path: Path, capsys: pytest.CaptureF
     monkeypatch.setenv("DRIFT_REFERENCE_PATH", str(tmp_path / "none.npz"))
     assert main(["serve", "--port", "8999"]) == 2
     assert "reference profile" in capsys.readouterr().err
+
+
+def test_the_user_chooses_the_reference_and_can_go_back(data: Path, profile_path: Path) -> None:
+    """The 25 over-exposed uploads drift from the training images; chosen as the reference, the
+    next run compares with them (no drift) and says so; DELETE returns to the training images."""
+    app = create_app(settings_for(data, profile_path, engine="scipy", api_token=TOKEN), CollectorRegistry())
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with TestClient(app) as client:
+        before = run(settings_for(data, profile_path, engine="scipy"))
+        assert before.status == "drift"
+        assert [r["kind"] for r in client.get("/api/v1/drift/reference").json()] == ["training"]
+        choice = {"report_id": before.report_id}
+        assert client.put("/api/v1/drift/reference/rgb", json=choice).status_code == 401
+        chosen = client.put("/api/v1/drift/reference/rgb", json=choice, headers=auth)
+        assert chosen.status_code == 200, chosen.text
+        assert (chosen.json()["kind"], chosen.json()["images"]) == ("chosen", 25)
+        assert f"the 25 images of report {before.report_id}" in chosen.json()["description"]
+
+        after = run(settings_for(data, profile_path, engine="scipy"))
+        assert after.report is not None
+        assert after.message == (
+            "Recent rgb uploads look like the uploads chosen as the reference (5 checks agree)."
+        )
+        assert after.report["reference"]["kind"] == "chosen"
+        assert after.report["reference"]["text"].startswith("uploads chosen as the reference on ")
+
+        back = client.delete("/api/v1/drift/reference/rgb", headers=auth)
+        assert back.json()["kind"] == "training"
+        assert run(settings_for(data, profile_path, engine="scipy")).status == "drift"
+
+        by_period = client.put("/api/v1/drift/reference/rgb", json={"first": 20}, headers=auth).json()
+        assert by_period["description"].endswith("the first 20 uploads")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({}, 422, "give report_id, or since / until / first"),
+        ({"report_id": "20260101T000000000000Z", "first": 5}, 422, "not both"),
+        ({"report_id": "20260101T000000000000Z"}, 404, "no drift report 20260101T000000000000Z"),
+        ({"report_id": "../x"}, 400, "ids look like"),
+        ({"since": "2030-01-01T00:00:00"}, 409, "0 segmented rgb images"),
+        ({"since": "2030-01-02", "until": "2030-01-01"}, 400, "must be before until"),
+    ],
+)
+def test_a_reference_choice_that_cannot_work_says_what_to_fix(
+    client: TestClient, body: dict[str, object], status: int, says: str
+) -> None:
+    answer = client.put("/api/v1/drift/reference/rgb", json=body)
+    assert answer.status_code == status, answer.text
+    assert says in answer.text
+    assert client.put("/api/v1/drift/reference/ndvi", json={"first": 5}).status_code == 400

@@ -310,3 +310,22 @@ def test_sigterm_ends_a_run_at_once_releasing_its_lock(data: Path, profile_path:
     assert "stopped by SIGTERM" in err
     assert not lock.exists()
     assert not list((data / "drift" / "reports").glob("*/report.json")), "no half report"
+
+
+def test_cli_shows_chooses_and_resets_the_reference(data: Path, profile_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    add_uploads(store_at(data), 22)
+    monkeypatch.setenv("DRIFT_REFERENCE_PATH", str(profile_path))
+    monkeypatch.setenv("DRIFT_WORKERS", "1")
+    assert main(["reference", "show", "--data", str(data)]) == 0
+    training = "200 fields/train images (the training images of cropseg-unet 1.0.0)"
+    assert capsys.readouterr().out == f"rgb      {training}\n"
+    assert main(["reference", "use", "--data", str(data), "--first", "20", "--min-samples", "20"]) == 0
+    assert "rgb      uploads chosen as the reference on " in capsys.readouterr().out
+    assert main(["reference", "use", "--data", str(data)]) == 2
+    assert "use needs --report ID, or --since / --until / --first" in capsys.readouterr().err
+    assert main(["reference", "use", "--data", str(data), "--report", "20260101T000000000000Z"]) == 2
+    assert "no drift report 20260101T000000000000Z" in capsys.readouterr().err
+    assert main(["reference", "reset", "--data", str(data)]) == 0
+    assert "training images" in capsys.readouterr().out

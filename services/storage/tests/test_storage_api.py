@@ -491,6 +491,32 @@ def test_drift_reports_are_forwarded(make_client: Callable[..., TestClient]) -> 
     assert "STORAGE_DRIFT_URL" in absent.json()["error"]["message"]
 
 
+def test_drift_writes_are_forwarded_with_the_callers_token(make_client: Callable[..., TestClient]) -> None:
+    seen: list[tuple[str, str, str | None, bytes]] = []
+
+    def drift(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/api/"):  # not the status page's health checks
+            token = request.headers.get("authorization")
+            seen.append((request.method, request.url.path, token, request.content))
+        return httpx.Response(200, json={"kind": "chosen"})
+
+    client = make_client(routed(inference=fake_inference, drift=drift))
+    token = {"authorization": "Bearer abc"}
+    assert client.put("/api/v1/drift/reference/rgb", json={"report_id": "r"}, headers=token).json() == {
+        "kind": "chosen"
+    }
+    client.delete("/api/v1/drift/reference/cir", headers=token)
+    client.post("/api/v1/drift/runs")
+    assert seen == [
+        ("PUT", "/api/v1/drift/reference/rgb", "Bearer abc", b'{"report_id":"r"}'),
+        ("DELETE", "/api/v1/drift/reference/cir", "Bearer abc", b""),
+        ("POST", "/api/v1/drift/runs", None, b""),
+    ]
+    too_large = client.put("/api/v1/drift/reference/rgb", content=b"{" + b" " * 5000 + b"}")
+    assert too_large.status_code == 413
+    assert len(seen) == 3  # refused here, never forwarded
+
+
 def test_web_ui_is_served(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200

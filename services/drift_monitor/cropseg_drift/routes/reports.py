@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from cropseg_core.store import BlobNotFoundError, BlobStore
 from cropseg_core.web.errors import ClientError, NotFoundError, error_responses
 from cropseg_drift.metrics import latest_report
-from cropseg_drift.report import FILE_NAME, REPORT_ID, report_prefix
+from cropseg_drift.report import FILE_NAME, REPORT_ID, read_report, report_prefix
 
 router = APIRouter(prefix="/api/v1/drift/reports", tags=["reports"])
 
@@ -32,19 +32,9 @@ class ReportPage(BaseModel):
     next_cursor: str | None
 
 
-def _store(request: Request) -> BlobStore:
+def store_of(request: Request) -> BlobStore:
     store: BlobStore = request.app.state.store
     return store
-
-
-def _report(store: BlobStore, report_id: str) -> dict[str, Any]:
-    if not REPORT_ID.fullmatch(report_id):
-        raise ClientError(f"invalid report id {report_id!r}: ids look like 20261127T144100123456Z")
-    try:
-        report: dict[str, Any] = store.get_json(report_prefix(report_id) + "report.json")
-    except BlobNotFoundError as e:
-        raise NotFoundError(f"no drift report {report_id}") from e
-    return report
 
 
 @router.get("", response_model=ReportPage, responses=error_responses(400))
@@ -56,7 +46,7 @@ def list_reports(
     """Reports, newest first."""
     if cursor is not None and not REPORT_ID.fullmatch(cursor):
         raise ClientError("invalid cursor: pass the next_cursor of the previous page unchanged")
-    store = _store(request)
+    store = store_of(request)
     keys = [b.key for b in store.list_blobs("drift/reports/") if b.key.endswith("/report.json")]
     ids = sorted((key.split("/")[2] for key in keys), reverse=True)
     if cursor is not None:
@@ -64,7 +54,7 @@ def list_reports(
     page = ids[:limit]
     items = []
     for report_id in page:
-        report = _report(store, report_id)
+        report = read_report(store, report_id)
         items.append(
             ReportSummary(**{key: report[key] for key in ReportSummary.model_fields if key in report})
         )
@@ -74,7 +64,7 @@ def list_reports(
 @router.get("/latest", responses=error_responses(404))
 def latest(request: Request) -> dict[str, Any]:
     """The newest report in full."""
-    report = latest_report(_store(request))
+    report = latest_report(store_of(request))
     if report is None:
         raise NotFoundError(
             "no drift report yet: the drift job has not run (POST /api/v1/drift/runs starts one)"
@@ -85,7 +75,7 @@ def latest(request: Request) -> dict[str, Any]:
 @router.get("/{report_id}", responses=error_responses(400, 404))
 def report(request: Request, report_id: str) -> dict[str, Any]:
     """One report in full: checks shaped as Alibi Detect shapes them, plots, links."""
-    return _report(_store(request), report_id)
+    return read_report(store_of(request), report_id)
 
 
 @router.get(
@@ -98,7 +88,7 @@ def report_file(request: Request, report_id: str, name: str) -> Response:
     if not REPORT_ID.fullmatch(report_id) or not FILE_NAME.fullmatch(name):
         raise ClientError(f"invalid report file {report_id}/{name}: use the links a report lists")
     try:
-        content = _store(request).get(report_prefix(report_id) + name)
+        content = store_of(request).get(report_prefix(report_id) + name)
     except BlobNotFoundError as e:
         raise NotFoundError(f"report {report_id} has no file {name}") from e
     media_type = MEDIA_TYPES[name.rsplit(".", 1)[1]]

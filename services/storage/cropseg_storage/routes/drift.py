@@ -1,5 +1,6 @@
 """Drift reports, read from the drift-monitor API so the UI needs only this service, and the UI's
-"Run now" (``POST /api/v1/drift/runs``, with the caller's token).
+writes -- "Run now" (``POST /api/v1/drift/runs``) and choosing the reference (``PUT``/``DELETE
+/api/v1/drift/reference/{layout}``) -- forwarded with the caller's token, which drift checks.
 
 In a cluster the Ingress sends ``/api/v1/drift`` straight to drift-monitor; locally (no
 Ingress) this route forwards the same paths, so the UI works unchanged in both.
@@ -11,7 +12,13 @@ import httpx
 from fastapi import APIRouter, Request, Response
 
 from cropseg_core.store import InvalidKeyError, check_key
-from cropseg_core.web.errors import ClientError, GatewayTimeoutError, UnavailableError, error_responses
+from cropseg_core.web.errors import (
+    ClientError,
+    GatewayTimeoutError,
+    PayloadTooLargeError,
+    UnavailableError,
+    error_responses,
+)
 
 router = APIRouter(tags=["drift"])
 
@@ -20,6 +27,22 @@ FORWARDED_HEADERS = ("content-type", "cache-control", "etag", "last-modified")
 
 class DriftUnavailableError(UnavailableError):
     code = "drift_monitor_unavailable"
+
+
+REFERENCE_BODY_BYTES = 4096
+"""A reference choice is a few fields; a larger body is refused before it is forwarded."""
+
+
+def _token(request: Request) -> dict[str, str]:
+    authorization = request.headers.get("authorization")
+    return {"authorization": authorization} if authorization else {}
+
+
+def _plain(path: str) -> str:
+    try:
+        return check_key(path)  # plain names only: no "..", no control characters
+    except InvalidKeyError as e:
+        raise ClientError(f"invalid drift path {path!r}: use the links the drift API returns") from e
 
 
 @router.post(
@@ -31,29 +54,56 @@ class DriftUnavailableError(UnavailableError):
 async def start_drift_run(request: Request) -> Response:
     """Start a drift run now (the web UI's "Run now"): forwarded with the caller's token, which
     the drift monitor checks; 409 while a run is in progress."""
-    authorization = request.headers.get("authorization")
-    return await _forward(request, "POST", "runs", {"authorization": authorization} if authorization else {})
+    return await _forward(request, "POST", "runs", _token(request))
+
+
+@router.put(
+    "/api/v1/drift/reference/{layout}",
+    response_class=Response,
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 502, 503, 504),
+)
+async def choose_drift_reference(layout: str, request: Request) -> Response:
+    """Use a report's images (``{"report_id": ...}``) or a period's uploads as the layout's drift
+    reference (the web UI's "Use these images as the reference"), with the caller's token."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > REFERENCE_BODY_BYTES:
+            raise PayloadTooLargeError(
+                f"a reference choice is a few fields, at most {REFERENCE_BODY_BYTES} bytes"
+            )
+    headers = {**_token(request), "content-type": "application/json"}
+    return await _forward(request, "PUT", f"reference/{_plain(layout)}", headers, body)
+
+
+@router.delete(
+    "/api/v1/drift/reference/{layout}",
+    response_class=Response,
+    responses=error_responses(400, 401, 403, 502, 503, 504),
+)
+async def reset_drift_reference(layout: str, request: Request) -> Response:
+    """Compare the layout with the model's training images again, with the caller's token."""
+    return await _forward(request, "DELETE", f"reference/{_plain(layout)}", _token(request))
 
 
 @router.get(
     "/api/v1/drift/{path:path}", response_class=Response, responses=error_responses(400, 502, 503, 504)
 )
 async def drift(path: str, request: Request) -> Response:
-    """Forward a read of the drift-monitor API (reports, plots, latest result)."""
-    try:
-        check_key(path)  # plain names only: no "..", no control characters
-    except InvalidKeyError as e:
-        raise ClientError(f"invalid drift path {path!r}: use the links the drift API returns") from e
-    return await _forward(request, "GET", path, {})
+    """Forward a read of the drift-monitor API (reports, plots, latest result, references)."""
+    return await _forward(request, "GET", _plain(path), {})
 
 
-async def _forward(request: Request, method: str, path: str, headers: dict[str, str]) -> Response:
+async def _forward(
+    request: Request, method: str, path: str, headers: dict[str, str], content: bytes | None = None
+) -> Response:
     client: httpx.AsyncClient = request.app.state.outgoing
     base_url = str(request.app.state.settings.drift_url).rstrip("/")
     try:
         upstream = await client.request(
-            method, f"{base_url}/api/v1/drift/{path}", params=request.query_params, headers=headers
-        )
+            method, f"{base_url}/api/v1/drift/{path}", params=request.query_params, headers=headers,
+            content=content,
+        )  # fmt: skip
     except httpx.TimeoutException as e:
         raise GatewayTimeoutError(f"the drift monitor at {base_url} did not answer in time") from e
     except httpx.TransportError as e:

@@ -331,6 +331,30 @@ async function runDrift() {
   }
 }
 
+// The reference a layout's runs compare with: this report's images, or the training images again.
+function referenceButtons(report) {
+  if (!report.window || !report.images) return null;
+  const layout = encodeURIComponent(report.window.layout);
+  const note = element("span", { class: "muted", "aria-live": "polite" });
+  const change = async (options, done) => {
+    try {
+      const state = await json(`/api/v1/drift/reference/${layout}`, options);
+      note.textContent = `${done} ${report.window.layout} runs now compare with ${state.description}.`;
+    } catch (e) {
+      note.textContent = e.message;
+    }
+  };
+  const use = element("button", { type: "button", class: "link", id: "drift-use-reference",
+    text: "Use these images as the reference",
+    onclick: () => change({ method: "PUT", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ report_id: report.id }) }, "Done:") });
+  const back = report.reference && report.reference.kind === "chosen"
+    ? element("button", { type: "button", class: "link", id: "drift-reset-reference",
+      text: "Compare with the training images again", onclick: () => change({ method: "DELETE" }, "Done:") })
+    : null;
+  return element("p", {}, use, back ? " · " : "", back, " ", note);
+}
+
 async function showReport(id) {
   document.querySelectorAll("#drift-list li").forEach((li) => li.classList.toggle("selected", li.dataset.id === id));
   const detail = $("drift-detail");
@@ -353,6 +377,7 @@ async function showReport(id) {
       report.performance && report.performance.text ? element("p", { text: report.performance.text }) : null,
       report.reference && report.reference.text
         ? element("p", { class: "muted", text: `Compared with ${report.reference.text}.` }) : null,
+      referenceButtons(report),
       rows.length ? element("table", {}, element("thead", {}, element("tr", {},
         element("th", { text: "Check" }), element("th", { text: "Verdict" }), element("th", { text: "p-value" }),
         element("th", { text: "Drifted features" }))), element("tbody", {}, ...rows)) : null,
