@@ -73,7 +73,7 @@ def test_previous_model_benchmark_scores_both_models(tmp_path: Path) -> None:
 def test_drift_error_rates_benchmark_runs_every_case(tmp_path: Path) -> None:
     record = run_benchmark("drift_error_rates.py", "--runs", "2", "--sizes", "20", out=tmp_path / "d.json")
     cases = {case["case"]: case for case in record["cases"]}
-    assert len(cases) == 6
+    assert len(cases) == 8
     assert all(len(case["windows"]) == 2 for case in cases.values())
     over = cases["over-exposed x1.6"]["windows"]
     assert all(min(window["p"].values()) < 1e-6 and window["cause"] == "exposure" for window in over)

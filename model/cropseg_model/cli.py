@@ -223,8 +223,11 @@ def cmd_profile(args: argparse.Namespace) -> None:
     if isinstance(estimate, dict):
         print(f"label-free IoU estimate: temperature {estimate['temperature']:g}")
         for name, tracked in estimate["tracking"].items():
-            measured, estimated = tracked["measured_iou"], tracked["estimated_iou"]
-            print(f"  {name}: measured {measured:.3f}, estimated {estimated:.3f}")
+            if "reason" in tracked:
+                print(f"  {name}: {tracked['reason']}")
+            else:
+                measured, estimated = tracked["measured_iou"], tracked["estimated_iou"]
+                print(f"  {name}: measured {measured:.3f}, estimated {estimated:.3f}")
 
 
 def cmd_pseudo_label(args: argparse.Namespace) -> None:

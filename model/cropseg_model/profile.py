@@ -16,6 +16,7 @@ where no real labelled imagery exists.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -55,20 +56,25 @@ def calibrate_iou_estimate(
     the ``calibrate`` folders, and how well the estimate tracks the measured IoU on ``check``."""
     pairs = [_confidence_and_iou(evaluator, folder) for folder in calibrate]
     temperature = fit_temperature([c for p in pairs for c in p[0]], [m for p in pairs for m in p[1]])
-    tracking, set_estimates = {}, []
+    tracking: dict[str, dict[str, Any]] = {}
+    set_estimates = []
     for folder in check:
         counts, truth = _confidence_and_iou(evaluator, folder)
         found = [(estimated_iou(c, temperature), m) for c, m in zip(counts, truth, strict=True)]
         kept = [(e, m) for e, m in found if e is not None]  # bare soil has no estimate
-        estimates, measured = [e for e, _ in kept], [m for _, m in kept]
+        if not kept:
+            tracking[source_name(folder)] = {"images": 0, "reason": "no image with vegetation to estimate"}
+            continue
+        estimates, measured = np.array([e for e, _ in kept]), np.array([m for _, m in kept])
+        spread = len(kept) > 2 and estimates.std() > 0 and measured.std() > 0
         tracking[source_name(folder)] = {
-            "images": len(measured),
-            "measured_iou": float(np.mean(measured)),
-            "estimated_iou": float(np.mean(estimates)),
-            "mean_absolute_error": float(np.mean(np.abs(np.subtract(estimates, measured)))),
-            "correlation": float(np.corrcoef(estimates, measured)[0, 1]) if len(measured) > 2 else None,
+            "images": len(kept),
+            "measured_iou": float(measured.mean()),
+            "estimated_iou": float(estimates.mean()),
+            "mean_absolute_error": float(np.abs(estimates - measured).mean()),
+            "correlation": float(np.corrcoef(estimates, measured)[0, 1]) if spread else None,
         }
-        set_estimates.append(float(np.mean(estimates)))
+        set_estimates.append(float(estimates.mean()))
     # what the estimate gives on held-out photos of the training sources: the drift monitor's yardstick
     expected = float(np.mean(set_estimates)) if set_estimates else None
     return {

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cropseg_core.features import load_reference_profile
 from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.ablation import ablation_table
 from cropseg_model.card import write_card
@@ -268,8 +269,11 @@ def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> N
     assert set(real["scales"]) == {"0.5", "1"}
     assert set(real["enlargement"]["2"]) == {"unet_auto", "unet_full_resolution", "baseline"}
     argv = ["-q", "profile", "--model", str(onnx_path), "--data", str(tiny_dataset),
+            "--calibrate", str(photos), "--check", str(photos),
             "--out", str(artifacts / "reference_profile.npz")]  # fmt: skip
     assert main(argv) == 0
+    estimate = load_reference_profile(artifacts / "reference_profile.npz").meta["iou_estimate"]
+    assert (estimate["calibrated_on"], list(estimate["tracking"])) == (["real/val"], ["real/val"])
 
     metrics_path, card_path = write_card(
         tmp_path / "unet.json", tmp_path / "export.json", tmp_path / "eval.json", artifacts
@@ -280,7 +284,8 @@ def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> N
     card = card_path.read_text()
     assert table in card
     assert "CC BY-SA 4.0" in card
-    assert "8 reference tiles, seed 4, in 5 layouts" in card
+    tiles = f"{tiny_dataset.parent.name}/{tiny_dataset.name}"
+    assert f"(rgb, cir, rgbn, nir_red, red_nir: 8 {tiles})" in card
     readme = (tmp_path / "README.md").read_text()
     assert readme.startswith("intro\n")
     assert table in readme
