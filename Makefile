@@ -101,7 +101,7 @@ experiment: $(VENV)/.runtime
 demo: $(VENV)/.runtime
 	$(BIN)/cropseg-model demo --out var/demo
 
-# False alarms and detection power of the drift check on real photos (README, about 30 minutes).
+# False alarms and detection power of the drift check on real photos (README, about 40 minutes).
 bench-drift-errors: $(VENV)/.dev
 	$(BIN)/python benchmarks/drift_error_rates.py --write README.md
 

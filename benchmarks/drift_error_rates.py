@@ -297,7 +297,7 @@ def case_table(result: dict[str, Any], alpha: float, across: bool) -> str:
 def plot(result: dict[str, Any], alpha: float, across: bool, path: Path) -> None:
     cases = list(dict.fromkeys(case["case"] for case in result["cases"]))
     sizes = sorted({case["window"] for case in result["cases"]})
-    figure, axis = plt.subplots(figsize=(10, 4.2), layout="constrained")
+    figure, axis = plt.subplots(figsize=(12, 4.4), layout="constrained")
     width = 0.8 / len(sizes)
     for offset, size in enumerate(sizes):
         values = [next((rates(c["windows"], alpha, across)[0] for c in result["cases"]
@@ -306,7 +306,7 @@ def plot(result: dict[str, Any], alpha: float, across: bool, path: Path) -> None
     axis.axhline(0.05, color="#c62828", linestyle="--", linewidth=1, label="5 % (false-alarm target)")
     axis.axhline(0.9, color="#2e7d32", linestyle=":", linewidth=1, label="90 % (detection target)")
     axis.set_xticks(np.arange(len(cases)) + width * (len(sizes) - 1) / 2,
-                    [textwrap.fill(c, 16) for c in cases], fontsize=8)  # fmt: skip
+                    [textwrap.fill(c, 15) for c in cases], fontsize=7)  # fmt: skip
     axis.set_ylabel("share of windows reporting drift")
     axis.set_ylim(0, 1.05)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
