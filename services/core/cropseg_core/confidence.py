@@ -22,16 +22,23 @@ LOGIT_EDGES = np.linspace(-8.0, 8.0, BINS + 1)
 PROBABILITY_EDGES = 1.0 / (1.0 + np.exp(-LOGIT_EDGES))
 LOGIT_CENTRES = (LOGIT_EDGES[:-1] + LOGIT_EDGES[1:]) / 2
 # Count about this many pixels at most: a strided sample of a large image estimates as well.
-SAMPLE_PIXELS = 1_000_000
+SAMPLE_PIXELS = 250_000
+# Probability -> bin through a table over 16-bit levels: one gather per pixel instead of a
+# binary search (a 360x480 image: ~1 ms instead of 14; the logit edges stay distinct levels).
+_LEVELS = 65535
+_BIN_OF_LEVEL = np.clip(
+    np.searchsorted(PROBABILITY_EDGES, np.arange(_LEVELS + 1) / _LEVELS, side="right") - 1, 0, BINS - 1
+).astype(np.int64)
 MIN_UNION = 0.01
 
 
 def confidence_counts(probability: np.ndarray, threshold: float) -> np.ndarray:
     """(2, BINS) pixel counts by probability bin: row 0 the pixels called soil, row 1 plant."""
-    stride = max(1, int(np.sqrt(probability.size / SAMPLE_PIXELS)))
-    sample = probability[::stride, ::stride].ravel()
-    bins = np.clip(np.searchsorted(PROBABILITY_EDGES, sample, side="right") - 1, 0, BINS - 1)
-    return np.bincount(bins + BINS * (sample > threshold), minlength=2 * BINS).reshape(2, BINS)
+    stride = max(1, int(np.ceil(np.sqrt(probability.size / SAMPLE_PIXELS))))
+    sample = probability[::stride, ::stride]
+    bins = _BIN_OF_LEVEL[(np.clip(sample, 0, 1) * _LEVELS + 0.5).astype(np.uint16)]
+    bins[sample > threshold] += BINS
+    return np.bincount(bins.ravel(), minlength=2 * BINS).reshape(2, BINS)
 
 
 def estimated_iou(counts: np.ndarray, temperature: float = 1.0) -> float | None:
