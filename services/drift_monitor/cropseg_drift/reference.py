@@ -21,6 +21,7 @@ from cropseg_core.repository import ImageRepository
 from cropseg_core.store import BlobNotFoundError, BlobStore
 from cropseg_core.web.errors import ClientError, ConflictError, NotFoundError
 from cropseg_drift.extraction import ImageFeatures, extract
+from cropseg_drift.predictions import newest_predictions
 from cropseg_drift.settings import DriftSettings
 
 PREFIX = "drift/references/"
@@ -76,12 +77,11 @@ def reset(store: BlobStore, layout: str) -> bool:
 def _latest_fractions(store: BlobStore, image_ids: set[str]) -> dict[str, float]:
     """The newest predicted vegetation fraction of each of ``image_ids``."""
     found: dict[str, float] = {}
-    for stream in reversed(store.streams("predictions/")):
-        for record in reversed(store.read_records(stream)):
-            if record["image_id"] in image_ids and record["image_id"] not in found:
-                found[record["image_id"]] = float(record["vegetation_fraction"])
-        if len(found) == len(image_ids):
-            break
+    for record in newest_predictions(store):
+        if record["image_id"] in image_ids:
+            found[record["image_id"]] = float(record["vegetation_fraction"])
+            if len(found) == len(image_ids):
+                break
     return found
 
 

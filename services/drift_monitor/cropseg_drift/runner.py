@@ -22,6 +22,7 @@ from cropseg_drift.detectors import CHECK_LABELS, Current, overall_status, run_c
 from cropseg_drift.extraction import extract
 from cropseg_drift.lock import RunLockedError, run_lock
 from cropseg_drift.performance import estimate_performance
+from cropseg_drift.predictions import newest_predictions
 from cropseg_drift.reference import describe, load_reference
 from cropseg_drift.report import (
     LOG_STREAM,
@@ -71,19 +72,17 @@ def _window(repository: ImageRepository, settings: DriftSettings, now: datetime)
 def _predictions(store: BlobStore, settings: DriftSettings, now: datetime) -> list[dict[str, Any]]:
     """The newest prediction record of each of the newest images of the source, one per image."""
     oldest = now - timedelta(hours=settings.window_hours) if settings.window_hours else None
-    latest: dict[str, dict[str, Any]] = {}
-    for stream in reversed(store.streams("predictions/")):
-        for record in reversed(store.read_records(stream)):
-            if oldest is not None and datetime.fromisoformat(record["created_at"]) < oldest:
-                return list(latest.values())
-            if record.get("source", "upload") != settings.source or record["image_id"] in latest:
-                continue
-            if record.get("layout", "rgb") != settings.layout:
-                continue
-            latest[record["image_id"]] = record
-            if len(latest) >= settings.window_images:
-                return list(latest.values())
-    return list(latest.values())
+    wanted = (settings.source, settings.layout)
+    chosen: list[dict[str, Any]] = []
+    for record in newest_predictions(
+        store, lambda r: (r.get("source", "upload"), r.get("layout", "rgb")) == wanted
+    ):
+        if len(chosen) >= settings.window_images:
+            break
+        if oldest is not None and datetime.fromisoformat(record["created_at"]) < oldest:
+            break
+        chosen.append(record)
+    return chosen
 
 
 def _image_bytes(
