@@ -17,7 +17,7 @@ def test_config_and_rules_are_valid(promtool: str) -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool_run(promtool, "check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 8 rules found" in rules.stdout
+    assert "SUCCESS: 9 rules found" in rules.stdout
 
 
 def test_every_alert_fires_and_stays_quiet_when_it_should(promtool: str) -> None:
@@ -26,6 +26,7 @@ def test_every_alert_fires_and_stays_quiet_when_it_should(promtool: str) -> None
     tested = (MONITORING / "alerts.test.yml").read_text()
     alerts = (
         "CropsegServiceDown",
+        "CropsegDependencyDown",
         "CropsegHighErrorRatio",
         "CropsegLoadShedding",
         "CropsegSegmentationLatencyHigh",

@@ -10,6 +10,7 @@ inference answers 5xx or junk   -> 502 inference_failed
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -115,10 +116,12 @@ class InferenceClient:
                 f"the inference service answered without the expected headers: {e}"
             ) from e
 
-    async def ready(self) -> bool:
+    async def ready(self, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
+        """Whether inference's /readyz answers 200 within ``timeout_s``, connecting included."""
         try:
-            response = await self.client.get("/readyz", timeout=5)
-        except httpx.HTTPError:
+            async with asyncio.timeout(timeout_s):
+                response = await self.client.get("/readyz", timeout=timeout_s)
+        except (httpx.HTTPError, TimeoutError):
             return False
         return response.status_code == 200
 

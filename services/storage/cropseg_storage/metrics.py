@@ -51,6 +51,12 @@ class StorageMetrics:
             "cropseg_service_up", "1 when the service's last readiness check passed (status page).",
             ["service"], registry=registry,
         )  # fmt: skip
+        self.dependency_up = Gauge(
+            "cropseg_storage_dependency_up",
+            "1 when storage's last readiness check (/readyz) found a service it needs ready; 0 while "
+            "storage serves degraded without it (segmentations answer 503).",
+            ["dependency"], registry=registry,
+        )  # fmt: skip
         for result in ("created", "duplicate"):
             self.uploads.labels(result)
         for outcome in INFERENCE_OUTCOMES:

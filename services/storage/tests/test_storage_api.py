@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -447,10 +448,55 @@ def test_info_health_and_readiness(make_client: Callable[..., TestClient]) -> No
     assert info["dependencies"]["fastapi"] != "not installed"
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert (ready.status_code, ready.json()["checks"]) == (200, {"store": "ok", "inference": "ok"})
-    down = make_client(routed()).get("/readyz")
-    assert down.status_code == 503
-    assert down.json()["checks"]["inference"].startswith("not ready at http://127.0.0.1:8001")
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert {name: check["status"] for name, check in ready.json()["checks"].items()} == {
+        "store": "ok",
+        "inference": "ok",
+    }
+    assert 'cropseg_storage_dependency_up{dependency="inference"} 1.0' in client.get("/metrics").text
+
+
+def test_storage_stays_ready_without_inference_and_reports_it_degraded(
+    make_client: Callable[..., TestClient],
+) -> None:
+    client = make_client(routed())  # nothing listens for inference
+    down = client.get("/readyz")
+    assert (down.status_code, down.json()["status"]) == (200, "degraded")
+    assert down.json()["checks"]["store"]["status"] == "ok"
+    assert down.json()["checks"]["inference"]["status"] == "degraded"
+    assert down.json()["checks"]["inference"]["detail"].startswith("not ready at http://127.0.0.1:8001")
+    assert 'cropseg_storage_dependency_up{dependency="inference"} 0.0' in client.get("/metrics").text
+    assert upload(client).status_code == 201  # uploads and reads go on
+    assert client.get("/api/v1/images").json()["items"]
+
+
+def test_a_hanging_inference_does_not_hold_up_the_readiness_probe(
+    make_client: Callable[..., TestClient],
+) -> None:
+    async def hanging(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return httpx.Response(200)
+
+    client = make_client(httpx.MockTransport(hanging))
+    started = time.perf_counter()
+    answer = client.get("/readyz")
+    assert time.perf_counter() - started < 1.0  # the kubelet's default probe timeout
+    assert (answer.status_code, answer.json()["checks"]["inference"]["status"]) == (200, "degraded")
+
+
+def test_an_unusable_store_makes_storage_unready(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+
+    async def broken_store() -> str:
+        return "data folder /data is not writable"
+
+    client.app.state.check_store = broken_store  # type: ignore[attr-defined]
+    answer = client.get("/readyz")
+    assert (answer.status_code, answer.json()["status"]) == (503, "not ready")
+    assert answer.json()["checks"]["store"] == {
+        "status": "failed",
+        "detail": "data folder /data is not writable",
+    }
 
 
 def test_metrics_count_uploads_and_stored_images(client: TestClient) -> None:
@@ -554,6 +600,6 @@ def test_the_service_runs_on_s3(make_client: Callable[..., TestClient], s3_setti
     assert client.post(f"/api/v1/images/{image_id}/segmentation").status_code == 201
     assert client.get(f"/api/v1/images/{image_id}/evaluation").json()["iou"] == pytest.approx(20 / 30)
     assert [i["id"] for i in client.get("/api/v1/images").json()["items"]] == [image_id]
-    assert client.get("/readyz").json()["checks"]["store"] == "ok"
+    assert client.get("/readyz").json()["checks"]["store"]["status"] == "ok"
     assert client.delete(f"/api/v1/images/{image_id}").status_code == 204
     assert client.get("/api/v1/images").json()["items"] == []

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -11,10 +12,13 @@ from pydantic import BaseModel
 
 from cropseg_core.web.server import dependency_versions
 from cropseg_storage import SERVICE_NAME
-from cropseg_storage.deps import Inference, Settings
+from cropseg_storage.deps import Inference, Metrics, Settings
 from cropseg_storage.status import StatusMonitor, StatusSummary
 
 router = APIRouter(tags=["service"])
+
+# Inside the kubelet's default 1 s probe timeout: a dependency that hangs must not fail the probe.
+DEPENDENCY_TIMEOUT_S = 0.5
 
 DEPENDENCIES = ("cropseg-storage", "cropseg-core", "numpy", "pillow", "fastapi", "uvicorn", "httpx", "boto3")
 
@@ -34,9 +38,20 @@ class Health(BaseModel):
     status: str
 
 
+class ReadinessCheck(BaseModel):
+    status: Literal["ok", "degraded", "failed"]
+    """failed: storage cannot serve; degraded: a dependency is down and only what needs it fails."""
+    detail: str
+
+
+ReadinessState = Literal["ready", "degraded", "not ready"]
+
+
 class Readiness(BaseModel):
-    status: str
-    checks: dict[str, str]
+    status: ReadinessState
+    """ready (200): all is well; degraded (200): storage serves the UI, uploads and reads, and
+    segmentations answer 503 until inference is back; not ready (503): the store is unusable."""
+    checks: dict[str, ReadinessCheck]
 
 
 def get_status_monitor(request: Request) -> StatusMonitor:
@@ -67,16 +82,29 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
-async def readyz(request: Request, inference: Inference) -> JSONResponse:
-    """Readiness: the store takes writes and the inference service is reachable and ready."""
-    store_problem = await request.app.state.check_store()
-    checks = {
-        "store": store_problem or "ok",
-        "inference": "ok" if await inference.ready() else f"not ready at {inference.base_url}",
-    }
-    ready = all(value == "ok" for value in checks.values())
-    body = Readiness(status="ready" if ready else "not ready", checks=checks)
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+async def readyz(request: Request, inference: Inference, metrics: Metrics) -> JSONResponse:
+    """Readiness: the store takes writes. Inference is a dependency, not a condition: while it is
+    down storage stays in service and says so here and in ``cropseg_storage_dependency_up``."""
+    store_problem, inference_ready = await asyncio.gather(
+        request.app.state.check_store(), inference.ready(timeout_s=DEPENDENCY_TIMEOUT_S)
+    )
+    metrics.dependency_up.labels("inference").set(1 if inference_ready else 0)
+    store = (
+        ReadinessCheck(status="failed", detail=store_problem)
+        if store_problem
+        else ReadinessCheck(status="ok", detail="writable")
+    )
+    dependency = (
+        ReadinessCheck(status="ok", detail=f"ready at {inference.base_url}")
+        if inference_ready
+        else ReadinessCheck(
+            status="degraded",
+            detail=f"not ready at {inference.base_url}: segmentations answer 503 until it is",
+        )
+    )
+    status: ReadinessState = "not ready" if store_problem else "ready" if inference_ready else "degraded"
+    body = Readiness(status=status, checks={"store": store, "inference": dependency})
+    return JSONResponse(body.model_dump(), status_code=503 if store_problem else 200)
 
 
 @router.get("/api/v1/status", response_model=StatusSummary)
