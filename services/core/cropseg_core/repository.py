@@ -7,10 +7,11 @@
     thumbnails/<id[:2]>/<id>.jpg             cache, rebuilt when missing
     predictions/<date>                       record stream, one record per segmentation
 
-Writes to an existing image (label, mask, thumbnail, layout) check after writing that the image
-is still there, and take their write back when a DELETE came in between (404): DELETE removes
-the sidecar first, so whatever a writer wrote either is removed by that DELETE or by the writer
-itself, and nothing reappears when the same bytes are uploaded again.
+Writes to an existing image (label, also one sent with its upload; mask, thumbnail, layout)
+check after writing that the image is still there, and take their write back when a DELETE came
+in between (404): DELETE removes the sidecar first, so whatever a writer wrote either is removed
+by that DELETE or by the writer itself, and nothing reappears when the same bytes are uploaded
+again.
 
 ``id`` is the sha256 of the bytes, so the same image always gets the same id. An upload
 writes the bytes, then its index marker, then creates the sidecar with a create-only write:
@@ -169,7 +170,9 @@ class ImageRepository:
         """Validate and store ``data``; returns the record and whether it was new.
 
         A ``label`` and the ``layout`` (the file's channels must fit it) are checked before
-        anything is written. The same bytes uploaded again keep the layout stored first.
+        anything is written; the label is written after the image, and taken back with
+        ImageNotFoundError when a DELETE removed the image meanwhile. The same bytes uploaded
+        again keep the layout stored first.
         """
         sensor = get_layout(layout)
         decoded = decode_channels(data, self.limits)
@@ -202,8 +205,9 @@ class ImageRepository:
                 record = self.get(image_id)
                 if marker != f"index/{record.source}/{_marker_name(record)}":  # same millisecond: same marker
                     self.store.delete(marker)
-        if label_png is not None:
+        if label_png is not None:  # after the commit, and taken back if a DELETE came meanwhile
             self.store.put(f"labels/{image_id}.png", label_png)
+            self._still_there(image_id, f"labels/{image_id}.png")
         return record, created
 
     def find(self, image_id: str) -> ImageRecord | None:

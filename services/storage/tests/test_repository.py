@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +28,7 @@ from cropseg_core.repository import (
 )
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobStore
+from cropseg_core.store.filesystem import FilesystemStore
 
 
 @pytest.fixture
@@ -201,7 +207,7 @@ def test_the_out_of_field_share_is_measured_at_upload(repository: ImageRepositor
     assert fractions == [0.0, 0.5, 1.0]
 
 
-@pytest.mark.parametrize("write", ["label", "segmentation", "thumbnail", "layout"])
+@pytest.mark.parametrize("write", ["label", "upload-label", "segmentation", "thumbnail", "layout"])
 def test_a_delete_during_a_write_leaves_no_orphan(repository: ImageRepository, write: str) -> None:
     """DELETE lands between a writer's check of the image and its write: the write is taken back
     (404) and nothing of it reappears when the same bytes are uploaded again."""
@@ -225,6 +231,7 @@ def test_a_delete_during_a_write_leaves_no_orphan(repository: ImageRepository, w
     mask = encode(column_mask(40, 30, 10))
     writes = {
         "label": lambda: repository.put_label(record.id, mask),
+        "upload-label": lambda: repository.add_image(data, source="upload", label=mask),
         "segmentation": lambda: repository.save_segmentation(segmentation, mask),
         "thumbnail": lambda: repository.thumbnail(record, 64),
         "layout": lambda: repository.set_layout(record.id, "rgb"),
@@ -240,6 +247,40 @@ def test_a_delete_during_a_write_leaves_no_orphan(repository: ImageRepository, w
     assert [
         key for key in store.list_keys() if record.id in key and not key.startswith(("images/", "index/"))
     ] == []
+
+
+def test_uploads_with_a_label_racing_deletes_leave_no_label(tmp_path: Path) -> None:
+    """The same bytes uploaded again with a label while a DELETE removes them, 300 times (the
+    DELETE up to 2 ms later: about the upload's decoding): once the image is deleted, uploading
+    the bytes without a label finds none; no write fails on the folder the DELETE removes."""
+    repository = ImageRepository(FilesystemStore(tmp_path), ImageLimits())
+    data, label = encode(field_image(seed=8)), encode(column_mask(40, 30, 10))
+    image_id = repository.add_image(data, source="upload")[0].id
+    delays = np.random.default_rng(0).uniform(0, 0.002, 300)
+    orphans = 0
+    with ThreadPoolExecutor(2) as pool:
+        for delay in delays:
+            start = threading.Barrier(2)
+            upload = pool.submit(
+                at_once, start, 0, lambda: repository.add_image(data, source="upload", label=label)
+            )
+            delete = pool.submit(at_once, start, delay, lambda: repository.delete(image_id))
+            for done in (upload, delete):
+                with contextlib.suppress(ImageNotFoundError):  # deleted first, or while labelled
+                    done.result()
+            with contextlib.suppress(ImageNotFoundError):  # the upload may have come after the DELETE
+                repository.delete(image_id)
+            again, created = repository.add_image(data, source="upload")
+            assert created
+            orphans += repository.has_label(again.id)
+    assert orphans == 0
+
+
+def at_once(start: threading.Barrier, delay_s: float, call: Callable[[], object]) -> object:
+    """``call()``'s result, ``delay_s`` after the other party of ``start`` is ready too."""
+    start.wait()
+    time.sleep(delay_s)
+    return call()
 
 
 def test_the_overlay_is_made_once_and_replaced_with_its_mask(repository: ImageRepository) -> None:

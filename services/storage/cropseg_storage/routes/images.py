@@ -104,7 +104,7 @@ def cached(
     dependencies=WRITE,
     openapi_extra=IMAGE_BODY,
     responses={200: {"model": ImageOut, "description": "The same bytes were stored before"},
-               **error_responses(400, 401, 403, 413, 415, 422)},
+               **error_responses(400, 401, 403, 404, 413, 415, 422)},
 )  # fmt: skip
 async def upload(
     request: Request,
@@ -121,7 +121,8 @@ async def upload(
 
     The id is the sha256 of the bytes: uploading the same bytes again answers 200 with the
     stored image instead of 201. An unknown layout, or one the file's channels do not fit,
-    is refused with 422 before anything is stored.
+    is refused with 422 before anything is stored. 404: the image was deleted while its label
+    was being written (nothing of this upload is kept).
     """
     received = await receive_upload(
         request, settings.image_limits.max_bytes, accepted=ACCEPTED_TYPES, extra_files=UPLOAD_FILES
