@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+FOLDER_TRIES = 5
+"""Times a write makes its folder again when a concurrent delete removed it, empty, meanwhile."""
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -21,8 +27,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def write_temporary(path: Path, data: bytes) -> Path:
     """Write ``data`` to a hidden, fsynced temp file beside ``path`` (``.name.XXXX.tmp``); return it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = create_in_folder(
+        path.parent, lambda: tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    )
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         with os.fdopen(fd, "wb") as handle:
@@ -50,9 +57,30 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+def create_in_folder(folder: Path, create: Callable[[], T]) -> T:
+    """``create()`` a file in ``folder``, making the folder (and its parents) first.
+
+    A store removes a folder when its last file is deleted; a delete doing that while a write
+    makes the folder or creates its file (a write and a delete racing in the same folder) is
+    answered by making the folder again, a few times, rather than by failing the write.
+    """
+    tries = FOLDER_TRIES
+    while True:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return create()
+        except (FileNotFoundError, FileExistsError):  # FileExistsError: mkdir saw it, then it was gone
+            tries -= 1
+            if not tries:
+                raise
+
+
 def fsync_dir(folder: Path) -> None:
     # The rename is only durable once the directory entry is on disk.
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except FileNotFoundError:  # removed since, hence emptied: the entry was deleted, nothing to keep
+        return
     try:
         os.fsync(fd)
     finally:

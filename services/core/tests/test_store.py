@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -172,6 +173,55 @@ def test_torn_last_record_is_skipped(tmp_path: Path) -> None:
     with (tmp_path / "predictions" / "day.jsonl").open("ab") as handle:
         handle.write(b'{"n": 2, "trunc')
     assert store.read_records("predictions/day") == [{"n": 1}]
+
+
+@pytest.mark.parametrize("moment", ["making-the-folder", "creating-the-temp-file", "after-the-rename"])
+def test_a_write_survives_a_delete_removing_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    """A delete removes the folder it leaves empty. A write into that folder at the same moment
+    makes the folder again -- or, once its file is in, finds nothing left to sync -- instead of
+    failing (a 500 in the service)."""
+    store = FilesystemStore(tmp_path)
+    store.put("labels/other.png", b"other")
+    folder = tmp_path / "labels"
+    raced: list[str] = []
+
+    def concurrent_delete(key: str) -> None:
+        if not raced:
+            raced.append(key)
+            assert store.delete(key)
+            assert not folder.exists()
+
+    real_mkdir, real_mkstemp, real_replace = os.mkdir, tempfile.mkstemp, os.replace
+
+    def mkdir(path: Path, mode: int = 0o777) -> None:
+        try:
+            real_mkdir(path, mode)
+        except FileExistsError:  # seen there, then removed before pathlib checks it is a folder
+            if Path(path) == folder:
+                concurrent_delete("labels/other.png")
+            raise
+
+    def mkstemp(**kwargs: str) -> tuple[int, str]:
+        concurrent_delete("labels/other.png")
+        return real_mkstemp(**kwargs)
+
+    def replace(source: str, target: Path) -> None:
+        real_replace(source, target)
+        store.delete("labels/other.png")
+        concurrent_delete("labels/mine.png")  # the new file deleted at once, and its folder
+
+    patches = {
+        "making-the-folder": (os, "mkdir", mkdir),
+        "creating-the-temp-file": (tempfile, "mkstemp", mkstemp),
+        "after-the-rename": (os, "replace", replace),
+    }
+    monkeypatch.setattr(*patches[moment])
+    store.put("labels/mine.png", b"mine")
+    monkeypatch.undo()
+    assert raced
+    assert store.list_keys() == ([] if moment == "after-the-rename" else ["labels/mine.png"])
 
 
 def test_unusable_folder_is_a_store_error(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ Values are files named by their key. Writes go to a hidden temp file in the same
 are fsynced and renamed over the target (or hard-linked for create-only writes, which fails
 when the target exists), so a crash -- even SIGKILL or power loss -- leaves either no file
 or a whole one. Hidden files are never listed; stale temp files are swept at start-up.
+A delete removes the folders it leaves empty; a write racing it in the same folder makes the
+folder again (:func:`cropseg_core.files.create_in_folder`).
 Record streams are JSONL files appended with one ``write`` per record; a torn last line
 from a crash is skipped when read.
 """
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cropseg_core.files import fsync_dir, write_atomic, write_temporary
+from cropseg_core.files import create_in_folder, fsync_dir, write_atomic, write_temporary
 from cropseg_core.store import (
     BlobInfo,
     BlobNotFoundError,
@@ -172,8 +174,9 @@ class FilesystemStore(BlobStore):
         path = self._path(stream + RECORD_SUFFIX)
         line = encode_json(record)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            descriptor = create_in_folder(
+                path.parent, lambda: os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            )
             try:
                 os.write(descriptor, line)  # one write: appends from other processes cannot interleave
                 os.fsync(descriptor)
