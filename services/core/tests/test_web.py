@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import re
 import socket
 import stat
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
+from starlette.types import Message, Scope
 
 from cropseg_core.imaging import NotAnImageError
 from cropseg_core.processes import free_port, read_http_answer
@@ -371,3 +373,45 @@ def test_a_client_that_disconnects_cancels_its_request(guarded_server: GuardedSe
     while counted not in generate_latest(guarded_server.registry).decode():
         assert time.monotonic() < deadline, "the cancelled request was not counted as 499"
         time.sleep(0.02)
+
+
+def test_a_client_that_leaves_mid_body_is_counted_499_and_logged_as_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that disconnects while its upload is being read caused no error of the
+    service: no 500 in the request metrics (the error-ratio alert reads them), no traceback."""
+    app = FastAPI()
+    install_error_handlers(app)
+    registry = CollectorRegistry()
+    install_metrics(app, registry)
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict[str, int]:
+        return {"size": len(await read_upload(request, 1000, accepted=("image/png",)))}
+
+    arriving: Iterator[Message] = iter([
+        {"type": "http.request", "body": b"\x89PNG", "more_body": True},
+        {"type": "http.disconnect"},  # what the server says once the client is gone
+    ])  # fmt: skip
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return next(arriving)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/upload", "raw_path": b"/upload", "root_path": "", "query_string": b"",
+        "headers": [(b"content-type", b"image/png"), (b"content-length", b"1000")],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        asyncio.run(app(scope, receive, send))
+    text = generate_latest(registry).decode()
+    assert 'http_requests_total{handler="/upload",method="POST",status="499"} 1.0' in text
+    assert 'status="500"' not in text
+    assert sent[0]["status"] == 499
+    assert [r.levelname for r in caplog.records if "disconnected" in r.getMessage()] == ["INFO"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -19,6 +19,10 @@ layout, or a channel count the layout cannot hold) and ``cropseg_core.pipeline.S
 (422) carry ``code`` and ``status_code`` the same way and are answered by the same handler. Bodies look like
 ``{"error": {"code": "not_an_image", "message": "..."}}``; routes under a *plain* prefix
 (the Open Inference Protocol's ``/v2``) answer ``{"error": "..."}`` as that protocol requires.
+
+A client that disconnects while its body is being read (Starlette's ``ClientDisconnect``) caused
+no error of ours: it is logged at INFO and answered -- to nobody -- with 499, the status request
+metrics count for a client that left (not 500, which would feed the error-ratio alert).
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from cropseg_core.bands import LayoutError
 from cropseg_core.imaging import ImageDecodeError
 from cropseg_core.pipeline import ScaleError
+from cropseg_core.web.metrics import CLIENT_CLOSED
 
 INPUT_ERRORS = (ImageDecodeError, LayoutError, ScaleError)
 """Errors of the core library that a client causes, with their own status_code and code."""
@@ -168,6 +174,10 @@ def install_error_handlers(app: FastAPI, *, plain_prefixes: Sequence[str] = ()) 
             message = f"{message}: {request.method} {request.url.path} is not an endpoint here (see /docs)"
         return respond(request, exc.status_code, code, message, dict(exc.headers or {}))
 
+    async def client_left(request: Request, exc: Exception) -> JSONResponse:
+        log.info("client disconnected while sending the body of %s %s", request.method, request.url.path)
+        return respond(request, CLIENT_CLOSED, "client_closed_request", "the client closed the request", {})
+
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return respond(request, 500, "internal_error", "internal error; see the service log", {})
@@ -177,4 +187,5 @@ def install_error_handlers(app: FastAPI, *, plain_prefixes: Sequence[str] = ()) 
         app.add_exception_handler(error, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_left)
     app.add_exception_handler(Exception, unexpected_error)
