@@ -71,10 +71,16 @@ class Service:
         Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
 
     def peak_mib(self) -> int:
+        return self._status_mib("VmHWM")
+
+    def rss_mib(self) -> int:
+        return self._status_mib("VmRSS")
+
+    def _status_mib(self, field: str) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) // 1024
-        raise RuntimeError("no VmHWM")
+        raise RuntimeError(f"no {field}")
 
 
 @contextmanager
@@ -154,6 +160,7 @@ def measure(progress: bool = True) -> list[dict[str, object]]:
             cases, desc="largest requests", unit="route", disable=not progress
         ):
             target.reset_peak()
+            before = target.rss_mib()
             started = time.perf_counter()
             response = send()
             seconds = time.perf_counter() - started
@@ -161,9 +168,9 @@ def measure(progress: bool = True) -> list[dict[str, object]]:
                 raise RuntimeError(f"{route}: {response.status_code} {response.text[:300]}")
             limit = limits[target.name]
             peak = target.peak_mib()
-            rows.append({"service": target.name, "route": route, "input": what, "peak_mib": peak,
-                         "limit_mib": limit, "budget_mib": round(BUDGET * limit), "share": peak / limit,
-                         "seconds": seconds})  # fmt: skip
+            rows.append({"service": target.name, "route": route, "input": what, "before_mib": before,
+                         "peak_mib": peak, "limit_mib": limit, "budget_mib": round(BUDGET * limit),
+                         "share": peak / limit, "seconds": seconds})  # fmt: skip
     return rows
 
 

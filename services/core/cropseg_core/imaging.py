@@ -122,7 +122,16 @@ def decode_channels(data: bytes, limits: ImageLimits | None = None) -> DecodedIm
     return DecodedImage(_to_channels_uint8(image), fmt, image.mode, georeference)
 
 
-def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str, Georeference | None]:
+def image_pixels(data: bytes, limits: ImageLimits | None = None) -> int:
+    """Width x height as the header declares it, checked like a decode is, without decoding (what
+    a request reserves memory for before it decodes: :class:`cropseg_core.web.limits.MemoryBudget`)."""
+    image = _open(data, limits or ImageLimits(), load=False)[0]
+    return int(image.width * image.height)
+
+
+def _open(
+    data: bytes, limits: ImageLimits, *, load: bool = True
+) -> tuple[Image.Image, str, Georeference | None]:
     if not data:
         raise EmptyImageError("the image is empty: send the file's bytes")
     if len(data) > limits.max_bytes:
@@ -142,6 +151,8 @@ def _open(data: bytes, limits: ImageLimits) -> tuple[Image.Image, str, Georefere
             image: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
             width, height = image.size
             _check_pixels(width, height, limits)
+            if not load:
+                return image, fmt, None
             georeference = read_georeference(image) if fmt == "TIFF" else None
             image.load()
             image = ImageOps.exif_transpose(image) or image

@@ -40,11 +40,29 @@ class ConnectionLimits(BaseModel):
     body_min_rate: int = Field(default=16 * 1024, ge=0)
     """Slowest accepted average upload rate, bytes a second (128 kbit/s, far below a rural uplink)."""
     max_connections: int = Field(default=512, ge=1)
-    """Open connections (or requests in progress) beyond which new requests get 503."""
+    """Open connections (or requests in progress) beyond which new requests get 503 (probes and
+    ``/metrics`` excepted)."""
+    max_connections_per_client: int = Field(default=256, ge=1)
+    """Open connections of one client address beyond which its new connections get 503 (behind
+    a proxy the proxy is one client: keep it above the proxy's connections to the pod)."""
     max_body_bytes_in_flight: int | None = Field(default=None, gt=0)
     """Bytes of request bodies being received or processed at once (a body counts with its
     Content-Length from its first read to its response); beyond it requests get 503 +
     Retry-After. Default: twice the largest body the service accepts."""
+
+
+class MemoryLimits(BaseModel):
+    """The process's memory budget: every decode, picture and JSON parse reserves its estimated
+    memory from it before allocating (``<PREFIX>MEMORY__LIMIT_MIB`` etc.)."""
+
+    limit_mib: int | None = Field(default=None, gt=0)
+    """The memory limit the process runs under. Default: the container's (cgroup ``memory.max``),
+    else the chart's default limit for the service."""
+    budget_share: float = Field(default=0.75, gt=0, le=0.95)
+    """Share of the limit the process may reach: requests reserve from it what is left above
+    the memory the process holds once started."""
+    wait_s: float = Field(default=5.0, ge=0, le=600)
+    """How long a request waits for memory others hold before it gets 503 + Retry-After."""
 
 
 class ServiceSettings(BaseSettings):
@@ -60,6 +78,8 @@ class ServiceSettings(BaseSettings):
     """Limits for decoding untrusted images (``<PREFIX>IMAGE_LIMITS__MAX_PIXELS`` etc.)."""
     connections: ConnectionLimits = ConnectionLimits()
     """Timeouts and limits of clients' connections and request bodies."""
+    memory: MemoryLimits = MemoryLimits()
+    """The per-process memory budget large requests reserve from."""
 
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> ServiceSettings:

@@ -336,30 +336,90 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
         assert read_http_answer(connection)[0] == 408
 
 
-def test_bodies_in_flight_beyond_the_budget_get_503_before_they_are_read(
-    guarded_server: GuardedServer,
-) -> None:
-    """Two clients declare 100 kB and send one byte: they hold 200 kB of the 250 kB budget; a
-    third declaring 100 kB is refused at once with Retry-After; a small body still fits, and
-    when the holders are answered (408) their share is free again."""
-    holders = [socket.create_connection(("127.0.0.1", guarded_server.port), timeout=10) for _ in range(2)]
+def test_bodies_count_against_the_budget_with_the_bytes_received(guarded_server: GuardedServer) -> None:
+    """Two clients declaring 100 kB and sending one byte hold two bytes, not 200 kB: others
+    are served. Two that sent their 100 kB and wait for their answer hold 200 kB of the 250 kB
+    budget: a third 100 kB body is refused with Retry-After, a small one still fits, and when
+    the holders leave their share is free again."""
+    url = f"http://127.0.0.1:{guarded_server.port}/echo"
+
+    def connect() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", guarded_server.port), timeout=10)
+
+    declared_only, holders = [connect(), connect()], []
     try:
+        for connection in declared_only:
+            connection.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx")
+        time.sleep(0.1)
+        assert httpx.post(url, content=b"y" * 100_000).json() == {"bytes": 100_000}
+        assert [read_http_answer(connection)[0] for connection in declared_only] == [408, 408]
+        holders = [connect(), connect()]  # now: an idle connection is cut at the header deadline
         for holder in holders:
-            holder.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nx")
-        time.sleep(0.2)
-        url = f"http://127.0.0.1:{guarded_server.port}/echo"
+            holder.sendall(
+                b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000
+            )
+        time.sleep(0.3)
         refused = httpx.post(url, content=b"y" * 100_000)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
         assert "receiving 200000 bytes of other request bodies" in refused.json()["error"]["message"]
         assert httpx.post(url, content=b"y" * 40_000).json() == {"bytes": 40_000}
-        assert [read_http_answer(holder)[0] for holder in holders] == [408, 408]
-        assert httpx.post(url, content=b"y" * 100_000).json() == {"bytes": 100_000}
-        too_large = httpx.post(url, content=b"y" * 300_000)
-        assert too_large.status_code == 413  # larger than the whole budget: never a retry loop
-    finally:
         for holder in holders:
             holder.close()
+        time.sleep(0.3)
+        assert httpx.post(url, content=b"y" * 100_000).json() == {"bytes": 100_000}
+        assert httpx.post(url, content=b"y" * 300_000).status_code == 413  # beyond the route's limit
+    finally:
+        for connection in declared_only + holders:
+            connection.close()
+
+
+def test_one_address_cannot_take_every_connection_and_probes_are_always_answered() -> None:
+    """Connections capped at 6 for the process and 4 per address: an address holding 4 idle
+    connections gets 503 on a fifth at once, other addresses are served, and once the process
+    is full the probes and /metrics are still answered while other requests get 503."""
+    limits = ConnectionLimits(header_timeout_s=5, max_connections=6, max_connections_per_client=4)
+    app = FastAPI()
+    install_metrics(app, CollectorRegistry())
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/work")
+    def work() -> dict[str, str]:
+        return {"done": "yes"}
+
+    port = free_port()
+    server = uvicorn.Server(
+        server_config(app, host="127.0.0.1", port=port, shutdown_timeout_s=1, limits=limits)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+
+    def connect(source: str) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+
+    held = [connect("127.0.0.2") for _ in range(4)]
+    try:
+        time.sleep(0.1)
+        with connect("127.0.0.2") as fifth:
+            status, body = read_http_answer(fifth)
+        assert status == 503
+        assert "this address has 4 connections open already" in body
+        assert httpx.get(f"http://127.0.0.1:{port}/work").json() == {"done": "yes"}  # another address
+        held += [connect("127.0.0.3") for _ in range(2)]  # six: the process is full
+        time.sleep(0.1)
+        assert httpx.get(f"http://127.0.0.1:{port}/work").status_code == 503
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+    finally:
+        for connection in held:
+            connection.close()
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def test_a_client_that_disconnects_cancels_its_request(guarded_server: GuardedServer) -> None:

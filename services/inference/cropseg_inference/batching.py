@@ -1,23 +1,26 @@
 """Micro-batching: tiles from concurrent requests run together in one ONNX Runtime call.
 
-Requests put their tiles in one bounded queue; a single worker takes the oldest tile plus
-up to ``max_batch_size - 1`` more of the same shape (waiting at most ``max_wait_s`` for
-them), runs the batch in a worker thread so the event loop stays free, and resolves each
-tile's future. While one batch runs, the next one gathers, so batches grow with load by
-themselves. A full queue refuses new work at once (the caller answers 503 + Retry-After)
-instead of letting requests wait into client timeouts.
+Requests put their tiles in one bounded queue; a single worker takes tiles in turn from the
+requests waiting (round robin: one tile of each request per turn, so a 40 MP image and a phone
+photo share the model equally while both wait) plus up to ``max_batch_size - 1`` more of the
+same shape (waiting at most ``max_wait_s`` for them), runs the batch in a worker thread so the
+event loop stays free, and resolves each tile's future. While one batch runs, the next one
+gathers, so batches grow with load by themselves. A full queue refuses new work at once (the
+caller answers 503 + Retry-After) instead of letting requests wait into client timeouts.
 
 The queue is bounded in time as well as in tiles: the batcher keeps a moving average of the
-seconds one tile takes, and a new request whose wait would exceed ``max_queue_wait_s`` (tiles
-ahead of it times that average) is refused at once. Under overload the excess is shed with a
-prompt 503 and the requests admitted stay within a latency bound, instead of every request
-waiting for a full queue (128 tiles at ~15 tiles/s: 9 s).
+seconds one tile takes, and a new request whose wait would exceed ``max_queue_wait_s`` (the
+tiles that run before its first one, in turn order, times that average) is refused at once.
+Under overload the excess is shed with a prompt 503 and the requests admitted stay within a
+latency bound. Because turns go round, a request waits behind one tile of each other request,
+not behind all their tiles: one client looping 40 MP images no longer makes every small
+request look like seconds of wait and get refused.
 
 Admission is fair: a request's tiles enter the queue in chunks of at most ``max_chunk``, each
 chunk all at once or not at all. The first chunk is refused when it does not fit (nothing of
 the request is queued); once admitted, a large request queues its next chunk when its previous
 one is done and there is room, so a 40 MP image (hundreds of tiles) never holds more than one
-chunk of the queue and small requests that arrive meanwhile wait behind at most that chunk.
+chunk of the queue.
 A chunk's tiles are taken from the request's sequence only when the chunk is queued and each
 result is handed over as soon as its chunk is done (:meth:`MicroBatcher.feed`), so a request
 holds one chunk of tiles and predictions in memory, not all of them.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -87,7 +91,9 @@ class MicroBatcher:
         self.tile_s = 0.0  # moving average of seconds per tile (0 until the first batch)
         self._on_batch = on_batch
         self._on_depth = on_depth
-        self._queue: deque[_Pending] = deque()
+        self._turns: dict[int, deque[_Pending]] = {}  # request -> its queued tiles, in turn order
+        self._depth = 0
+        self._requests = itertools.count()
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()  # set whenever the worker takes tiles off the queue
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
@@ -96,42 +102,53 @@ class MicroBatcher:
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return self._depth
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._serve(), name="micro-batcher")
 
+    def _ahead(self, request: int | None = None) -> int:
+        """Tiles that run before the next tile ``request`` queues (a new request: None): its own
+        queued tiles, and in each of their turns one tile of every other request."""
+        own = len(self._turns.get(request, ())) if request is not None else 0
+        return own + sum(min(len(tiles), own + 1) for other, tiles in self._turns.items() if other != request)
+
     @property
     def expected_wait_s(self) -> float:
-        """How long a tile queued now would wait before its batch starts (an estimate)."""
-        return len(self._queue) * self.tile_s
+        """How long the first tile of a request queued now would wait before its batch starts
+        (an estimate)."""
+        return self._ahead() * self.tile_s
 
-    def check_wait(self) -> None:
+    def check_wait(self, request: int | None = None) -> None:
         """QueueFullError when a new request would wait longer than ``max_queue_wait_s``: callers
         ask before they read and decode a request, so that shedding it costs next to nothing."""
-        if self.max_queue_wait_s and (wait := self.expected_wait_s) > self.max_queue_wait_s:
+        if self.max_queue_wait_s and (wait := self._ahead(request) * self.tile_s) > self.max_queue_wait_s:
             raise QueueFullError(
-                f"{len(self._queue)} tiles wait, about {wait:.1f} s of work "
-                f"(limit {self.max_queue_wait_s:g} s)"
+                f"{self._depth} tiles of {len(self._turns)} requests wait; a new request would wait about "
+                f"{wait:.2f} s (limit {self.max_queue_wait_s:g} s)"
             )
 
-    def submit(self, arrays: list[np.ndarray], *, admit: bool = True) -> list[asyncio.Future[TileResult]]:
-        """Queue ``arrays``: all of them, or none when they do not all fit. ``admit``: a new
-        request, also refused when the work ahead of it would keep it waiting too long (an
-        admitted request's later chunks are not)."""
+    def submit(
+        self, arrays: list[np.ndarray], *, request: int | None = None, admit: bool = True
+    ) -> list[asyncio.Future[TileResult]]:
+        """Queue ``arrays`` for ``request`` (None: a request of their own): all of them, or none
+        when they do not all fit. ``admit``: a new request, also refused when the work ahead of it
+        would keep it waiting too long (an admitted request's later chunks are not)."""
         if self._stopping:
             raise BatcherStoppedError("the service is shutting down")
-        if len(self._queue) + len(arrays) > self.max_queue:
-            waiting = len(self._queue)
+        if self._depth + len(arrays) > self.max_queue:
             raise QueueFullError(
-                f"{waiting} tiles wait, {len(arrays)} more do not fit (limit {self.max_queue})"
+                f"{self._depth} tiles wait, {len(arrays)} more do not fit (limit {self.max_queue})"
             )
+        if request is None:
+            request = next(self._requests)
         if admit:
-            self.check_wait()
+            self.check_wait(request)
         loop = asyncio.get_running_loop()
         pending = [_Pending(array, loop.create_future()) for array in arrays]
-        self._queue.extend(pending)
-        self._on_depth(len(self._queue))
+        self._turns.setdefault(request, deque()).extend(pending)
+        self._depth += len(pending)
+        self._on_depth(self._depth)
         self._arrived.set()
         return [p.future for p in pending]
 
@@ -146,9 +163,14 @@ class MicroBatcher:
         order as its chunk completes. ``tiles[a:b]`` is read once per chunk, when it is queued:
         a lazy sequence makes its arrays only then. QueueFullError: nothing was queued. When the
         caller is cancelled or a batch fails, the request's queued tiles are dropped."""
+        request = next(self._requests)
         for start in range(0, len(tiles), self.max_chunk):
             chunk = list(tiles[start : start + self.max_chunk])
-            futures = self.submit(chunk) if start == 0 else await self._submit_when_room(chunk)
+            futures = (
+                self.submit(chunk, request=request)
+                if start == 0
+                else await self._submit_when_room(chunk, request)
+            )
             try:
                 for offset, result in enumerate(await asyncio.gather(*futures)):
                     deliver(start + offset, result)
@@ -157,11 +179,13 @@ class MicroBatcher:
                     future.cancel()  # the worker skips cancelled tiles; later chunks never queue
                 raise
 
-    async def _submit_when_room(self, arrays: list[np.ndarray]) -> list[asyncio.Future[TileResult]]:
+    async def _submit_when_room(
+        self, arrays: list[np.ndarray], request: int
+    ) -> list[asyncio.Future[TileResult]]:
         """An admitted request's next chunk: queued as soon as it fits."""
         while True:
             try:
-                return self.submit(arrays, admit=False)
+                return self.submit(arrays, request=request, admit=False)
             except QueueFullError:
                 self._room.clear()
                 await self._room.wait()
@@ -169,7 +193,7 @@ class MicroBatcher:
     async def stop(self) -> None:
         """Refuse new work, finish what is queued, then stop the worker."""
         self._stopping = True
-        while self._queue:
+        while self._depth:
             await asyncio.sleep(0.005)
         if self._worker is not None:
             self._worker.cancel()
@@ -177,43 +201,68 @@ class MicroBatcher:
                 await self._worker
         self._executor.shutdown(wait=True)
 
+    def _drop_cancelled(self) -> None:
+        """Forget the tiles of requests that went away (at the head of their turn)."""
+        for request in list(self._turns):
+            tiles = self._turns[request]
+            while tiles and tiles[0].future.cancelled():
+                tiles.popleft()
+                self._depth -= 1
+            if not tiles:
+                del self._turns[request]
+
     def _take_batch(self) -> list[_Pending]:
-        head = self._queue.popleft()
-        batch, keep = [head], deque[_Pending]()
-        shape = head.array.shape
-        while self._queue and len(batch) < self.max_batch_size:
-            item = self._queue.popleft()
-            if item.future.cancelled():
-                continue
-            (batch if item.array.shape == shape else keep).append(item)
-        self._queue.extendleft(reversed(keep))
+        """One tile of each request in turn (more rounds while the batch has room), all of the
+        first one's shape; the requests served go to the back of the turn order."""
+        batch: list[_Pending] = []
+        shape = next(iter(self._turns.values()))[0].array.shape
+        served: list[int] = []
+        while len(batch) < self.max_batch_size:
+            took = False
+            for request, tiles in self._turns.items():
+                index = next((i for i, item in enumerate(tiles) if item.array.shape == shape), None)
+                if index is not None and len(batch) < self.max_batch_size:
+                    batch.append(tiles[index])
+                    del tiles[index]
+                    served.append(request)
+                    took = True
+            if not took:
+                break
+        self._depth -= len(batch)
+        for request in dict.fromkeys(served):  # to the back of the turn order, or gone
+            tiles = self._turns.pop(request)
+            if tiles:
+                self._turns[request] = tiles
         return batch
 
-    def _has_full_batch(self) -> bool:
-        shape = self._queue[0].array.shape
-        return sum(1 for item in self._queue if item.array.shape == shape) >= self.max_batch_size
+    def _full_batch_waits(self) -> bool:
+        shape = next(iter(self._turns.values()))[0].array.shape
+        same = sum(1 for tiles in self._turns.values() for item in tiles if item.array.shape == shape)
+        return same >= self.max_batch_size
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._queue:
+            self._drop_cancelled()
+            if not self._turns:
+                self._on_depth(self._depth)
+                self._room.set()
                 self._arrived.clear()
                 await self._arrived.wait()
-            if self._queue[0].future.cancelled():
-                self._queue.popleft()
-                self._on_depth(len(self._queue))
-                self._room.set()
                 continue
             if self.max_wait_s > 0:
-                deadline = self._queue[0].enqueued_at + self.max_wait_s
-                while not self._has_full_batch() and (remaining := deadline - time.perf_counter()) > 0:
+                deadline = min(tiles[0].enqueued_at for tiles in self._turns.values()) + self.max_wait_s
+                while not self._full_batch_waits() and (remaining := deadline - time.perf_counter()) > 0:
                     self._arrived.clear()
                     try:
                         await asyncio.wait_for(self._arrived.wait(), remaining)
                     except TimeoutError:
                         break
+                self._drop_cancelled()
+                if not self._turns:
+                    continue
             batch = self._take_batch()
-            self._on_depth(len(self._queue))
+            self._on_depth(self._depth)
             self._room.set()
             started = time.perf_counter()
             try:

@@ -24,6 +24,9 @@ from cropseg_inference.routes import meta, segment, v2
 from cropseg_inference.settings import InferenceSettings, get_settings
 
 log = logging.getLogger(__name__)
+CHART_MEMORY_LIMIT_MIB = 2048
+"""The chart's memory limit for inference (charts/cropseg/values.yaml): the budget's limit for a
+process started outside a container."""
 
 DESCRIPTION = """\
 Segments vegetation (crop and weeds) from soil in UAV field images with an ONNX U-Net.
@@ -60,6 +63,7 @@ def create_app(
         engine.load()  # a broken model file stops the start-up here, with the reason in the log
         app.state.model_card = read_model_card(settings)
         await engine.start()
+        budget.settle()  # what requests may reserve: measured once the model is loaded and warm
         yield
         log.info("shutting down: finishing queued work")
         await engine.stop()
@@ -76,9 +80,12 @@ def create_app(
     app.state.model_card = None
     install_error_handlers(app, plain_prefixes=("/v2",))
     install_metrics(app, registry)
-    install_request_limits(
+    budget = install_request_limits(
         app,
         settings.connections,
+        memory=settings.memory,
+        default_memory_limit_mib=CHART_MEMORY_LIMIT_MIB,
+        registry=registry,
         largest_body_bytes=max(
             upload_body_limit(settings.image_limits.max_bytes), settings.max_tensor_request_bytes
         ),

@@ -188,31 +188,59 @@ def test_a_request_larger_than_the_queue_runs_in_chunks_and_small_ones_get_in_be
 
 
 def test_a_new_request_is_refused_when_the_work_ahead_would_keep_it_waiting_too_long() -> None:
-    """Shedding by time: 0.05 s per tile and a 0.3 s bound. An admitted request's later chunks
-    still queue however long the queue (it was promised an answer)."""
-
-    def model(batch: np.ndarray) -> np.ndarray:
-        time.sleep(0.05)
-        return batch.sum(axis=-1).astype(np.float32)
+    """Shedding by time: 0.05 s per tile and a 0.33 s bound. Turns go round, so a new request
+    waits behind one tile of each waiting request: refused with seven requests waiting, however
+    few tiles each. An admitted request's later chunks still queue (it was promised an answer)."""
+    gate = threading.Event()
 
     async def main() -> None:
-        batcher = MicroBatcher(model, max_batch_size=1, max_wait_s=0, max_queue=64, max_chunk=4,
-                               max_queue_wait_s=0.3)  # fmt: skip
+        batcher = MicroBatcher(recording_model([], gate), max_batch_size=1, max_wait_s=0, max_queue=64,
+                               max_chunk=4, max_queue_wait_s=0.33)  # fmt: skip
         batcher.start()
+        batcher.tile_s = 0.05  # as learnt from earlier batches
         tile = np.zeros((2, 2, 3), np.uint8)
-        await batcher.run([tile])  # learns the cost of a tile
-        assert 0.04 < batcher.tile_s < 0.1
-        assert batcher.expected_wait_s == 0
-        large = asyncio.ensure_future(batcher.run([tile] * 12))  # three chunks of 4
+        large = asyncio.ensure_future(batcher.run([tile] * 12))  # three chunks of 4, one running
         await asyncio.sleep(0.01)
-        block = asyncio.ensure_future(batcher.run([tile] * 4))  # ~3 tiles ahead: ~0.15 s, admitted
-        more = asyncio.ensure_future(batcher.run([tile] * 4))  # ~7 ahead: ~0.35 s, over the bound
+        assert batcher.expected_wait_s == pytest.approx(0.05)  # behind one tile of the large one
+        small = [asyncio.ensure_future(batcher.run([tile] * 2)) for _ in range(6)]
         await asyncio.sleep(0.01)
-        with pytest.raises(QueueFullError, match=r"7 tiles wait, about 0\.\d+ s of work \(limit 0\.3 s\)"):
-            await more
-        assert len(await large) == 12  # its second chunk queued behind the block all the same
-        assert len(await block) == 4
+        assert batcher.expected_wait_s == pytest.approx(0.35)  # seven requests ahead, one tile each
+        with pytest.raises(
+            QueueFullError, match=r"15 tiles of 7 requests wait; .* about 0\.35 s \(limit 0\.33 s\)"
+        ):
+            await batcher.run([tile])
+        gate.set()
+        assert len(await large) == 12
+        assert all(len(result) == 2 for result in await asyncio.gather(*small))
         assert await batcher.run([tile]), "admitted again once the queue has drained"
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_requests_take_turns_at_the_model() -> None:
+    """A 40-tile request and three one-tile requests that arrive while it runs: the small ones
+    run within one turn (one tile of each waiting request), not after the large one's chunk."""
+    order: list[int] = []
+    gate = threading.Event()
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        gate.wait(5)
+        order.extend(int(tile[0, 0, 0]) for tile in batch)
+        return batch.sum(axis=-1).astype(np.float32)
+
+    async def main() -> None:
+        batcher = MicroBatcher(model, max_batch_size=1, max_wait_s=0, max_queue=64, max_chunk=16)
+        batcher.start()
+        large = asyncio.ensure_future(batcher.run([np.zeros((2, 2, 3), np.uint8)] * 40))
+        await asyncio.sleep(0.01)
+        small = [asyncio.ensure_future(batcher.run([np.full((2, 2, 3), n, np.uint8)])) for n in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.gather(large, *small)
+        await batcher.stop()
+
+    asyncio.run(main())
+    # The large request's first tile was running and it had taken its next turn already; then
+    # the small ones, each behind one turn of the others.
+    assert order[:6] == [0, 0, 1, 2, 3, 0], order

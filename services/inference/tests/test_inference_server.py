@@ -93,12 +93,13 @@ def test_full_queue_answers_503_with_retry_after_at_once(field_tile: np.ndarray)
 
 
 def test_overload_is_shed_by_time_before_a_request_is_read(field_tile: np.ndarray) -> None:
-    """25 tiles queued are seconds of work, over a 0.5 s bound: a new request is refused before its
-    body is read or parsed (a body that is no image gets 503, not 415); once the queue has
-    drained, requests are read and judged again."""
+    """A large request's tiles queued, and a bound of 0.05 s: a new request would wait for one of
+    them (requests take turns), about 0.1 s, and is refused before its body is read or parsed (a
+    body that is no image gets 503, not 415); once the queue has drained, requests are read and
+    judged again."""
     body = large_png(field_tile, 1800)
     png_type = {"content-type": "image/png"}
-    with running_service(max_queue_wait_s="0.5") as (_, url), ThreadPoolExecutor(1) as pool:
+    with running_service(max_queue_wait_s="0.05") as (_, url), ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{url}/api/v1/segment", content=body, headers=png_type, timeout=60)
         deadline = time.monotonic() + 10
         while not re.search(r"cropseg_inference_queue_depth (1\d|2\d)\.0", httpx.get(f"{url}/metrics").text):
@@ -107,7 +108,7 @@ def test_overload_is_shed_by_time_before_a_request_is_read(field_tile: np.ndarra
         refused = httpx.post(f"{url}/api/v1/segment", content=b"no image", headers=png_type)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "1"
-        assert re.search(r"about \d+\.\d s of work \(limit 0\.5 s\)", refused.json()["error"]["message"])
+        assert re.search(r"wait about 0\.\d+ s \(limit 0\.05 s\)", refused.json()["error"]["message"])
         oip = httpx.post(
             f"{url}/v2/models/cropseg-unet/infer", content=b"{", headers={"content-type": "application/json"}
         )

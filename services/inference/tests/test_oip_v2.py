@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from cropseg_inference.main import create_app
+from cropseg_inference.routes.v2 import input_images, parse_request
 from fastapi.testclient import TestClient
 from inference_testing import MODEL, MODEL_VERSION, make_settings, wait_ready
 from prometheus_client import CollectorRegistry
@@ -12,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
 from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
+from cropseg_core.web.errors import ClientError
 
 INFER = "/v2/models/cropseg-unet/infer"
 
@@ -249,3 +251,24 @@ def test_a_json_output_too_large_to_write_is_refused_before_any_work(client: Tes
     response = client.post(INFER, content=body, headers={"inference-header-content-length": str(len(header))})
     assert response.status_code == 413
     assert '"binary_data": true' in response.json()["error"]
+
+
+def test_no_key_order_or_escape_sends_a_large_json_request_down_the_slow_path(field_tile: np.ndarray) -> None:
+    """A parameter named "data" before the tensor, the key spelled with an escape, the tensor's
+    keys in any order: the image data is still read by numpy, never as Python numbers; JSON that
+    is large for another reason is refused (400) instead of parsed."""
+    image = np.ascontiguousarray(field_tile[:300, :400])
+    values = ",".join(map(str, image.ravel().tolist()))
+    shape = '"shape":[1,300,400,3],"datatype":"UINT8"'
+    bodies = [
+        '{"parameters":{"data":7},"inputs":[{"name":"image",' + shape + ',"data":[' + values + "]}]}",
+        '{"inputs":[{"d\\u0061ta":[' + values + '],"name":"image",' + shape + "}]}",
+        '{"inputs":[{"parameters":{"data":"[0]"},"data":[[' + values + ']],"name":"image",' + shape + "}]}",
+    ]
+    for body in bodies:
+        request, data = parse_request(body.encode(), None)
+        assert isinstance(data, np.ndarray), body[:80]
+        assert np.array_equal(input_images(request, data, 10**8)[0], image)
+    padded = '{"id":"' + "x" * 2_000_000 + '","inputs":[{"name":"image",' + shape + ',"data":[0]}]}'
+    with pytest.raises(ClientError, match="the rest at most 1048576 bytes"):
+        parse_request(padded.encode(), None)

@@ -62,6 +62,9 @@ async def _every(
         await asyncio.sleep(interval_s)
 
 
+CHART_MEMORY_LIMIT_MIB = 1024
+"""The chart's memory limit for storage (charts/cropseg/values.yaml): the budget's limit for a
+process started outside a container."""
 TEMP_SWEEP_INTERVAL_S = 300.0  # half-written files of a crashed writer go within 15 minutes
 
 
@@ -137,6 +140,7 @@ def create_app(
                 )  # opening the store swept already
             ),
         ]
+        budget.settle()
         log.info("storage ready: %s, inference at %s", store.describe(), settings.inference_url)
         yield
         for chore in chores:
@@ -151,10 +155,13 @@ def create_app(
     app.state.metrics = metrics
     install_error_handlers(app)
     install_metrics(app, registry)
-    install_request_limits(
+    budget = install_request_limits(
         app,
         settings.connections,
         largest_body_bytes=upload_body_limit(settings.image_limits.max_bytes, images.UPLOAD_FILES),
+        memory=settings.memory,
+        default_memory_limit_mib=CHART_MEMORY_LIMIT_MIB,
+        registry=registry,
         retry_after_s=settings.retry_after_s,
     )
     if settings.cors_origins:

@@ -14,6 +14,7 @@ from cropseg_core.imaging import decode_channels
 from cropseg_core.pipeline import GSD_RANGE_MM, MIN_SCALE
 from cropseg_core.web.bodies import read_upload
 from cropseg_core.web.errors import error_responses
+from cropseg_core.web.limits import image_memory
 from cropseg_inference.deps import get_app_settings, get_engine, get_metrics
 from cropseg_inference.encoding import MaskEncoding, Output, SegmentationResult, render, result_headers
 from cropseg_inference.engine import SegmentationEngine
@@ -119,19 +120,21 @@ async def segment(
         sensor = get_layout(layout)
         engine.admit()  # shed before the body is read and decoded
         data = await read_upload(request, settings.image_limits.max_bytes, accepted=IMAGE_TYPES)
-        started = time.perf_counter()
-        decoded = await run_in_threadpool(decode_channels, data, settings.image_limits)
-        decode_s = time.perf_counter() - started
-        segmentation = await engine.segment(decoded.pixels, sensor, threshold, gsd_mm=gsd_mm, scale=scale)
-        segmentation.timings = {"decode": decode_s, **segmentation.timings}
-        started = time.perf_counter()
-        drawn_on = picture(decoded.pixels, sensor) if output == "overlay" else None
-        georeference = decoded.georeference
-        del decoded, data  # a 40 MP image: 120 MB less while the answer is encoded
-        body, media_type = await run_in_threadpool(
-            render, segmentation, drawn_on, engine.info, output, mask_encoding, georeference
-        )
-        segmentation.timings["encode"] = time.perf_counter() - started
+        cost = "segment-overlay" if output == "overlay" else "segment"
+        async with image_memory(request, data, cost, settings.image_limits):
+            started = time.perf_counter()
+            decoded = await run_in_threadpool(decode_channels, data, settings.image_limits)
+            decode_s = time.perf_counter() - started
+            segmentation = await engine.segment(decoded.pixels, sensor, threshold, gsd_mm=gsd_mm, scale=scale)
+            segmentation.timings = {"decode": decode_s, **segmentation.timings}
+            started = time.perf_counter()
+            drawn_on = picture(decoded.pixels, sensor) if output == "overlay" else None
+            georeference = decoded.georeference
+            del decoded, data  # a 40 MP image: 120 MB less while the answer is encoded
+            body, media_type = await run_in_threadpool(
+                render, segmentation, drawn_on, engine.info, output, mask_encoding, georeference
+            )
+            segmentation.timings["encode"] = time.perf_counter() - started
     except Exception:
         metrics.segmentation_result.labels("failure").inc()
         raise

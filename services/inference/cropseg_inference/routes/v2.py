@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import warnings
 from typing import Annotated, Any
 
@@ -21,12 +22,14 @@ import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import get_layout
 from cropseg_core.pipeline import Segmentation
 from cropseg_core.segmenter import INPUT_NAME, OUTPUT_NAME
 from cropseg_core.web.bodies import read_limited_body
 from cropseg_core.web.errors import ClientError, NotFoundError, PayloadTooLargeError
+from cropseg_core.web.limits import MEMORY_COST, memory_budget
 from cropseg_inference import SERVICE_NAME
 from cropseg_inference.deps import get_app_settings, get_engine, get_metrics
 from cropseg_inference.engine import SegmentationEngine
@@ -158,39 +161,60 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[InferenceRequ
             )
         split = int(header_length)
     header, data = body[:split], body[split:]
-    lifted: np.ndarray | None = None
     if split > LEAN_JSON_BYTES:
-        header, lifted = _lift_json_data(header)
+        return _lift_json_data(header)
     try:
         request = InferenceRequest.model_validate_json(header)
     except ValidationError as e:
-        details = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:5])
-        raise ClientError(f"invalid inference request: {details}") from e
-    return request, (lifted if lifted is not None else data)
+        raise _invalid(e) from e
+    return request, data
 
 
 LEAN_JSON_BYTES = 1024 * 1024
+"""Largest JSON parsed as it is: its numbers become Python objects (about 20 bytes each)."""
+_NUMBER_ARRAY = re.compile(rb"\[[-+0-9.eE,\s\[\]]*\]")
 _BRACKETS_TO_SPACES = bytes.maketrans(b"[]", b"  ")
+_LIFTED = "\u0000cropseg: lifted image data"
 
 
-def _lift_json_data(header: bytes) -> tuple[bytes, np.ndarray | None]:
-    """A large JSON request's image ``data`` as numbers, and the JSON without it (``null``).
+def _invalid(error: ValidationError) -> ClientError:
+    details = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in error.errors()[:5])
+    return ClientError(f"invalid inference request: {details}")
 
-    Parsed as JSON, 30 million pixel values become 30 million Python ints (about 1 GB); read
-    with numpy they take 4 bytes each until checked and stored as uint8. Brackets of a nested
-    array only group values, so they are blanked and the numbers read in order."""
-    start = header.find(b'"data"', max(header.find(b'"inputs"'), 0))
-    opening = header.find(b"[", start)
-    if start < 0 or opening < 0 or header[start + 6 : opening].strip() != b":":
-        return header, None
-    depth, end = 0, opening
-    for end in range(opening, len(header)):
-        depth += {91: 1, 93: -1}.get(header[end], 0)  # [ and ]
-        if depth == 0:
-            break
-    if depth:
-        raise ClientError("invalid inference request: the input's data array is not closed")
-    text = header[opening : end + 1].translate(_BRACKETS_TO_SPACES)
+
+def _lift_json_data(header: bytes) -> tuple[InferenceRequest, np.ndarray]:
+    """A large JSON request: its image ``data`` read as numbers, the rest parsed as JSON.
+
+    Parsed as JSON, 30 million pixel values become 30 million Python objects (about 1 GB); read
+    with numpy they take 4 bytes each until checked and stored as uint8. The data is the
+    longest run of numbers, commas and brackets; it is cut out and the rest parsed as JSON
+    (whatever its key order or escapes), which must then have the cut exactly at the input's
+    ``data``. A request whose JSON is large for any other reason is refused (400), so no key
+    order or spelling sends a large body down a path that builds Python objects for it."""
+    runs = _NUMBER_ARRAY.finditer(header)
+    longest = max(runs, key=lambda run: run.end() - run.start(), default=None)
+    rest = header
+    if longest is not None and longest.end() - longest.start() > len(header) // 2:
+        rest = header[: longest.start()] + json.dumps(_LIFTED).encode() + header[longest.end() :]
+    if len(rest) > LEAN_JSON_BYTES:
+        raise ClientError(
+            f"invalid inference request: in {len(header)} bytes of JSON the input's data must be one array "
+            f"of integers 0..255 and the rest at most {LEAN_JSON_BYTES} bytes; send large images as binary "
+            f"tensors ({HEADER_LENGTH})"
+        )
+    try:
+        document = json.loads(rest)
+        lifted = document["inputs"][0]["data"] == _LIFTED
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ClientError(f"invalid inference request: not the JSON of an inference request ({e})") from e
+    if not lifted:
+        raise ClientError(f"invalid inference request: input {INPUT_NAME!r} has no data array")
+    document["inputs"][0]["data"] = None
+    try:
+        request = InferenceRequest.model_validate(document)
+    except ValidationError as e:
+        raise _invalid(e) from e
+    text = header[longest.start() : longest.end()].translate(_BRACKETS_TO_SPACES)  # type: ignore[union-attr]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # numpy warns (and stops) at anything but a number
         try:
@@ -199,7 +223,15 @@ def _lift_json_data(header: bytes) -> tuple[bytes, np.ndarray | None]:
             )
         except (ValueError, DeprecationWarning) as e:
             raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255") from e
-    return header[:opening] + b"null" + header[end + 1 :], values
+    return request, values
+
+
+def tensor_memory(body: bytes, header_length: str | None) -> int:
+    """Memory a request needs beyond its body, estimated before anything is parsed: per byte of
+    JSON (a number takes at least two) and per byte of binary tensor data (a pixel's channel)."""
+    split = int(header_length) if header_length is not None and header_length.isdigit() else len(body)
+    split = min(split, len(body))
+    return split * MEMORY_COST["tensor-json"] + (len(body) - split) * MEMORY_COST["tensor"]
 
 
 def input_images(request: InferenceRequest, binary: bytes | np.ndarray, max_pixels: int) -> np.ndarray:
@@ -367,20 +399,28 @@ async def infer(
         _check_model(engine, model_name, model_version)
         engine.admit()  # shed before the body is read and parsed
         body = await read_limited_body(request, settings.max_tensor_request_bytes)
-        inference, binary = parse_request(body, request.headers.get(HEADER_LENGTH))
-        images = input_images(inference, binary, settings.image_limits.max_pixels)
-        check_json_outputs(inference, images)
-        parameters = {**(inference.parameters or {}), **(inference.inputs[0].parameters or {})}
-        threshold = _number(parameters, "threshold")
-        if threshold is not None and not 0 <= threshold <= 1:
-            raise ClientError(f"parameter 'threshold' must be a number from 0 to 1, got {threshold}")
-        layout = parameters.get("layout")
-        if layout is not None and not isinstance(layout, str):
-            raise ClientError(f"parameter 'layout' must be a string, got {json.dumps(layout)}")
-        sensor = get_layout(layout)
-        gsd_mm, scale = _number(parameters, "gsd_mm"), _number(parameters, "scale")
-        results = await engine.segment_batch(list(images), sensor, threshold, gsd_mm=gsd_mm, scale=scale)
-        content, headers, media_type = build_response(inference, engine, results)
+        header_length = request.headers.get(HEADER_LENGTH)
+        async with memory_budget(request).reserve(tensor_memory(body, header_length), "this request"):
+            # Parsed in a thread: a 60 MB JSON body takes seconds, and the probes must be answered.
+            inference, binary = await run_in_threadpool(parse_request, body, header_length)
+            del body
+            images = await run_in_threadpool(
+                input_images, inference, binary, settings.image_limits.max_pixels
+            )
+            del binary
+            check_json_outputs(inference, images)
+            parameters = {**(inference.parameters or {}), **(inference.inputs[0].parameters or {})}
+            threshold = _number(parameters, "threshold")
+            if threshold is not None and not 0 <= threshold <= 1:
+                raise ClientError(f"parameter 'threshold' must be a number from 0 to 1, got {threshold}")
+            layout = parameters.get("layout")
+            if layout is not None and not isinstance(layout, str):
+                raise ClientError(f"parameter 'layout' must be a string, got {json.dumps(layout)}")
+            sensor = get_layout(layout)
+            gsd_mm, scale = _number(parameters, "gsd_mm"), _number(parameters, "scale")
+            results = await engine.segment_batch(list(images), sensor, threshold, gsd_mm=gsd_mm, scale=scale)
+            del images
+            content, headers, media_type = await run_in_threadpool(build_response, inference, engine, results)
     except Exception:
         metrics.segmentation_result.labels("failure").inc()
         raise
