@@ -4,7 +4,8 @@
     index/<source>/<inverted ms>-<id>        listing order, newest first (empty markers)
     labels/<id>.png                          ground truth, 255 = vegetation
     masks/<id>/<model-version>.png + .json   predicted mask and its summary
-    thumbnails/<id[:2]>/<id>.jpg             cache, rebuilt when missing
+    thumbnails/<id[:2]>/<id>-<layout>.jpg    caches, rebuilt when missing: thumbnail, and the
+    thumbnails/<id[:2]>/<id>-<layout>.png    picture of a layout that is not true colour
     predictions/<date>                       record stream, one record per segmentation
 
 Writes to an existing image (label, also one sent with its upload; mask, thumbnail, layout)
@@ -27,6 +28,7 @@ import heapq
 import io
 import random
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -310,21 +312,38 @@ class ImageRepository:
         """Bytes of image files as uploaded (not sidecars, labels or masks)."""
         return sum(blob.size for blob in self.store.list_blobs("images/") if not blob.key.endswith(".json"))
 
-    def thumbnail(self, record: ImageRecord, size: int) -> bytes:
-        """A JPEG at most ``size`` pixels a side (a picture of the image in its layout), cached."""
-        key = f"thumbnails/{record.id[:2]}/{record.id}-{record.layout}.jpg"
+    def thumbnail(self, record: ImageRecord, size: int, *, make: bool = True) -> bytes | None:
+        """A JPEG at most ``size`` pixels a side (a picture of the image in its layout), cached;
+        None when it is not cached yet and ``make`` is False."""
+
+        def thumbnail() -> bytes:
+            image = Image.fromarray(self.decode(record))
+            image.thumbnail((size, size), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=85)
+            return buffer.getvalue()
+
+        return self._kept(
+            record.id, f"thumbnails/{record.id[:2]}/{record.id}-{record.layout}.jpg", thumbnail, make
+        )
+
+    def picture(self, record: ImageRecord, *, make: bool = True) -> bytes | None:
+        """The image as a PNG people can look at in its layout (:meth:`decode`), cached; None
+        when it is not cached yet and ``make`` is False."""
+        key = f"thumbnails/{record.id[:2]}/{record.id}-{record.layout}.png"
+        return self._kept(record.id, key, lambda: encode_png(self.decode(record), compress_level=3), make)
+
+    def _kept(self, image_id: str, key: str, make: Callable[[], bytes], allowed: bool) -> bytes | None:
+        """What is stored at ``key``, or what ``make`` makes, stored there (if ``allowed``)."""
         try:
             return self.store.get(key)
         except BlobNotFoundError:
-            pass
-        pixels = self.decode(record)
-        image = Image.fromarray(pixels)
-        image.thumbnail((size, size), Image.Resampling.LANCZOS)
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=85)
-        self.store.put(key, buffer.getvalue())
-        self._still_there(record.id, key)
-        return buffer.getvalue()
+            if not allowed:
+                return None
+        data = make()
+        self.store.put(key, data)
+        self._still_there(image_id, key)
+        return data
 
     def decode(self, record: ImageRecord) -> np.ndarray:
         """An RGB picture of the image: true colour, or its layout's false-colour composite."""
@@ -402,22 +421,22 @@ class ImageRepository:
         segmentation, png = self.mask(image_id, model_version)
         return segmentation, decode_channels(png, self.limits).pixels[..., 0], label
 
-    def overlay(self, image_id: str, model_version: str | None = None) -> tuple[SegmentationRecord, bytes]:
+    def overlay(
+        self, image_id: str, model_version: str | None = None, *, make: bool = True
+    ) -> tuple[SegmentationRecord, bytes | None]:
         """The picture with the predicted vegetation tinted (PNG), made once and kept beside the
-        mask (per layout; a new segmentation of that model version replaces it)."""
+        mask (per layout; a new segmentation of that model version replaces it); None when it is
+        not kept yet and ``make`` is False."""
         record = self.get(image_id)
         segmentation, mask_png = self.mask(image_id, model_version)
+
+        def tinted() -> bytes:
+            with Image.open(io.BytesIO(mask_png)) as stored:  # our own PNG: one grey channel
+                predicted = np.asarray(stored.convert("L"))
+            return encode_png(overlay(self.decode(record), predicted), compress_level=3)
+
         key = f"masks/{image_id}/{segmentation.model_version}.overlay-{record.layout}.png"
-        try:
-            return segmentation, self.store.get(key)
-        except BlobNotFoundError:
-            pass
-        with Image.open(io.BytesIO(mask_png)) as stored:  # our own PNG: one grey channel
-            predicted = np.asarray(stored.convert("L"))
-        png = encode_png(overlay(self.decode(record), predicted), compress_level=3)
-        self.store.put(key, png)
-        self._still_there(image_id, key)
-        return segmentation, png
+        return segmentation, self._kept(image_id, key, tinted, make)
 
     def predictions(self, day: str) -> list[dict[str, Any]]:
         return self.store.read_records(f"predictions/{day}")

@@ -326,8 +326,10 @@ def test_layout_is_stored_editable_and_sent_to_inference(make_client: Callable[.
         (lambda c, i: upload(c, params={"layout": "rgbn"}), "needs 4 channels, but the image has 3"),
         (lambda c, i: c.put(f"/api/v1/images/{i}/layout", json={"layout": "rgbn"}), "needs 4 channels"),
         (lambda c, i: c.put(f"/api/v1/images/{i}/layout", json={"layout": "hsv"}), "unknown layout"),
+        (lambda c, i: c.put(f"/api/v1/images/{i}/layout", content=b'{"layout": '), "Invalid JSON"),
+        (lambda c, i: c.put(f"/api/v1/images/{i}/layout", json={"name": "cir"}), "layout: Field required"),
     ],
-    ids=["upload-unknown", "upload-channels", "put-channels", "put-unknown"],
+    ids=["upload-unknown", "upload-channels", "put-channels", "put-unknown", "put-not-json", "put-no-layout"],
 )
 def test_bad_layouts_are_422_and_change_nothing(
     client: TestClient, call: Callable[[TestClient, str], httpx.Response], fragment: str
@@ -416,6 +418,8 @@ def test_writes_need_the_token_reads_do_not(make_client: Callable[..., TestClien
     assert client.post(f"/api/v1/images/{image_id}/segmentation").status_code == 401
     assert client.put(f"/api/v1/images/{image_id}/label", content=LABEL).status_code == 401
     assert client.delete(f"/api/v1/images/{image_id}").status_code == 401
+    assert client.put(f"/api/v1/images/{image_id}/layout", json={"layout": "cir"}).status_code == 401
+    assert client.put(f"/api/v1/images/{image_id}/layout", content=b"junk", headers=auth).status_code == 422
     assert client.post(f"/api/v1/images/{image_id}/segmentation", headers=auth).status_code == 201
     assert client.delete(f"/api/v1/images/{image_id}", headers=auth).status_code == 204
     assert client.get("/api/v1/info").json()["authentication"] is True

@@ -24,9 +24,10 @@ import contextlib
 import logging
 import os
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import anyio.from_thread
 from fastapi import FastAPI, Request
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.concurrency import run_in_threadpool
@@ -89,6 +90,7 @@ MEMORY_COST = {
     "tensor-json": 16,
     "upload": 12,
     "picture": 12,
+    "overlay": 12,
     "evaluation": 12,
     "mask": 4,
 }
@@ -201,14 +203,29 @@ def memory_budget(request: Request) -> MemoryBudget:
     return budget
 
 
+def reserve_memory(request: Request, cost: str, pixels: int) -> contextlib.AbstractAsyncContextManager[None]:
+    """Hold the memory that work of kind ``cost`` (a key of :data:`MEMORY_COST`) on an image of
+    ``pixels`` needs, while the block runs."""
+    return memory_budget(request).reserve(pixels * MEMORY_COST[cost], f"a {pixels / 1e6:.1f} MP image")
+
+
+@contextlib.contextmanager
+def hold_memory(request: Request, cost: str, pixels: int) -> Iterator[None]:
+    """:func:`reserve_memory` for a route that runs in a worker thread (a plain ``def``)."""
+    reservation = reserve_memory(request, cost, pixels)
+    anyio.from_thread.run(reservation.__aenter__)
+    try:
+        yield
+    finally:
+        anyio.from_thread.run(reservation.__aexit__, None, None, None)
+
+
 @contextlib.asynccontextmanager
 async def image_memory(request: Request, data: bytes, cost: str, limits: ImageLimits) -> AsyncIterator[int]:
-    """Hold the memory that work of kind ``cost`` (a key of :data:`MEMORY_COST`) on the image
-    ``data`` needs, sized from its header (a bad or too large image is refused here, before any
-    wait); the block gets the image's pixel count."""
+    """:func:`reserve_memory` for the image ``data``, sized from its header (a bad or too large
+    image is refused here, before any wait); the block gets the image's pixel count."""
     pixels = await run_in_threadpool(image_pixels, data, limits)
-    what = f"a {pixels / 1e6:.1f} MP image"
-    async with memory_budget(request).reserve(pixels * MEMORY_COST[cost], what):
+    async with reserve_memory(request, cost, pixels):
         yield pixels
 
 

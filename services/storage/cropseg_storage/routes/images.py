@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS
-from cropseg_core.masks import encode_png
 from cropseg_core.repository import ImageRecord, ImageRepository, Source, check_id
-from cropseg_core.web.bodies import read_upload, receive_upload
+from cropseg_core.web.bodies import read_limited_body, read_upload, receive_upload
 from cropseg_core.web.errors import error_responses
+from cropseg_core.web.limits import hold_memory, image_memory, reserve_memory
 from cropseg_storage.deps import WRITE, Metrics, Repository, Settings
 
 UPLOAD_FILES = ("label",)
@@ -127,14 +129,15 @@ async def upload(
     received = await receive_upload(
         request, settings.image_limits.max_bytes, accepted=ACCEPTED_TYPES, extra_files=UPLOAD_FILES
     )
-    record, created = await run_in_threadpool(
-        repository.add_image,
-        received.data,
-        source="upload",
-        filename=received.filename or filename,
-        label=received.extra.get("label"),
-        layout=received.fields.get("layout") or layout,
-    )
+    async with image_memory(request, received.data, "upload", settings.image_limits):
+        record, created = await run_in_threadpool(
+            repository.add_image,
+            received.data,
+            source="upload",
+            filename=received.filename or filename,
+            label=received.extra.get("label"),
+            layout=received.fields.get("layout") or layout,
+        )
     metrics.upload_size.observe(record.size)
     metrics.uploads.labels("created" if created else "duplicate").inc()
     if created:  # the gauges are recounted periodically; keep them current in between
@@ -201,23 +204,43 @@ def thumbnail(request: Request, image_id: str, repository: Repository, settings:
     record = repository.get(image_id)
     size = settings.thumbnail_size
     etag = f'"{record.id}-{record.layout}-{size}"'
-    return cached(request, repository.thumbnail(record, size), "image/jpeg", etag, IMMUTABLE)
+    return cached(request, lambda: made_once(request, record, partial(repository.thumbnail, record, size)),
+                  "image/jpeg", etag, IMMUTABLE)  # fmt: skip
 
 
 class LayoutIn(BaseModel):
     layout: str = Field(max_length=32, description="One of GET /api/v1/layouts (inference)", examples=["cir"])
 
 
+LAYOUT_BODY_BYTES = 1024
+
+
 @router.put(
     "/{image_id}/layout",
     response_model=ImageOut,
     dependencies=WRITE,
-    responses=error_responses(400, 401, 403, 404, 422),
+    responses=error_responses(400, 401, 403, 404, 408, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": LayoutIn.model_json_schema()}},
+        }
+    },
 )
-def put_layout(image_id: str, body: LayoutIn, repository: Repository) -> ImageOut:
+async def put_layout(image_id: str, request: Request, repository: Repository) -> ImageOut:
     """Declare the sensor layout of the image's channels (e.g. ``cir`` for a colour-infrared
     composite). Segment again afterwards: stored masks were made in the previous layout."""
-    return describe(repository, repository.set_layout(image_id, body.layout))
+    check_id(image_id)
+    # Read only now, after the token check, and under the pace rules like every body.
+    data = await read_limited_body(request, LAYOUT_BODY_BYTES)
+    try:
+        body = LayoutIn.model_validate_json(data)
+    except ValidationError as e:  # answered as FastAPI answers a body it validated itself
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
+    record = await run_in_threadpool(repository.get, image_id)
+    async with reserve_memory(request, "upload", record.width * record.height):  # checks the channels
+        changed = await run_in_threadpool(repository.set_layout, image_id, body.layout)
+    return describe(repository, changed)
 
 
 @router.get(
@@ -232,8 +255,24 @@ def picture(request: Request, image_id: str, repository: Repository) -> Response
     record = repository.get(image_id)
     etag = f'"{record.id}-{record.layout}-picture"'
     return cached(
-        request, lambda: encode_png(repository.decode(record), compress_level=3), "image/png", etag, IMMUTABLE
+        request,
+        lambda: made_once(request, record, partial(repository.picture, record)),
+        "image/png",
+        etag,
+        IMMUTABLE,
     )
+
+
+def made_once(request: Request, record: ImageRecord, kept: Callable[..., bytes | None]) -> bytes:
+    """What ``kept()`` finds stored, or what ``kept(make=True)`` makes, holding the memory that
+    making a picture of ``record`` needs (only then: a stored picture waits for nobody)."""
+    stored = kept(make=False)
+    if stored is not None:
+        return stored
+    with hold_memory(request, "picture", record.width * record.height):
+        made = kept(make=True)
+    assert made is not None
+    return made
 
 
 @router.put(
@@ -247,7 +286,8 @@ async def put_label(image_id: str, request: Request, repository: Repository, set
     """Set the ground-truth mask (same size as the image; any channel above 127 = vegetation)."""
     check_id(image_id)
     data = await read_upload(request, settings.image_limits.max_bytes, accepted=ACCEPTED_TYPES)
-    await run_in_threadpool(repository.put_label, image_id, data)
+    async with image_memory(request, data, "upload", settings.image_limits):
+        await run_in_threadpool(repository.put_label, image_id, data)
     return Response(status_code=204)
 
 

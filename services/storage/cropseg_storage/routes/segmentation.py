@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -14,8 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from cropseg_core.geotiff import encode_tiff, georeference_of
 from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import score, vegetation_fraction
-from cropseg_core.repository import MODEL_VERSION, SegmentationRecord, check_id
+from cropseg_core.repository import MODEL_VERSION, SegmentationRecord
 from cropseg_core.web.errors import error_responses
+from cropseg_core.web.limits import hold_memory
 from cropseg_storage.deps import WRITE, Inference, Metrics, Repository
 from cropseg_storage.inference_client import (
     InferenceFailedError,
@@ -141,6 +142,7 @@ def segmentations(image_id: str, repository: Repository) -> SegmentationList:
     responses={200: {"content": {"image/png": {}, "image/tiff": {}}}, **error_responses(400, 404, 409, 422)},
 )
 def mask(
+    request: Request,
     image_id: str,
     repository: Repository,
     model_version: ModelVersion = None,
@@ -155,8 +157,10 @@ def mask(
     headers = _model_headers(segmentation)
     if encoding == "png":
         return Response(png, media_type="image/png", headers=headers)
-    georeference = georeference_of(repository.image_bytes(repository.get(image_id)))
-    tiff = encode_tiff(decode_channels(png).pixels[..., 0], georeference)
+    record = repository.get(image_id)
+    with hold_memory(request, "mask", record.width * record.height):
+        georeference = georeference_of(repository.image_bytes(record))
+        tiff = encode_tiff(decode_channels(png).pixels[..., 0], georeference)
     headers["X-Georeferenced"] = "true" if georeference else "false"
     return Response(tiff, media_type="image/tiff", headers=headers)
 
@@ -164,27 +168,36 @@ def mask(
 @router.get(
     "/overlay", response_class=Response, responses={**PNG_RESPONSE, **error_responses(400, 404, 409, 422)}
 )
-def overlay_image(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Response:
+def overlay_image(
+    request: Request, image_id: str, repository: Repository, model_version: ModelVersion = None
+) -> Response:
     """The image with predicted vegetation tinted magenta (made once, then served as stored)."""
-    segmentation, png = repository.overlay(image_id, model_version)
+    segmentation, png = repository.overlay(image_id, model_version, make=False)
+    if png is None:
+        record = repository.get(image_id)
+        with hold_memory(request, "overlay", record.width * record.height):
+            segmentation, png = repository.overlay(image_id, model_version)
     return Response(png, media_type="image/png", headers=_model_headers(segmentation))
 
 
 @router.get("/evaluation", response_model=Evaluation, responses=error_responses(400, 404, 409, 422))
-def evaluation(image_id: str, repository: Repository, model_version: ModelVersion = None) -> Evaluation:
+def evaluation(
+    request: Request, image_id: str, repository: Repository, model_version: ModelVersion = None
+) -> Evaluation:
     """Pixel accuracy and IoU of the stored mask against the label (the seed's ``/metrics``)."""
-    check_id(image_id)
-    segmentation, predicted, label = repository.mask_and_label(image_id, model_version)
-    result = score(predicted, label)
-    return Evaluation(
-        image_id=image_id,
-        model_version=segmentation.model_version,
-        pixel_accuracy=result.pixel_accuracy,
-        iou=result.iou,
-        vegetation_fraction_predicted=vegetation_fraction(predicted),
-        vegetation_fraction_label=vegetation_fraction(label),
-        pixels=int(np.prod(label.shape)),
-    )
+    record = repository.get(image_id)
+    with hold_memory(request, "evaluation", record.width * record.height):
+        segmentation, predicted, label = repository.mask_and_label(image_id, model_version)
+        result = score(predicted, label)
+        return Evaluation(
+            image_id=image_id,
+            model_version=segmentation.model_version,
+            pixel_accuracy=result.pixel_accuracy,
+            iou=result.iou,
+            vegetation_fraction_predicted=vegetation_fraction(predicted),
+            vegetation_fraction_label=vegetation_fraction(label),
+            pixels=int(np.prod(label.shape)),
+        )
 
 
 def _model_headers(segmentation: SegmentationRecord) -> dict[str, str]:
