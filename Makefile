@@ -50,7 +50,7 @@ help:
 	@echo "make bench-drift-errors  drift false-alarm rate and detection power on real photos (README table)"
 	@echo "make bench  inference, previous model (latency and IoU), levers, drift and cold-start benchmarks; rewrite their tables in docs/performance.md"
 	@echo "make bench-peers  cropseg vs bare FastAPI, LitServe, BentoML, MLServer, KServe, Ray Serve -> docs/performance.md"
-	@echo "make bench-memory  peak RSS of each route's largest request vs the chart's limits -> docs/performance.md"
+	@echo "make bench-memory  peak RSS of each route's largest request, alone and 16 at once, vs the chart's limits -> docs/performance.md"
 	@echo "make bench-rasters  time per megapixel and peak RSS of segment-raster on 2k, 8k, 32k rasters -> docs/batch.md"
 	@echo "make bench-images  image sizes, start to ready, compose to healthy -> docs/containers.md"
 	@echo "make loadtest PROFILE=high  a Locust profile against a fresh local stack (baseline, moderate, high,"

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,15 @@ from tqdm import tqdm
 
 from cropseg_core.masks import encode_png
 from cropseg_core.processes import free_port, running_service
+from cropseg_core.web.limits import MEMORY_COST, MIB
 from cropseg_model.synth import generate_tile
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- memory:start -->", "<!-- memory:end -->"
 BUDGET = 0.70
 MAX_PIXELS = 40_000_000
-READS = ("picture", "thumbnail", "evaluation")
+CONCURRENT_BUDGET = 0.80
+READS = {"picture": "picture", "thumbnail": "picture", "evaluation": "evaluation"}  # route: its cost
 
 
 def chart_limits_mib() -> dict[str, int]:
@@ -93,8 +96,24 @@ def service(name: str, argv: list[str], ready: str, env: dict[str, str]) -> Iter
         yield Service(name, process, url)
 
 
-def measure(progress: bool = True) -> list[dict[str, object]]:
-    """Each route's peak RSS (MiB) for its largest input."""
+@dataclass
+class Case:
+    service: Service
+    route: str
+    input: str
+    cost: str | None  # what it reserves from the memory budget (cropseg_core.web.limits.MEMORY_COST)
+    units: int  # pixels, or body bytes for the OIP routes
+    send: Callable[[], httpx.Response]
+
+
+def forget_kept_pictures(data: Path) -> None:
+    """Delete the thumbnails, pictures and overlays storage made and kept."""
+    for path in [*data.glob("thumbnails/**/*.*"), *data.glob("masks/**/*.overlay-*.png")]:
+        path.unlink()
+
+
+def measure(progress: bool = True, concurrency: int = 1) -> list[dict[str, object]]:
+    """Each route's peak RSS (MiB) for its largest input, alone and ``concurrency`` at once."""
     image = field_image()
     height, width = image.shape[:2]
     png = encode_png(image, compress_level=1)
@@ -126,7 +145,8 @@ def measure(progress: bool = True) -> list[dict[str, object]]:
         def upload() -> httpx.Response:
             files = {"file": ("field.png", png, "image/png"), "label": ("truth.png", label, "image/png")}
             response = client.post(f"{storage.url}/api/v1/images", files=files)
-            image_id["id"] = response.json()["id"]
+            if response.is_success:  # of sixteen at once, some get 503
+                image_id["id"] = response.json()["id"]
             return response
 
         def base() -> str:
@@ -135,59 +155,92 @@ def measure(progress: bool = True) -> list[dict[str, object]]:
         def read(name: str) -> Callable[[], httpx.Response]:
             return lambda: client.get(f"{base()}/{name}")
 
-        cases: list[tuple[Service, str, str, Callable[[], httpx.Response]]] = [
-            (inference, "POST /api/v1/segment (mask PNG, full resolution)", f"{mp} PNG",
-             lambda: client.post(f"{inference.url}/api/v1/segment?scale=1", content=png,
-                                 headers={"content-type": "image/png"})),
-            (inference, "POST /api/v1/segment?output=overlay", f"{mp} PNG",
-             lambda: client.post(f"{inference.url}/api/v1/segment?scale=1&output=overlay", content=png,
-                                 headers={"content-type": "image/png"})),
-            (inference, "POST /v2/.../infer (JSON data)", "[1,3200,3200,3], 61 MB JSON",
-             lambda: client.post(f"{inference.url}/v2/models/cropseg-unet/infer", content=oip_json)),
-            (inference, "POST /v2/.../infer (binary tensors)", "[1,4600,4600,3], 64 MB, binary mask out",
-             lambda: client.post(f"{inference.url}/v2/models/cropseg-unet/infer",
-                                 content=binary_header + tensor.tobytes(),
-                                 headers={"inference-header-content-length": str(len(binary_header))})),
-            (storage, "POST /api/v1/images (+ label)", f"{mp} PNG + mask", upload),
-            (storage, "POST /api/v1/images/{id}/segmentation", f"{mp}",
-             lambda: client.post(f"{base()}/segmentation?scale=1")),
-            (storage, "GET /api/v1/images/{id}/overlay (first: made and kept)", f"{mp}",
-             lambda: client.get(f"{base()}/overlay")),
-            *((storage, f"GET /api/v1/images/{{id}}/{name}", mp, read(name)) for name in READS),
+        pixels, json_bytes, tensor_bytes = height * width, len(oip_json), tensor.size
+        cases = [
+            Case(inference, "POST /api/v1/segment (mask PNG, full resolution)", f"{mp} PNG", "segment",
+                 pixels, lambda: client.post(f"{inference.url}/api/v1/segment?scale=1", content=png,
+                                     headers={"content-type": "image/png"})),
+            Case(inference, "POST /api/v1/segment?output=overlay", f"{mp} PNG", "segment-overlay", pixels,
+                 lambda: client.post(f"{inference.url}/api/v1/segment?scale=1&output=overlay", content=png,
+                                     headers={"content-type": "image/png"})),
+            Case(inference, "POST /v2/.../infer (JSON data)", "[1,3200,3200,3], 61 MB JSON", "tensor-json",
+                 json_bytes,
+                 lambda: client.post(f"{inference.url}/v2/models/cropseg-unet/infer", content=oip_json)),
+            Case(inference, "POST /v2/.../infer (binary tensors)", "[1,4600,4600,3], 64 MB, binary mask out",
+                 "tensor", tensor_bytes,
+                 lambda: client.post(f"{inference.url}/v2/models/cropseg-unet/infer",
+                                     content=binary_header + tensor.tobytes(),
+                                     headers={"inference-header-content-length": str(len(binary_header))})),
+            Case(storage, "POST /api/v1/images (+ label)", f"{mp} PNG + mask", "upload", pixels, upload),
+            Case(storage, "POST /api/v1/images/{id}/segmentation", f"{mp}", None, pixels,
+                 lambda: client.post(f"{base()}/segmentation?scale=1")),
+            Case(storage, "GET /api/v1/images/{id}/overlay (first: made and kept)", f"{mp}", "overlay",
+                 pixels, lambda: client.get(f"{base()}/overlay")),
+            *(Case(storage, f"GET /api/v1/images/{{id}}/{name}", mp, cost, pixels, read(name))
+              for name, cost in READS.items()),
         ]  # fmt: skip
         limits = chart_limits_mib()
-        for target, route, what, send in tqdm(
-            cases, desc="largest requests", unit="route", disable=not progress
-        ):
+        for case in tqdm(cases, desc="largest requests", unit="route", disable=not progress):
+            target, limit = case.service, limits[case.service.name]
             target.reset_peak()
             before = target.rss_mib()
             started = time.perf_counter()
-            response = send()
+            response = case.send()
             seconds = time.perf_counter() - started
             if response.status_code >= 400:
-                raise RuntimeError(f"{route}: {response.status_code} {response.text[:300]}")
-            limit = limits[target.name]
+                raise RuntimeError(f"{case.route}: {response.status_code} {response.text[:300]}")
             peak = target.peak_mib()
-            rows.append({"service": target.name, "route": route, "input": what, "before_mib": before,
-                         "peak_mib": peak, "limit_mib": limit, "budget_mib": round(BUDGET * limit),
-                         "share": peak / limit, "seconds": seconds})  # fmt: skip
+            row: dict[str, object] = {
+                "service": target.name, "route": case.route, "input": case.input, "before_mib": before,
+                "peak_mib": peak, "limit_mib": limit, "budget_mib": round(BUDGET * limit),
+                "share": peak / limit, "seconds": seconds, "cost": case.cost,
+                "estimate_mib": round(MEMORY_COST[case.cost] * case.units / MIB) if case.cost else None,
+            }  # fmt: skip
+            if concurrency > 1:
+                forget_kept_pictures(Path(data))  # each of them makes its picture again: the worst case
+                target.reset_peak()
+                with ThreadPoolExecutor(concurrency) as pool:
+                    statuses = list(
+                        pool.map(lambda _, send=case.send: send().status_code, range(concurrency))
+                    )
+                peak = target.peak_mib()
+                unexpected = sorted({status for status in statuses if status not in (200, 201, 503)})
+                if unexpected:
+                    raise RuntimeError(f"{case.route} x{concurrency}: answered {unexpected}")
+                row |= {"concurrent_peak_mib": peak, "concurrent_share": peak / limit,
+                        "concurrent_budget_mib": round(CONCURRENT_BUDGET * limit),
+                        "answered": sum(status < 400 for status in statuses),
+                        "refused": statuses.count(503)}  # fmt: skip
+            rows.append(row)
     return rows
 
 
-def markdown(rows: list[dict[str, object]]) -> str:
+def markdown(rows: list[dict[str, object]], concurrency: int) -> str:
+    concurrent = concurrency > 1
     lines = [
-        "Command: `.venv/bin/python benchmarks/memory.py --write docs/performance.md` (`make bench-memory`): "
-        "each service started fresh as `make up` starts it, its peak RSS (VmHWM) reset before each request. "
-        f"Budget: {BUDGET:.0%} of the chart's memory limit.",
+        f"Command: `.venv/bin/python benchmarks/memory.py --concurrency {concurrency} --write "
+        "docs/performance.md` (`make bench-memory`): each service started fresh as `make up` starts it, its "
+        f"peak RSS (VmHWM) reset before each request. Budget: {BUDGET:.0%} of the chart's memory limit "
+        "for one request"
+        + (f", {CONCURRENT_BUDGET:.0%} for {concurrency} at once (the kept pictures deleted first, so that "
+           "each of them must make its picture)." if concurrent else ".")
+        + " Estimate: what the route reserves from the process's memory budget before it allocates.",
         "",
-        "| service | route | largest input | peak RSS MiB | chart limit MiB | share | s |",
-        "|---|---|---|---:|---:|---:|---:|",
-    ]
+        "| service | route | largest input | estimate MiB | peak RSS MiB | chart limit MiB | share | s |"
+        + (f" {concurrency} at once: peak MiB | share | answered / 503 |" if concurrent else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if concurrent else ""),
+    ]  # fmt: skip
     for row in rows:
-        lines.append(
-            f"| {row['service']} | {row['route']} | {row['input']} | {row['peak_mib']} | "
-            f"{row['limit_mib']} | {row['share']:.0%} | {row['seconds']:.1f} |"
+        line = (
+            f"| {row['service']} | {row['route']} | {row['input']} | {row['estimate_mib'] or '-'} | "
+            f"{row['peak_mib']} | {row['limit_mib']} | {row['share']:.0%} | {row['seconds']:.1f} |"
         )
+        if concurrent:
+            line += (
+                f" {row['concurrent_peak_mib']} | {row['concurrent_share']:.0%} | "
+                f"{row['answered']} / {row['refused']} |"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -197,9 +250,10 @@ def main() -> None:
     )
     parser.add_argument("--write", type=Path, help="replace the memory section of this markdown file")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON (the contract test reads it)")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests at once, after each one alone")
     args = parser.parse_args()
-    rows = measure(progress=args.json is None)
-    table = markdown(rows)
+    rows = measure(progress=args.json is None, concurrency=args.concurrency)
+    table = markdown(rows, args.concurrency)
     print(table)
     if args.write:
         replace_section(args.write, START, END, table)

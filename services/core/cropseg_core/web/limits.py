@@ -84,20 +84,21 @@ class BodyBudget:
 MIB = 1024 * 1024
 
 MEMORY_COST = {
-    "segment": 24,
-    "segment-overlay": 28,
-    "tensor": 24,
-    "tensor-json": 16,
-    "upload": 12,
-    "picture": 12,
-    "overlay": 12,
-    "evaluation": 12,
+    "segment": 20,
+    "segment-overlay": 24,
+    "tensor": 6,
+    "tensor-json": 6,
+    "upload": 18,
+    "picture": 14,
+    "overlay": 16,
+    "evaluation": 8,
     "mask": 4,
 }
 """Peak memory a kind of work needs above what the process held before it: bytes per pixel of
 an image, or per byte of an Open Inference Protocol body (``tensor``: binary data, ``tensor-json``:
-JSON). Upper bounds of what ``benchmarks/memory.py`` measures on the largest inputs;
-tests/test_memory_contract.py fails when a route needs more than its estimate."""
+JSON). About 1.3 times what ``benchmarks/memory.py`` measures on the largest inputs (40 MP:
+segment 15.0, upload 14.2, overlay 12.2, picture 10.2, evaluation 6.0 bytes per pixel; OIP 4.3 per
+body byte); tests/test_memory_contract.py fails when a route takes more than it reserved."""
 
 
 class MemoryBudget:
