@@ -201,6 +201,7 @@ def test_the_user_chooses_the_reference_and_can_go_back(data: Path, profile_path
         ({"report_id": "../x"}, 400, "ids look like"),
         ({"since": "2030-01-01T00:00:00"}, 409, "0 segmented rgb images"),
         ({"since": "2030-01-02", "until": "2030-01-01"}, 400, "must be before until"),
+        ({"report_id": "x" * 5000}, 413, "the limit is 4096 bytes"),
     ],
 )
 def test_a_reference_choice_that_cannot_work_says_what_to_fix(
@@ -210,3 +211,4 @@ def test_a_reference_choice_that_cannot_work_says_what_to_fix(
     assert answer.status_code == status, answer.text
     assert says in answer.text
     assert client.put("/api/v1/drift/reference/ndvi", json={"first": 5}).status_code == 400
+    assert "Invalid JSON" in client.put("/api/v1/drift/reference/rgb", content=b"{first: 5}").text

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from cropseg_core.settings import ConnectionLimits
@@ -23,6 +26,8 @@ from cropseg_core.web.errors import (
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def connection_limits(request: Request) -> ConnectionLimits:
@@ -64,6 +69,17 @@ async def read_limited_body(request: Request, max_bytes: int) -> bytes:
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_json(request: Request, model: type[M], max_bytes: int) -> M:
+    """A small JSON body as ``model``, read like every body (size limit, pace). Routes call it
+    after their token check: a parameter typed with the model would have FastAPI read the body
+    before any dependency runs. Invalid JSON or fields: 422, as FastAPI answers them."""
+    data = await read_limited_body(request, max_bytes)
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
 
 
 @dataclass(frozen=True)

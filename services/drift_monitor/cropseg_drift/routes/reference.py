@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import get_layout
 from cropseg_core.features import ReferenceProfile
+from cropseg_core.web.bodies import read_json
 from cropseg_core.web.errors import ClientError, error_responses
 from cropseg_drift import reference
 from cropseg_drift.reference import as_utc
@@ -21,6 +22,7 @@ from cropseg_drift.routes.runs import require_token
 from cropseg_drift.settings import DriftSettings
 
 router = APIRouter(prefix="/api/v1/drift/reference", tags=["reference"])
+CHOICE_BODY_BYTES = 4096  # a report id, or since / until / first
 
 
 class ReferenceState(BaseModel):
@@ -77,12 +79,19 @@ def references(request: Request) -> list[ReferenceState]:
     "/{layout}",
     response_model=ReferenceState,
     dependencies=[Depends(require_token)],
-    responses=error_responses(400, 401, 403, 404, 409, 422),
+    responses=error_responses(400, 401, 403, 404, 408, 409, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ChooseReference.model_json_schema()}},
+        }
+    },
 )
-async def choose(request: Request, layout: str, body: ChooseReference) -> ReferenceState:
+async def choose(request: Request, layout: str) -> ReferenceState:
     """Use a report's images, or the uploads of a period, as this layout's reference (replacing a
     reference chosen before); 409 when fewer than DRIFT_MIN_SAMPLES segmented images qualify."""
     layout = _layout(layout)
+    body = await read_json(request, ChooseReference, CHOICE_BODY_BYTES)  # after the token check
     store, shipped = store_of(request), request.app.state.profile
     settings: DriftSettings = request.app.state.settings
     if body.report_id is not None:

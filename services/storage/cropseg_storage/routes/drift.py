@@ -12,13 +12,8 @@ import httpx
 from fastapi import APIRouter, Request, Response
 
 from cropseg_core.store import InvalidKeyError, check_key
-from cropseg_core.web.errors import (
-    ClientError,
-    GatewayTimeoutError,
-    PayloadTooLargeError,
-    UnavailableError,
-    error_responses,
-)
+from cropseg_core.web.bodies import read_limited_body
+from cropseg_core.web.errors import ClientError, GatewayTimeoutError, UnavailableError, error_responses
 
 router = APIRouter(tags=["drift"])
 
@@ -65,13 +60,7 @@ async def start_drift_run(request: Request) -> Response:
 async def choose_drift_reference(layout: str, request: Request) -> Response:
     """Use a report's images (``{"report_id": ...}``) or a period's uploads as the layout's drift
     reference (the web UI's "Use these images as the reference"), with the caller's token."""
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > REFERENCE_BODY_BYTES:
-            raise PayloadTooLargeError(
-                f"a reference choice is a few fields, at most {REFERENCE_BODY_BYTES} bytes"
-            )
+    body = await read_limited_body(request, REFERENCE_BODY_BYTES)  # a few fields, read under the pace rules
     headers = {**_token(request), "content-type": "application/json"}
     return await _forward(request, "PUT", f"reference/{_plain(layout)}", headers, body)
 

@@ -7,14 +7,13 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS
 from cropseg_core.repository import ImageRecord, ImageRepository, Source, check_id
-from cropseg_core.web.bodies import read_limited_body, read_upload, receive_upload
+from cropseg_core.web.bodies import read_json, read_upload, receive_upload
 from cropseg_core.web.errors import error_responses
 from cropseg_core.web.limits import hold_memory, image_memory, reserve_memory
 from cropseg_storage.deps import WRITE, Metrics, Repository, Settings
@@ -231,12 +230,7 @@ async def put_layout(image_id: str, request: Request, repository: Repository) ->
     """Declare the sensor layout of the image's channels (e.g. ``cir`` for a colour-infrared
     composite). Segment again afterwards: stored masks were made in the previous layout."""
     check_id(image_id)
-    # Read only now, after the token check, and under the pace rules like every body.
-    data = await read_limited_body(request, LAYOUT_BODY_BYTES)
-    try:
-        body = LayoutIn.model_validate_json(data)
-    except ValidationError as e:  # answered as FastAPI answers a body it validated itself
-        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from e
+    body = await read_json(request, LayoutIn, LAYOUT_BODY_BYTES)  # after the token check
     record = await run_in_threadpool(repository.get, image_id)
     async with reserve_memory(request, "upload", record.width * record.height):  # checks the channels
         changed = await run_in_threadpool(repository.set_layout, image_id, body.layout)
