@@ -128,9 +128,11 @@ def podman_binary() -> str:
     return require_tool("podman", shutil.which("podman"), ENGINE_INSTALL)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Headless Chromium driven by Playwright."""
+    """Headless Chromium driven by Playwright, per test module: Playwright's sync API keeps an
+    event loop marked running in the main thread while it is open, and every ``asyncio.run`` of
+    a test after it (in whatever order pytest is given the suites) would fail."""
     path = require_tool(
         "Chromium",
         str(CHROMIUM) if CHROMIUM.exists() else None,
