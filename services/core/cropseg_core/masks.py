@@ -13,9 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from cropseg_core.bands import Layout
+
 IGNORE = 128
 BLACK_LEVEL = 2  # a pixel whose channels are all at most this is out of field (black)
-OVERLAY_COLOUR = (255, 0, 255)  # magenta: visible on soil, green leaves and false-colour leaves
+OVERLAY_COLOUR = (255, 0, 255)  # magenta: stands out on soil and green leaves (true colour)
+FALSE_COLOUR_OVERLAY = (255, 255, 0)  # yellow: leaves of a false-colour composite are red to purple
 
 
 def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
@@ -30,19 +33,30 @@ def encode_png(pixels: np.ndarray, compress_level: int = 6) -> bytes:
 OVERLAY_ROWS = 256
 
 
+def overlay_colour(layout: Layout) -> tuple[int, int, int]:
+    """The tint that contrasts with vegetation in ``layout``'s picture: magenta on true colour
+    (green leaves), yellow on a false-colour composite (NIR shown as red: purple leaves)."""
+    return OVERLAY_COLOUR if layout.has("blue") and layout.has("green") else FALSE_COLOUR_OVERLAY
+
+
 def overlay(
-    image: np.ndarray, mask: np.ndarray, alpha: float = 0.45, *, in_place: bool = False
+    image: np.ndarray,
+    mask: np.ndarray,
+    alpha: float = 0.45,
+    *,
+    in_place: bool = False,
+    colour: tuple[int, int, int] = OVERLAY_COLOUR,
 ) -> np.ndarray:
-    """Tint the vegetation pixels of an RGB image; the rest is left as it is. ``in_place``:
-    tint ``image`` itself (a picture made for this) instead of a copy."""
+    """Tint the vegetation pixels of an RGB image with ``colour``; the rest is left as it is.
+    ``in_place``: tint ``image`` itself (a picture made for this) instead of a copy."""
     if image.shape[:2] != mask.shape:
         raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
     out = image if in_place else image.copy()
-    colour = alpha * np.array(OVERLAY_COLOUR, np.float32)
+    tint = alpha * np.array(colour, np.float32)
     for top in range(0, image.shape[0], OVERLAY_ROWS):  # strips: float copies of a strip, not the image
         rows = out[top : top + OVERLAY_ROWS]
         selected = mask[top : top + OVERLAY_ROWS] > 127
-        rows[selected] = np.round((1 - alpha) * rows[selected].astype(np.float32) + colour).astype(np.uint8)
+        rows[selected] = np.round((1 - alpha) * rows[selected].astype(np.float32) + tint).astype(np.uint8)
     return out
 
 

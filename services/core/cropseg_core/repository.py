@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 
 from cropseg_core.bands import DEFAULT_LAYOUT, check_channels, decode_picture, get_layout
 from cropseg_core.imaging import DecodedImage, decode_channels, decode_image
-from cropseg_core.masks import BLACK_LEVEL, encode_png, overlay
+from cropseg_core.masks import BLACK_LEVEL, encode_png, overlay, overlay_colour
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobNotFoundError, BlobStore, encode_json
 from cropseg_core.web.errors import ClientError, ConflictError, NotFoundError
@@ -433,7 +433,8 @@ class ImageRepository:
         def tinted() -> bytes:
             with Image.open(io.BytesIO(mask_png)) as stored:  # our own PNG: one grey channel
                 predicted = np.asarray(stored.convert("L"))
-            return encode_png(overlay(self.decode(record), predicted), compress_level=3)
+            colour = overlay_colour(get_layout(record.layout))
+            return encode_png(overlay(self.decode(record), predicted, colour=colour), compress_level=3)
 
         key = f"masks/{image_id}/{segmentation.model_version}.overlay-{record.layout}.png"
         return segmentation, self._kept(image_id, key, tinted, make)

@@ -11,6 +11,7 @@ inference answers 5xx or junk   -> 502 inference_failed
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from cropseg_core.confidence import decode_counts
 from cropseg_core.web.errors import BadGatewayError, ClientError, GatewayTimeoutError, UnavailableError
 
 SEGMENT_PATH = "/api/v1/segment"
+log = logging.getLogger(__name__)
 
 
 class InferenceUnavailableError(UnavailableError):
@@ -59,6 +61,12 @@ class Segmentation:
 
 
 CONNECT_TIMEOUT_S = 5.0
+NOT_ANSWERING = (
+    "the inference service is not answering (not reachable): it may still be starting, or it has "
+    "stopped. Try again in a minute; if this goes on, see which service is down on the Status page "
+    "and start it again (locally: make up)."
+)
+"""For the people who read it in the UI: no address or exception name (the log has those)."""
 
 
 class InferenceClient:
@@ -129,21 +137,17 @@ class InferenceClient:
         try:
             response = await self.client.request(method, path, **kwargs)
         except httpx.ConnectTimeout as e:
-            raise InferenceUnavailableError(
-                f"the inference service at {self.base_url} is not reachable (no connection within "
-                f"{CONNECT_TIMEOUT_S:.0f} s): retry shortly",
-                retry_after_s=self.retry_after_s,
-            ) from e
+            log.warning("no connection to inference at %s within %.0f s", self.base_url, CONNECT_TIMEOUT_S)
+            raise InferenceUnavailableError(NOT_ANSWERING, retry_after_s=self.retry_after_s) from e
         except httpx.TimeoutException as e:
+            log.warning("inference at %s did not answer in time: %r", self.base_url, e)
             raise InferenceTimeoutError(
-                f"the inference service at {self.base_url} did not answer in time"
+                "the inference service did not answer in time: a very large image can take long; "
+                "try again, or upload a smaller crop"
             ) from e
         except httpx.TransportError as e:
-            raise InferenceUnavailableError(
-                f"the inference service at {self.base_url} is not reachable ({type(e).__name__}): "
-                "retry shortly",
-                retry_after_s=self.retry_after_s,
-            ) from e
+            log.warning("inference at %s is not reachable: %r", self.base_url, e)
+            raise InferenceUnavailableError(NOT_ANSWERING, retry_after_s=self.retry_after_s) from e
         if response.status_code == 503:
             retry_after = response.headers.get("retry-after", str(self.retry_after_s))
             raise InferenceUnavailableError(

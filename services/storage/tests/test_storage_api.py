@@ -243,6 +243,53 @@ def test_segment_then_mask_overlay_and_evaluation(client: TestClient) -> None:
     assert [s["model_version"] for s in listed] == ["1.0.0"]
 
 
+def test_a_tiff_upload_links_to_a_png_picture_browsers_can_show(client: TestClient) -> None:
+    """GeoTIFF is what drones export; no browser shows a TIFF, so the picture link renders a PNG."""
+    pixels = decode_image(IMAGE).pixels
+    tiff = upload(client, encode(pixels, "TIFF"), headers={"content-type": "image/tiff"}).json()
+    assert tiff["links"]["picture"] == f"/api/v1/images/{tiff['id']}/picture?layout=rgb"
+    picture = client.get(tiff["links"]["picture"])
+    assert picture.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(decode_image(picture.content).pixels, pixels)
+    png = upload(client).json()  # a PNG in true colour is its own picture
+    assert png["links"]["picture"] == f"/api/v1/images/{png['id']}"
+
+
+@pytest.mark.parametrize(
+    ("pixels", "warned"),
+    [
+        (np.repeat(field_image()[..., 1:2], 3, axis=2), True),  # a grey photo saved as RGB
+        (field_image()[..., 1], True),  # a single-band file
+        (field_image(), False),
+    ],
+    ids=["grey-rgb", "one-band", "colour"],
+)
+def test_a_grey_image_is_segmented_with_a_warning(
+    client: TestClient, pixels: np.ndarray, warned: bool
+) -> None:
+    image_id = upload(client, encode(pixels)).json()["id"]
+    answer = client.post(f"/api/v1/images/{image_id}/segmentation").json()
+    listed = client.get(f"/api/v1/images/{image_id}/segmentations").json()["items"]
+    for body in (answer, listed[0]):
+        assert bool(body["warnings"]) is warned, body["warnings"]
+        if warned:
+            assert "single band" in body["warnings"][0]
+            assert "cannot be read as true colour" in body["warnings"][0]
+
+
+def test_the_overlay_colour_contrasts_with_the_layout(client: TestClient) -> None:
+    """Magenta on true colour (green leaves); yellow on colour infrared, where leaves are purple."""
+    for seed, layout, colour in ((1, "rgb", "#ff00ff"), (2, "cir", "#ffff00")):
+        image_id = upload(client, encode(field_image(seed=seed)), params={"layout": layout}).json()["id"]
+        body = client.post(f"/api/v1/images/{image_id}/segmentation").json()
+        assert body["overlay_colour"] == colour
+        overlay = decode_image(client.get(body["links"]["overlay"]).content).pixels.astype(int)
+        picture = decode_image(client.get(f"/api/v1/images/{image_id}/picture").content).pixels.astype(int)
+        tinted = overlay[:, :20] - picture[:, :20]  # the fake inference's vegetation: 20 columns
+        rising = [channel for channel in range(3) if (tinted[..., channel] > 0).all()]
+        assert rising == ([0, 2] if layout == "rgb" else [0, 1]), (layout, rising)
+
+
 def test_the_mask_of_a_geotiff_upload_comes_back_georeferenced(client: TestClient) -> None:
     import rasterio  # GDAL, from the batch package's dependencies in the development install
     from rasterio.transform import from_origin
@@ -388,6 +435,10 @@ def test_inference_failures_become_clear_answers(
         assert response.headers["retry-after"] == "7"
     if kind in ("refused", "no-connection"):
         assert response.headers["retry-after"] == "2"
+        message = response.json()["error"]["message"]  # for people: what happened and what to do
+        assert "inference service is not answering" in message
+        assert "Status page" in message
+        assert not [word for word in ("Error", "http", "127.0.0.1") if word in message], message
     metrics = client.get("/metrics").text
     assert f'cropseg_storage_inference_requests_total{{outcome="{outcome}"}} 1.0' in metrics
     assert client.get(f"/api/v1/images/{image_id}/segmentations").json()["items"] == []  # nothing stored

@@ -23,6 +23,8 @@ UPLOAD_FILES = ("label",)
 router = APIRouter(prefix="/api/v1/images", tags=["images"])
 
 ACCEPTED_TYPES = ("image/png", "image/jpeg", "image/tiff")
+BROWSER_TYPES = ("image/png", "image/jpeg")
+"""What every browser shows as it is: a true-colour file of these is its own picture."""
 IMAGE_BODY = {
     "requestBody": {
         "required": True,
@@ -66,7 +68,10 @@ def describe(repository: ImageRepository, record: ImageRecord) -> ImageOut:
         "self": base,
         "metadata": f"{base}/metadata",
         "thumbnail": f"{base}/thumbnail?layout={record.layout}",  # a new URL when the layout changes
-        "picture": base if record.layout == "rgb" else f"{base}/picture?layout={record.layout}",
+        # A TIFF (what drones export) or a false-colour layout: the rendered PNG browsers can show.
+        "picture": base
+        if record.layout == "rgb" and record.media_type in BROWSER_TYPES
+        else f"{base}/picture?layout={record.layout}",
         "layout": f"{base}/layout",
         "label": f"{base}/label",
         "mask": f"{base}/mask",

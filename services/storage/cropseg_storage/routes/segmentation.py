@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from cropseg_core.bands import get_layout
 from cropseg_core.geotiff import encode_tiff, georeference_of
 from cropseg_core.imaging import decode_channels
-from cropseg_core.masks import score, vegetation_fraction
-from cropseg_core.repository import MODEL_VERSION, SegmentationRecord
+from cropseg_core.masks import overlay_colour, score, vegetation_fraction
+from cropseg_core.repository import MODEL_VERSION, ImageRecord, ImageRepository, SegmentationRecord
 from cropseg_core.web.errors import error_responses
 from cropseg_core.web.limits import hold_memory
-from cropseg_storage.deps import WRITE, Inference, Metrics, Repository
+from cropseg_storage.deps import WRITE, Inference, Metrics, Repository, Settings
 from cropseg_storage.inference_client import (
     InferenceFailedError,
     InferenceRejectedError,
     InferenceTimeoutError,
     InferenceUnavailableError,
 )
+from cropseg_storage.routes.images import made_once
 
 router = APIRouter(prefix="/api/v1/images/{image_id}", tags=["segmentation"])
 
@@ -42,8 +47,24 @@ OUTCOMES: dict[type[Exception], str] = {
 }
 
 
+SINGLE_BAND_WARNING = (
+    "This image has a single band (grey: its channels are equal), so it cannot be read as true colour: "
+    "without colour the model finds (almost) no vegetation, whatever grows there. Segment the colour "
+    "photo, or a multispectral file in its sensor layout."
+)
+GREY_TOLERANCE = 2
+"""Levels by which a grey picture's channels may differ (its JPEG thumbnail's rounding)."""
+
+
 class SegmentationOut(SegmentationRecord):
     links: dict[str, str]
+    overlay_colour: str = Field(
+        description="Colour of the vegetation tint in the overlay (#rrggbb), chosen for the image's layout",
+        examples=["#ff00ff"],
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="Why the result may not mean what it seems, in plain words"
+    )
 
 
 class SegmentationList(BaseModel):
@@ -60,7 +81,7 @@ class Evaluation(BaseModel):
     pixels: int
 
 
-def _out(record: SegmentationRecord) -> SegmentationOut:
+def _out(record: SegmentationRecord, image: ImageRecord, warnings: list[str]) -> SegmentationOut:
     base = f"/api/v1/images/{record.image_id}"
     query = f"?model_version={record.model_version}"
     links = {
@@ -68,7 +89,20 @@ def _out(record: SegmentationRecord) -> SegmentationOut:
         "overlay": f"{base}/overlay{query}",
         "evaluation": f"{base}/evaluation{query}",
     }
-    return SegmentationOut(**record.model_dump(), links=links)
+    colour = "#{:02x}{:02x}{:02x}".format(*overlay_colour(get_layout(image.layout)))
+    return SegmentationOut(**record.model_dump(), links=links, overlay_colour=colour, warnings=warnings)
+
+
+def warnings_for(request: Request, repository: ImageRepository, image: ImageRecord, size: int) -> list[str]:
+    """What to say beside any segmentation of ``image``: a grey (single-band) picture, judged on
+    its thumbnail (small, and kept once made). An all-black tile is out of field, not grey."""
+    if image.black_fraction is not None and image.black_fraction >= 0.99:
+        return []
+    jpeg = made_once(request, image, partial(repository.thumbnail, image, size))
+    with Image.open(io.BytesIO(jpeg)) as thumbnail:
+        pixels = np.asarray(thumbnail.convert("RGB")).astype(np.int16)
+    grey = int(np.ptp(pixels, axis=2).max()) <= GREY_TOLERANCE
+    return [SINGLE_BAND_WARNING] if grey else []
 
 
 @router.post(
@@ -79,10 +113,12 @@ def _out(record: SegmentationRecord) -> SegmentationOut:
     responses=error_responses(400, 401, 403, 404, 413, 422, 502, 503, 504),
 )
 async def segment(
+    request: Request,
     image_id: str,
     repository: Repository,
     inference: Inference,
     metrics: Metrics,
+    settings: Settings,
     threshold: Annotated[
         float | None, Query(gt=0, lt=1, description="Default: the model's calibrated one")
     ] = None,
@@ -123,17 +159,22 @@ async def segment(
         created_at=datetime.now(UTC),
     )
     await run_in_threadpool(repository.save_segmentation, segmentation, result.mask_png)
-    body = _out(segmentation)
+    warnings = await run_in_threadpool(warnings_for, request, repository, record, settings.thumbnail_size)
+    body = _out(segmentation, record, warnings)
     return JSONResponse(
         body.model_dump(mode="json"), status_code=201, headers={"Location": body.links["mask"]}
     )
 
 
 @router.get("/segmentations", response_model=SegmentationList, responses=error_responses(400, 404))
-def segmentations(image_id: str, repository: Repository) -> SegmentationList:
+def segmentations(
+    request: Request, image_id: str, repository: Repository, settings: Settings
+) -> SegmentationList:
     """The stored segmentations of the image, one per model version."""
-    repository.get(image_id)
-    return SegmentationList(items=[_out(s) for s in repository.segmentations(image_id)])
+    image = repository.get(image_id)
+    stored = repository.segmentations(image_id)
+    warnings = warnings_for(request, repository, image, settings.thumbnail_size) if stored else []
+    return SegmentationList(items=[_out(s, image, warnings) for s in stored])
 
 
 @router.get(
@@ -171,7 +212,8 @@ def mask(
 def overlay_image(
     request: Request, image_id: str, repository: Repository, model_version: ModelVersion = None
 ) -> Response:
-    """The image with predicted vegetation tinted magenta (made once, then served as stored)."""
+    """The image with predicted vegetation tinted (magenta on true colour, yellow on a false-colour
+    layout: ``overlay_colour`` of the segmentation), made once, then served as stored."""
     segmentation, png = repository.overlay(image_id, model_version, make=False)
     if png is None:
         record = repository.get(image_id)
