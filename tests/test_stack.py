@@ -1,5 +1,6 @@
-"""The launcher behind ``make up``: taken ports, a second start on the same data, dead services,
-exiting when every service has died, Ctrl-C while starting, a graceful and a forced stop."""
+"""The launcher behind ``make up``: taken ports (Prometheus' only skips it), a second start on the
+same data (after the first: its data; while the first runs: refused), dead services restarted with
+backoff (a crash loop too), Ctrl-C while starting, a graceful and a forced stop."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
-from cropseg_stack.launcher import Stack, StackConfig
+from cropseg_stack.launcher import Stack, StackConfig, StackError
 
 from cropseg_core.processes import free_port
 
@@ -49,7 +51,91 @@ def test_a_taken_port_is_refused_with_what_to_do(tmp_path: Path) -> None:
     assert "make up INFERENCE_PORT=" in result.stderr
 
 
-def test_second_start_on_the_same_data_and_a_dead_service_is_reported(tmp_path: Path) -> None:
+def test_prometheus_is_left_out_with_one_line_when_its_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = Stack(replace(config(tmp_path / "data", tmp_path), prometheus=True, prometheus_port=port))
+        stack.check_ports()  # no StackError: Prometheus is optional
+    assert not stack.use_prometheus
+    assert "prometheus" not in stack.ports()
+    assert stack.prometheus_skipped is not None
+    assert f"port {port} is in use" in stack.prometheus_skipped
+    assert "PROMETHEUS_PORT=" in stack.prometheus_skipped
+
+
+def test_a_second_stack_on_the_same_data_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = Stack(config(data, tmp_path))
+    first.claim_data()
+    second = Stack(config(data, tmp_path))
+    with pytest.raises(
+        StackError, match=rf"{data} is used by another cropseg stack \(pid {os.getpid()}, web UI "
+    ):
+        second.start()
+    assert not second.processes
+    first.release_data()  # what stop() does
+    second.claim_data()  # the data is free again
+    second.release_data()
+
+
+class FakeServices(Stack):
+    """Every service is a tiny Python process that prints a line, runs ``run_s`` and exits 3."""
+
+    run_s = 0.0
+
+    def command(self, name: str) -> tuple[list[str], str]:
+        code = f"import time; print('starting'); time.sleep({self.run_s}); raise SystemExit(3)"
+        return [sys.executable, "-c", code], "http://127.0.0.1:9/readyz"
+
+
+@pytest.mark.parametrize(
+    ("run_s", "reset_after_s", "delays", "crash_loop"),
+    [
+        (0.0, 10.0, ["0.1", "0.2", "0.4", "0.4"], True),  # dies at once every time: backoff up to its cap
+        (0.6, 0.3, ["0.1", "0.1", "0.1"], False),  # ran past restart_reset_after_s each time: reset
+    ],
+    ids=["crash-loop", "runs-a-while"],
+)
+def test_a_dead_service_is_restarted_with_backoff_and_ctrl_c_still_stops_at_once(
+    tmp_path: Path, run_s: float, reset_after_s: float, delays: list[str], crash_loop: bool
+) -> None:
+    lines: list[str] = []
+    settings = replace(
+        config(tmp_path / "data", tmp_path),
+        restart_backoff_s=0.1,
+        restart_backoff_max_s=0.4,
+        restart_reset_after_s=reset_after_s,
+        watch_interval_s=0.02,
+    )
+    stack = FakeServices(settings, output=lambda name, line: lines.append(f"{name}|{line}"))
+    stack.run_s = run_s
+    stack._spawn("inference")
+    watcher = threading.Thread(target=stack.wait)
+    watcher.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sum("inference exited with code 3" in line for line in lines) < len(delays):
+            assert time.monotonic() < deadline, f"not restarted {len(delays)} times: {lines}"
+            time.sleep(0.02)
+    finally:
+        started = time.monotonic()
+        stack.stop()  # Ctrl-C during the backoff
+        watcher.join(timeout=5)
+    assert not watcher.is_alive()
+    assert time.monotonic() - started < 3, "stopping waited for the backoff"
+    exits = [line for line in lines if "inference exited with code 3" in line]
+    assert [line.rsplit("restarting it in ", 1)[1] for line in exits[: len(delays)]] == [
+        f"{d} s" for d in delays
+    ]
+    assert ("crash loop: died 3 times in a row" in exits[2]) is crash_loop
+    assert "crash loop" not in exits[0]
+    assert sum(line == "inference|starting" for line in lines) >= len(delays)  # each start's output streamed
+    assert all(process.poll() is not None for process in stack.processes.values())
+
+
+def test_second_start_on_the_same_data_and_a_dead_service_is_restarted(tmp_path: Path) -> None:
     data = tmp_path / "data"
     lines: list[str] = []
     first = Stack(config(data, tmp_path), output=lambda name, line: lines.append(f"{name}|{line}"))
@@ -72,6 +158,15 @@ def test_second_start_on_the_same_data_and_a_dead_service_is_reported(tmp_path: 
             assert time.monotonic() < deadline, "the dead service was not reported"
             time.sleep(0.1)
         assert httpx.get(f"{second.urls()['storage']}/healthz").status_code == 200  # the others keep running
+        assert any(
+            "drift-monitor exited with code -9 after" in line and "restarting it in 1 s" in line
+            for line in lines
+        )
+        deadline = time.monotonic() + 120
+        while not any("stack|drift-monitor ready again at" in line for line in lines):
+            assert time.monotonic() < deadline, "the dead service was not restarted"
+            time.sleep(0.1)
+        assert httpx.get(f"{second.urls()['drift-monitor']}/readyz").status_code == 200
     finally:
         second.stop()
         if watcher.is_alive():
@@ -100,15 +195,18 @@ class Launcher:
         for line in self.process.stdout:
             self.lines.put(line)
 
-    def wait_for(self, text: str, timeout_s: float = 120) -> None:
-        deadline = time.monotonic() + timeout_s
+    def wait_for(self, *texts: str, timeout_s: float = 120) -> None:
+        """Until each of ``texts`` has been printed, in any order."""
+        deadline, missing = time.monotonic() + timeout_s, set(texts)
         while True:
             try:
-                if text in self.lines.get(timeout=max(0.1, deadline - time.monotonic())):
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+                missing -= {text for text in missing if text in line}
+                if not missing:
                     return
             except queue.Empty:
                 pass
-            assert time.monotonic() < deadline, f"never printed {text!r}"
+            assert time.monotonic() < deadline, f"never printed {sorted(missing)}"
             assert self.process.poll() is None, (
                 f"exited {self.process.returncode}: {self.process.stderr.read()}"
             )  # type: ignore[union-attr]
@@ -152,16 +250,23 @@ def status(pid: int) -> str:
         return "zombie"
 
 
-def test_the_launcher_exits_non_zero_when_every_service_has_died(tmp_path: Path) -> None:
+def test_the_launcher_restarts_every_service_that_dies_and_says_so(tmp_path: Path) -> None:
     launcher = Launcher(tmp_path)
     launcher.wait_for("Ctrl-C stops everything")
     services = launcher.children()
     assert len(services) == 3
     for pid in services:
         os.kill(pid, signal.SIGKILL)
-    code, err = launcher.finish(timeout_s=30)
-    assert code == 1
-    assert "every service has exited" in err
+    names = ("inference", "drift-monitor", "storage")
+    launcher.wait_for(*(f"{name} exited with code -9" for name in names), timeout_s=30)
+    launcher.wait_for(*(f"{name} ready again at" for name in names), timeout_s=180)
+    restarted = launcher.children()
+    assert len(restarted) == 3
+    assert not set(restarted) & set(services)
+    launcher.process.send_signal(signal.SIGTERM)
+    code, _ = launcher.finish(timeout_s=60)
+    assert code == 0
+    assert gone(restarted)
 
 
 def test_ctrl_c_while_services_start_stops_them_all(tmp_path: Path) -> None:

@@ -80,22 +80,22 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if "prometheus" in urls:
         lines.append(f"prometheus      {urls['prometheus']}")
+    elif stack.prometheus_skipped:
+        lines.append(f"prometheus      {stack.prometheus_skipped}")
     elif config.prometheus is False:
         lines.append("prometheus      not started (--no-prometheus)")
     else:
         lines.append("prometheus      not installed (apt-get install prometheus), not started")
     lines.append(f"data            {config.data}   -- Ctrl-C stops everything")
+    lines.append("logs            requests and errors of each service below (probes and /metrics left out)")
     for line in lines:
         print_line("stack", line)
     try:
-        reason = stack.wait()
+        stack.wait()  # until Ctrl-C or SIGTERM; a service that dies is restarted meanwhile
     finally:
         if stack.stopping.is_set():
             print_line("stack", "stopping: finishing requests in flight (Ctrl-C again to kill at once)")
         stack.stop()
-    if reason:
-        print(f"cropseg-stack: {reason}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -1,16 +1,20 @@
 """Start, watch and stop the local stack: inference, storage (web UI), drift-monitor API, the
 periodic drift run (the CronJob's role) and Prometheus when it is installed.
 
-Each process's output is streamed line by line with its name in front. A process that dies
-is reported and the others keep running (the status page then shows it down, as in a
-cluster); :meth:`Stack.start_service` brings it back. When every service has died,
-:meth:`Stack.wait` returns why. Services run in their own session, so a terminal's Ctrl-C
-reaches the launcher only, which stops them in order. Used by ``make up`` and by the
-end-to-end tests, which also kill and restart services through it.
+Each process's output is streamed line by line with its name in front. While
+:meth:`Stack.wait` watches, a service that dies is restarted as a kubelet would: after 1 s,
+then 2 s, 4 s ... up to a minute while it keeps dying soon after each start (a crash loop,
+said so in the terminal), from 1 s again once it had run a minute. Prometheus is optional: when
+its port is taken it is left out, not the stack. One stack at a time uses a data folder (a lock
+file in it), so two stacks never mix their uploads or status history. Services run in their own
+session, so a terminal's Ctrl-C reaches the launcher only, which stops them in order. Used by
+``make up`` and by the end-to-end tests, which also kill (:meth:`Stack.kill_service`, not
+restarted) and restart services through it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -21,12 +25,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from cropseg_core.processes import is_ready, stop
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
 ORDER = ("inference", "drift-monitor", "storage", "prometheus")
+LOCK_FILE = ".cropseg-stack.lock"
+"""In the data folder, held by the stack that uses it."""
 
 Output = Callable[[str, str], None]
 
@@ -61,6 +68,14 @@ class StackConfig:
     environment: dict[str, str] = field(default_factory=dict)
     """Extra environment for every service (e.g. STORAGE_STATUS_INTERVAL_S)."""
     ready_timeout_s: float = 120.0
+    restart_backoff_s: float = 1.0
+    """A dead service is restarted after this long, twice as long after each death in a row."""
+    restart_backoff_max_s: float = 60.0
+    """The longest wait between two restarts of a service in a crash loop."""
+    restart_reset_after_s: float = 60.0
+    """A service that ran this long before it died is restarted after ``restart_backoff_s`` again."""
+    watch_interval_s: float = 0.5
+    """How often :meth:`Stack.wait` looks at the services."""
 
 
 def port_is_free(port: int) -> bool:
@@ -101,6 +116,16 @@ class Stack:
         self.use_prometheus = (
             config.prometheus if config.prometheus is not None else bool(shutil.which("prometheus"))
         )
+        self.prometheus_skipped: str | None = None
+        """Why Prometheus was left out although it was wanted (its port was taken)."""
+        self.started_at: dict[str, float] = {}
+        self.deaths_in_a_row: dict[str, int] = {}
+        self.restart_at: dict[str, float] = {}
+        """Dead services and when (time.monotonic()) they are started again."""
+        self.restarted: set[str] = set()
+        """Restarted services not ready yet (the terminal says when they are)."""
+        self._spawning = threading.Lock()
+        self._data_lock: IO[str] | None = None
 
     # What runs
 
@@ -155,7 +180,40 @@ class Stack:
 
     # Lifecycle
 
+    def claim_data(self) -> None:
+        """Hold the data folder's lock file, or refuse: a second stack on the same data would
+        mix its uploads, drift state and status history with the first one's."""
+        self.config.data.mkdir(parents=True, exist_ok=True)
+        lock = (self.config.data / LOCK_FILE).open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise StackError(
+                f"{self.config.data} is used by another cropseg stack ({holder}): stop it (Ctrl-C in its "
+                "terminal), or give this one its own data folder: cropseg-stack up --data var/data2"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, web UI {self.urls()['storage']}\n")
+        lock.flush()
+        self._data_lock = lock
+
+    def release_data(self) -> None:
+        if self._data_lock is not None:
+            self._data_lock.close()  # closing the file releases the lock
+            self._data_lock = None
+
     def check_ports(self) -> None:
+        """Refuse taken ports of the services; leave Prometheus out when its port is taken."""
+        if self.use_prometheus and not port_is_free(self.config.prometheus_port):
+            self.use_prometheus = False
+            self.prometheus_skipped = (
+                f"not started: port {self.config.prometheus_port} is in use (another Prometheus?); "
+                "to run this one too: make up PROMETHEUS_PORT=9190"
+            )
         taken = [f"{name} :{port}" for name, port in self.ports().items() if not port_is_free(port)]
         if taken:
             raise StackError(
@@ -165,8 +223,12 @@ class Stack:
             )
 
     def start(self) -> None:
-        self.check_ports()
-        self.config.data.mkdir(parents=True, exist_ok=True)
+        self.claim_data()
+        try:
+            self.check_ports()
+        except StackError:
+            self.release_data()
+            raise
         try:
             for name in ORDER:
                 if name in self.ports():
@@ -178,17 +240,9 @@ class Stack:
             self._thread(self._drift_loop, "drift-runs")
 
     def start_service(self, name: str) -> subprocess.Popen[bytes]:
-        argv, ready_url = self.command(name)
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env={**os.environ, **self.environment()},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the launcher, which stops everything in order
-        )
-        self.processes[name] = process
-        self._thread(lambda: self._pump(name, process), f"log-{name}")
+        """Start ``name`` and wait until it is ready."""
+        process = self._spawn(name)
+        ready_url = self.command(name)[1]
         deadline = time.monotonic() + self.config.ready_timeout_s
         while not is_ready(ready_url):
             if self.stopping.is_set():
@@ -220,10 +274,13 @@ class Stack:
     def stop(self) -> None:
         """Stop the drift loop, then every service in reverse start order (SIGTERM, then SIGKILL)."""
         self.stopping.set()
+        with self._spawning:  # a restart under way has finished starting its process (and no other will)
+            self.restart_at.clear()
         for name in reversed(ORDER):
             self.stop_service(name)
         for thread in self.threads:
             thread.join(timeout=5)
+        self.release_data()
 
     def kill(self) -> None:
         """SIGKILL every service now (a second Ctrl-C)."""
@@ -232,19 +289,52 @@ class Stack:
             if process.poll() is None:
                 process.kill()
 
-    def wait(self) -> str | None:
-        """Block until asked to stop (None) or until every service has exited (then: why).
-        A service that dies meanwhile is reported; the others keep running."""
-        reported: set[str] = set()
-        while not self.stopping.wait(1.0):
-            exited = {name: p.returncode for name, p in list(self.processes.items()) if p.poll() is not None}
-            for name in sorted(exited.keys() - reported):
-                self.output("stack", f"{name} exited with code {exited[name]}; the others keep running")
-            reported |= exited.keys()
-            if self.processes and len(exited) == len(self.processes):
-                codes = ", ".join(f"{name} {code}" for name, code in exited.items())
-                return f"every service has exited (exit codes: {codes}); see their logs above"
-        return None
+    def wait(self) -> None:
+        """Watch the services until asked to stop, restarting those that die (:meth:`supervise`)."""
+        while not self.stopping.wait(self.config.watch_interval_s):
+            self.supervise()
+
+    def supervise(self) -> None:
+        """One look at the services: a dead one is reported and its restart planned with backoff
+        (1 s, 2 s, 4 s ... up to ``restart_backoff_max_s`` while it dies within
+        ``restart_reset_after_s`` of each start); planned restarts that are due are started; a
+        restarted service is reported once ready again."""
+        config, now = self.config, time.monotonic()
+        for name, process in list(self.processes.items()):
+            if name in self.restart_at or process.poll() is None:
+                continue
+            ran_s = now - self.started_at.get(name, now)
+            in_a_row = 1 if ran_s >= config.restart_reset_after_s else self.deaths_in_a_row.get(name, 0) + 1
+            self.deaths_in_a_row[name] = in_a_row
+            delay = min(config.restart_backoff_s * 2 ** (in_a_row - 1), config.restart_backoff_max_s)
+            self.restart_at[name] = now + delay
+            self.restarted.discard(name)
+            crash_loop = (
+                f"; crash loop: died {in_a_row} times in a row, each within "
+                f"{config.restart_reset_after_s:g} s of its start, see its log above"
+                if in_a_row > 1
+                else ""
+            )
+            self.output(
+                "stack",
+                f"{name} exited with code {process.returncode} after {ran_s:.0f} s{crash_loop}; "
+                f"restarting it in {delay:g} s",
+            )
+        for name, due in sorted(self.restart_at.items()):
+            if due > now:
+                continue
+            with self._spawning:
+                if self.stopping.is_set():
+                    return
+                del self.restart_at[name]
+                self._spawn(name)
+            self.restarted.add(name)
+            self.output("stack", f"{name} restarted")
+        for name in sorted(self.restarted):
+            running = self.processes.get(name)
+            if running is not None and running.poll() is None and is_ready(self.command(name)[1], 1.0):
+                self.restarted.discard(name)
+                self.output("stack", f"{name} ready again at {self.urls()[name]}")
 
     def run_drift(self, **settings: str) -> int:
         """One drift run over the stack's data (the CronJob's command); its exit code.
@@ -263,6 +353,21 @@ class Stack:
         return result.returncode
 
     # Helpers
+
+    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
+        argv = self.command(name)[0]
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**os.environ, **self.environment()},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the launcher, which stops everything in order
+        )
+        self.processes[name] = process
+        self.started_at[name] = time.monotonic()
+        self._thread(lambda: self._pump(name, process), f"log-{name}")
+        return process
 
     def _drift_loop(self) -> None:
         wait = min(self.config.first_drift_after_s, self.config.drift_every_s or 0)
