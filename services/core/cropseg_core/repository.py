@@ -109,6 +109,9 @@ class ImageRecord(BaseModel):
         description="Share of out-of-field (black) pixels, e.g. outside an orthomosaic's footprint; "
         "null for images stored before it was measured",
     )
+    credit: str | None = Field(
+        default=None, description="Author, source and licence of a photo that is not ours (samples)"
+    )
     created_at: datetime
 
     @property
@@ -168,6 +171,7 @@ class ImageRepository:
         filename: str | None = None,
         label: bytes | None = None,
         layout: str | None = None,
+        credit: str | None = None,
     ) -> tuple[ImageRecord, bool]:
         """Validate and store ``data``; returns the record and whether it was new.
 
@@ -195,6 +199,7 @@ class ImageRepository:
                 filename=_display_name(filename),
                 layout=sensor.name,
                 black_fraction=black_fraction(decoded.pixels),
+                credit=credit,
                 created_at=datetime.now(UTC),
             )
             self.store.put(_image_key(record), data)

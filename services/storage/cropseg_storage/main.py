@@ -87,7 +87,9 @@ def create_app(
             raise
         repository = ImageRepository(store, settings.image_limits)
         if settings.samples_path is not None:
-            await run_in_threadpool(seed_samples, repository, settings.samples_path)
+            await run_in_threadpool(
+                seed_samples, repository, settings.samples_path, settings.real_photos_path
+            )
 
         async def check_store() -> str | None:
             try:

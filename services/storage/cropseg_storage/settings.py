@@ -42,6 +42,9 @@ class StorageSettings(ServiceSettings):
     samples_path: Path | None = Path("model/artifacts/samples")
     """Generated tiles with labels (images/, masks/, metadata.jsonl) loaded into an empty store
     on first start so the gallery and evaluation work at once; empty to skip."""
+    real_photos_path: Path | None = Path("model/data/real")
+    """Real field photos with masks (CC BY-SA, one folder per set with its LICENSE): a few of
+    each set join the samples on first start, credited in the gallery; empty to skip."""
     thumbnail_size: int = Field(default=256, ge=32, le=1024)
     """Longest side of thumbnails, in pixels."""
     status_interval_s: float = Field(default=30.0, ge=1)

@@ -635,12 +635,23 @@ def test_web_ui_is_served(client: TestClient) -> None:
 
 
 def test_samples_seeded_on_first_start(make_client: Callable[..., TestClient]) -> None:
-    from storage_testing import SAMPLES
+    from storage_testing import REPO, SAMPLES
 
-    client = make_client(samples_path=SAMPLES)
+    client = make_client(samples_path=SAMPLES, real_photos_path=REPO / "model" / "data" / "real")
     items = client.get("/api/v1/images/sample", params={"limit": 50, "source": "sample"}).json()["items"]
-    assert len(items) == 12
+    assert len(items) == 16
     assert all(item["has_label"] for item in items)
+    # Beside the 12 generated tiles, 2 real photos of each CC BY-SA set, credited.
+    real = sorted((item["filename"], item["credit"]) for item in items if item["credit"])
+    assert [name for name, _ in real] == [
+        "ews-FPWW0220032_RGB1_20180112_121036_6.jpg",
+        "ews-FPWW0220032_RGB1_20180424_112157_6.jpg",
+        "peanut-0013.jpg",
+        "peanut-0091.jpg",
+    ]
+    assert "ETH Zurich" in real[0][1]
+    assert "Tran" in real[2][1]
+    assert all("CC BY-SA 4.0" in credit for _, credit in real)
 
 
 def test_the_service_runs_on_s3(make_client: Callable[..., TestClient], s3_settings: object) -> None:
