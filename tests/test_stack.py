@@ -178,7 +178,10 @@ class Launcher:
     """`cropseg-stack up` as `make up` runs it, its output read line by line."""
 
     def __init__(self, tmp_path: Path) -> None:
-        ports = [f"--{name}-port={free_port()}" for name in ("inference", "storage", "drift")]
+        self.ports = {name: free_port() for name in ("inference", "storage", "drift")}
+        ports = [f"--{name}-port={port}" for name, port in self.ports.items()]
+        self.seen: list[str] = []
+        """Every line printed so far."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cropseg_stack", "up", "--data", str(tmp_path / "data"), "--no-prometheus",
              "--drift-every", "0", *ports],
@@ -193,6 +196,7 @@ class Launcher:
         """The only reader of stdout (finish() waits and reads stderr, never stdout)."""
         assert self.process.stdout is not None
         for line in self.process.stdout:
+            self.seen.append(line)
             self.lines.put(line)
 
     def wait_for(self, *texts: str, timeout_s: float = 120) -> None:
@@ -283,6 +287,26 @@ def test_sigterm_stops_gracefully_and_a_second_ctrl_c_kills_at_once(tmp_path: Pa
     launcher = Launcher(tmp_path)
     launcher.wait_for("Ctrl-C stops everything")
     services = launcher.children()
+    storage = f"http://127.0.0.1:{launcher.ports['storage']}"
+    for probe in ("/healthz", "/readyz", "/metrics"):
+        httpx.get(f"{storage}{probe}")
+    refused = httpx.post(
+        f"{storage}/api/v1/images", content=b"not an image", headers={"content-type": "text/plain"}
+    )
+    assert refused.status_code >= 400
+    missing = httpx.get(f"{storage}/api/v1/images/no-such-image")
+    assert missing.status_code >= 400
+    # the user's requests in the terminal, with the service's name and their status
+    launcher.wait_for(
+        f'"POST /api/v1/images HTTP/1.1" {refused.status_code}',
+        f'"GET /api/v1/images/no-such-image HTTP/1.1" {missing.status_code}',
+    )
+    access = [line for line in launcher.seen if "access: " in line]
+    assert access
+    assert all(line.startswith("storage ") for line in access if "/api/v1/images" in line)
+    assert not [line for line in access if any(p in line for p in ("/healthz", "/readyz", "/metrics"))]
+    assert not [line for line in launcher.seen if "uvicorn.error" in line]
+    assert any(" server: " in line for line in launcher.seen)
     launcher.process.send_signal(signal.SIGTERM)
     code, _ = launcher.finish(timeout_s=60)
     assert code == 0

@@ -1,4 +1,11 @@
-"""One logging setup for every process: readable text for people, JSON lines for collectors."""
+"""One logging setup for every process: readable text for people, JSON lines for collectors.
+
+Requests are logged by uvicorn's access logger, one line each with its status (a 415 or 422 a
+client caused shows where the service runs), except the probes and scrapes
+(:data:`QUIET_PATHS`), which would fill the terminal every few seconds. uvicorn's own loggers
+appear as ``server`` (start, stop, errors) and ``access``: its ``uvicorn.error`` name is
+historical and tagged every ordinary line "error".
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,37 @@ from typing import Literal
 
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 OUTGOING_LOGGERS = ("httpx", "httpcore", "botocore", "boto3", "urllib3")
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Requests left out of the access log: the kubelet's probes and Prometheus' scrapes."""
+LOGGER_NAMES = {"uvicorn.error": "server", "uvicorn.access": "access", "uvicorn": "server"}
+"""Names shown instead of uvicorn's."""
+
+
+def _shown_name(name: str) -> str:
+    return LOGGER_NAMES.get(name, name)
+
+
+class QuietPathsFilter(logging.Filter):
+    """Drops uvicorn access records of :data:`QUIET_PATHS` (their args: client, method, path,
+    HTTP version, status)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            return args[2].split("?", 1)[0] not in QUIET_PATHS
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """``12:00:01 INFO    access: 127.0.0.1:50312 - "POST /api/v1/images HTTP/1.1" 415``."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name in LOGGER_NAMES:
+            record = logging.makeLogRecord({**record.__dict__, "name": _shown_name(record.name)})
+        return super().format(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,7 +57,7 @@ class JsonFormatter(logging.Formatter):
         payload: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
-            "logger": record.name,
+            "logger": _shown_name(record.name),
             "message": record.getMessage(),
         }
         payload.update({k: v for k, v in record.__dict__.items() if k not in _RESERVED})
@@ -37,12 +75,7 @@ def configure_logging(
     reconfigure without duplicating output.
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)  # type: ignore[arg-type]
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-        )
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_cropseg", False):
@@ -55,3 +88,6 @@ def configure_logging(
     quiet = logging.DEBUG if logging.getLevelName(str(level).upper()) == logging.DEBUG else logging.WARNING
     for name in OUTGOING_LOGGERS:
         logging.getLogger(name).setLevel(quiet)
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, QuietPathsFilter) for f in access.filters):
+        access.addFilter(QuietPathsFilter())

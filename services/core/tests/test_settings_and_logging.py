@@ -1,6 +1,7 @@
 import io
 import json
 import logging
+from typing import Literal
 
 import pytest
 from pydantic import ValidationError
@@ -60,3 +61,35 @@ def test_outgoing_calls_are_logged_only_when_debugging(level: str, shown: bool) 
     logging.getLogger("cropseg_storage.access").warning("the service's own line")
     assert ("HTTP Request" in stream.getvalue()) is shown
     assert "the service's own line" in stream.getvalue()
+
+
+def access(path: str, status: int) -> None:
+    """What uvicorn's access logger records for one request."""
+    logging.getLogger("uvicorn.access").info(
+        '%s - "%s %s HTTP/%s" %d', "127.0.0.1:50312", "POST", path, "1.1", status
+    )
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_requests_are_logged_with_their_status_but_not_probes_and_server_lines_are_not_errors(
+    fmt: Literal["text", "json"],
+) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", fmt, stream=stream)
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+    access("/api/v1/images", 415)
+    access("/api/v1/segment?layout=rgb", 422)
+    for probe in ("/healthz", "/readyz", "/metrics", "/readyz?x=1"):
+        access(probe, 200)
+    out = stream.getvalue()
+    if fmt == "json":
+        records = [json.loads(line) for line in out.splitlines()]
+        assert [r["logger"] for r in records] == ["server", "access", "access"]
+        out = "\n".join(r["message"] for r in records)
+    assert '"POST /api/v1/images HTTP/1.1" 415' in out
+    assert '"POST /api/v1/segment?layout=rgb HTTP/1.1" 422' in out
+    assert not any(probe in out for probe in ("/healthz", "/readyz", "/metrics"))
+    assert "uvicorn.error" not in out
+    if fmt == "text":
+        assert "INFO    server: Application startup complete." in out
+        assert 'INFO    access: 127.0.0.1:50312 - "POST /api/v1/images HTTP/1.1" 415' in out

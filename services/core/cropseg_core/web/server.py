@@ -120,8 +120,8 @@ def server_config(app: FastAPI, *, host: str, port: int, shutdown_timeout_s: flo
         host=host,
         port=port,
         http=protocol,
-        log_config=None,  # keep cropseg_core.log's handlers
-        access_log=False,  # request metrics cover it; errors are logged by the handlers
+        log_config=None,  # keep cropseg_core.log's handlers (and its filter of the probes' access lines)
+        access_log=True,  # one line per request with its status, where the service runs
         timeout_graceful_shutdown=int(shutdown_timeout_s),
         # Longer than any client or proxy keeps an idle connection (nginx: 75 s): uvicorn's 5 s
         # default closes connections that clients are about to reuse, and the request is lost.
