@@ -201,7 +201,35 @@ def test_docs_are_served_offline_from_packaged_assets() -> None:
             assert all(url.startswith("/static-offline-docs/") for url in assets), assets  # no CDN
             for url in assets:
                 assert client.get(url).status_code == 200, url
+            policy = html.headers["content-security-policy"]
+            assert "default-src 'self'" in policy and "img-src 'self' data:" in policy, policy  # no CDN logo
+            assert "http" not in policy, policy
         assert "/docs" not in client.get("/openapi.json").json()["paths"]
+        assert client.get("/").status_code == 404  # no home page unless asked for
+
+
+def test_an_api_service_has_a_home_page_linking_its_docs_health_and_metrics() -> None:
+    app = service_app(
+        title="probe service", version="9.9", description="Probes things.\n\nMore.", home_note="API only."
+    )
+
+    @app.get("/healthz", summary="Liveness")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/items/{item}")
+    def item(item: str) -> dict[str, str]:
+        return {"item": item}
+
+    with TestClient(app) as client:
+        home = client.get("/")
+        assert home.status_code == 200 and home.headers["content-type"].startswith("text/html")
+        assert "probe service" in home.text and "Probes things." in home.text and "API only." in home.text
+        links = re.findall(r"href='([^']+)'", home.text)
+        assert links == ["/docs", "/redoc", "/openapi.json", "/healthz"]  # no templated paths
+        assert all(client.get(link).status_code == 200 for link in links)
+        assert "viewport" in home.text
+        assert "/" not in client.get("/openapi.json").json()["paths"]
 
 
 def test_head_is_answered_wherever_get_is_with_security_headers() -> None:

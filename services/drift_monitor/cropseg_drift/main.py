@@ -49,7 +49,11 @@ def create_app(settings: DriftSettings | None = None, registry: CollectorRegistr
         yield
 
     app = service_app(
-        title="cropseg drift monitor", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+        title="cropseg drift monitor",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        home_note="An API service: its reports are shown on the Drift page of cropseg storage's web UI.",
     )
     app.state.settings = settings
     install_error_handlers(app)

@@ -285,12 +285,13 @@ def render_html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     )
     skipped = "".join(f"<li>{escape(s['id'][:12])}…: {escape(s['reason'])}</li>" for s in report["skipped"])
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>cropseg drift report {escape(report["id"])}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>cropseg drift report {escape(report["id"])}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1000px; color: #1d2521; padding: 0 1rem; }}
 table {{ border-collapse: collapse; width: 100%; }} td, th {{ border-bottom: 1px solid #dfe5e1; padding: .4rem; text-align: left; }} .number {{ white-space: nowrap; }}
 .drift {{ color: #c62828; font-weight: 600; }} .no_drift {{ color: #2e7d32; }} .insufficient_data {{ color: #8d6e00; }}
-figure {{ margin: 1rem 0; }} img {{ max-width: 100%; }} .status {{ font-size: 1.3rem; }}
+figure {{ margin: 1rem 0; }} img {{ max-width: 100%; }} .scroll {{ overflow-x: auto; }} h1 {{ overflow-wrap: anywhere; }} .status {{ font-size: 1.3rem; }}
 </style></head><body>
 <h1>Drift report {escape(report["id"])}</h1>
 <p class="status {escape(report["status"])}">{escape(report["status"].replace("_", " "))}: {escape(report["summary"])}</p>
@@ -298,8 +299,8 @@ figure {{ margin: 1rem 0; }} img {{ max-width: 100%; }} .status {{ font-size: 1.
 {escape(report["reference"]["text"])}; engine {escape(report["engine"])},
 p-value {report["p_value"]}; run at {escape(report["created_at"])} in {report["duration_s"]:.1f} s.</p>
 <p>{escape(report["performance"]["text"])}</p>
-<table><thead><tr><th>check</th><th>detector</th><th>verdict</th><th>p-value</th><th>distance</th><th>drifted / note</th></tr></thead>
-<tbody>{"".join(rows)}</tbody></table>
+<div class="scroll"><table><thead><tr><th>check</th><th>detector</th><th>verdict</th><th>p-value</th><th>distance</th><th>drifted / note</th></tr></thead>
+<tbody>{"".join(rows)}</tbody></table></div>
 {figures}
 {f"<h2>Skipped images</h2><ul>{skipped}</ul>" if skipped else ""}
 </body></html>

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -27,6 +28,9 @@ from cropseg_core.features import ReferenceProfile
 from cropseg_core.repository import ImageRepository
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobStore, StoreSettings, open_store
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 
 @pytest.fixture
@@ -329,3 +333,16 @@ def test_cli_shows_chooses_and_resets_the_reference(data: Path, profile_path: Pa
     assert "no drift report 20260101T000000000000Z" in capsys.readouterr().err
     assert main(["reference", "reset", "--data", str(data)]) == 0
     assert "training images" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_html_report_fits_a_phone(data: Path, profile_path: Path, browser: Browser) -> None:
+    store = store_at(data)
+    add_uploads(store, 40, brightness=1.5)
+    result = run(settings_for(data, profile_path, engine="scipy", fail_on_drift=False))
+    html = store.get(f"drift/reports/{result.report_id}/report.html").decode()
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.set_content(html)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no page-wide sideways scroll
+    assert page.locator("table").bounding_box()["width"] > 300  # type: ignore[index]  # the table scrolls alone
+    page.close()

@@ -73,6 +73,7 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        home_note="An API service: the web UI is served by cropseg storage (port 8002 under make up).",
     )
     app.state.settings = settings
     app.state.metrics = metrics
