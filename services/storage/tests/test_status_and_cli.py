@@ -40,40 +40,89 @@ def record(status: StatusMonitor, service: str, at: datetime, ok: bool, detail: 
 def test_incidents_are_runs_of_failed_checks(tmp_path: Path) -> None:
     status = monitor(tmp_path)
     pattern = [True, False, False, True, True, False]  # one resolved incident, one ongoing
-    for minute, ok in enumerate(pattern):
-        record(status, "inference", NOW - timedelta(minutes=10 - minute), ok)
-        record(status, "storage", NOW - timedelta(minutes=10 - minute), True)
+    for step, ok in enumerate(pattern):  # every 30 s, the last one now
+        record(status, "inference", NOW - timedelta(seconds=30 * (5 - step)), ok)
+        record(status, "storage", NOW - timedelta(seconds=30 * (5 - step)), True)
     summary = status.summary(NOW)
     inference = next(s for s in summary.services if s.name == "inference")
     assert (inference.state, inference.detail, inference.uptime) == ("down", "refused", pytest.approx(0.5))
     assert summary.overall == "down"
     resolved, ongoing = sorted(summary.incidents, key=lambda i: i.started_at)
-    assert (resolved.checks_failed, resolved.ended_at) == (2, NOW - timedelta(minutes=7))
+    assert (resolved.checks_failed, resolved.ended_at) == (2, NOW - timedelta(seconds=60))
     assert (ongoing.checks_failed, ongoing.ended_at) == (1, None)
     assert summary.incidents[0] == ongoing  # newest first
 
 
 def test_daily_uptime_covers_the_window_and_ignores_older_days(tmp_path: Path) -> None:
     status = monitor(tmp_path, history_days=3)
-    record(status, "inference", NOW - timedelta(days=5), False)  # outside the window
-    record(status, "inference", NOW - timedelta(days=1), True)
-    record(status, "inference", NOW - timedelta(days=1, hours=1), False)
-    record(status, "inference", NOW, True)
-    inference = next(s for s in status.summary(NOW).services if s.name == "inference")
+    midnight = datetime(2026, 11, 27, tzinfo=UTC)
+    record(status, "inference", midnight - timedelta(days=4), False)  # outside the window
+    for seconds, ok in ((-60, False), (-30, True), (0, True), (30, True)):  # every 30 s around midnight
+        record(status, "inference", midnight + timedelta(seconds=seconds), ok)
+    now = midnight + timedelta(seconds=40)
+    inference = next(s for s in status.summary(now).services if s.name == "inference")
     assert [(d.date, d.uptime) for d in inference.days] == [
         ("2026-11-25", None),
         ("2026-11-26", 0.5),
         ("2026-11-27", 1.0),
     ]
     assert inference.state == "up"
-    assert (inference.measured_since, inference.checks) == (NOW - timedelta(days=1, hours=1), 3)
-    storage = next(s for s in status.summary(NOW).services if s.name == "storage")
+    assert (inference.measured_since, inference.checks, inference.missed) == (
+        midnight - timedelta(seconds=60),
+        4,
+        0,
+    )
+    storage = next(s for s in status.summary(now).services if s.name == "storage")
     assert (storage.state, storage.uptime, storage.measured_since, storage.checks) == (
         "unknown",
         None,
         None,
         0,
     )
+
+
+def test_the_time_the_stack_was_down_counts_as_down(tmp_path: Path) -> None:
+    """The newcomer's case: 100 % uptime shown after the stack was down 1.5 minutes."""
+    status = monitor(tmp_path)  # a check every 30 s
+    before = [NOW - timedelta(seconds=30 * k) for k in range(10, 4, -1)]  # 6 checks, the last 2.5 min ago
+    after = [NOW - timedelta(seconds=30), NOW]  # 2 checks since it came back, 2 min after the last one
+    for at in [*before, *after]:
+        record(status, "inference", at, True)
+    inference = next(s for s in status.summary(NOW).services if s.name == "inference")
+    assert (inference.checks, inference.missed) == (8, 3)  # 90 s without checks: 3 missed
+    assert inference.uptime == pytest.approx(8 / 11)
+    assert inference.days[-1].uptime == pytest.approx(8 / 11)
+    (incident,) = status.summary(NOW).incidents
+    assert (incident.service, incident.checks_failed) == ("inference", 3)
+    assert (incident.started_at, incident.ended_at) == (before[-1] + timedelta(seconds=30), after[0])
+    assert incident.detail == "not checked for 90 s: the stack was not running"
+
+
+def test_missed_checks_are_counted_on_their_own_days(tmp_path: Path) -> None:
+    status = monitor(tmp_path)
+    midnight = datetime(2026, 11, 27, tzinfo=UTC)
+    record(status, "inference", midnight - timedelta(seconds=90), True)  # then down across midnight
+    record(status, "inference", midnight + timedelta(seconds=90), True)  # 5 missed: at -60, -30, 0, 30, 60 s
+    record(status, "inference", midnight + timedelta(seconds=120), True)
+    days = next(
+        s for s in status.summary(midnight + timedelta(seconds=130)).services if s.name == "inference"
+    ).days
+    assert [(d.date, d.uptime) for d in days][-2:] == [
+        ("2026-11-26", pytest.approx(1 / 3)),
+        ("2026-11-27", pytest.approx(2 / 5)),
+    ]
+
+
+def test_checks_record_their_interval_so_an_earlier_longer_one_is_not_a_gap(tmp_path: Path) -> None:
+    status = monitor(tmp_path)  # 30 s now
+    for minutes in (10, 8, 6, 4):  # an earlier run checked every 2 minutes
+        check = Check(service="inference", ok=True, latency_ms=5, detail="ready",
+                      time=NOW - timedelta(minutes=minutes), interval_s=120)  # fmt: skip
+        status.store.append_record(f"status/{check.time:%Y-%m-%d}", check.model_dump(mode="json"))
+    record(status, "inference", NOW - timedelta(minutes=2), True)
+    record(status, "inference", NOW, True)  # gaps of 2 min under a 30 s interval: missed checks
+    inference = next(s for s in status.summary(NOW).services if s.name == "inference")
+    assert (inference.checks, inference.missed, inference.uptime) == (6, 3, pytest.approx(6 / 9))
 
 
 def test_uptime_says_since_when_it_was_measured(tmp_path: Path) -> None:
