@@ -44,7 +44,8 @@ function showAlert(message, kind = "error") {
   $("alert").className = `alert ${kind === "info" ? "info" : ""}`;
   $("alert").hidden = false;
 }
-$("alert-close").addEventListener("click", () => { $("alert").hidden = true; });
+const hideAlert = () => { $("alert").hidden = true; };
+$("alert-close").addEventListener("click", hideAlert);
 
 function busy(text) {
   $("busy").hidden = !text;
@@ -82,6 +83,22 @@ function loadImage(img, src) {
   });
 }
 
+// Show an image in its panel, or a note there instead of a broken image; resolves to what failed
+// (null when it showed), so one missing picture never keeps the others from showing.
+async function showImage(img, src, what) {
+  const slot = img.closest(".slot");
+  if (slot) slot.dataset.empty = "loading…";
+  try {
+    await loadImage(img, src);
+    return null;
+  } catch (_) {
+    img.hidden = true;
+    img.removeAttribute("src");
+    if (slot) slot.dataset.empty = `the ${what} could not be shown`;
+    return what;
+  }
+}
+
 // ---------- segment page ----------
 
 // A tile mostly outside the field (black, e.g. beyond an orthomosaic's edge) is data, not a
@@ -99,23 +116,30 @@ function thumbButton(image, container) {
     type: "button",
     title: image.filename || image.id.slice(0, 12),
     "data-id": image.id,
-    onclick: () => select(image),
+    onclick: () => { hideAlert(); select(image); },
   }, element("img", { src: image.links.thumbnail, alt: image.filename || "image", loading: "lazy" }));
   if (image.has_label) button.append(element("span", { class: "tag", text: "label" }));
+  if (image.credit) button.title = `${image.filename} · ${image.credit}`;
   const outside = outOfField(image);
   if (outside) button.append(element("span", { class: "tag out-of-field", text: outside.short, title: outside.long }));
   if (state.selected && state.selected.id === image.id) button.classList.add("selected");
   container.append(button);
 }
 
+// Nine generated tiles at random, and the few real photos (those with a credit) apart.
 async function loadGallery() {
-  const gallery = $("gallery");
+  const gallery = $("gallery"), real = $("gallery-real");
   gallery.replaceChildren(element("span", { class: "empty", text: "Loading samples…" }));
   try {
-    const { items } = await json("/api/v1/images/sample?limit=9&source=sample");
+    const { items } = await json("/api/v1/images/sample?limit=50&source=sample");
+    const generated = items.filter((image) => !image.credit).slice(0, 9);
+    const photos = items.filter((image) => image.credit);
     gallery.replaceChildren();
-    if (!items.length) gallery.append(element("span", { class: "empty", text: "No samples stored." }));
-    items.forEach((image) => thumbButton(image, gallery));
+    if (!generated.length) gallery.append(element("span", { class: "empty", text: "No samples stored." }));
+    generated.forEach((image) => thumbButton(image, gallery));
+    real.replaceChildren();
+    if (!photos.length) real.append(element("span", { class: "empty", text: "No real photos stored." }));
+    photos.sort((a, b) => (a.filename || "").localeCompare(b.filename || "")).forEach((image) => thumbButton(image, real));
   } catch (e) {
     gallery.replaceChildren(element("span", { class: "empty", text: e.message }));
   }
@@ -139,40 +163,71 @@ function markSelected() {
   });
 }
 
+function clearSegmentation() {
+  $("stats").hidden = true;
+  $("explain").hidden = true;
+  $("result-warning").hidden = true;
+  for (const name of ["mask", "overlay"]) {
+    $(`view-${name}`).hidden = true;
+    $(`view-${name}`).removeAttribute("src");
+    $(`slot-${name}`).dataset.empty = "not segmented yet";
+  }
+}
+
 async function select(image) {
   state.selected = image;
   markSelected();
   $("result-empty").hidden = true;
   $("result").hidden = false;
   $("segment-button").disabled = false;
-  // On a phone the result sits below the picker: bring it into view.
-  if (window.matchMedia("(max-width: 800px)").matches) $("result-title").scrollIntoView({ behavior: "smooth" });
-  $("stats").hidden = true;
   $("image-caption").textContent =
     `${image.filename || "image"} · ${image.width}×${image.height} px · ${image.format} · id ${image.id.slice(0, 12)}…`;
-  for (const name of ["mask", "overlay"]) {
-    $(`view-${name}`).hidden = true;
-    $(`view-${name}`).removeAttribute("src");
-  }
+  $("image-credit").textContent = image.credit ? `Photo: ${image.credit}` : "";
+  $("image-credit").hidden = !image.credit;
+  $("label-replace-text").textContent = image.has_label ? "Replace ground truth" : "Add ground truth";
+  $("delete-button").hidden = image.source !== "upload";
+  clearSegmentation();
+  $("view-original").hidden = true;
   $("figure-label").hidden = !image.has_label;
   $("layout-select").value = image.layout;
+  // On a phone the result sits below the picker: bring it into view.
   if (window.matchMedia("(max-width: 800px)").matches) $("result-title").scrollIntoView({ behavior: "smooth" });
+  const failed = await Promise.all([
+    showImage($("view-original"), image.links.picture, "original picture"),
+    image.has_label ? showImage($("view-label"), `${image.links.label}?v=${Date.now()}`, "ground truth") : null,
+  ]);
+  if (state.selected !== image) return;  // another image was picked meanwhile
   try {
-    await loadImage($("view-original"), image.links.picture);
-    if (image.has_label) await loadImage($("view-label"), `${image.links.label}?v=${Date.now()}`);
     const { items } = await json(`/api/v1/images/${image.id}/segmentations`);
-    if (items.length) await showSegmentation(items[0]);
+    if (items.length && state.selected === image) failed.push(...await showSegmentation(items[0]));
   } catch (e) {
-    showAlert(e.message);
+    failed.push(`earlier segmentation (${e.message})`);
   }
+  const missing = failed.filter(Boolean);
+  if (missing.length) showAlert(`Could not show the ${missing.join(", the ")} of ${image.filename || "this image"}.`);
 }
 
+// Stats, legend, warnings and downloads of a segmentation; returns what could not be shown.
 async function showSegmentation(segmentation) {
   const stamp = encodeURIComponent(segmentation.created_at);
-  await Promise.all([
-    loadImage($("view-mask"), `${segmentation.links.mask}&t=${stamp}`),
-    loadImage($("view-overlay"), `${segmentation.links.overlay}&t=${stamp}`),
+  const failed = await Promise.all([
+    showImage($("view-mask"), `${segmentation.links.mask}&t=${stamp}`, "predicted mask"),
+    showImage($("view-overlay"), `${segmentation.links.overlay}&t=${stamp}`, "overlay"),
   ]);
+  const warnings = segmentation.warnings || [];
+  $("result-warning").textContent = warnings.join(" ");
+  $("result-warning").hidden = !warnings.length;
+  $("legend-swatch").style.background = segmentation.overlay_colour;
+  const stem = (state.selected.filename || state.selected.id.slice(0, 12)).replace(/\.[^.]*$/, "");
+  for (const [id, href, name] of [
+    ["download-mask", segmentation.links.mask, `${stem}-mask.png`],
+    ["download-mask-tiff", `${segmentation.links.mask}&format=geotiff`, `${stem}-mask.tif`],
+    ["download-overlay", segmentation.links.overlay, `${stem}-overlay.png`],
+  ]) {
+    $(id).href = href;
+    $(id).download = name;
+  }
+  $("explain").hidden = false;
   $("stat-fraction").textContent = percent(segmentation.vegetation_fraction);
   $("stat-model").textContent = `${segmentation.model_name} ${segmentation.model_version}`;
   $("stat-latency").textContent = `${Math.round(segmentation.latency_ms)} ms`;
@@ -182,22 +237,30 @@ async function showSegmentation(segmentation) {
   const labelled = state.selected && state.selected.has_label;
   $("stat-accuracy-box").hidden = !labelled;
   $("stat-iou-box").hidden = !labelled;
+  $("explain-scores").hidden = !labelled;
+  $("stats").classList.toggle("scored", labelled);
   if (labelled) {
-    const evaluation = await json(segmentation.links.evaluation);
-    $("stat-accuracy").textContent = percent(evaluation.pixel_accuracy);
-    $("stat-iou").textContent = evaluation.iou.toFixed(3);
+    try {
+      const evaluation = await json(segmentation.links.evaluation);
+      $("stat-accuracy").textContent = percent(evaluation.pixel_accuracy);
+      $("stat-iou").textContent = evaluation.iou.toFixed(3);
+    } catch (e) {
+      failed.push(`scores (${e.message})`);
+    }
   }
+  return failed.filter(Boolean);
 }
 
 async function segmentSelected() {
   if (!state.selected) return;
   $("segment-button").disabled = true;
+  hideAlert();
   busy("Segmenting… large images take a few seconds.");
   try {
     const segmentation = await json(`/api/v1/images/${state.selected.id}/segmentation`, { method: "POST" });
     busy("Loading the mask…");
-    await showSegmentation(segmentation);
-    $("alert").hidden = true;
+    const failed = await showSegmentation(segmentation);
+    if (failed.length) showAlert(`Segmented, but could not show the ${failed.join(", the ")}.`);
   } catch (e) {
     showAlert(`Segmentation failed: ${e.message}`);
   } finally {
@@ -219,10 +282,13 @@ async function upload(file) {
   try {
     const response = await api("/api/v1/images", { method: "POST", body: form });
     const image = await response.json();
-    showAlert(response.status === 201 ? `Stored ${file.name}.` : `${file.name} was already stored: showing it.`, "info");
+    hideAlert();
     $("label-input").value = "";
     await loadUploads();
     await select(image);
+    if ($("alert").hidden) {
+      showAlert(response.status === 201 ? `Stored ${file.name}.` : `${file.name} was already stored: showing it.`, "info");
+    }
   } catch (e) {
     showAlert(`Upload failed: ${e.message}`);
   } finally {
@@ -255,14 +321,53 @@ async function changeLayout() {
     const updated = await json(`/api/v1/images/${image.id}/layout`, {
       method: "PUT", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ layout }),
     });
-    showAlert(`Layout set to ${layout}. Press Segment to segment it in this layout.`, "info");
+    hideAlert();
     await loadUploads();
     await select(updated);
+    if ($("alert").hidden) showAlert(`Layout set to ${layout}. Press Segment to segment it in this layout.`, "info");
   } catch (e) {
     $("layout-select").value = image.layout;
     showAlert(`Layout not changed: ${e.message}`);
   } finally {
     busy(null);
+  }
+}
+
+// Add or replace the ground truth of the selected image, then score its segmentation against it.
+async function putLabel(file) {
+  const image = state.selected;
+  if (!file || !image) return;
+  busy(`Saving ${file.name} as the ground truth…`);
+  try {
+    await api(`/api/v1/images/${image.id}/label`, {
+      method: "PUT", headers: { "Content-Type": file.type || "image/png" }, body: file,
+    });
+    const updated = await json(image.links.metadata);
+    hideAlert();
+    await Promise.all([loadUploads(), select(updated)]);
+    if ($("alert").hidden) showAlert(`Ground truth of ${image.filename || "the image"} saved from ${file.name}.`, "info");
+  } catch (e) {
+    showAlert(`Ground truth not saved: ${e.message}`);
+  } finally {
+    busy(null);
+    $("label-replace").value = "";
+  }
+}
+
+async function deleteSelected() {
+  const image = state.selected;
+  const name = image.filename || `image ${image.id.slice(0, 12)}`;
+  if (!confirm(`Delete ${name} with its label, masks and overlays? This cannot be undone.`)) return;
+  try {
+    await api(`/api/v1/images/${image.id}`, { method: "DELETE" });
+    state.selected = null;
+    $("result").hidden = true;
+    $("result-empty").hidden = false;
+    $("segment-button").disabled = true;
+    await loadUploads();
+    showAlert(`Deleted ${name}.`, "info");
+  } catch (e) {
+    showAlert(`Not deleted: ${e.message}`);
   }
 }
 
@@ -436,6 +541,7 @@ async function loadStatus() {
 const loaders = { segment: () => {}, drift: loadDrift, status: loadStatus };
 
 function route() {
+  hideAlert();  // a message belongs to the page it was shown on
   const page = (location.hash.replace(/^#\//, "") || "segment").split("/")[0];
   const known = page in loaders ? page : "segment";
   for (const name of Object.keys(loaders)) $(`page-${name}`).hidden = name !== known;
@@ -462,6 +568,8 @@ async function start() {
   $("shuffle").addEventListener("click", loadGallery);
   $("segment-button").addEventListener("click", segmentSelected);
   $("layout-select").addEventListener("change", changeLayout);
+  $("label-replace").addEventListener("change", (event) => putLabel(event.target.files[0]));
+  $("delete-button").addEventListener("click", deleteSelected);
   loadLayouts();
   $("drift-refresh").addEventListener("click", loadDrift);
   $("drift-run").addEventListener("click", runDrift);
