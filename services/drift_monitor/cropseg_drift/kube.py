@@ -1,25 +1,28 @@
 """On-demand runs inside a cluster: a Job created from the drift CronJob, as
 ``kubectl create job --from=cronjob/<name>`` does.
 
-The object builder is a pure function (tested without a cluster). Creating and reading Jobs
-are three REST calls with the pod's ServiceAccount token (re-read on every call: projected
-tokens rotate) and the cluster CA; the chart's Role allows exactly those. The ``kubernetes``
-client package would add 126 MB to the image for them. Tested against a loopback server that
-answers as the API server does; not yet run against a live API server (none can be had here).
+The object builder is a pure function (tested without a cluster). Reading the CronJob and
+creating and listing Jobs go through the official ``kubernetes`` client (``BatchV1Api``) with
+the pod's in-cluster configuration: the ServiceAccount token, which the client re-reads as the
+projected token rotates, and the cluster CA; the chart's Role allows exactly those calls.
+Version 35 is pinned: the newest without the generated asyncio copy (``kubernetes/aio``, 68 MB
+from 36 on) that the monitor never imports. Tested against a loopback HTTPS server answering as
+the API server does; not yet run against a live API server (none can be had here).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+from kubernetes.config.incluster_config import InClusterConfigLoader
+from urllib3.exceptions import HTTPError
 
 from cropseg_core.web.errors import BadGatewayError
 
@@ -88,12 +91,13 @@ def job_from_cronjob(cronjob: dict[str, Any], run_id: str) -> dict[str, Any]:
     }
 
 
-def job_state(job: dict[str, Any]) -> str:
+def job_state(status: client.V1JobStatus | None) -> str:
     """running, succeeded or failed, from a Job's status."""
-    status = job.get("status") or {}
-    if status.get("succeeded"):
+    if status is None:
+        return "running"
+    if status.succeeded:
         return "succeeded"
-    if status.get("failed") and not status.get("active"):
+    if status.failed and not status.active:
         return "failed"
     return "running"
 
@@ -104,63 +108,77 @@ class KubernetesError(BadGatewayError):
     code = "kubernetes_api_error"
 
 
+def in_cluster_configuration(service_account: Path | None = None) -> client.Configuration:
+    """The pod's own credentials: API server from the environment, token and CA from the
+    ServiceAccount folder (the token re-read once a minute, as projected tokens rotate)."""
+    service_account = service_account or SERVICE_ACCOUNT
+    configuration = client.Configuration()
+    loader = InClusterConfigLoader(
+        token_filename=str(service_account / "token"), cert_filename=str(service_account / "ca.crt")
+    )
+    loader.load_and_set(configuration)
+    return configuration
+
+
 class KubernetesJobs:
-    """Create and read drift Jobs through the API server (in-cluster credentials)."""
+    """Create and read drift Jobs through the API server."""
 
     def __init__(
         self,
         cronjob_name: str,
         namespace: str | None,
-        server: str | None = None,
-        service_account: Path = SERVICE_ACCOUNT,
+        configuration: client.Configuration | None = None,
         timeout_s: float = 10.0,
     ) -> None:
-        if server is None:
-            host, port = (
-                os.environ["KUBERNETES_SERVICE_HOST"],
-                os.environ.get("KUBERNETES_SERVICE_PORT", "443"),
-            )
-            server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
-        self.server = server.rstrip("/")
-        self.token_file = service_account / "token"
-        ca = service_account / "ca.crt"
-        self.context = ssl.create_default_context(cafile=str(ca)) if ca.exists() else None
+        self.configuration = configuration
+        self._api: client.BatchV1Api | None = None
         self.timeout_s = timeout_s
         self.cronjob_name = cronjob_name
         self.namespace = current_namespace(namespace)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"{self.server}/apis/batch/v1/namespaces/{urllib.parse.quote(self.namespace)}/{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Accept": "application/json", "Content-Type": "application/json"},
-        )
-        if self.token_file.exists():
-            request.add_header("Authorization", f"Bearer {self.token_file.read_text().strip()}")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.context) as response:
-                return dict(json.load(response))
-        except urllib.error.HTTPError as error:
-            detail = error.read().decode(errors="replace")[:300]
-            raise KubernetesError(f"{method} {path}: API server answered {error.code}: {detail}") from error
-        except OSError as error:
-            raise KubernetesError(
-                f"{method} {path}: API server unreachable at {self.server}: {error}"
-            ) from error
+    @property
+    def api(self) -> client.BatchV1Api:
+        """The client, configured on first use: a pod without credentials still serves reports."""
+        if self._api is None:
+            try:
+                configuration = self.configuration or in_cluster_configuration()
+            except ConfigException as error:
+                raise KubernetesError(
+                    f"no in-cluster credentials ({error}): the drift monitor's pod needs its "
+                    "ServiceAccount token mounted to start Jobs"
+                ) from error
+            configuration.retries = 2  # a dropped connection is retried; an answer from the server is not
+            self._api = client.BatchV1Api(client.ApiClient(configuration))
+        return self._api
 
-    def _jobs(self, selector: str) -> list[dict[str, Any]]:
-        return list(self._call("GET", f"jobs?{urllib.parse.urlencode({'labelSelector': selector})}")["items"])
+    def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(*args, _request_timeout=self.timeout_s, **kwargs)
+        except ApiException as error:
+            detail = (error.body or error.reason or "")[:300]
+            raise KubernetesError(f"{what}: API server answered {error.status}: {detail}") from error
+        except HTTPError as error:
+            server = self.api.api_client.configuration.host
+            raise KubernetesError(f"{what}: API server unreachable at {server}: {error}") from error
+
+    def _jobs(self, selector: str) -> list[client.V1Job]:
+        jobs = self._call("list jobs", self.api.list_namespaced_job, self.namespace, label_selector=selector)
+        return list(jobs.items)
 
     def create(self, run_id: str) -> str:
-        cronjob = self._call("GET", f"cronjobs/{urllib.parse.quote(self.cronjob_name)}")
-        job = job_from_cronjob(cronjob, run_id)
-        self._call("POST", "jobs", job)
+        cronjob = self._call(
+            f"read cronjob {self.cronjob_name}",
+            self.api.read_namespaced_cron_job,
+            self.cronjob_name,
+            self.namespace,
+        )
+        job = job_from_cronjob(self.api.api_client.sanitize_for_serialization(cronjob), run_id)
+        self._call("create job", self.api.create_namespaced_job, self.namespace, job)
         return str(job["metadata"]["name"])
 
     def active(self) -> bool:
-        return any(job_state(job) == "running" for job in self._jobs(f"{TRIGGER_LABEL}=api"))
+        return any(job_state(job.status) == "running" for job in self._jobs(f"{TRIGGER_LABEL}=api"))
 
     def state(self, run_id: str) -> str | None:
         jobs = self._jobs(f"{RUN_ID_LABEL}={run_id}")
-        return job_state(jobs[0]) if jobs else None
+        return job_state(jobs[0].status) if jobs else None

@@ -1,11 +1,13 @@
-"""The Job an on-demand run creates in a cluster, built from the CronJob, and the REST calls that
-create and read it, against a loopback server answering as the API server does."""
+"""The Job an on-demand run creates in a cluster, built from the CronJob, and the calls the
+official client makes to create and read it, against a loopback HTTPS server (its certificate
+from a test CA, as a cluster's is) answering as the API server does."""
 
 from __future__ import annotations
 
 import copy
 import json
 import re
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,16 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from cropseg_drift import kube
 from cropseg_drift.kube import (
     REPORT_ID_ENV,
     RUN_ID_LABEL,
     KubernetesError,
     KubernetesJobs,
+    in_cluster_configuration,
     job_from_cronjob,
     job_name,
     job_state,
 )
+from kubernetes import client
 
 CRONJOB: dict[str, Any] = {
     "apiVersion": "batch/v1",
@@ -107,7 +112,8 @@ def test_job_names_are_valid_dns_labels(name: str) -> None:
      ({"failed": 1, "active": 1}, "running")],
 )  # fmt: skip
 def test_job_state(status: dict[str, int], state: str) -> None:
-    assert job_state({"status": status}) == state
+    assert job_state(client.V1JobStatus(**status)) == state
+    assert job_state(None) == "running"
 
 
 def test_namespace_and_cluster_detection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,10 +129,13 @@ def test_namespace_and_cluster_detection(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 class FakeApiServer(ThreadingHTTPServer):
-    """Answers the three batch/v1 calls the monitor makes; records each request."""
+    """Answers the three batch/v1 calls the monitor makes over TLS; records each request."""
 
-    def __init__(self) -> None:
+    def __init__(self, certificate: trustme.LeafCert) -> None:
         super().__init__(("127.0.0.1", 0), ApiHandler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        certificate.configure_cert(context)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
         self.requests: list[tuple[str, str, str | None, dict[str, Any] | None]] = []
         self.jobs: list[dict[str, Any]] = []
 
@@ -153,7 +162,7 @@ class ApiHandler(BaseHTTPRequestHandler):
             selector = self.path.split("=", 1)[1].replace("%2F", "/").replace("%3D", "=")
             key, value = selector.split("=")
             items = [j for j in self.server.jobs if j["metadata"]["labels"].get(key) == value]
-            self._answer(200, {"kind": "JobList", "items": items})
+            self._answer(200, {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {}, "items": items})
         else:
             self._answer(404, {"kind": "Status", "reason": "NotFound"})
 
@@ -161,15 +170,21 @@ class ApiHandler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append(("POST", self.path, self.headers.get("Authorization"), body))
         if body["metadata"]["name"] in {j["metadata"]["name"] for j in self.server.jobs}:
-            self._answer(409, {"kind": "Status", "reason": "AlreadyExists"})
+            message = f'jobs.batch "{body["metadata"]["name"]}" already exists'
+            self._answer(409, {"kind": "Status", "reason": "AlreadyExists", "message": message, "code": 409})
             return
         self.server.jobs.append({**body, "status": {"active": 1}})
         self._answer(201, body)
 
 
 @pytest.fixture
-def api_server() -> Iterator[FakeApiServer]:
-    server = FakeApiServer()
+def authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def api_server(authority: trustme.CA) -> Iterator[FakeApiServer]:
+    server = FakeApiServer(authority.issue_cert("127.0.0.1"))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -177,36 +192,78 @@ def api_server() -> Iterator[FakeApiServer]:
     server.server_close()
 
 
-def test_jobs_are_created_and_read_over_rest_with_the_service_account_token(
-    api_server: FakeApiServer, tmp_path: Path
-) -> None:
-    (tmp_path / "token").write_text("token-1\n")
+@pytest.fixture
+def service_account(
+    tmp_path: Path, authority: trustme.CA, api_server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A pod's view: the API server in the environment, token, CA and namespace in files."""
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api_server.server_port))
+    (tmp_path / "token").write_text("token-1")  # projected tokens end without a newline
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
     (tmp_path / "namespace").write_text("fields")
-    jobs = KubernetesJobs("cropseg-drift", "fields", server=f"http://127.0.0.1:{api_server.server_port}",
-                          service_account=tmp_path)  # fmt: skip
+    monkeypatch.setattr(kube, "NAMESPACE_FILE", tmp_path / "namespace")
+    return tmp_path
+
+
+def test_jobs_are_created_and_read_with_the_pods_service_account(
+    api_server: FakeApiServer, service_account: Path
+) -> None:
+    jobs = KubernetesJobs("cropseg-drift", None, configuration=in_cluster_configuration(service_account))
+    assert jobs.api.api_client.configuration.host == f"https://127.0.0.1:{api_server.server_port}"  # TLS
     assert not jobs.active()
     assert jobs.state(RUN_ID) is None
     name = jobs.create(RUN_ID)
     assert name == job_name("cropseg-drift", RUN_ID)
-    (tmp_path / "token").write_text("token-2")  # a projected token rotates: read on every call
     assert jobs.active()
     assert jobs.state(RUN_ID) == "running"
     api_server.jobs[0]["status"] = {"succeeded": 1}
     assert not jobs.active()
     assert jobs.state(RUN_ID) == "succeeded"
-    methods = [(method, authorization) for method, _, authorization, _ in api_server.requests]
-    assert methods[:4] == [("GET", "Bearer token-1"), ("GET", "Bearer token-1"), ("GET", "Bearer token-1"),
-                           ("POST", "Bearer token-1")]  # fmt: skip
-    assert methods[-1] == ("GET", "Bearer token-2")
+    calls = [
+        (method, path.split("?")[0], authorization) for method, path, authorization, _ in api_server.requests
+    ]
+    jobs_path = "/apis/batch/v1/namespaces/fields/jobs"
+    assert calls[:4] == [
+        ("GET", jobs_path, "bearer token-1"),
+        ("GET", jobs_path, "bearer token-1"),
+        ("GET", "/apis/batch/v1/namespaces/fields/cronjobs/cropseg-drift", "bearer token-1"),
+        ("POST", jobs_path, "bearer token-1"),
+    ]
     posted = api_server.requests[3][3]
     assert posted == job_from_cronjob(CRONJOB, RUN_ID)
-    with pytest.raises(KubernetesError, match="409") as refused:
+    with pytest.raises(KubernetesError, match=r"409.*already exists") as refused:
         jobs.create(RUN_ID)
     assert refused.value.status_code == 502
 
 
-def test_an_unreachable_api_server_is_a_clear_502(tmp_path: Path) -> None:
-    jobs = KubernetesJobs("cropseg-drift", "fields", server="http://127.0.0.1:9", service_account=tmp_path,
-                          timeout_s=2)  # fmt: skip
-    with pytest.raises(KubernetesError, match=r"unreachable at http://127\.0\.0\.1:9"):
+def test_a_server_with_a_certificate_from_another_authority_is_refused(
+    api_server: FakeApiServer, service_account: Path
+) -> None:
+    trustme.CA().cert_pem.write_to_path(str(service_account / "ca.crt"))
+    jobs = KubernetesJobs("cropseg-drift", None, configuration=in_cluster_configuration(service_account))
+    with pytest.raises(KubernetesError, match=r"unreachable.*CERTIFICATE_VERIFY_FAILED"):
+        jobs.active()
+    assert api_server.requests == []
+
+
+def test_an_unreachable_api_server_is_a_clear_502(
+    service_account: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "9")
+    jobs = KubernetesJobs(
+        "cropseg-drift", None, configuration=in_cluster_configuration(service_account), timeout_s=2
+    )
+    with pytest.raises(KubernetesError, match=r"unreachable at https://127\.0\.0\.1:9"):
+        jobs.active()
+
+
+def test_a_pod_without_credentials_gets_a_clear_502_on_a_run_not_a_failed_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT", tmp_path)  # no token, no CA
+    jobs = KubernetesJobs("cropseg-drift", "fields")
+    with pytest.raises(KubernetesError, match="ServiceAccount token mounted"):
         jobs.active()
