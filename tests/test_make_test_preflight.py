@@ -10,6 +10,7 @@ scripts/system-deps.sh and scripts/container-engine.sh for their ``--plan``/``--
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -18,27 +19,36 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+PREFLIGHT_SCRIPTS = ("scripts/test-preflight.sh", "scripts/system-deps.sh", "scripts/container-engine.sh")
 
 
 @pytest.fixture(scope="module")
-def no_engine_path() -> Iterator[str]:
-    """A PATH whose ``docker`` fails as it does for a user who cannot reach an engine."""
-    folder = Path(tempfile.mkdtemp(prefix="cropseg-no-engine-"))
-    folder.chmod(0o755)  # readable by nobody
-    docker = folder / "docker"
+def as_user() -> Iterator[tuple[Path, str]]:
+    """A world-readable copy of what the preflight reads (the checkout may sit in root's home), and
+    a PATH whose ``docker`` fails as it does for a user who cannot reach an engine."""
+    folder = Path(tempfile.mkdtemp(prefix="cropseg-preflight-"))
+    for name in ("Makefile", "charts/cropseg/Chart.yaml", *PREFLIGHT_SCRIPTS):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, folder / name)
+    docker = folder / "no-engine" / "docker"
+    docker.parent.mkdir()
     docker.write_text("#!/bin/sh\necho 'permission denied while trying to connect' >&2\nexit 1\n")
     docker.chmod(0o755)
-    yield f"{folder}:{os.environ['PATH']}"
-    docker.unlink()
-    folder.rmdir()
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() or path == docker else 0o644)
+    yield folder, f"{docker.parent}:{os.environ['PATH']}"
+    shutil.rmtree(folder)
 
 
-def preflight_as_user(path: str, *variables: str) -> subprocess.CompletedProcess[str]:
+def preflight_as_user(copy: tuple[Path, str], *variables: str) -> subprocess.CompletedProcess[str]:
+    """``make test-preflight`` as ``nobody`` when the suite runs as root (as in CI), else as the
+    user running it."""
+    folder, path = copy
     command = ["env", f"PATH={path}", "make", "--no-print-directory", "test-preflight", *variables]
     if os.geteuid() == 0:
         command = ["runuser", "-u", "nobody", "--", *command]
     return subprocess.run(
-        command, cwd=REPO, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        command, cwd=folder, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
     )
 
 
@@ -51,9 +61,9 @@ def test_make_test_runs_the_preflight_before_anything_else() -> None:
 
 
 def test_without_root_or_engine_one_line_says_what_is_missing_and_how_to_run_the_rest(
-    no_engine_path: str,
+    as_user: tuple[Path, str],
 ) -> None:
-    result = preflight_as_user(no_engine_path)
+    result = preflight_as_user(as_user)
     assert result.returncode == 2, result.stdout + result.stderr  # make stops at test-preflight
     assert "test-preflight] Error 1" in result.stderr
     lines = result.stdout.splitlines()
@@ -65,8 +75,8 @@ def test_without_root_or_engine_one_line_says_what_is_missing_and_how_to_run_the
     assert "`make test CONTAINERS=no`" in stop
 
 
-def test_containers_no_lets_a_user_without_root_run_the_rest(no_engine_path: str) -> None:
-    result = preflight_as_user(no_engine_path, "CONTAINERS=no")
+def test_containers_no_lets_a_user_without_root_run_the_rest(as_user: tuple[Path, str]) -> None:
+    result = preflight_as_user(as_user, "CONTAINERS=no")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "left out (CONTAINERS=no) and reported as skipped" in result.stdout
 
