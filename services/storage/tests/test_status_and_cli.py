@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import httpx
 import pytest
 from cropseg_storage.cli import main
+from cropseg_storage.main import WEB
 from cropseg_storage.status import Check, StatusMonitor
 
 from cropseg_core.store.filesystem import FilesystemStore
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Route
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -132,6 +139,60 @@ def test_uptime_says_since_when_it_was_measured(tmp_path: Path) -> None:
     inference = next(s for s in status.summary(NOW).services if s.name == "inference")
     assert (inference.uptime, inference.checks) == (1.0, 6)
     assert inference.measured_since == NOW - timedelta(minutes=6), "not 'over 7 days'"
+
+
+TEXT_EXTENTS = """row => {
+  const bounds = row.getBoundingClientRect();
+  return [...row.querySelectorAll("small")].filter((label) => label.textContent).map((label) => {
+    const range = document.createRange();
+    range.selectNodeContents(label);
+    const text = range.getBoundingClientRect();
+    return { text: label.textContent, left: text.left, right: text.right, row_left: bounds.left,
+             row_right: bounds.right };
+  });
+}"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("history_days", [7, 30])
+def test_the_daily_bars_are_dated_and_readable_on_a_phone(
+    browser: Browser, tmp_path: Path, history_days: int
+) -> None:
+    status = monitor(tmp_path, history_days=history_days)
+    for days_ago in (3, 1, 0):
+        record(status, "inference", NOW - timedelta(days=days_ago), True)
+    summary = status.summary(NOW).model_dump_json()
+
+    def answer(route: Route) -> None:  # the web UI's files and the status API, no server needed
+        path = urlparse(route.request.url).path
+        if path == "/api/v1/status":
+            route.fulfill(body=summary, content_type="application/json")
+        elif path == "/" or path.startswith("/static/"):
+            route.fulfill(path=WEB / ("index.html" if path == "/" else path.removeprefix("/static/")))
+        else:
+            route.fulfill(status=404, json={"error": {"code": "not_found", "message": "not in this test"}})
+
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    try:
+        page.route("http://cropseg.test/**", answer)
+        page.goto("http://cropseg.test/#/status")
+        days = page.locator('.service[data-service="inference"] .bars .day')
+        days.first.wait_for()
+        assert days.count() == history_days
+        labels = [days.nth(i).locator("small").inner_text() for i in range(history_days)]
+        assert "27" in labels[-1]  # today, 2026-11-27
+        if history_days == 7:
+            assert all(labels), labels  # a date under every bar
+        else:
+            assert 4 <= sum(bool(label) for label in labels) <= 8, labels  # every few bars, readable
+        # where each date's text is drawn, against the bars' row and the next date
+        spans = page.locator('.service[data-service="inference"] .bars').evaluate(TEXT_EXTENTS)
+        assert all(span["left"] >= span["row_left"] - 0.5 for span in spans), spans
+        assert all(span["right"] <= span["row_right"] + 0.5 for span in spans), spans
+        assert all(a["right"] <= b["left"] for a, b in itertools.pairwise(spans)), f"dates overlap: {spans}"
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    finally:
+        page.close()
 
 
 def test_cli_refuses_bad_settings_with_a_clear_message(

@@ -498,10 +498,20 @@ async function showReport(id) {
 
 // ---------- status page ----------
 
-function bar(day) {
+// "27 Nov" (or "Nov 27", as the browser's language writes it) for a UTC day "2026-11-27".
+const dayLabel = (date) => new Date(`${date}T00:00:00Z`).toLocaleDateString(undefined, { day: "numeric", month: "short", timeZone: "UTC" });
+
+// One day's bar with its date under it. Beyond 7 days every few bars are dated (today always),
+// each date ending under its bar and reaching left over the undated ones ("bars sparse"), so that
+// the dates stay readable on a phone.
+function bar(day, index, days) {
   const level = day.uptime === null ? "" : day.uptime >= 0.999 ? "good" : day.uptime >= 0.9 ? "partial" : "bad";
   const text = day.uptime === null ? "no data" : percent(day.uptime);
-  return element("span", { class: level, title: `${day.date}: ${text}` });
+  const every = Math.ceil(days.length / 7);
+  const dated = (days.length - 1 - index) % every === 0 && index >= every - 1;
+  return element("div", { class: "day" },
+    element("span", { class: level, title: `${day.date}: ${text}`, "aria-label": `${day.date}: ${text}` }),
+    element("small", { text: dated ? dayLabel(day.date) : "" }));
 }
 
 // The oldest check of any service: how far back the status page can speak.
@@ -520,8 +530,8 @@ async function loadStatus() {
       element("div", { class: "muted", text:
         `${service.detail}${service.latency_ms !== null ? ` · ${Math.round(service.latency_ms)} ms` : ""}` +
         `${service.checked_at ? ` · checked ${when(service.checked_at)}` : ""}` +
-        `${service.uptime !== null ? ` · uptime ${percent(service.uptime)} over the last ${since(service.measured_since)} (${service.checks} checks)` : ""}` }),
-      element("div", { class: "bars", "aria-label": "uptime per day" }, ...service.days.map(bar)))));
+        `${service.uptime !== null ? ` · uptime ${percent(service.uptime)} over the last ${since(service.measured_since)} (${service.checks} checks${service.missed ? `, ${service.missed} missed while the stack was not running` : ""})` : ""}` }),
+      element("div", { class: service.days.length > 7 ? "bars sparse" : "bars", "aria-label": "uptime per day" }, ...service.days.map(bar)))));
     const incidents = status.incidents.slice(0, 20);
     $("status-incidents").replaceChildren(...(incidents.length ? incidents.map((incident) => element("li", {},
       element("span", { class: `badge ${incident.ended_at ? "unknown" : "down"}`, text: incident.ended_at ? "resolved" : "ongoing" }),
