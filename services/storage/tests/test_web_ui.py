@@ -140,6 +140,8 @@ def test_pick_a_sample_at_phone_width(browser: Browser, live_stack: dict[str, st
     expect(page.locator("#image-credit")).to_contain_text("CC BY-SA 4.0")
     expect(page.locator("#view-original")).to_be_visible()
     expect(page.locator("#view-label")).to_be_visible()
+    expect(page.locator("#label-action")).to_be_hidden()  # a sample's exact label is everyone's
+    expect(page.locator("#delete-button")).to_be_hidden()
     page.click("#segment-button")
     expect(page.locator("#stats")).to_be_visible(timeout=30_000)
     expect(page.locator("#stat-iou")).to_have_text(re.compile(r"[01]\.\d{3}"))

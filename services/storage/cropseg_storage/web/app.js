@@ -185,6 +185,8 @@ async function select(image) {
   $("image-credit").textContent = image.credit ? `Photo: ${image.credit}` : "";
   $("image-credit").hidden = !image.credit;
   $("label-replace-text").textContent = image.has_label ? "Replace ground truth" : "Add ground truth";
+  // Uploads are the user's own; a sample's exact label and the sample itself serve everyone.
+  $("label-action").hidden = image.source !== "upload";
   $("delete-button").hidden = image.source !== "upload";
   clearSegmentation();
   $("view-original").hidden = true;
