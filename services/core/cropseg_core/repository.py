@@ -37,11 +37,11 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from cropseg_core.bands import DEFAULT_LAYOUT, check_channels, decode_picture, get_layout
+from cropseg_core.errors import ClientError, ConflictError, NotFoundError
 from cropseg_core.imaging import DecodedImage, decode_channels, decode_image
 from cropseg_core.masks import BLACK_LEVEL, encode_png, overlay, overlay_colour
 from cropseg_core.settings import ImageLimits
 from cropseg_core.store import BlobNotFoundError, BlobStore, encode_json
-from cropseg_core.web.errors import ClientError, ConflictError, NotFoundError
 
 Source = Literal["upload", "sample"]
 SOURCES: tuple[Source, ...] = ("sample", "upload")
@@ -434,14 +434,16 @@ class ImageRepository:
         not kept yet and ``make`` is False."""
         record = self.get(image_id)
         segmentation, mask_png = self.mask(image_id, model_version)
+        colour = overlay_colour(get_layout(record.layout))
 
         def tinted() -> bytes:
             with Image.open(io.BytesIO(mask_png)) as stored:  # our own PNG: one grey channel
                 predicted = np.asarray(stored.convert("L"))
-            colour = overlay_colour(get_layout(record.layout))
             return encode_png(overlay(self.decode(record), predicted, colour=colour), compress_level=3)
 
-        key = f"masks/{image_id}/{segmentation.model_version}.overlay-{record.layout}.png"
+        # The colour in the name: an overlay kept before the layout's colour changed is not served.
+        tint = "".join(f"{channel:02x}" for channel in colour)
+        key = f"masks/{image_id}/{segmentation.model_version}.overlay-{record.layout}-{tint}.png"
         return segmentation, self._kept(image_id, key, tinted, make)
 
     def predictions(self, day: str) -> list[dict[str, Any]]:

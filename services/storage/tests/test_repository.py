@@ -307,7 +307,7 @@ def test_the_overlay_is_made_once_and_replaced_with_its_mask(repository: ImageRe
 
     segment(10)
     _, first = repository.overlay(record.id)
-    cached = f"masks/{record.id}/1.0.0.overlay-rgb.png"
+    cached = f"masks/{record.id}/1.0.0.overlay-rgb-ff00ff.png"  # layout and tint colour
     assert repository.store.get(cached) == first  # kept beside the mask: the next GET decodes nothing
     assert repository.overlay(record.id)[1] == first
     segment(30)  # a new mask of the same model version: the old overlay goes with it
