@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
+from cropseg_core.errors import UnavailableError
 from cropseg_core.settings import MemoryLimits
-from cropseg_core.web.errors import UnavailableError
 from cropseg_core.web.limits import MIB, MemoryBudget
 
 

@@ -23,13 +23,14 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 from starlette.types import Message, Scope
 
+from cropseg_core.errors import NotFoundError, UnavailableError
 from cropseg_core.imaging import NotAnImageError
 from cropseg_core.processes import free_port, read_http_answer
 from cropseg_core.settings import ConnectionLimits
 from cropseg_core.web.auth import ApiToken, token_from_file
 from cropseg_core.web.bodies import read_limited_body, read_upload
 from cropseg_core.web.docs import service_app
-from cropseg_core.web.errors import NotFoundError, UnavailableError, install_error_handlers
+from cropseg_core.web.errors import install_error_handlers
 from cropseg_core.web.hygiene import install_http_hygiene
 from cropseg_core.web.limits import install_request_limits
 from cropseg_core.web.metrics import install_metrics
@@ -202,7 +203,8 @@ def test_docs_are_served_offline_from_packaged_assets() -> None:
             for url in assets:
                 assert client.get(url).status_code == 200, url
             policy = html.headers["content-security-policy"]
-            assert "default-src 'self'" in policy and "img-src 'self' data:" in policy, policy  # no CDN logo
+            assert "default-src 'self'" in policy, policy
+            assert "img-src 'self' data:" in policy, policy  # ReDoc's logo is not fetched from its CDN
             assert "http" not in policy, policy
         assert "/docs" not in client.get("/openapi.json").json()["paths"]
         assert client.get("/").status_code == 404  # no home page unless asked for
@@ -223,8 +225,9 @@ def test_an_api_service_has_a_home_page_linking_its_docs_health_and_metrics() ->
 
     with TestClient(app) as client:
         home = client.get("/")
-        assert home.status_code == 200 and home.headers["content-type"].startswith("text/html")
-        assert "probe service" in home.text and "Probes things." in home.text and "API only." in home.text
+        assert home.status_code == 200
+        assert home.headers["content-type"].startswith("text/html")
+        assert all(text in home.text for text in ("probe service", "Probes things.", "API only."))
         links = re.findall(r"href='([^']+)'", home.text)
         assert links == ["/docs", "/redoc", "/openapi.json", "/healthz"]  # no templated paths
         assert all(client.get(link).status_code == 200 for link in links)

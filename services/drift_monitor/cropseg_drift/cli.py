@@ -75,9 +75,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_reference(args: argparse.Namespace) -> int:
     from datetime import datetime
 
+    from cropseg_core.errors import ClientError
     from cropseg_core.features import load_reference_profile
     from cropseg_core.store import StoreError, open_store
-    from cropseg_core.web.errors import ClientError
     from cropseg_drift import reference
     from cropseg_drift.report import read_report
 

@@ -24,7 +24,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.config.incluster_config import InClusterConfigLoader
 from urllib3.exceptions import HTTPError
 
-from cropseg_core.web.errors import BadGatewayError
+from cropseg_core.errors import BadGatewayError
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 NAMESPACE_FILE = SERVICE_ACCOUNT / "namespace"

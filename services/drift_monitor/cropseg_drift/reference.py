@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from cropseg_core.errors import ClientError, ConflictError, NotFoundError
 from cropseg_core.features import ReferenceProfile, decode_profile, encode_profile
 from cropseg_core.repository import ImageRepository
 from cropseg_core.store import BlobNotFoundError, BlobStore
-from cropseg_core.web.errors import ClientError, ConflictError, NotFoundError
 from cropseg_drift.extraction import ImageFeatures, extract
 from cropseg_drift.predictions import newest_predictions
 from cropseg_drift.settings import DriftSettings

@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from cropseg_core.errors import ClientError, NotFoundError
 from cropseg_core.features import PROPERTY_LABELS, PROPERTY_NAMES, ReferenceProfile
 from cropseg_core.store import BlobNotFoundError, BlobStore, encode_json
-from cropseg_core.web.errors import ClientError, NotFoundError
 from cropseg_drift.detectors import CHECK_LABELS, Current
 
 REPORT_ID = re.compile(r"[0-9]{8}T[0-9]{12}Z")  # ASCII digits only: \d also matches other scripts

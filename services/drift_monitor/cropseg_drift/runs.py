@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from cropseg_core.errors import ConflictError, NotFoundError
 from cropseg_core.store import BlobStore
-from cropseg_core.web.errors import ConflictError, NotFoundError
 from cropseg_drift.kube import KubernetesJobs, in_cluster
 from cropseg_drift.lock import is_locked
 from cropseg_drift.report import REPORT_ID, new_report_id, report_prefix

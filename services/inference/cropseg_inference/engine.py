@@ -14,9 +14,9 @@ from typing import overload
 import numpy as np
 
 from cropseg_core.bands import MODEL_BANDS, Layout
+from cropseg_core.errors import UnavailableError
 from cropseg_core.pipeline import Pipeline, PipelineConfig, Prepared, Segmentation
 from cropseg_core.segmenter import ModelInfo, OnnxSegmenter
-from cropseg_core.web.errors import UnavailableError
 from cropseg_inference.batching import (
     BatcherStoppedError,
     BatchStats,

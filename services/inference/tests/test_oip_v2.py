@@ -11,9 +11,9 @@ from inference_testing import MODEL, MODEL_VERSION, make_settings, wait_ready
 from prometheus_client import CollectorRegistry
 
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
+from cropseg_core.errors import ClientError
 from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
-from cropseg_core.web.errors import ClientError
 
 INFER = "/v2/models/cropseg-unet/infer"
 

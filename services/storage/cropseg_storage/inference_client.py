@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from cropseg_core.confidence import decode_counts
-from cropseg_core.web.errors import BadGatewayError, ClientError, GatewayTimeoutError, UnavailableError
+from cropseg_core.errors import BadGatewayError, ClientError, GatewayTimeoutError, UnavailableError
 
 SEGMENT_PATH = "/api/v1/segment"
 log = logging.getLogger(__name__)

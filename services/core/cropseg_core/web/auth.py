@@ -11,8 +11,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, SecretStr
 
+from cropseg_core.errors import ForbiddenError, UnauthorizedError
 from cropseg_core.files import fsync_dir, write_temporary
-from cropseg_core.web.errors import ForbiddenError, UnauthorizedError
 
 MIN_TOKEN_LENGTH = 16
 log = logging.getLogger(__name__)

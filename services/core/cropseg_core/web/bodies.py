@@ -19,13 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
-from cropseg_core.settings import ConnectionLimits
-from cropseg_core.web.errors import (
+from cropseg_core.errors import (
     ClientError,
     PayloadTooLargeError,
     RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
+from cropseg_core.settings import ConnectionLimits
 
 M = TypeVar("M", bound=BaseModel)
 

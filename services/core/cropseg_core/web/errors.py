@@ -1,24 +1,9 @@
-"""One error shape for every service, registered once per app.
+"""One error shape for every service, registered once per app: the domain's errors
+(``cropseg_core.errors``, which carry their status and code) mapped to HTTP.
 
-Hierarchy (the HTTP status lives on the class)::
-
-    ServiceError                     500 internal_error
-     ├── ClientError                 400 bad_request      the client can fix it
-     │    ├── UnauthorizedError      401 unauthorized     (WWW-Authenticate: Bearer)
-     │    ├── ForbiddenError         403 forbidden
-     │    ├── NotFoundError          404 not_found
-     │    ├── ConflictError          409 conflict         not possible in the resource's state
-     │    ├── PayloadTooLargeError   413 payload_too_large
-     │    └── UnsupportedMediaTypeError 415 unsupported_media_type
-     ├── BadGatewayError             502 bad_gateway      a service we call failed
-     ├── UnavailableError            503 unavailable      retry later (Retry-After)
-     └── GatewayTimeoutError         504 gateway_timeout  a service we call did not answer in time
-
-``cropseg_core.imaging.ImageDecodeError``, ``cropseg_core.bands.LayoutError`` (422: unknown
-layout, or a channel count the layout cannot hold) and ``cropseg_core.pipeline.ScaleError``
-(422) carry ``code`` and ``status_code`` the same way and are answered by the same handler. Bodies look like
-``{"error": {"code": "not_an_image", "message": "..."}}``; routes under a *plain* prefix
-(the Open Inference Protocol's ``/v2``) answer ``{"error": "..."}`` as that protocol requires.
+Bodies look like ``{"error": {"code": "not_an_image", "message": "..."}}``; routes under a
+*plain* prefix (the Open Inference Protocol's ``/v2``) answer ``{"error": "..."}`` as that
+protocol requires.
 
 A client that disconnects while its body is being read (Starlette's ``ClientDisconnect``) caused
 no error of ours: it is logged at INFO and answered -- to nobody -- with 499, the status request
@@ -38,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from cropseg_core.bands import LayoutError
+from cropseg_core.errors import ServiceError
 from cropseg_core.imaging import ImageDecodeError
 from cropseg_core.pipeline import ScaleError
 from cropseg_core.web.metrics import CLIENT_CLOSED
@@ -46,76 +32,6 @@ INPUT_ERRORS = (ImageDecodeError, LayoutError, ScaleError)
 """Errors of the core library that a client causes, with their own status_code and code."""
 
 log = logging.getLogger(__name__)
-
-
-class ServiceError(Exception):
-    status_code = 500
-    code = "internal_error"
-
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.headers = headers or {}
-
-
-class ClientError(ServiceError):
-    status_code = 400
-    code = "bad_request"
-
-
-class UnauthorizedError(ClientError):
-    status_code = 401
-    code = "unauthorized"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
-
-
-class ForbiddenError(ClientError):
-    status_code = 403
-    code = "forbidden"
-
-
-class NotFoundError(ClientError):
-    status_code = 404
-    code = "not_found"
-
-
-class ConflictError(ClientError):
-    status_code = 409
-    code = "conflict"
-
-
-class RequestTimeoutError(ClientError):
-    status_code = 408
-    code = "request_timeout"
-
-
-class PayloadTooLargeError(ClientError):
-    status_code = 413
-    code = "payload_too_large"
-
-
-class UnsupportedMediaTypeError(ClientError):
-    status_code = 415
-    code = "unsupported_media_type"
-
-
-class BadGatewayError(ServiceError):
-    status_code = 502
-    code = "bad_gateway"
-
-
-class GatewayTimeoutError(ServiceError):
-    status_code = 504
-    code = "gateway_timeout"
-
-
-class UnavailableError(ServiceError):
-    status_code = 503
-    code = "unavailable"
-
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 ERROR_RESPONSE_SCHEMA: dict[str, Any] = {

@@ -33,9 +33,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cropseg_core.errors import UnavailableError
 from cropseg_core.imaging import image_pixels
 from cropseg_core.settings import ConnectionLimits, ImageLimits, MemoryLimits
-from cropseg_core.web.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 

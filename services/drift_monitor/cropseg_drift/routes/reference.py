@@ -11,9 +11,10 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import get_layout
+from cropseg_core.errors import ClientError
 from cropseg_core.features import ReferenceProfile
 from cropseg_core.web.bodies import read_json
-from cropseg_core.web.errors import ClientError, error_responses
+from cropseg_core.web.errors import error_responses
 from cropseg_drift import reference
 from cropseg_drift.reference import as_utc
 from cropseg_drift.report import read_report

@@ -7,8 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from cropseg_core.errors import ClientError, NotFoundError
 from cropseg_core.store import BlobNotFoundError, BlobStore
-from cropseg_core.web.errors import ClientError, NotFoundError, error_responses
+from cropseg_core.web.errors import error_responses
 from cropseg_drift.metrics import latest_report
 from cropseg_drift.report import FILE_NAME, REPORT_ID, read_report, report_prefix
 

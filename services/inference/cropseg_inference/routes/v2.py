@@ -25,10 +25,10 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import get_layout
+from cropseg_core.errors import ClientError, NotFoundError, PayloadTooLargeError
 from cropseg_core.pipeline import Segmentation
 from cropseg_core.segmenter import INPUT_NAME, OUTPUT_NAME
 from cropseg_core.web.bodies import read_limited_body
-from cropseg_core.web.errors import ClientError, NotFoundError, PayloadTooLargeError
 from cropseg_core.web.limits import MEMORY_COST, memory_budget
 from cropseg_inference import SERVICE_NAME
 from cropseg_inference.deps import get_app_settings, get_engine, get_metrics

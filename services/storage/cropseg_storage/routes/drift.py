@@ -11,9 +11,10 @@ from __future__ import annotations
 import httpx
 from fastapi import APIRouter, Request, Response
 
+from cropseg_core.errors import ClientError, GatewayTimeoutError, UnavailableError
 from cropseg_core.store import InvalidKeyError, check_key
 from cropseg_core.web.bodies import read_limited_body
-from cropseg_core.web.errors import ClientError, GatewayTimeoutError, UnavailableError, error_responses
+from cropseg_core.web.errors import error_responses
 
 router = APIRouter(tags=["drift"])
 
