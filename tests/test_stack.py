@@ -142,7 +142,7 @@ def test_second_start_on_the_same_data_and_a_dead_service_is_restarted(tmp_path:
     first.start()
     storage = first.urls()["storage"]
     uploaded = httpx.get(f"{storage}/api/v1/images", params={"limit": 100}).json()["items"]
-    assert len(uploaded) == 12  # seeded on the first start
+    assert len(uploaded) >= 12  # seeded on the first start (generated tiles and real photos)
     first.stop()
 
     second = Stack(config(data, tmp_path), output=lambda name, line: lines.append(f"{name}|{line}"))
