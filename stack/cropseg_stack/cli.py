@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         lines.append("prometheus      not started (--no-prometheus)")
     else:
         lines.append("prometheus      not installed (apt-get install prometheus), not started")
-    lines.append(f"data            {config.data}   -- Ctrl-C stops everything")
     lines.append("logs            requests and errors of each service below (probes and /metrics left out)")
+    lines.append(f"data            {config.data}   -- Ctrl-C stops everything")
     for line in lines:
         print_line("stack", line)
     try:
