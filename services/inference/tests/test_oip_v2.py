@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from cropseg_inference.main import create_app
-from cropseg_inference.routes.v2 import input_images, parse_request
+from cropseg_inference.oip.codec import input_images, parse_request
 from fastapi.testclient import TestClient
 from inference_testing import MODEL, MODEL_VERSION, make_settings, wait_ready
 from prometheus_client import CollectorRegistry
