@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cropseg_core.contracts import DriftReport
 from cropseg_core.features import PROPERTY_LABELS, ReferenceProfile, load_reference_profile
 from cropseg_core.repository import ImageRecord, ImageRepository
 from cropseg_core.store import BlobStore, StoreError, open_store
@@ -176,6 +177,7 @@ def execute(
             "checks": round(checked - extracted, 3),
             "plots": round(time.perf_counter() - checked, 3),
         }
+        DriftReport.model_validate(report)  # the contract the API serves it under; raises before writing
         write_report(store, report, plots, current, features.ids)
     exit_code = EXIT_DRIFT if status == "drift" and settings.fail_on_drift else EXIT_OK
     return RunResult(exit_code, status, report_id, report["summary"], report)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from cropseg_core.contracts import DriftReport
 from cropseg_core.errors import ClientError, NotFoundError
 from cropseg_core.store import BlobNotFoundError, BlobStore
 from cropseg_core.web.errors import error_responses
@@ -62,21 +63,29 @@ def list_reports(
     return ReportPage(items=items, next_cursor=page[-1] if len(ids) > limit else None)
 
 
-@router.get("/latest", responses=error_responses(404))
-def latest(request: Request) -> dict[str, Any]:
+# Served as stored: fields a report of its time did not have stay absent (exclude_unset).
+@router.get(
+    "/latest", response_model=DriftReport, response_model_exclude_unset=True, responses=error_responses(404)
+)
+def latest(request: Request) -> DriftReport:
     """The newest report in full."""
     report = latest_report(store_of(request))
     if report is None:
         raise NotFoundError(
             "no drift report yet: the drift job has not run (POST /api/v1/drift/runs starts one)"
         )
-    return report
+    return DriftReport.model_validate(report)
 
 
-@router.get("/{report_id}", responses=error_responses(400, 404))
-def report(request: Request, report_id: str) -> dict[str, Any]:
+@router.get(
+    "/{report_id}",
+    response_model=DriftReport,
+    response_model_exclude_unset=True,
+    responses=error_responses(400, 404),
+)
+def report(request: Request, report_id: str) -> DriftReport:
     """One report in full: checks shaped as Alibi Detect shapes them, plots, links."""
-    return read_report(store_of(request), report_id)
+    return DriftReport.model_validate(read_report(store_of(request), report_id))
 
 
 @router.get(
