@@ -35,7 +35,7 @@ from inference import Call, interleaved
 from sections import publish
 
 from cropseg_core.bands import Layout, from_model_bands, get_layout, to_model_bands
-from cropseg_core.pipeline import Pipeline, PipelineConfig
+from cropseg_core.model import LoadedModel
 from cropseg_core.segmenter import INPUT_NAME, OnnxSegmenter
 from cropseg_model.evaluate import Evaluator, Method, evaluate
 from cropseg_model.synth import generate_tile, write_dataset
@@ -87,13 +87,11 @@ def measure(rounds: int, previous: Path) -> dict[str, float]:
     bands = to_model_bands(tile, rgb)
     old = PreviousModel(previous)
     old_input = old.input(bands)
-    new = OnnxSegmenter(MODEL)
-    info = new.load()
-    pipeline = Pipeline(PipelineConfig(model_gsd_mm=info.working_gsd_mm))
+    new = LoadedModel.load(MODEL, warmup_runs=0)
     calls: dict[str, Call] = {
         "previous": lambda: old.session.run(None, {INPUT_NAME: old_input}),
-        "new": lambda: new.predict(bands[None]),
-        "new_pipeline": lambda: pipeline.run(new.predict, tile, info.threshold, rgb),
+        "new": lambda: new.segmenter.predict(bands[None]),
+        "new_pipeline": lambda: new.run(tile, rgb),
     }
     result = {f"{name}_ms": ms for name, ms in interleaved(calls, rounds).items()}
     result["ratio_model"] = result["new_ms"] / result["previous_ms"]

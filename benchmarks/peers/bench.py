@@ -128,7 +128,7 @@ def inputs() -> Inputs:
     Image.fromarray(mosaic).save(buffer, "PNG", compress_level=1)
     workload = Workload()
     expected = workload(tile)
-    workload.segmenter.unload()
+    workload.model.segmenter.unload()
     return Inputs(tile, photo.getvalue(), buffer.getvalue(), expected)
 
 
@@ -212,10 +212,10 @@ def baselines(tile: bytes, runs: int) -> dict[str, float]:
     workload = Workload()
     bands = to_model_bands(np.asarray(Image.open(io.BytesIO(tile)).convert("RGB")), get_layout("rgb"))
     results = {}
-    for name, function in (("session_run", lambda: workload.segmenter.predict(bands)),
+    for name, function in (("session_run", lambda: workload.model.segmenter.predict(bands)),
                            ("workload", lambda: workload(tile))):  # fmt: skip
         results[name] = statistics.median(timed(function, runs))
-    workload.segmenter.unload()
+    workload.model.segmenter.unload()
     return results
 
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from cropseg_core.bands import get_layout
 from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import encode_png
-from cropseg_core.pipeline import Pipeline
-from cropseg_core.segmenter import OnnxSegmenter
+from cropseg_core.model import LoadedModel
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = Path(os.environ.get("CROPSEG_PEER_MODEL", REPO / "model" / "artifacts" / "cropseg-unet.onnx"))
+RGB = get_layout("rgb")
 PNG_LEVEL = 3  # cropseg_inference.encoding.PNG_LEVEL (not imported: peers do not install the service)
 
 
@@ -29,11 +30,9 @@ class Workload:
     """Load once per server process; call with the request body's bytes."""
 
     def __init__(self, model: Path = MODEL) -> None:
-        self.segmenter = OnnxSegmenter(model)
-        self.threshold = self.segmenter.load().threshold
-        self.pipeline = Pipeline()
+        self.model = LoadedModel.load(model, warmup_runs=0)
 
     def __call__(self, image: bytes) -> bytes:
         channels = decode_channels(image).pixels
-        segmentation = self.pipeline.run(self.segmenter.predict, channels, self.threshold, "rgb")
+        segmentation = self.model.run(channels, RGB)
         return encode_png(segmentation.mask, PNG_LEVEL)

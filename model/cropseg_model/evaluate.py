@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,8 @@ from tqdm import tqdm
 
 from cropseg_core.bands import LAYOUTS, Layout, from_model_bands
 from cropseg_core.masks import IGNORE, MaskScore, score
+from cropseg_core.model import LoadedModel
 from cropseg_core.pipeline import Pipeline, PipelineConfig, Segmentation
-from cropseg_core.segmenter import OnnxSegmenter
 from cropseg_model.baselines import BASELINES, baselines_for
 from cropseg_model.datasets import discover, load_masked
 from cropseg_model.metrics import boundary_f1, summarise
@@ -83,20 +82,20 @@ class Evaluator:
         config: PipelineConfig | None = None,
         leaf_widths: tuple[float, ...] = (),
     ) -> None:
-        self.segmenter = OnnxSegmenter(model)
-        self.info = self.segmenter.load()
-        self.threshold = self.info.threshold if threshold is None else threshold
-        self.config = config or PipelineConfig(model_gsd_mm=self.info.working_gsd_mm)
-        self.pipeline = Pipeline(self.config)
-        self.full_resolution = Pipeline(replace(self.config, auto_leaf_px=0))
-        self.network_only = Pipeline(replace(self.config, refine_by_index=False))
+        self.model = LoadedModel.load(model, config=config, warmup_runs=0)
+        self.info = self.model.info
+        self.threshold = self.model.threshold(threshold)
+        self.pipeline = self.model.pipeline
+        self.config = self.pipeline.config
+        self.full_resolution = self.model.variant(auto_leaf_px=0)
+        self.network_only = self.model.variant(refine_by_index=False)
         # Other automatic working resolutions to compare on enlarged photos (leaf width, px).
-        self.leaf_widths = {w: Pipeline(replace(self.config, auto_leaf_px=w)) for w in leaf_widths}
+        self.leaf_widths = {w: self.model.variant(auto_leaf_px=w) for w in leaf_widths}
 
     def run(self, channels: np.ndarray, layout: Layout, pipeline: Pipeline | None = None) -> Segmentation:
         """What the API computes for this file (its channels as stored) in this layout."""
         used = pipeline or self.pipeline
-        return used.run(self.segmenter.predict, channels, self.threshold, layout)
+        return self.model.run(channels, layout, self.threshold, pipeline=used)
 
     def segment(self, channels: np.ndarray, layout: Layout, pipeline: Pipeline | None = None) -> np.ndarray:
         """What the API answers for this file in this layout: the mask at the file's size."""

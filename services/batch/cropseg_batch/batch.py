@@ -41,10 +41,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cropseg_batch.raster import PREVIEW_SIDE, RasterError, RasterModel, segment_raster
+from cropseg_batch.raster import PREVIEW_SIDE, RasterError, segment_raster
 from cropseg_core.bands import LayoutError, get_layout, picture
 from cropseg_core.imaging import ImageDecodeError, decode_channels
 from cropseg_core.masks import encode_png, overlay
+from cropseg_core.model import LoadedModel
 from cropseg_core.pipeline import ScaleError
 from cropseg_core.store import (
     BlobNotFoundError,
@@ -153,7 +154,7 @@ def plan(source: BlobStore, output: BlobStore) -> dict[str, Any]:
 def run_shard(
     source: BlobStore,
     output: BlobStore,
-    model: RasterModel,
+    model: LoadedModel,
     options: Options,
     index: int,
     count: int,
@@ -184,7 +185,7 @@ def run_shard(
 
 
 def process(
-    source: BlobStore, output: BlobStore, model: RasterModel, options: Options, entry: dict[str, Any]
+    source: BlobStore, output: BlobStore, model: LoadedModel, options: Options, entry: dict[str, Any]
 ) -> dict[str, Any]:
     """Segment one input into its outputs, unless its content has them already."""
     key = entry["key"]
@@ -229,7 +230,7 @@ def process(
 
 
 def _segment(
-    path: Path, folder: Path, model: RasterModel, options: Options
+    path: Path, folder: Path, model: LoadedModel, options: Options
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """(result, files by output name) of one downloaded input. Nothing time- or place-dependent
     goes into either: a rerun writes the same bytes."""
@@ -247,9 +248,7 @@ def _segment(
         return result, files
     layout = get_layout(options.layout)
     channels = decode_channels(path.read_bytes()).pixels
-    segmentation = model.pipeline.run(
-        model.segmenter.predict, channels, model.threshold, layout, gsd_mm=options.gsd_mm, scale=options.scale
-    )
+    segmentation = model.run(channels, layout, gsd_mm=options.gsd_mm, scale=options.scale)
     (folder / "mask.png").write_bytes(encode_png(segmentation.mask))
     step = max(1, -(-max(segmentation.height, segmentation.width) // PREVIEW_SIDE))
     shown = np.ascontiguousarray(picture(channels, layout)[::step, ::step])

@@ -19,10 +19,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cropseg_batch.batch import BatchError, Options, open_location, run_local, run_shard
-from cropseg_batch.raster import WINDOW, RasterError, RasterModel, segment_raster
+from cropseg_batch.raster import WINDOW, RasterError, segment_raster
 from cropseg_core.bands import LAYOUTS, LayoutError
 from cropseg_core.log import configure_logging
 from cropseg_core.memory import release_large_allocations
+from cropseg_core.model import LoadedModel
 from cropseg_core.pipeline import ScaleError
 
 DEFAULT_MODEL = Path(os.environ.get("CROPSEG_MODEL", "model/artifacts/cropseg-unet.onnx"))
@@ -103,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if isinstance(e, BatchError) else 2
 
 
-def _load(args: argparse.Namespace, threads: int = 0) -> RasterModel:
+def _load(args: argparse.Namespace, threads: int = 0) -> LoadedModel:
     if not args.model.is_file():
         raise FileNotFoundError(f"no model at {args.model}: pass --model or set CROPSEG_MODEL")
-    return RasterModel.load(args.model, intra_op_threads=threads)
+    return LoadedModel.load(args.model, intra_op_threads=threads)
 
 
 def _segment_raster(args: argparse.Namespace) -> int:

@@ -48,12 +48,12 @@ from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from cropseg_core.bands import MODEL_BANDS, Layout, display_rgb, get_layout, to_model_bands
+from cropseg_core.bands import Layout, display_rgb, get_layout, to_model_bands
 from cropseg_core.files import write_atomic
 from cropseg_core.masks import encode_png, overlay
 from cropseg_core.memory import trim_heap
-from cropseg_core.pipeline import Pipeline, PipelineConfig, working_scale
-from cropseg_core.segmenter import OnnxSegmenter
+from cropseg_core.model import LoadedModel
+from cropseg_core.pipeline import PipelineConfig, working_scale
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -101,27 +101,6 @@ class RasterReport:
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "megapixels_per_s": round(self.megapixels_per_s, 3)}
-
-
-@dataclass
-class RasterModel:
-    """The model and the core pipeline, loaded once for many rasters."""
-
-    segmenter: OnnxSegmenter
-    pipeline: Pipeline
-    threshold: float
-
-    @classmethod
-    def load(cls, model_path: Path, threshold: float | None = None, intra_op_threads: int = 0) -> RasterModel:
-        segmenter = OnnxSegmenter(model_path, intra_op_threads=intra_op_threads)
-        info = segmenter.load()
-        pipeline = Pipeline(PipelineConfig(model_gsd_mm=info.working_gsd_mm))
-        # Warm up as the inference service does: ONNX Runtime sizes its memory arena over the first
-        # two runs of a shape, so a raster's first windows would otherwise raise its peak.
-        side = pipeline.config.tile_size
-        for _ in range(2):
-            segmenter.predict(np.zeros((side, side, len(MODEL_BANDS)), np.uint8))
-        return cls(segmenter, pipeline, info.threshold if threshold is None else threshold)
 
 
 @dataclass
@@ -173,7 +152,7 @@ def _bounded_gdal(function: Callable[P, R]) -> Callable[P, R]:
 def segment_raster(
     source: Path,
     output: Path,
-    model: RasterModel,
+    model: LoadedModel,
     *,
     layout: str = "rgb",
     bands: list[int] | None = None,
@@ -341,7 +320,7 @@ def _window_grid(width: int, height: int, size: int) -> Iterator[Window]:
 
 def _segment_window(
     dataset: rasterio.DatasetReader, core: Window, margin: int, bands: list[int], layout: Layout,
-    model: RasterModel, factor: float,
+    model: LoadedModel, factor: float,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Classes of the ``core`` window (segmented with ``margin`` px of context around it) and
     its channels."""
@@ -355,9 +334,7 @@ def _segment_window(
     if not valid[inner].any():  # outside the field: nothing to segment
         return np.full((int(core.height), int(core.width)), NODATA, np.uint8), channels[inner]
     channels[~valid] = 0
-    segmentation = model.pipeline.run(
-        model.segmenter.predict, channels, model.threshold, layout, scale=factor
-    )
+    segmentation = model.run(channels, layout, scale=factor)
     classes = np.full(valid.shape, NODATA, np.uint8)
     classes[valid] = (segmentation.mask[valid] > 0).astype(np.uint8)  # SOIL 0, VEGETATION 1
     return np.ascontiguousarray(classes[inner]), channels[inner]

@@ -14,9 +14,9 @@ from cropseg_batch import batch
 from cropseg_batch.batch import BatchError, Options, open_location, run_shard
 from cropseg_batch.cli import main
 from cropseg_batch.fields import field_block, write_field
-from cropseg_batch.raster import RasterModel
 
 from cropseg_core.masks import encode_png
+from cropseg_core.model import LoadedModel
 from cropseg_core.processes import free_port
 from cropseg_core.store import BlobStore, S3Settings
 from cropseg_core.store.s3 import S3Store
@@ -116,7 +116,7 @@ def test_an_unreachable_bucket_is_retried_then_fails_saying_how_to_resume(
     with pytest.raises(
         BatchError, match=r"reading the manifest failed 5 times .* run the same command again"
     ):
-        run_shard(source, output, RasterModel.load(MODEL), Options(), 0, 1)
+        run_shard(source, output, LoadedModel.load(MODEL), Options(), 0, 1)
     code = main(["batch", "s3://season/in", "--output", "s3://season/out", "--endpoint-url", endpoint,
                  "--shard", "0/1", "--model", str(MODEL)])  # fmt: skip
     assert code == 1

@@ -15,18 +15,20 @@ import pytest
 import rasterio
 from cropseg_batch.cli import main
 from cropseg_batch.fields import write_field
-from cropseg_batch.raster import NODATA, VEGETATION, RasterError, RasterModel, segment_raster
+from cropseg_batch.raster import NODATA, VEGETATION, RasterError, segment_raster
 from PIL import Image
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import from_origin
+
+from cropseg_core.model import LoadedModel
 
 REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / "model/artifacts/cropseg-unet.onnx"
 
 
 @pytest.fixture(scope="module")
-def model() -> RasterModel:
-    return RasterModel.load(MODEL)
+def model() -> LoadedModel:
+    return LoadedModel.load(MODEL)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +36,7 @@ def field(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_field(tmp_path_factory.mktemp("field") / "field.tif", 1300)
 
 
-def test_windows_leave_no_seam(model: RasterModel, field: Path, tmp_path: Path) -> None:
+def test_windows_leave_no_seam(model: LoadedModel, field: Path, tmp_path: Path) -> None:
     """Nine 512-px windows give the mask one window over the whole raster gives, but for a few
     pixels: the EfficientNet encoder of model 2.0.0 sees past the windows' overlap, and here
     548 of 1.69 M pixels (3.2e-4) differ (services/core/tests/test_tiling.py measures the
@@ -48,7 +50,7 @@ def test_windows_leave_no_seam(model: RasterModel, field: Path, tmp_path: Path) 
 
 
 def test_the_mask_keeps_the_georeference_and_the_nodata(
-    model: RasterModel, field: Path, tmp_path: Path
+    model: LoadedModel, field: Path, tmp_path: Path
 ) -> None:
     report = segment_raster(field, tmp_path / "mask.tif", model, cell_m=5)
     with rasterio.open(field) as source, rasterio.open(tmp_path / "mask.tif") as mask:
@@ -66,7 +68,7 @@ def test_the_mask_keeps_the_georeference_and_the_nodata(
     assert report.crs == "EPSG:32632"
 
 
-def test_cover_per_cell_adds_up_to_the_field(model: RasterModel, field: Path, tmp_path: Path) -> None:
+def test_cover_per_cell_adds_up_to_the_field(model: LoadedModel, field: Path, tmp_path: Path) -> None:
     report = segment_raster(field, tmp_path / "mask.tif", model, cell_m=5)  # 250 px cells
     rows = list(csv.DictReader((tmp_path / "mask.cover.csv").read_text().splitlines()))
     area = np.array([float(row["data_area_m2"]) for row in rows])
@@ -87,7 +89,7 @@ def test_cover_per_cell_adds_up_to_the_field(model: RasterModel, field: Path, tm
 
 
 def test_a_raster_without_georeference_is_segmented_with_a_warning(
-    model: RasterModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    model: LoadedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     plain = write_field(tmp_path / "plain.tif", 700, georeferenced=False)
     report = segment_raster(plain, tmp_path / "mask.tif", model)
@@ -110,7 +112,7 @@ def write_raster(path: Path, bands: int, dtype: str) -> Path:
     return path
 
 
-def test_unsupported_data_types_and_band_counts_are_named(model: RasterModel, tmp_path: Path) -> None:
+def test_unsupported_data_types_and_band_counts_are_named(model: LoadedModel, tmp_path: Path) -> None:
     with pytest.raises(RasterError, match=r"1 band\(s\) of uint16.*8-bit"):
         segment_raster(write_raster(tmp_path / "a.tif", 1, "uint16"), tmp_path / "m.tif", model)
     five = write_raster(tmp_path / "five.tif", 5, "uint8")
@@ -125,7 +127,7 @@ def test_unsupported_data_types_and_band_counts_are_named(model: RasterModel, tm
 
 
 def test_a_truncated_raster_fails_clearly_and_leaves_no_output(
-    model: RasterModel, field: Path, tmp_path: Path
+    model: LoadedModel, field: Path, tmp_path: Path
 ) -> None:
     truncated = tmp_path / "truncated.tif"
     truncated.write_bytes(field.read_bytes()[: field.stat().st_size // 2])

@@ -15,8 +15,9 @@ import numpy as np
 
 from cropseg_core.bands import MODEL_BANDS, Layout
 from cropseg_core.errors import UnavailableError
-from cropseg_core.pipeline import Pipeline, PipelineConfig, Prepared, Segmentation
-from cropseg_core.segmenter import ModelInfo, OnnxSegmenter
+from cropseg_core.model import LoadedModel
+from cropseg_core.pipeline import PipelineConfig, Prepared, Segmentation
+from cropseg_core.segmenter import ModelInfo
 from cropseg_inference.batching import (
     BatcherStoppedError,
     BatchStats,
@@ -69,13 +70,7 @@ class SegmentationEngine:
     def __init__(self, settings: InferenceSettings, metrics: InferenceMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.segmenter = OnnxSegmenter(
-            settings.model_path,
-            intra_op_threads=settings.intra_op_threads,
-            graph_optimization=settings.graph_optimization,
-            thread_spinning=settings.thread_spinning,
-        )
-        self.pipeline = Pipeline()
+        self.model: LoadedModel | None = None
         self._batcher: MicroBatcher | None = None
         self._warmup: asyncio.Task[None] | None = None
         self._ready = False
@@ -91,35 +86,44 @@ class SegmentationEngine:
         self.metrics.ready.set(int(value))
 
     @property
-    def info(self) -> ModelInfo:
-        if self.segmenter.info is None:
+    def loaded(self) -> LoadedModel:
+        if self.model is None:
             raise UnavailableError("the model is not loaded yet")
-        return self.segmenter.info
+        return self.model
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.loaded.info
 
     def load(self) -> ModelInfo:
-        info = self.segmenter.load()
-        self.pipeline = Pipeline(
-            PipelineConfig(
-                tile_size=self.settings.tile_size,
-                tile_overlap=self.settings.tile_overlap,
-                auto_leaf_px=self.settings.auto_leaf_px,
-                model_gsd_mm=info.working_gsd_mm,
-            )
+        settings = self.settings
+        self.model = LoadedModel.load(
+            settings.model_path,
+            config=PipelineConfig(
+                tile_size=settings.tile_size,
+                tile_overlap=settings.tile_overlap,
+                auto_leaf_px=settings.auto_leaf_px,
+            ),
+            warmup_runs=0,  # warmed up through the batcher once it runs (start)
+            intra_op_threads=settings.intra_op_threads,
+            graph_optimization=settings.graph_optimization,
+            thread_spinning=settings.thread_spinning,
         )
+        info = self.model.info
         self.metrics.set_model(info)
         log.info(
             "loaded model %s %s (sha256 %s) from %s",
             info.name,
             info.version,
             info.sha256[:12],
-            self.segmenter.path,
+            settings.model_path,
         )
         return info
 
     async def start(self) -> None:
         """Start the batcher and warm the model up in the background; ready afterwards."""
         self._batcher = MicroBatcher(
-            self.segmenter.predict,
+            self.loaded.segmenter.predict,
             max_batch_size=self.settings.max_batch_size,
             max_wait_s=self.settings.max_batch_wait_ms / 1000,
             max_queue=self.settings.max_queue_tiles,
@@ -145,7 +149,8 @@ class SegmentationEngine:
             self._warmup.cancel()
         if self._batcher is not None:
             await self._batcher.stop()
-        self.segmenter.unload()
+        if self.model is not None:
+            self.model.segmenter.unload()
 
     def _observe_batch(self, stats: BatchStats) -> None:
         self.metrics.batch_size.observe(stats.size)
@@ -217,10 +222,12 @@ class SegmentationEngine:
         (all or none), so a batch never ends half computed and half refused."""
         if not self.ready:
             raise UnavailableError("the model is warming up", retry_after_s=self.settings.retry_after_s)
-        threshold = self.info.threshold if threshold is None else threshold
+        model = self.loaded
+        threshold = model.threshold(threshold)
         inline = sum(image.shape[0] * image.shape[1] for image in images) <= INLINE_PIXELS
         started = time.perf_counter()
-        prepare = self.pipeline.prepare
+        pipeline = model.pipeline
+        prepare = pipeline.prepare
         prepared = []
         for image in images:
             if inline:
@@ -238,9 +245,9 @@ class SegmentationEngine:
         for item, mosaic in zip(prepared, tiles.mosaics, strict=True):
             started = time.perf_counter()
             if inline:
-                probability, mask = self.pipeline.finish(item, mosaic, threshold)
+                probability, mask = pipeline.finish(item, mosaic, threshold)
             else:
-                probability, mask = await asyncio.to_thread(self.pipeline.finish, item, mosaic, threshold)
+                probability, mask = await asyncio.to_thread(pipeline.finish, item, mosaic, threshold)
             timings = {"preprocess": preprocess_s, "queue": queued_s, "infer": infer_s,
                        "postprocess": time.perf_counter() - started}  # fmt: skip
             results.append(
