@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from cropseg_core.confidence import encode_counts
+from cropseg_core.contracts import SegmentationHeaders
 from cropseg_core.geotiff import Georeference, encode_tiff
 from cropseg_core.masks import encode_png, overlay
 from cropseg_core.pipeline import Segmentation
@@ -130,17 +130,19 @@ def render(
 
 
 def result_headers(segmentation: Segmentation, info: ModelInfo) -> dict[str, str]:
+    """The ``X-`` headers storage reads (:class:`cropseg_core.contracts.SegmentationHeaders`) and
+    the stages' durations."""
     timing = ", ".join(f"{stage};dur={ms:.3f}" for stage, ms in timings_ms(segmentation).items())
-    return {
-        "X-Vegetation-Fraction": f"{segmentation.vegetation_fraction:.6f}",
-        "X-Image-Width": str(segmentation.width),
-        "X-Image-Height": str(segmentation.height),
-        "X-Threshold": f"{segmentation.threshold:g}",
-        "X-Tiles": str(segmentation.tiles),
-        "X-Layout": segmentation.layout,
-        "X-Working-Scale": f"{segmentation.scale:.6g}",
-        "X-Model-Name": info.name,
-        "X-Model-Version": info.version,
-        "X-Confidence": encode_counts(segmentation.confidence),
-        "Server-Timing": timing,
-    }
+    contract = SegmentationHeaders(
+        vegetation_fraction=segmentation.vegetation_fraction,
+        image_width=segmentation.width,
+        image_height=segmentation.height,
+        threshold=segmentation.threshold,
+        tiles=segmentation.tiles,
+        layout=segmentation.layout,
+        working_scale=segmentation.scale,
+        model_name=info.name,
+        model_version=info.version,
+        confidence=segmentation.confidence,
+    )
+    return {**contract.to_headers(), "Server-Timing": timing}

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
 from cropseg_core.confidence import decode_counts
+from cropseg_core.contracts import SegmentationHeaders
 from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
 
@@ -57,6 +58,20 @@ def test_default_answer_is_the_mask_with_headers(
     assert confidence[1].sum() / confidence.sum() == pytest.approx((mask == 255).mean(), abs=1e-6)
     stages = [part.split(";")[0] for part in headers["server-timing"].split(", ")]
     assert stages == ["decode", "preprocess", "queue", "infer", "postprocess", "encode"]
+
+
+def test_the_answer_headers_are_the_contract_storage_reads(client: TestClient, field_png: bytes) -> None:
+    headers = segment(client, field_png, threshold=0.4, layout="rgb").headers
+    answer = SegmentationHeaders.from_headers(headers)  # what storage's inference client does
+    mask = read_png(segment(client, field_png, threshold=0.4).content)
+    assert answer.vegetation_fraction == pytest.approx((mask == 255).mean(), abs=1e-6)
+    assert (answer.image_width, answer.image_height, answer.tiles) == (480, 360, 1)
+    assert (answer.threshold, answer.layout, answer.working_scale) == (0.4, "rgb", 1.0)
+    assert (answer.model_name, answer.model_version) == ("cropseg-unet", MODEL_VERSION)
+    assert answer.confidence is not None
+    assert int(answer.confidence.sum()) == 480 * 360
+    for name, value in answer.to_headers().items():  # written back, every header reads the same
+        assert headers[name] == value, name
 
 
 def test_multipart_jpeg_and_octet_stream_are_accepted(client: TestClient, field_tile: np.ndarray) -> None:

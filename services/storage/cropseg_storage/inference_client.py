@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from cropseg_core.confidence import decode_counts
+from cropseg_core.contracts import SegmentationHeaders
 from cropseg_core.errors import BadGatewayError, ClientError, GatewayTimeoutError, UnavailableError
 
 SEGMENT_PATH = "/api/v1/segment"
@@ -57,7 +57,8 @@ class Segmentation:
     layout: str
     working_scale: float
     confidence: list[list[int]] | None = None
-    """Pixels by predicted probability (X-Confidence); None from an inference service without it."""
+    """Pixels by predicted probability (X-Confidence); None from an inference service without it.
+    The fields are what inference's headers say (:class:`cropseg_core.contracts.SegmentationHeaders`)."""
 
 
 CONNECT_TIMEOUT_S = 5.0
@@ -106,23 +107,22 @@ class InferenceClient:
         )
         latency = time.perf_counter() - started
         try:
-            return Segmentation(
-                mask_png=response.content,
-                vegetation_fraction=float(response.headers["x-vegetation-fraction"]),
-                threshold=float(response.headers["x-threshold"]),
-                model_name=response.headers["x-model-name"],
-                model_version=response.headers["x-model-version"],
-                latency_s=latency,
-                layout=response.headers["x-layout"],
-                working_scale=float(response.headers["x-working-scale"]),
-                confidence=decode_counts(response.headers["x-confidence"]).tolist()
-                if "x-confidence" in response.headers
-                else None,
-            )
-        except (KeyError, ValueError) as e:
+            answer = SegmentationHeaders.from_headers(response.headers)
+        except ValueError as e:
             raise InferenceFailedError(
                 f"the inference service answered without the expected headers: {e}"
             ) from e
+        return Segmentation(
+            mask_png=response.content,
+            vegetation_fraction=answer.vegetation_fraction,
+            threshold=answer.threshold,
+            model_name=answer.model_name,
+            model_version=answer.model_version,
+            latency_s=latency,
+            layout=answer.layout,
+            working_scale=answer.working_scale,
+            confidence=answer.confidence.tolist() if answer.confidence is not None else None,
+        )
 
     async def ready(self, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
         """Whether inference's /readyz answers 200 within ``timeout_s``, connecting included."""

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
+from cropseg_core.contracts import Header
 from cropseg_core.repository import ImageRepository
 from cropseg_core.store import StoreError, open_store
 from cropseg_core.web import layouts
@@ -172,7 +173,7 @@ def create_app(
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Location", "ETag", "X-Vegetation-Fraction", "X-Model-Version"],
+            expose_headers=["Location", "ETag", Header.VEGETATION_FRACTION, Header.MODEL_VERSION],
         )
     app.include_router(images.router)
     app.include_router(layouts.router)

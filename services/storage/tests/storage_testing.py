@@ -12,6 +12,7 @@ import numpy as np
 from cropseg_storage.settings import StorageSettings
 from PIL import Image
 
+from cropseg_core.contracts import SegmentationHeaders
 from cropseg_core.store import StoreSettings
 
 REPO = Path(__file__).resolve().parents[3]
@@ -56,18 +57,19 @@ def fake_inference(request: httpx.Request) -> httpx.Response:
     assert request.url.path == "/api/v1/segment", request.url
     pixels = decode_image(request.content).pixels
     mask = np.where(pixels[..., 1] > 127, 255, 0).astype(np.uint8)
+    answer = SegmentationHeaders(
+        vegetation_fraction=float((mask > 0).mean()),
+        image_width=mask.shape[1],
+        image_height=mask.shape[0],
+        threshold=float(request.url.params.get("threshold", "0.55")),
+        tiles=1,
+        layout=request.url.params.get("layout", "rgb"),
+        working_scale=1.0,
+        model_name="cropseg-unet",
+        model_version="1.0.0",
+    )
     return httpx.Response(
-        200,
-        content=encode(mask),
-        headers={
-            "content-type": "image/png",
-            "x-vegetation-fraction": f"{(mask > 0).mean():.6f}",
-            "x-threshold": request.url.params.get("threshold", "0.55"),
-            "x-model-name": "cropseg-unet",
-            "x-model-version": "1.0.0",
-            "x-layout": request.url.params.get("layout", "rgb"),
-            "x-working-scale": "1",
-        },
+        200, content=encode(mask), headers={"content-type": "image/png", **answer.to_headers()}
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +16,12 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from storage_testing import TOKEN, column_mask, encode, fake_inference, field_image, make_settings, routed
 
+from cropseg_core.contracts import DriftReport, Header
 from cropseg_core.imaging import decode_image
+from cropseg_core.store import encode_json
 
+DRIFT_REPORT = Path(__file__).parents[2] / "drift_monitor" / "tests" / "testdata" / "report-20261207.json"
+"""A drift report as the drift monitor stored it (storage forwards it; it never reads drift's code)."""
 IMAGE = encode(field_image())  # 40x30, vegetation in the first 20 columns
 LABEL = encode(column_mask(40, 30, 30))  # the "truth": 30 columns
 
@@ -590,6 +595,44 @@ def test_drift_reports_are_forwarded(make_client: Callable[..., TestClient]) -> 
     absent = make_client().get("/api/v1/drift/reports")
     assert absent.status_code == 503
     assert "STORAGE_DRIFT_URL" in absent.json()["error"]["message"]
+
+
+def test_drift_reports_are_forwarded_as_they_are_with_their_schema_in_the_docs(
+    make_client: Callable[..., TestClient],
+) -> None:
+    report = json.loads(DRIFT_REPORT.read_text())
+    stored = encode_json(report)
+
+    def drift(request: httpx.Request) -> httpx.Response:
+        assert request.url.path in ("/api/v1/drift/reports/latest", f"/api/v1/drift/reports/{report['id']}")
+        return httpx.Response(200, content=stored, headers={"content-type": "application/json"})
+
+    client = make_client(routed(inference=fake_inference, drift=drift))
+    for path in ("latest", report["id"]):
+        served = client.get(f"/api/v1/drift/reports/{path}")
+        assert served.content == stored  # bytes unchanged
+        DriftReport.model_validate(served.json())
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/api/v1/drift/reports/latest", "/api/v1/drift/reports/{report_id}"):
+        answer = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert answer == {"$ref": "#/components/schemas/DriftReport"}, path
+
+
+def test_an_inference_answer_without_a_contract_header_is_a_bad_gateway(
+    make_client: Callable[..., TestClient],
+) -> None:
+    def without_tiles(request: httpx.Request) -> httpx.Response:
+        answer = fake_inference(request)
+        if request.url.path == "/api/v1/segment":
+            del answer.headers[Header.TILES]
+        return answer
+
+    client = make_client(routed(inference=without_tiles))
+    image_id = upload(client).json()["id"]
+    response = client.post(f"/api/v1/images/{image_id}/segmentation")
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "inference_failed"
+    assert "no X-Tiles header" in response.json()["error"]["message"]
 
 
 def test_drift_writes_are_forwarded_with_the_callers_token(make_client: Callable[..., TestClient]) -> None:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS, get_layout, picture
+from cropseg_core.contracts import Header
 from cropseg_core.imaging import decode_channels
 from cropseg_core.pipeline import GSD_RANGE_MM, MIN_SCALE
 from cropseg_core.web.bodies import read_upload
@@ -144,7 +145,7 @@ async def segment(
     metrics.observe(segmentation.timings, segmentation.vegetation_fraction)
     headers = result_headers(segmentation, engine.info)
     if output == "geotiff":
-        headers["X-Georeferenced"] = "true" if georeference else "false"
+        headers[Header.GEOREFERENCED] = "true" if georeference else "false"
         if georeference is None:  # still a mask, but it cannot be placed on a map
             headers["Warning"] = '299 - "the upload has no GeoTIFF georeference: the mask has none either"'
     return Response(body, media_type=media_type, headers=headers)

@@ -8,9 +8,12 @@ Ingress) this route forwards the same paths, so the UI works unchanged in both.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 from fastapi import APIRouter, Request, Response
 
+from cropseg_core.contracts import DriftReport
 from cropseg_core.errors import ClientError, GatewayTimeoutError, UnavailableError
 from cropseg_core.store import InvalidKeyError, check_key
 from cropseg_core.web.bodies import read_limited_body
@@ -74,6 +77,33 @@ async def choose_drift_reference(layout: str, request: Request) -> Response:
 async def reset_drift_reference(layout: str, request: Request) -> Response:
     """Compare the layout with the model's training images again, with the caller's token."""
     return await _forward(request, "DELETE", f"reference/{_plain(layout)}", _token(request))
+
+
+# The reports the UI reads, with their schema in these docs too; the bytes pass unchanged, so
+# storage serves whatever report the drift monitor of the day serves.
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": DriftReport, "description": "The report, as drift-monitor serves it"}
+}
+
+
+@router.get(
+    "/api/v1/drift/reports/latest",
+    response_class=Response,
+    responses={**REPORT_RESPONSES, **error_responses(404, 502, 503, 504)},
+)
+async def latest_drift_report(request: Request) -> Response:
+    """The newest drift report in full (forwarded from the drift monitor)."""
+    return await _forward(request, "GET", "reports/latest", {})
+
+
+@router.get(
+    "/api/v1/drift/reports/{report_id}",
+    response_class=Response,
+    responses={**REPORT_RESPONSES, **error_responses(400, 404, 502, 503, 504)},
+)
+async def drift_report(report_id: str, request: Request) -> Response:
+    """One drift report in full (forwarded from the drift monitor)."""
+    return await _forward(request, "GET", _plain(f"reports/{report_id}"), {})
 
 
 @router.get(

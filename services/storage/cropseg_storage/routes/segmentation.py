@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import get_layout
+from cropseg_core.contracts import Header
 from cropseg_core.geotiff import encode_tiff, georeference_of
 from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import overlay_colour, score, vegetation_fraction
@@ -202,7 +203,7 @@ def mask(
     with hold_memory(request, "mask", record.width * record.height):
         georeference = georeference_of(repository.image_bytes(record))
         tiff = encode_tiff(decode_channels(png).pixels[..., 0], georeference)
-    headers["X-Georeferenced"] = "true" if georeference else "false"
+    headers[Header.GEOREFERENCED] = "true" if georeference else "false"
     return Response(tiff, media_type="image/tiff", headers=headers)
 
 
@@ -244,8 +245,8 @@ def evaluation(
 
 def _model_headers(segmentation: SegmentationRecord) -> dict[str, str]:
     return {
-        "X-Model-Name": segmentation.model_name,
-        "X-Model-Version": segmentation.model_version,
-        "X-Vegetation-Fraction": f"{segmentation.vegetation_fraction:.6f}",
+        Header.MODEL_NAME: segmentation.model_name,
+        Header.MODEL_VERSION: segmentation.model_version,
+        Header.VEGETATION_FRACTION: f"{segmentation.vegetation_fraction:.6f}",
         "Cache-Control": "no-cache",
     }
