@@ -65,6 +65,25 @@ def test_prometheus_is_left_out_with_one_line_when_its_port_is_taken(tmp_path: P
     assert "PROMETHEUS_PORT=" in stack.prometheus_skipped
 
 
+def test_a_prometheus_that_fails_to_start_is_left_out_and_the_stack_runs(
+    tmp_path: Path, prometheus_binary: str
+) -> None:
+    settings = replace(config(tmp_path / "data", tmp_path), prometheus=True, prometheus_port=free_port())
+    (tmp_path / "prometheus").mkdir()
+    (tmp_path / "prometheus" / "data").write_text("a file where its database folder should be")
+    lines: list[str] = []
+    stack = Stack(settings, output=lambda name, line: lines.append(f"{name}| {line}"))
+    try:
+        stack.start()  # no StackError: Prometheus is optional (before: the whole stack stopped)
+        assert "prometheus" not in stack.ports()
+        assert stack.prometheus_skipped is not None
+        assert "prometheus exited with code" in stack.prometheus_skipped
+        assert httpx.get(f"{stack.urls()['storage']}/readyz", timeout=10).status_code == 200
+    finally:
+        stack.stop()
+    assert "prometheus" not in stack.processes
+
+
 def test_a_second_stack_on_the_same_data_is_refused_while_the_first_runs(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = Stack(config(data, tmp_path))

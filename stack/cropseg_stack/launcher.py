@@ -212,7 +212,7 @@ class Stack:
             self.use_prometheus = False
             self.prometheus_skipped = (
                 f"not started: port {self.config.prometheus_port} is in use (another Prometheus?); "
-                "to run this one too: make up PROMETHEUS_PORT=9190"
+                f"to run this one too: make up PROMETHEUS_PORT={self.config.prometheus_port + 100}"
             )
         taken = [f"{name} :{port}" for name, port in self.ports().items() if not port_is_free(port)]
         if taken:
@@ -231,13 +231,28 @@ class Stack:
             raise
         try:
             for name in ORDER:
-                if name in self.ports():
+                if name == "prometheus" and self.use_prometheus:
+                    self._start_optional(name)
+                elif name in self.ports():
                     self.start_service(name)
         except BaseException:
             self.stop()
             raise
         if self.config.drift_every_s:
             self._thread(self._drift_loop, "drift-runs")
+
+    def _start_optional(self, name: str) -> None:
+        """Prometheus: a failed start leaves it out (one line says why), never stops the stack."""
+        try:
+            self.start_service(name)
+        except StackInterruptedError:
+            raise
+        except StackError as error:
+            process = self.processes.pop(name, None)
+            if process is not None and process.poll() is None:
+                stop(process, timeout_s=5)
+            self.use_prometheus = False
+            self.prometheus_skipped = f"not started: {error}"
 
     def start_service(self, name: str) -> subprocess.Popen[bytes]:
         """Start ``name`` and wait until it is ready."""
