@@ -124,10 +124,10 @@ def quality(previous: Path, folder: Path, limit: int | None) -> dict[str, dict[s
     result = {}
     for name, data in {**REAL, "synthetic/eval": synthetic}.items():
         report = evaluate(MODEL, data, layouts=["rgb"], evaluator=evaluator, limit=limit, progress=False)
-        methods = report["layouts"]["rgb"]  # type: ignore[index]
+        methods = report.layouts["rgb"]
         result[name] = {
-            "images": methods["unet"]["non_black_images"],
-            **{method: summary["iou_non_black"] for method, summary in methods.items()},
+            "images": methods["unet"].non_black_images,
+            **{method: summary.iou_non_black for method, summary in methods.items()},
         }
     return result
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from cropseg_core.files import write_json
 from cropseg_model.evaluate import Evaluator, evaluate, set_name, synthetic_name
+from cropseg_model.evaluation_report import SetEvaluation
 
 if TYPE_CHECKING:  # training needs torch; the table (the model card) does not
     from cropseg_model.train import Source, TrainConfig
@@ -113,9 +114,9 @@ def ablate(
     return report
 
 
-def _unet(report: dict[str, object], layout: str) -> dict[str, float]:
-    methods = report["layouts"][layout]  # type: ignore[index]
-    return {key: float(methods["unet"][key]) for key in ("iou_non_black", "boundary_f1")}
+def _unet(report: SetEvaluation, layout: str) -> dict[str, float]:
+    unet = report.layouts[layout]["unet"]
+    return {"iou_non_black": unet.iou_non_black, "boundary_f1": unet.boundary_f1}
 
 
 def ablation_table(report: dict[str, object]) -> str:

@@ -12,9 +12,9 @@ import numpy as np
 from cropseg_core.files import write_atomic, write_json
 from cropseg_core.segmenter import file_sha256
 from cropseg_model.ablation import ablation_table
-from cropseg_model.baselines import BASELINES
 from cropseg_model.evaluate import (
     METHOD_LABELS,
+    best_baseline,
     edge_table,
     enlargement_labels,
     layout_table,
@@ -22,6 +22,7 @@ from cropseg_model.evaluate import (
     sweep_table,
     synthetic_name,
 )
+from cropseg_model.evaluation_report import EvaluationReport, SetEvaluation
 from cropseg_model.metrics import BOUNDARY_TOLERANCE_PX
 
 CARD_TEMPLATE = """\
@@ -220,7 +221,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _figures(
-    stages: list[dict[str, Any]], evaluation: dict[str, Any], onnx_path: Path, artifacts: Path
+    stages: list[dict[str, Any]], evaluation: EvaluationReport, onnx_path: Path, artifacts: Path
 ) -> None:
     from cropseg_core.bands import LAYOUTS, display_rgb, from_model_bands
     from cropseg_model.baselines import baselines_for
@@ -235,15 +236,15 @@ def _figures(
         boundaries.append(offset)
     training_curve(history, boundaries[:-1], artifacts / "training_curve.png")
     scale_plot(
-        {name: report["scales"] for name, report in evaluation["sets"].items() if "scales" in report},
+        {name: report.scales for name, report in evaluation.sets.items() if report.scales is not None},
         artifacts / "scale.png",
     )
     evaluator = Evaluator(onnx_path)
     rows = []
-    picks = [(folder, 0, "rgb") for folder in evaluation["real_folders"]]
-    picks += [
-        (evaluation["synthetic_folder"], index, layout) for index, layout in ((1, "cir"), (2, "nir_red"))
-    ]
+    synthetic = evaluation.synthetic_folder
+    assert synthetic is not None, "the card shows a synthetic tile in CIR and NIR/red"
+    picks = [(folder, 0, "rgb") for folder in evaluation.real_folders]
+    picks += [(synthetic, index, layout) for index, layout in ((1, "cir"), (2, "nir_red"))]
     for folder, index, name in picks:
         sample = discover(Path(folder))[index]
         bands, mask = load_masked(sample)
@@ -251,11 +252,7 @@ def _figures(
         view = bands * np.array(layout.present(), np.uint8)
         predicted = evaluator.segment(from_model_bands(view, layout), layout)
         baseline_name, baseline = next(iter(baselines_for(layout).items()))
-        where = (
-            synthetic_name(Path(folder))
-            if folder == evaluation["synthetic_folder"]
-            else set_name(Path(folder))
-        )
+        where = synthetic_name(Path(folder)) if folder == synthetic else set_name(Path(folder))
         title = f"{where} {sample.name[:18]} ({name})"
         rows.append(
             (title, display_rgb(view, layout), mask, predicted, baseline(view), METHOD_LABELS[baseline_name])
@@ -271,13 +268,13 @@ def _sources_table(training: dict[str, Any]) -> str:
     )
 
 
-def _weak_spots(evaluation: dict[str, Any]) -> str:
+def _weak_spots(evaluation: EvaluationReport) -> str:
     """Every (set, layout) where the pipeline is less than 5 points above its best baseline."""
     weak = []
-    for name, report in evaluation["sets"].items():
-        for layout, methods in report["layouts"].items():
-            best_name = max((m for m in methods if m in BASELINES), key=lambda m: methods[m]["iou_non_black"])
-            margin = methods["unet"]["iou_non_black"] - methods[best_name]["iou_non_black"]
+    for name, report in evaluation.sets.items():
+        for layout, methods in report.layouts.items():
+            best_name = best_baseline(methods)
+            margin = methods["unet"].iou_non_black - methods[best_name].iou_non_black
             if margin < 0.05:
                 weak.append(f"{name} in {layout} ({margin:+.3f} against {METHOD_LABELS[best_name]})")
     return (
@@ -303,12 +300,12 @@ sixth of the recipe's steps: no error bars.
 """
 
 
-def _enlargement_verdict(real: dict[str, Any]) -> str:
+def _enlargement_verdict(real: dict[str, SetEvaluation]) -> str:
     """Whether the default automatic working resolution is the best row of every
     enlargement table (within half a point), or where another does better."""
     losses = []
     for name, report in real.items():
-        table = report.get("enlargement", {})
+        table = report.enlargement or {}
         labels = enlargement_labels(table)
         for factor, row in table.items():
             pipelines = {m: v for m, v in row.items() if m.startswith("unet")}
@@ -347,7 +344,8 @@ def write_card(
     """``train_report`` is the last training stage; ``stage1_report`` the one it started from.
     The ablation table comes from ``artifacts/ablation.json`` when ``make model-ablation``
     has written it."""
-    training, export, evaluation = _load(train_report), _load(export_report), _load(eval_report)
+    training, export = _load(train_report), _load(export_report)
+    evaluation = EvaluationReport.model_validate(_load(eval_report))
     ablation = _load(artifacts / "ablation.json") if (artifacts / "ablation.json").exists() else None
     stages = ([_load(stage1_report)] if stage1_report else []) + [training]
     keys = (
@@ -372,7 +370,7 @@ def write_card(
             "parameters": training.get("parameters"),
             "licence": "CC-BY-SA-4.0",
         },
-        "evaluation": evaluation,
+        "evaluation": evaluation.to_json(),
         "training": {"stages": [{k: stage[k] for k in keys} for stage in stages]},
         "export": {
             "parity_max_abs_diff": export["parity_max_abs_diff"],
@@ -397,8 +395,11 @@ def write_card(
     metrics_path = artifacts / "metrics.json"
     write_json(metrics_path, metrics)
     config, best = training["config"], training["best"]
-    sets = evaluation["sets"]
-    real = {name: report for name, report in sets.items() if name != evaluation["synthetic_name"]}
+    sets = evaluation.sets
+    real = {name: report for name, report in sets.items() if name != evaluation.synthetic_name}
+    assert evaluation.synthetic_name is not None, "the card shows the exposure sweep of the synthetic tiles"
+    robustness = sets[evaluation.synthetic_name].exposure_robustness
+    assert robustness is not None
     selection = ", ".join(
         f"{k.removeprefix('iou/')} {v:.3f}" for k, v in best.items() if k.startswith("iou/")
     )
@@ -413,7 +414,7 @@ def write_card(
         architecture=export["architecture"],
         threshold=export["threshold"],
         working_gsd_mm=export["working_gsd_mm"],
-        auto_leaf_px=evaluation["auto_leaf_px"],
+        auto_leaf_px=evaluation.auto_leaf_px,
         synthetic_train=sum(s["images"] for s in training["sources"] if "data/real" not in s["folder"]),
         synthetic_select=max(n for k, n in training["selection_sets"].items() if not k.endswith("/select")),
         w_rgb=weights["rgb"],
@@ -428,21 +429,19 @@ def write_card(
         ablation_section=_ablation_section(ablation),
         encoder_lr_scale=config.get("encoder_lr_scale", 1.0),
         scale_tables="\n\n".join(
-            f"*{name}*\n\n" + sweep_table(report["scales"], "scale", METHOD_LABELS)
+            f"*{name}*\n\n" + sweep_table(report.scales, "scale", METHOD_LABELS)
             for name, report in real.items()
-            if "scales" in report
+            if report.scales is not None
         ),
         enlargement_verdict=_enlargement_verdict(real),
         enlargement_tables="\n\n".join(
             f"*{name}*\n\n"
-            + sweep_table(report["enlargement"], "enlarged ×", enlargement_labels(report["enlargement"]))
+            + sweep_table(report.enlargement, "enlarged ×", enlargement_labels(report.enlargement))
             for name, report in real.items()
-            if "enlargement" in report
+            if report.enlargement is not None
         ),
-        robustness_table=sweep_table(
-            sets[evaluation["synthetic_name"]]["exposure_robustness"], "exposure gain", METHOD_LABELS
-        ),
-        edge_share=float(np.mean([r["wrong_pixels_within_1px_of_edge"]["unet"] for r in real.values()])),
+        robustness_table=sweep_table(robustness, "exposure gain", METHOD_LABELS),
+        edge_share=float(np.mean([r.wrong_pixels_within_1px_of_edge["unet"] for r in real.values()])),
         batch_size=config["batch_size"],
         crop=config["crop"],
         min_scale=config["min_scale"],

@@ -184,19 +184,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     if args.out:
-        write_json(args.out, report)
-    sets = report["sets"]
-    assert isinstance(sets, dict)
-    print(layout_table(sets))
-    sweeps = (
-        ("scales", "scale", METHOD_LABELS),
-        ("enlargement", "enlarged ×", None),
-        ("exposure_robustness", "exposure gain", METHOD_LABELS),
-    )
-    for name, result in sets.items():
-        for key, label, labels in sweeps:
-            if key in result:
-                table = result[key]
+        write_json(args.out, report.to_json())
+    print(layout_table(report.sets))
+    for name, result in report.sets.items():
+        sweeps = (
+            (result.scales, "scale", METHOD_LABELS),
+            (result.enlargement, "enlarged ×", None),
+            (result.exposure_robustness, "exposure gain", METHOD_LABELS),
+        )
+        for table, label, labels in sweeps:
+            if table is not None:
                 shown = labels or enlargement_labels(table)
                 print(f"\n{name}, IoU (non-black) by {label}:\n" + sweep_table(table, label, shown))
 

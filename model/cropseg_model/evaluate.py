@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -37,6 +36,7 @@ from cropseg_core.model import LoadedModel
 from cropseg_core.pipeline import Pipeline, PipelineConfig, Segmentation
 from cropseg_model.baselines import BASELINES, baselines_for
 from cropseg_model.datasets import discover, load_masked
+from cropseg_model.evaluation_report import EvaluationReport, MethodScores, SetEvaluation, SweepTable
 from cropseg_model.metrics import boundary_f1, summarise
 
 EXPOSURE_GAINS = (0.5, 0.7, 1.0, 1.4, 2.0)
@@ -133,7 +133,7 @@ def evaluate(
     progress: bool = True,
     evaluator: Evaluator | None = None,
     limit: int | None = None,
-) -> dict[str, object]:
+) -> SetEvaluation:
     """Score the pipeline and the baselines on every labelled image of ``data``.
 
     ``layouts`` defaults to rgb for three-channel folders and every layout for four-band
@@ -200,37 +200,40 @@ def evaluate(
                 if method in methods:
                     exposure[(f"{gain:g}", method)].append(score(methods[method](shifted), truth, view))
     assert chosen is not None
-    report: dict[str, object] = {
-        "data": str(data),
-        "model": str(model),
-        "threshold": evaluator.threshold,
-        "auto_leaf_px": evaluator.config.auto_leaf_px,
-        "layouts": {
+    sweeps: dict[str, SweepTable] = {}  # only the sweeps asked for: the JSON has no others
+    if scales:
+        sweeps["scales"] = _iou_table(by_scale)
+    if enlarge_factors:
+        sweeps["enlargement"] = _iou_table(by_enlargement)
+    if robustness:
+        sweeps["exposure_robustness"] = _iou_table(exposure)
+    return SetEvaluation(
+        data=str(data),
+        model=str(model),
+        threshold=evaluator.threshold,
+        auto_leaf_px=evaluator.config.auto_leaf_px,
+        layouts={
             name: {
-                method: {
-                    **summarise(items),
-                    "boundary_f1": float(np.mean(edges[(name, method)])),
-                    "cover_predicted": float(np.mean([p for p, _ in cover[(name, method)]])),
-                    "cover_true": float(np.mean([t for _, t in cover[(name, method)]])),
-                    "seconds_per_image": seconds[(name, method)] / len(items),
-                }
+                method: MethodScores.model_validate(
+                    {
+                        **summarise(items),
+                        "boundary_f1": float(np.mean(edges[(name, method)])),
+                        "cover_predicted": float(np.mean([p for p, _ in cover[(name, method)]])),
+                        "cover_true": float(np.mean([t for _, t in cover[(name, method)]])),
+                        "seconds_per_image": seconds[(name, method)] / len(items),
+                    }
+                )
                 for (layout_name, method), items in scores.items()
                 if layout_name == name
             }
             for name in chosen
         },
-        "wrong_pixels_within_1px_of_edge": {m: edge[m] / max(errors[m], 1) for m in errors},
-    }
-    if scales:
-        report["scales"] = _iou_table(by_scale)
-    if enlarge_factors:
-        report["enlargement"] = _iou_table(by_enlargement)
-    if robustness:
-        report["exposure_robustness"] = _iou_table(exposure)
-    return report
+        wrong_pixels_within_1px_of_edge={m: edge[m] / max(errors[m], 1) for m in errors},
+        **sweeps,
+    )
 
 
-def _iou_table(groups: dict[tuple[str, str], list[MaskScore]]) -> dict[str, dict[str, float]]:
+def _iou_table(groups: dict[tuple[str, str], list[MaskScore]]) -> SweepTable:
     table: dict[str, dict[str, float]] = defaultdict(dict)
     for (key, method), items in groups.items():
         table[key][method] = float(summarise(items)["iou_non_black"])
@@ -251,31 +254,34 @@ def _ordered(methods: list[str]) -> list[str]:
     return sorted(methods, key=lambda n: list(METHOD_LABELS).index(n) if n in METHOD_LABELS else 99)
 
 
-def layout_table(reports: dict[str, Any]) -> str:
+def _sets_in_order(reports: Mapping[str, SetEvaluation]) -> list[tuple[str, SetEvaluation]]:
+    """Real photos (true colour only) first, then synthetic tiles."""
+    return sorted(reports.items(), key=lambda item: (len(item[1].layouts) > 1, item[0]))
+
+
+def layout_table(reports: Mapping[str, SetEvaluation]) -> str:
     """One row per (set, layout): IoU (non-black) of the pipeline and each applicable baseline,
     and the pipeline's margin over the best baseline."""
     methods = ["unet", "unet_network_only", "exg_otsu", "ndvi_otsu", "difference_otsu", "green_kmeans"]
     header = "| set | layout | images | " + " | ".join(METHOD_LABELS[m] for m in methods)
     rows = [header + " | margin over best baseline |", "|---|---|---:|" + "---:|" * (len(methods) + 1)]
-    # Real photos (true colour only) first, then synthetic tiles; layouts in their usual order.
-    for set_name, report in sorted(reports.items(), key=lambda item: (len(item[1]["layouts"]) > 1, item[0])):
-        layouts = report["layouts"]
-        assert isinstance(layouts, dict)
-        for layout in (name for name in LAYOUTS if name in layouts):
-            by_method = layouts[layout]
-            cells = [f"{by_method[m]['iou_non_black']:.3f}" if m in by_method else "–" for m in methods]
-            best = by_method[_best_baseline(by_method)]["iou_non_black"]
-            margin = by_method["unet"]["iou_non_black"] - best
-            images = by_method["unet"]["non_black_images"]
+    for set_name, report in _sets_in_order(reports):  # layouts in their usual order
+        for layout in (name for name in LAYOUTS if name in report.layouts):
+            by_method = report.layouts[layout]
+            cells = [f"{by_method[m].iou_non_black:.3f}" if m in by_method else "–" for m in methods]
+            best = by_method[best_baseline(by_method)].iou_non_black
+            margin = by_method["unet"].iou_non_black - best
+            images = by_method["unet"].non_black_images
             rows.append(f"| {set_name} | {layout} | {images} | " + " | ".join(cells) + f" | {margin:+.3f} |")
     return "\n".join(rows)
 
 
-def _best_baseline(by_method: dict[str, Any]) -> str:
-    return max((m for m in by_method if m in BASELINES), key=lambda m: float(by_method[m]["iou_non_black"]))
+def best_baseline(by_method: Mapping[str, MethodScores]) -> str:
+    """The baseline with the highest IoU (non-black) among ``by_method``."""
+    return max((m for m in by_method if m in BASELINES), key=lambda m: by_method[m].iou_non_black)
 
 
-def edge_table(reports: dict[str, Any]) -> str:
+def edge_table(reports: Mapping[str, SetEvaluation]) -> str:
     """One row per (set, layout): boundary F1 of the pipeline and of the best baseline by IoU,
     and the mean vegetation cover each draws against the truth's."""
     rows = [
@@ -283,32 +289,29 @@ def edge_table(reports: dict[str, Any]) -> str:
         "| cover: pipeline | cover: best baseline |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for set_name, report in sorted(reports.items(), key=lambda item: (len(item[1]["layouts"]) > 1, item[0])):
-        layouts = report["layouts"]
-        for layout in (name for name in LAYOUTS if name in layouts):
-            by_method = layouts[layout]
+    for set_name, report in _sets_in_order(reports):
+        for layout in (name for name in LAYOUTS if name in report.layouts):
+            by_method = report.layouts[layout]
             unet = by_method["unet"]
-            best = by_method[_best_baseline(by_method)]
+            best = by_method[best_baseline(by_method)]
             rows.append(
-                f"| {set_name} | {layout} | {unet['boundary_f1']:.3f} | {best['boundary_f1']:.3f} "
-                f"| {unet['cover_true']:.1%} | {unet['cover_predicted']:.1%} "
-                f"| {best['cover_predicted']:.1%} |"
+                f"| {set_name} | {layout} | {unet.boundary_f1:.3f} | {best.boundary_f1:.3f} "
+                f"| {unet.cover_true:.1%} | {unet.cover_predicted:.1%} "
+                f"| {best.cover_predicted:.1%} |"
             )
     return "\n".join(rows)
 
 
-def markdown_table(report: dict[str, object], layout: str = "rgb") -> str:
+def markdown_table(report: SetEvaluation, layout: str = "rgb") -> str:
     """The classic table for one layout: IoU and accuracy (non-black and all), ms / image."""
-    layouts = report["layouts"]
-    assert isinstance(layouts, dict)
-    methods = layouts[layout]
+    methods = report.layouts[layout]
     columns = ["IoU (non-black)", "pixel accuracy (non-black)", "IoU (all)", "pixel accuracy (all)"]
     rows = ["| method | " + " | ".join(columns) + " | ms / image |", "|---|" + "---:|" * (len(columns) + 1)]
     for name in _ordered(list(methods)):
         m = methods[name]
-        values = [m["iou_non_black"], m["pixel_accuracy_non_black"], m["iou"], m["pixel_accuracy"]]
+        values = [m.iou_non_black, m.pixel_accuracy_non_black, m.iou, m.pixel_accuracy]
         cells = " | ".join(f"{v:.3f}" for v in values)
-        rows.append(f"| {METHOD_LABELS.get(name, name)} | {cells} | {1000 * m['seconds_per_image']:.1f} |")
+        rows.append(f"| {METHOD_LABELS.get(name, name)} | {cells} | {1000 * m.seconds_per_image:.1f} |")
     return "\n".join(rows)
 
 
@@ -356,24 +359,24 @@ def evaluate_all(
     synthetic_limit: int | None = None,
     threshold: float | None = None,
     progress: bool = True,
-) -> dict[str, object]:
+) -> EvaluationReport:
     """The model card's evaluation: real folders (true colour) with the scale sweep and the
     enlargement check (also at ``leaf_widths``); the synthetic folder in every layout, with
     exposure robustness."""
     evaluator = Evaluator(model, threshold, leaf_widths=leaf_widths)
-    sets: dict[str, object] = {}
+    sets: dict[str, SetEvaluation] = {}
     for folder in real:
         sets[set_name(folder)] = evaluate(model, folder, scales=scales, enlarge_factors=enlarge_factors,
                                           progress=progress, evaluator=evaluator)  # fmt: skip
     if synthetic is not None:
         sets[synthetic_name(synthetic)] = evaluate(model, synthetic, robustness=True, progress=progress,
                                              evaluator=evaluator, limit=synthetic_limit)  # fmt: skip
-    return {
-        "model": str(model),
-        "threshold": evaluator.threshold,
-        "auto_leaf_px": evaluator.config.auto_leaf_px,
-        "real_folders": [str(folder) for folder in real],
-        "synthetic_folder": str(synthetic) if synthetic else None,
-        "synthetic_name": synthetic_name(synthetic) if synthetic else None,
-        "sets": sets,
-    }
+    return EvaluationReport(
+        model=str(model),
+        threshold=evaluator.threshold,
+        auto_leaf_px=evaluator.config.auto_leaf_px,
+        real_folders=[str(folder) for folder in real],
+        synthetic_folder=str(synthetic) if synthetic else None,
+        synthetic_name=synthetic_name(synthetic) if synthetic else None,
+        sets=sets,
+    )

@@ -11,6 +11,7 @@ from cropseg_core.masks import IGNORE, encode_png
 from cropseg_model.card import VersionError, record_version
 from cropseg_model.cli import main
 from cropseg_model.datasets import discover, read_mask
+from cropseg_model.evaluation_report import EvaluationReport
 from cropseg_model.pseudolabel import pseudo_mask
 
 
@@ -65,6 +66,11 @@ def test_evaluate_prints_all_three_methods_and_writes_json(
     assert set(robustness) == {"0.5", "0.7", "1", "1.4", "2"}
     # gain 1 is the unchanged set: it must reproduce the plain evaluation
     assert robustness["1"]["unet"] == saved["layouts"]["rgb"]["unet"]["iou_non_black"]
+    assert {"scales", "enlargement"}.isdisjoint(saved)  # sweeps not run are absent, as they always were
+    written = json.loads(report.read_text())
+    assert written["synthetic_folder"] == str(tiny_dataset)
+    assert written["real_folders"] == []
+    assert EvaluationReport.model_validate(written).to_json() == written
 
 
 def test_missing_data_folder_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

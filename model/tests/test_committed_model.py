@@ -9,11 +9,13 @@ from PIL import Image
 
 from cropseg_core.bands import LAYOUTS, from_model_bands
 from cropseg_core.features import PROPERTY_NAMES, load_reference_profile
+from cropseg_core.files import write_json
 from cropseg_core.masks import score
 from cropseg_core.segmenter import OnnxSegmenter, file_sha256
 from cropseg_model.baselines import BASELINES
 from cropseg_model.cli import ARTIFACTS, DEFAULT_MODEL
 from cropseg_model.evaluate import Evaluator, layout_table
+from cropseg_model.evaluation_report import EvaluationReport
 from cropseg_model.metrics import summarise
 from cropseg_model.synth import _write_one, generate_tile
 
@@ -90,10 +92,20 @@ def test_every_layout_is_scored_against_its_own_index() -> None:
         assert methods["unet"]["images"] >= 100
 
 
+def test_the_committed_evaluation_is_a_typed_report_written_back_byte_for_byte(tmp_path: Path) -> None:
+    report = EvaluationReport.model_validate(METRICS["evaluation"])
+    assert report.sets[REAL[0]].layouts["rgb"]["unet"].iou_non_black == iou(
+        SETS[REAL[0]]["layouts"]["rgb"], "unet"
+    )
+    assert report.sets[REAL[0]].exposure_robustness is None
+    write_json(tmp_path / "metrics.json", {**METRICS, "evaluation": report.to_json()})
+    assert (tmp_path / "metrics.json").read_bytes() == (ARTIFACTS / "metrics.json").read_bytes()
+
+
 @pytest.mark.parametrize("document", ["model/README.md", "README.md"])
 def test_docs_show_the_measured_table(document: str) -> None:
     text = (ARTIFACTS.parent.parent / document).read_text()
-    assert layout_table(SETS) in text
+    assert layout_table(EvaluationReport.model_validate(METRICS["evaluation"]).sets) in text
 
 
 @pytest.mark.parametrize("shape", [(1, 360, 480, 4), (2, 101, 67, 4), (1, 8, 8, 4)], ids=str)

@@ -17,6 +17,7 @@ from cropseg_model.card import write_card
 from cropseg_model.cli import main
 from cropseg_model.datasets import DatasetError
 from cropseg_model.evaluate import layout_table
+from cropseg_model.evaluation_report import EvaluationReport
 from cropseg_model.export import PARITY_ATOL, check_parity, export_onnx
 from cropseg_model.train import (
     CropSampler,
@@ -280,7 +281,7 @@ def test_make_model_recipe_in_miniature(tiny_dataset: Path, tmp_path: Path) -> N
     )
     metrics = json.loads(metrics_path.read_text())
     assert metrics["model"]["licence"] == "CC-BY-SA-4.0"
-    table = layout_table(metrics["evaluation"]["sets"])
+    table = layout_table(EvaluationReport.model_validate(metrics["evaluation"]).sets)
     card = card_path.read_text()
     assert table in card
     assert "CC BY-SA 4.0" in card
