@@ -43,6 +43,24 @@ class Header:
     GEOREFERENCED = "X-Georeferenced"
 
 
+_DESCRIBED: tuple[tuple[str, str, str], ...] = (
+    (Header.VEGETATION_FRACTION, "number", "Share of the image's pixels that are vegetation (6 decimals)"),
+    (Header.IMAGE_WIDTH, "integer", "Width of the image and the mask, pixels"),
+    (Header.IMAGE_HEIGHT, "integer", "Height of the image and the mask, pixels"),
+    (Header.THRESHOLD, "number", "Probability above which a pixel is vegetation"),
+    (Header.TILES, "integer", "Tiles the image was segmented in"),
+    (Header.LAYOUT, "string", "Sensor layout the bands were read as"),
+    (Header.WORKING_SCALE, "number", "Scale the image was segmented at (1: full resolution)"),
+    (Header.MODEL_NAME, "string", "Model that made the mask"),
+    (Header.MODEL_VERSION, "string", "Its version"),
+    (Header.CONFIDENCE, "string", "Pixels by predicted probability: soil=n,n,...;plant=n,n,..."),
+)
+OPENAPI_HEADERS: dict[str, dict[str, Any]] = {
+    name: {"description": text, "schema": {"type": kind}} for name, kind, text in _DESCRIBED
+}
+"""The headers of :class:`SegmentationHeaders` as an OpenAPI response's ``headers``."""
+
+
 @dataclass(frozen=True)
 class SegmentationHeaders:
     """What inference says about a mask it answers with, beside the mask itself."""

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
 from cropseg_core.confidence import decode_counts
-from cropseg_core.contracts import SegmentationHeaders
+from cropseg_core.contracts import Header, SegmentationHeaders
 from cropseg_core.pipeline import Pipeline, PipelineConfig
 from cropseg_core.segmenter import OnnxSegmenter
 
@@ -337,6 +337,11 @@ def test_docs_and_openapi(client: TestClient) -> None:
     body = spec["paths"]["/api/v1/segment"]["post"]["requestBody"]["content"]
     assert {"image/png", "image/jpeg", "image/tiff", "multipart/form-data"} <= set(body)
     assert "/v2/models/{model_name}/infer" in spec["paths"]
+    headers = spec["paths"]["/api/v1/segment"]["post"]["responses"]["200"]["headers"]
+    assert set(headers) == set(
+        SegmentationHeaders(0.5, 4, 3, 0.5, 1, "rgb", 1.0, "m", "1", None).to_headers()
+    ) | {Header.CONFIDENCE}
+    assert headers[Header.TILES]["schema"] == {"type": "integer"}
 
 
 def test_layouts_are_listed(client: TestClient) -> None:

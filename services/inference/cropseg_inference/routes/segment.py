@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS, get_layout, picture
-from cropseg_core.contracts import Header
+from cropseg_core.contracts import OPENAPI_HEADERS, Header
 from cropseg_core.imaging import decode_channels
 from cropseg_core.pipeline import GSD_RANGE_MM, MIN_SCALE
 from cropseg_core.web.bodies import read_upload
@@ -53,6 +53,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "as a TIFF carrying a GeoTIFF upload's georeference (`output=geotiff`; `X-Georeferenced` says "
         "whether the upload had one). "
         "Headers carry the vegetation fraction, size, model and per-stage timings (Server-Timing).",
+        "headers": OPENAPI_HEADERS,
         "content": {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/tiff": {"schema": {"type": "string", "format": "binary"}},
