@@ -114,7 +114,7 @@ drift: $(VENV)/.runtime
 # The brightness experiment of the course project cropseg grew from, on 7,100 generated tiles
 # (about 15 minutes on 2 cores; the table in docs/drift.md).
 experiment: $(VENV)/.runtime
-	$(BIN)/cropseg-drift experiment --count 7100
+	$(BIN)/python benchmarks/drift_experiment.py --count 7100 --write docs/drift.md
 
 demo: $(VENV)/.runtime
 	$(BIN)/cropseg-model demo --out var/demo

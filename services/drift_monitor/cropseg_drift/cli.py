@@ -3,7 +3,6 @@
     cropseg-drift run          one drift run (the CronJob); exit 0 no drift, 1 drift, 2 error
     cropseg-drift serve        the API (reports, on-demand runs, metrics)
     cropseg-drift reference    what runs compare with: show it, use uploads as it, reset it
-    cropseg-drift experiment   the seed's brightness experiment, as a table
 
 Settings are environment variables prefixed DRIFT_ (cropseg_drift/settings.py); flags override them.
 """
@@ -105,23 +104,6 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from cropseg_drift.experiment import format_table, run_experiment
-
-    settings = _settings(args, "engine")
-    rows = run_experiment(
-        args.count, images=args.images, seed=args.seed, engine_name=settings.engine,
-        workers=settings.workers, progress=not args.quiet,
-    )  # fmt: skip
-    half = args.count // 2
-    print(format_table(rows, half, args.count - half), end="")
-    unaltered = [row for row in rows if row["case"] == "unaltered" and "per-image" in str(row["method"])]
-    shifted = [
-        row for row in rows if row["case"] in ("darker", "brighter") and "per-image" in str(row["method"])
-    ]
-    return 0 if not any(r["drift"] for r in unaltered) and all(r["drift"] for r in shifted) else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="cropseg-drift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -166,18 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         "--min-samples", type=int, help="DRIFT_MIN_SAMPLES: the fewest images a reference takes"
     )
     chosen.set_defaults(handler=cmd_reference)
-
-    experiment = commands.add_parser("experiment", help="the seed's brightness experiment")
-    experiment.add_argument(
-        "--count", type=int, default=1000, help="images in all, half reference (default 1000)"
-    )
-    experiment.add_argument("--images", type=Path, help="a folder of images instead of generated tiles")
-    experiment.add_argument(
-        "--seed", type=int, default=1, help="generator seed of the tiles (1 = training set)"
-    )
-    experiment.add_argument("--engine", choices=("alibi", "scipy"), help="DRIFT_ENGINE")
-    experiment.add_argument("--quiet", action="store_true", help="no progress bar")
-    experiment.set_defaults(handler=cmd_experiment)
 
     args = parser.parse_args(argv)
     try:
