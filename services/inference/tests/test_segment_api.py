@@ -18,8 +18,7 @@ from prometheus_client import CollectorRegistry
 from cropseg_core.bands import from_model_bands, get_layout, to_model_bands
 from cropseg_core.confidence import decode_counts
 from cropseg_core.contracts import Header, SegmentationHeaders
-from cropseg_core.pipeline import Pipeline, PipelineConfig
-from cropseg_core.segmenter import OnnxSegmenter
+from cropseg_core.model import LoadedModel
 
 SEGMENT = "/api/v1/segment"
 PNG = {"content-type": "image/png"}
@@ -31,10 +30,8 @@ def read_png(data: bytes) -> np.ndarray:
 
 def expected_mask(pixels: np.ndarray, layout: str = "rgb", **scaling: float) -> np.ndarray:
     """The core pipeline run in process: what the service must answer."""
-    segmenter = OnnxSegmenter(make_settings().model_path)
-    info = segmenter.load()
-    pipeline = Pipeline(PipelineConfig(model_gsd_mm=info.working_gsd_mm))
-    return pipeline.run(segmenter.predict, pixels, info.threshold, layout, **scaling).mask
+    model = LoadedModel.load(make_settings().model_path, warmup_runs=0)
+    return model.run(pixels, get_layout(layout), **scaling).mask
 
 
 def segment(client: TestClient, body: bytes, **params: object) -> httpx.Response:

@@ -335,8 +335,9 @@ def test_threshold_is_validated_and_passed_on(client: TestClient) -> None:
     assert (
         client.post(f"/api/v1/images/{image_id}/segmentation", params={"threshold": 1.5}).status_code == 422
     )
-    response = client.post(f"/api/v1/images/{image_id}/segmentation", params={"threshold": 0.3})
-    assert response.json()["threshold"] == 0.3
+    for threshold in (0.3, 0.0, 1.0):  # the inference service's rule: a probability from 0 to 1
+        response = client.post(f"/api/v1/images/{image_id}/segmentation", params={"threshold": threshold})
+        assert response.json()["threshold"] == threshold
     assert client.get(f"/api/v1/images/{image_id}/mask", params={"model_version": "../x"}).status_code == 422
 
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from cropseg_core.bands import Layout, get_layout
 from cropseg_core.errors import ClientError, PayloadTooLargeError
+from cropseg_core.model import check_threshold
 from cropseg_core.pipeline import Segmentation
 from cropseg_core.segmenter import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from cropseg_inference.oip.types import (
@@ -202,9 +203,7 @@ class SegmentOptions:
 def segment_options(request: InferenceRequest) -> SegmentOptions:
     """The request's parameters, the input's overriding the request's, checked."""
     parameters = {**(request.parameters or {}), **(request.inputs[0].parameters or {})}
-    threshold = _number(parameters, "threshold")
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise ClientError(f"parameter 'threshold' must be a number from 0 to 1, got {threshold}")
+    threshold = check_threshold(_number(parameters, "threshold"), "parameter 'threshold'")
     layout = parameters.get("layout")
     if layout is not None and not isinstance(layout, str):
         raise ClientError(f"parameter 'layout' must be a string, got {json.dumps(layout)}")

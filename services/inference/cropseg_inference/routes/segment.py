@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from cropseg_core.bands import LAYOUTS, get_layout, picture
 from cropseg_core.contracts import OPENAPI_HEADERS, Header
 from cropseg_core.imaging import decode_channels
+from cropseg_core.model import THRESHOLD_HELP, Threshold
 from cropseg_core.pipeline import GSD_RANGE_MM, MIN_SCALE
 from cropseg_core.web.bodies import read_upload
 from cropseg_core.web.errors import error_responses
@@ -95,10 +96,7 @@ async def segment(
     engine: Annotated[SegmentationEngine, Depends(get_engine)],
     metrics: Annotated[InferenceMetrics, Depends(get_metrics)],
     settings: Annotated[InferenceSettings, Depends(get_app_settings)],
-    threshold: Annotated[
-        float | None,
-        Query(ge=0, le=1, description="Probability above which a pixel is vegetation; default: the model's"),
-    ] = None,
+    threshold: Annotated[Threshold | None, Query(description=THRESHOLD_HELP)] = None,
     output: Annotated[Output, Query(description="What to return")] = "mask",
     mask_encoding: Annotated[
         MaskEncoding,

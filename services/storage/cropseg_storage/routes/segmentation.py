@@ -19,6 +19,7 @@ from cropseg_core.contracts import Header
 from cropseg_core.geotiff import encode_tiff, georeference_of
 from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import overlay_colour, score, vegetation_fraction
+from cropseg_core.model import THRESHOLD_HELP, Threshold
 from cropseg_core.repository import MODEL_VERSION, ImageRecord, ImageRepository, SegmentationRecord
 from cropseg_core.web.errors import error_responses
 from cropseg_core.web.limits import hold_memory
@@ -120,9 +121,7 @@ async def segment(
     inference: Inference,
     metrics: Metrics,
     settings: Settings,
-    threshold: Annotated[
-        float | None, Query(gt=0, lt=1, description="Default: the model's calibrated one")
-    ] = None,
+    threshold: Annotated[Threshold | None, Query(description=THRESHOLD_HELP)] = None,
     gsd_mm: Annotated[
         float | None, Query(gt=0, description="Ground sampling distance, mm per pixel (default: automatic)")
     ] = None,
