@@ -13,7 +13,7 @@ PKGS   := -e 'services/core[onnx,service,s3]' -e model -e services/inference -e 
 	-e services/drift_monitor -e stack
 SOURCES := services/core/cropseg_core model/cropseg_model services/inference/cropseg_inference \
 	services/storage/cropseg_storage services/drift_monitor/cropseg_drift services/batch/cropseg_batch stack/cropseg_stack \
-	benchmarks
+	benchmarks loadtest
 DATA   := var/model
 ONNX   := model/artifacts/cropseg-unet.onnx
 INFERENCE_PORT ?= 8001

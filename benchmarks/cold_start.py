@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cropseg_stack.launcher import Stack, StackConfig
-from sections import replace_section
+from cropseg_stack.sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.processes import free_port, running_service

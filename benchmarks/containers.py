@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sections import replace_section
+from cropseg_stack.sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.processes import free_port, is_ready

@@ -26,8 +26,8 @@ import numpy as np
 from cropseg_drift.extraction import decode_all
 from cropseg_drift.runner import execute
 from cropseg_drift.settings import DriftSettings
+from cropseg_stack.sections import replace_section
 from PIL import Image
-from sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.features import image_features, load_reference_profile

@@ -46,8 +46,8 @@ from cropseg_drift.detectors import CHECK_LABELS, Current, run_checks
 from cropseg_drift.extraction import ImageFeatures, extract
 from cropseg_drift.report import describe_changes
 from cropseg_drift.settings import DriftSettings
+from cropseg_stack.sections import replace_section
 from PIL import Image, ImageFilter
-from sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.bands import from_model_bands, get_layout

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from cropseg_drift.detectors import engine
 from cropseg_drift.settings import DriftSettings, Engine
+from cropseg_stack.sections import publish
 from PIL import Image, ImageFilter
 from scipy.stats import ks_2samp
-from sections import publish
 from tqdm import tqdm
 
 from cropseg_core.features import PROPERTY_NAMES, image_features

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import random
 import re
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
-from sections import publish
+from cropseg_stack.sections import publish
 from tqdm import tqdm
 
 from cropseg_core.bands import get_layout, to_model_bands
@@ -182,6 +183,25 @@ def cpu_peak_gflops() -> float:
     return max(rates)
 
 
+def physical_limit() -> dict[str, float]:
+    """The model's FLOPs per tile, this CPU's measured float32 peak, and bare ONNX Runtime's rate
+    (what ``loadtest/run.py stress`` compares the stack's capacity with: ``--physical-limit``)."""
+    tile = generate_tile(3, 0, 360, 480)[0].rgb
+    segmenter = OnnxSegmenter(MODEL)
+    segmenter.load()
+    bands = to_model_bands(tile, get_layout("rgb"))
+    bare_s = statistics.median(timed(lambda: segmenter.predict(bands[None]), 30))
+    segmenter.unload()
+    flops = torch_eager(tile, 1)[1]
+    peak = cpu_peak_gflops() * 1e9
+    return {
+        "flops_per_tile": flops,
+        "cpu_peak_flops_per_s": peak,
+        "limit_tiles_per_s": peak / flops,
+        "bare_onnxruntime_tiles_per_s": 1 / bare_s,
+    }
+
+
 def run(runs: int, requests: int) -> dict[str, object]:
     tile = generate_tile(3, 0, 360, 480)[0].rgb
     body = encode_png(tile)
@@ -313,7 +333,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48, help="requests per concurrency level")
     parser.add_argument("--write", type=Path, help="replace the benchmark section of this markdown file")
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument(
+        "--physical-limit", action="store_true", help="only print the model's and this CPU's limit as JSON"
+    )
     args = parser.parse_args()
+    if args.physical_limit:
+        print(json.dumps(physical_limit()))
+        return
     results = run(args.runs, args.requests)
     publish(markdown(results), results, args.json, args.write, START, END)
 

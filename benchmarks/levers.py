@@ -41,8 +41,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 from cropseg_inference.encoding import PNG_LEVEL
+from cropseg_stack.sections import publish
 from inference import Call, concurrent_load, count_flops, interleaved, service
-from sections import publish
 from tqdm import tqdm
 
 from cropseg_core.bands import get_layout, to_model_bands

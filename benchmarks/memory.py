@@ -27,7 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sections import replace_section
+from cropseg_stack.sections import replace_section
 from tqdm import tqdm
 
 from cropseg_core.masks import encode_png

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cropseg_stack.sections import publish
 from inference import Call, interleaved
-from sections import publish
 
 from cropseg_core.bands import Layout, from_model_bands, get_layout, to_model_bands
 from cropseg_core.model import LoadedModel

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from cropseg_batch.fields import write_field
-from sections import replace_section
+from cropseg_stack.sections import replace_section
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]

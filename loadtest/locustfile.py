@@ -51,7 +51,7 @@ def field_png(rng: random.Random) -> bytes:
     return buffer.getvalue()
 
 
-@events.test_start.add_listener
+@events.test_start.add_listener  # type: ignore[untyped-decorator]  # locust's events are untyped
 def prepare(environment: Environment, **_: Any) -> None:
     """Segment the labelled samples once, so the evaluation task always has a mask to score."""
     import requests
@@ -59,7 +59,7 @@ def prepare(environment: Environment, **_: Any) -> None:
     host = environment.host or ""
     headers = _auth()
     samples = requests.get(
-        f"{host}/api/v1/images/sample", params={"limit": 50, "source": "sample"}, timeout=30
+        f"{host}/api/v1/images/sample", params={"limit": "50", "source": "sample"}, timeout=30
     )
     samples.raise_for_status()
     SAMPLES[:] = [item for item in samples.json()["items"] if item["has_label"]]
@@ -156,7 +156,7 @@ class Agronomist(HttpUser):
                 response.failure(f"evaluation: {response.status_code} {response.text[:200]}")
 
 
-@events.quitting.add_listener
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
 def enforce_thresholds(environment: Environment, **_: Any) -> None:
     """Exit code 1 when the failure or shed ratio or a request's p95 is above its threshold."""
     stats = environment.runner.stats if environment.runner else None
@@ -207,8 +207,9 @@ if os.environ.get("CROPSEG_SHAPE") == "stress":
             shedding = runner is not None and any(
                 "503" in str(error.error) for error in runner.stats.errors.values()
             )
-            users = self.step_users * (1 + int(self.get_run_time() // self.step_seconds))
-            if shedding or users > self.max_users or self.get_run_time() > self.max_seconds:
+            elapsed = float(self.get_run_time())  # type: ignore[no-untyped-call]
+            users = self.step_users * (1 + int(elapsed // self.step_seconds))
+            if shedding or users > self.max_users or elapsed > self.max_seconds:
                 return None
             return users, float(self.step_users)
 
@@ -226,5 +227,5 @@ if os.environ.get("CROPSEG_SHAPE") == "curve":
         step_seconds = float(os.environ.get("CROPSEG_CURVE_STEP_S", "60"))
 
         def tick(self) -> tuple[int, float] | None:
-            step = int(self.get_run_time() // self.step_seconds)
+            step = int(self.get_run_time() // self.step_seconds)  # type: ignore[no-untyped-call]
             return (self.users[step], 10.0) if step < len(self.users) else None

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cropseg_stack.sections import replace_section
 from run import MAX_SHED_RATIO, P95_LIMITS_MS, PROFILES, REPO, curve_steps, stress_steps
 
 START, END = "<!-- loadtest:start -->", "<!-- loadtest:end -->"
@@ -312,9 +311,6 @@ def main() -> None:
     parser.add_argument("--only", choices=["profiles", "mix"], help="one section: the profiles, or the mix")
     args = parser.parse_args()
     images = (args.write.parent if args.write else REPO / "reports") / "img"
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from sections import replace_section  # type: ignore[import-not-found]
-
     for name, (start, end, make) in {
         "profiles": (START, END, section),
         "mix": (MIX_START, MIX_END, mix_section),

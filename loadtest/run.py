@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -245,31 +244,14 @@ def _steps(rows: list[dict[str, str]], name: str) -> dict[int, list[dict[str, st
 
 
 def physical_limit() -> dict[str, float]:
-    """The model's FLOPs per tile, this CPU's measured float32 peak, and bare ONNX Runtime's rate.
-
-    Uses the inference benchmark's measurements (``benchmarks/inference.py``; needs torch).
-    """
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from inference import MODEL, cpu_peak_gflops, timed, torch_eager  # type: ignore[import-not-found]
-
-    from cropseg_core.bands import get_layout, to_model_bands
-    from cropseg_core.segmenter import OnnxSegmenter
-    from cropseg_model.synth import generate_tile
-
-    tile = generate_tile(3, 0, 360, 480)[0].rgb
-    segmenter = OnnxSegmenter(MODEL)
-    segmenter.load()
-    bands = to_model_bands(tile, get_layout("rgb"))
-    bare_s = statistics.median(timed(lambda: segmenter.predict(bands[None]), 30))
-    segmenter.unload()
-    flops = torch_eager(tile, 1)[1]
-    peak = cpu_peak_gflops() * 1e9
-    return {
-        "flops_per_tile": flops,
-        "cpu_peak_flops_per_s": peak,
-        "limit_tiles_per_s": peak / flops,
-        "bare_onnxruntime_tiles_per_s": 1 / bare_s,
-    }
+    """The model's FLOPs per tile, this CPU's measured float32 peak, and bare ONNX Runtime's rate,
+    measured by the inference benchmark (``benchmarks/inference.py --physical-limit``; needs torch)."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "inference.py"), "--physical-limit"],
+        capture_output=True, text=True, check=True, cwd=REPO,
+    )  # fmt: skip
+    limit: dict[str, float] = json.loads(done.stdout.splitlines()[-1])  # the last line: the JSON
+    return limit
 
 
 def steps_table(steps: list[dict[str, float | None]]) -> str:

@@ -44,9 +44,9 @@ from tqdm import tqdm
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from cropseg_stack.sections import replace_section  # noqa: E402
 from inference import timed  # noqa: E402
 from peers import PEERS, REPO, Peer, ensure_venv, venv_python  # noqa: E402
-from sections import replace_section  # noqa: E402
 from workload import MODEL, Workload  # noqa: E402
 
 from cropseg_core.bands import get_layout, to_model_bands  # noqa: E402

@@ -1,4 +1,5 @@
-"""Replace a marked section of a markdown file with freshly measured numbers."""
+"""Replace a marked section of a markdown file with freshly measured numbers: what the
+benchmarks (``benchmarks/``) and the load-test report (``loadtest/report.py``) write into docs/."""
 
 from __future__ import annotations
 
