@@ -89,8 +89,22 @@ def test_a_response_encodes_what_the_request_asked_for_and_decodes_back() -> Non
         (image_tensor([1, 2, 2, 3]), b"", "has no data"),
         (image_tensor([1, 2, 2, 3], data=["a"] * 12), b"", "integers 0..255"),
         (image_tensor([1, 2, 2, 3], data=[-1] * 12), b"", "integers 0..255"),
+        (image_tensor([1, 2, 2, 3], data=[0.5] * 12), b"", "integers 0..255"),  # was cast to 0
+        (image_tensor([1, 2, 2, 3], data=["7"] * 12), b"", "integers 0..255"),  # was cast to 7
+        (image_tensor([1, 2, 2, 3], data=[True] * 12), b"", "integers 0..255"),
     ],
-    ids=["fp32", "int8", "five-channels", "binary-short", "no-data", "text", "negative"],
+    ids=[
+        "fp32",
+        "int8",
+        "five-channels",
+        "binary-short",
+        "no-data",
+        "text",
+        "negative",
+        "fraction",
+        "numeric-text",
+        "boolean",
+    ],
 )
 def test_a_bad_input_tensor_is_a_client_error(
     tensor: dict[str, object], binary: bytes, fragment: str

@@ -173,9 +173,11 @@ def input_images(request: InferenceRequest, binary: bytes | np.ndarray, max_pixe
     if tensor.data is None:
         raise ClientError(f"input {INPUT_NAME!r} has no data (give 'data' or binary_data_size)")
     try:
-        values = np.asarray(tensor.data, dtype=np.int64)
+        values = np.asarray(tensor.data)  # JSON integers only: 0.5, "7" or true are refused, not cast
     except (ValueError, TypeError, OverflowError) as e:
         raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255") from e
+    if values.size and values.dtype.kind not in "iu":
+        raise ClientError(f"input {INPUT_NAME!r} data must be integers 0..255, not {values.dtype.name}")
     return _checked_pixels(values, shape, expected)
 
 
