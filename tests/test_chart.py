@@ -112,6 +112,7 @@ def test_lint_strict(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_manifests_validate_strictly(
     rendered: tuple[Path, list[dict[str, Any]]], version: str, tmp_path: Path
@@ -288,6 +289,7 @@ def test_a_budget_that_would_block_every_drain_is_refused() -> None:
     assert "minAvailable (2) must be below the fewest replicas (2)" in result.stderr
 
 
+@pytest.mark.slow
 def test_commands_are_the_real_entry_points(rendered: tuple[Path, list[dict[str, Any]]]) -> None:
     _, objects = rendered
     for obj in objects:
@@ -442,6 +444,7 @@ def test_compose_publishes_on_loopback_and_monitoring_stays_there() -> None:
     assert everywhere["prometheus"] == everywhere["grafana"] == {"127.0.0.1"}  # monitoring never does
 
 
+@pytest.mark.slow
 def test_compose_file_validates_and_matches_the_services() -> None:
     services = compose_services()
     for name, module in MODULES.items():
@@ -465,6 +468,7 @@ def test_compose_file_validates_and_matches_the_services() -> None:
     assert strip(local) == strip(composed)
 
 
+@pytest.mark.slow
 def test_checkov_finds_nothing_in_the_chart_and_the_dockerfiles() -> None:
     checkov = Path(sys.executable).parent.parent / "checkov" / "bin" / "checkov"
     if not checkov.exists():

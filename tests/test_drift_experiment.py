@@ -48,6 +48,7 @@ def experiment(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_unaltered_is_quiet_and_brightness_changes_are_found(images: Path, tmp_path: Path) -> None:
     doc = tmp_path / "drift.md"
     doc.write_text("before\n<!-- drift-experiment:start -->\nold\n<!-- drift-experiment:end -->\nafter\n")
@@ -78,6 +79,7 @@ def test_unaltered_is_quiet_and_brightness_changes_are_found(images: Path, tmp_p
     assert text.endswith("\nafter\n")
 
 
+@pytest.mark.slow
 def test_too_few_images(tmp_path: Path) -> None:
     done = experiment("--images", str(tmp_path))
     assert done.returncode == 2

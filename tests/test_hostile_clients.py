@@ -37,6 +37,8 @@ from cropseg_core.processes import free_port, read_http_answer, running_service
 from cropseg_core.settings import ImageLimits
 from cropseg_core.web.bodies import upload_body_limit
 
+pytestmark = pytest.mark.slow  # about 2 minutes of real servers and sockets
+
 PNG = {"content-type": "image/png"}
 HEADER_TIMEOUT_S = 1.0
 BODY_PACE_S = 1.5  # idle timeout and grace for bodies

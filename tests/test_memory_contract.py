@@ -16,6 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # about 14 minutes
+
 REPO = Path(__file__).resolve().parents[1]
 ROUTES = 10  # inference: mask, overlay, OIP JSON, OIP binary; storage: upload, segment, overlay, 3 reads
 AT_ONCE = 16

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 MONITORING = Path(__file__).resolve().parents[1] / "monitoring"
 
 
@@ -20,6 +22,7 @@ def test_config_and_rules_are_valid(promtool: str) -> None:
     assert "SUCCESS: 9 rules found" in rules.stdout
 
 
+@pytest.mark.slow
 def test_every_alert_fires_and_stays_quiet_when_it_should(promtool: str) -> None:
     result = promtool_run(promtool, "test", "rules", "alerts.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -22,6 +22,7 @@ PACKAGES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", PACKAGES)
 def test_package_builds_without_warnings_and_ships_its_files(folder: str, tmp_path: Path) -> None:
     source = tmp_path / "source"  # setuptools writes build/ beside the sources: not in the checkout

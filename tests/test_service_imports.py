@@ -32,6 +32,7 @@ def imported(source: Path) -> set[str]:
     return names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("package", SHIPPED)
 def test_no_shipped_source_imports_the_training_package(package: str) -> None:
     root = Path(importlib.import_module(package).__file__ or "").parent
@@ -46,6 +47,7 @@ def test_no_shipped_source_imports_the_training_package(package: str) -> None:
     assert {path: names for path, names in offenders.items() if names} == {}
 
 
+@pytest.mark.slow
 def test_every_shipped_module_imports_with_the_training_package_blocked() -> None:
     names = [name for package in SHIPPED for name in modules(package)]
     assert "cropseg_drift.cli" in names

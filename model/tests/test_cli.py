@@ -42,6 +42,7 @@ def test_generate_writes_the_requested_tiles(tmp_path: Path, capsys: pytest.Capt
     assert len(discover(out)) == 3
 
 
+@pytest.mark.slow
 def test_evaluate_prints_all_three_methods_and_writes_json(
     tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -104,6 +105,7 @@ def test_pseudo_mask_keeps_only_agreeing_confident_pixels() -> None:
     np.testing.assert_array_equal(one, [[255, IGNORE, 0, IGNORE]])
 
 
+@pytest.mark.slow
 def test_pseudo_label_then_profile_on_a_flat_folder(tiny_dataset: Path, tmp_path: Path) -> None:
     flat = tmp_path / "flight"
     flat.mkdir()
@@ -125,6 +127,7 @@ def test_pseudo_label_then_profile_on_a_flat_folder(tiny_dataset: Path, tmp_path
     assert profile.for_layout("cir").grey_histograms.shape == (8, 256)
 
 
+@pytest.mark.slow
 def test_demo_runs_as_a_command(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cropseg_model.cli", "demo", "--out", str(tmp_path)],

@@ -117,6 +117,7 @@ def test_any_size_and_batch(segmenter: OnnxSegmenter, shape: tuple[int, ...]) ->
     assert probability.max() <= 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["rgb", "cir", "nir_red"])
 def test_fresh_tiles_are_segmented_well_through_the_pipeline(layout: str) -> None:
     evaluator = Evaluator(DEFAULT_MODEL)
@@ -164,6 +165,7 @@ def test_artifacts_are_committed_files() -> None:
     assert Path(METRICS["model"]["onnx_file"]).name == DEFAULT_MODEL.name
 
 
+@pytest.mark.slow
 def test_committed_sample_tiles_are_what_the_generator_makes(tmp_path: Path) -> None:
     """model/artifacts/samples (the storage gallery's seed) is
     ``generate --count 12 --seed 5 --layout-files``: each tile in its own layout. Pixels are

@@ -28,6 +28,7 @@ def one_leaf_scene() -> Scene:
     return scene
 
 
+@pytest.mark.slow
 def test_same_seed_and_index_give_identical_tiles() -> None:
     first, encoded_a, _ = generate_tile(5, 3)
     second, encoded_b, _ = generate_tile(5, 3)
@@ -80,6 +81,7 @@ def test_partial_out_of_field_region_is_exactly_black_in_image_and_mask() -> Non
     assert not black[:, 0].any()
 
 
+@pytest.mark.slow
 def test_generated_sets_cover_the_promised_variety() -> None:
     metas = [generate_tile(9, i, height=90, width=120)[0].meta for i in range(120)]
     assert {m["layout"] for m in metas} == set(LAYOUTS)
@@ -93,6 +95,7 @@ def test_generated_sets_cover_the_promised_variety() -> None:
     assert max(fractions) > 0.3
 
 
+@pytest.mark.slow
 def test_jpeg_tiles_carry_real_compression_artefacts() -> None:
     index = next(i for i in range(50) if generate_tile(3, i)[0].meta["jpeg_quality"] is not None)
     tile, encoded, ext = generate_tile(3, index)
@@ -112,6 +115,7 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_dataset_is_identical_whatever_the_number_of_workers(tmp_path: Path) -> None:
     write_dataset(tmp_path / "one", 6, seed=4, height=48, width=64, workers=1, progress=False)
     write_dataset(tmp_path / "two", 6, seed=4, height=48, width=64, workers=2, progress=False)

@@ -40,6 +40,7 @@ def efficient() -> EfficientUNet:
     return EfficientUNet(pretrained=True).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(1, 1), (7, 9), (33, 47), (64, 64), (360, 480)], ids=str)
 def test_output_has_exactly_the_input_size(size: tuple[int, int], efficient: EfficientUNet) -> None:
     for net in (UNet().eval(), efficient):
@@ -136,6 +137,7 @@ def test_sampler_keeps_masks_exact_and_black_black(tiny_dataset: Path) -> None:
     assert float(images.max()) <= 1.0
 
 
+@pytest.mark.slow
 def test_sampler_shows_four_band_tiles_in_every_layout_and_rgb_photos_as_rgb(tiny_dataset: Path) -> None:
     four_band = load_pairs(tiny_dataset)
     photos = [(image * np.array([1, 1, 1, 0], np.uint8), mask) for image, mask in four_band]
@@ -189,6 +191,7 @@ def test_tiny_training_run_reduces_the_loss_and_exports_with_parity(
     assert segmenter.predict(batch).shape == (2, 37, 53)
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_the_given_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
     config = TrainConfig(
         steps=2, batch_size=2, crop=32, val_every=1, architecture="unet", channels=(8, 16), bottleneck=16

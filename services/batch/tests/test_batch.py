@@ -105,6 +105,7 @@ def test_a_batch_killed_halfway_resumes_to_exactly_the_outputs_of_an_uninterrupt
     assert store.get("resumed/summary.csv").decode().count("\n") == inputs + 1
 
 
+@pytest.mark.slow
 def test_an_unreachable_bucket_is_retried_then_fails_saying_how_to_resume(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -123,6 +124,7 @@ def test_an_unreachable_bucket_is_retried_then_fails_saying_how_to_resume(
     assert "cropseg: error: reading the manifest failed 5 times" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_folder_batch_and_its_command_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

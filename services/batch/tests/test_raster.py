@@ -36,6 +36,7 @@ def field(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_field(tmp_path_factory.mktemp("field") / "field.tif", 1300)
 
 
+@pytest.mark.slow
 def test_windows_leave_no_seam(model: LoadedModel, field: Path, tmp_path: Path) -> None:
     """Nine 512-px windows give the mask one window over the whole raster gives, but for a few
     pixels: the EfficientNet encoder of model 2.0.0 sees past the windows' overlap, and here
@@ -49,6 +50,7 @@ def test_windows_leave_no_seam(model: LoadedModel, field: Path, tmp_path: Path) 
     assert abs(small.vegetation_fraction - whole.vegetation_fraction) < 1e-3
 
 
+@pytest.mark.slow
 def test_the_mask_keeps_the_georeference_and_the_nodata(
     model: LoadedModel, field: Path, tmp_path: Path
 ) -> None:
@@ -68,6 +70,7 @@ def test_the_mask_keeps_the_georeference_and_the_nodata(
     assert report.crs == "EPSG:32632"
 
 
+@pytest.mark.slow
 def test_cover_per_cell_adds_up_to_the_field(model: LoadedModel, field: Path, tmp_path: Path) -> None:
     report = segment_raster(field, tmp_path / "mask.tif", model, cell_m=5)  # 250 px cells
     rows = list(csv.DictReader((tmp_path / "mask.cover.csv").read_text().splitlines()))
@@ -88,6 +91,7 @@ def test_cover_per_cell_adds_up_to_the_field(model: LoadedModel, field: Path, tm
         assert max(preview.size) <= 1024
 
 
+@pytest.mark.slow
 def test_a_raster_without_georeference_is_segmented_with_a_warning(
     model: LoadedModel, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -136,6 +140,7 @@ def test_a_truncated_raster_fails_clearly_and_leaves_no_output(
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_the_command_line(field: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "mask.tif"
     code = main(
@@ -167,6 +172,7 @@ def peak_rss_mib(side: int, folder: Path) -> float:
     return int(re.findall(r"^(\d+)$", result.stdout, re.MULTILINE)[-1]) / 1024
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_the_raster(tmp_path: Path) -> None:
     """16 times the pixels, the same peak: memory is a window's, not the raster's."""
     small, large = peak_rss_mib(1024, tmp_path), peak_rss_mib(4096, tmp_path)

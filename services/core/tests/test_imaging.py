@@ -140,6 +140,7 @@ def test_pixel_limit_is_checked_before_decoding(rgb: np.ndarray) -> None:
     assert decode_image(data, ImageLimits(max_pixels=1200)).width == 40
 
 
+@pytest.mark.slow
 def test_decompression_bomb_is_rejected_cheaply() -> None:
     # 30000 x 30000 one-bit PNG: ~100 KB on disk, 900 MP (2.7 GB as RGB) if decoded.
     bomb = encode(Image.new("1", (30000, 30000)), "PNG")

@@ -6,11 +6,14 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import cropseg_core
 
 WEB_FRAMEWORK = ("fastapi", "starlette", "uvicorn")
 
 
+@pytest.mark.slow
 def test_the_domain_imports_without_the_web_framework() -> None:
     domain = [
         module.name

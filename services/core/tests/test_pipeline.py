@@ -79,6 +79,7 @@ def test_explicit_scale_and_gsd() -> None:
             working_scale(bands, rgb, config, **kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_automatic_scale_shrinks_wide_leaves_but_never_below_one_tile() -> None:
     config, rgb = PipelineConfig(tile_size=512, auto_leaf_px=16), get_layout("rgb")
     assert working_scale(leaves(400, 6), rgb, config) == 1.0  # narrow leaves: full resolution

@@ -27,6 +27,7 @@ def store(blob_store: BlobStore) -> BlobStore:
     return blob_store
 
 
+@pytest.mark.slow
 def test_put_get_overwrite_and_missing(store: BlobStore) -> None:
     store.put("images/ab/one.png", b"first")
     assert store.get("images/ab/one.png") == b"first"
@@ -44,6 +45,7 @@ def test_put_if_absent_creates_once(store: BlobStore) -> None:
     assert store.get("meta/x.json") == b"winner"
 
 
+@pytest.mark.slow
 def test_put_if_absent_has_exactly_one_winner_under_concurrency(store: BlobStore) -> None:
     results: list[bool] = []
     barrier = threading.Barrier(12)
@@ -105,6 +107,7 @@ def test_records_append_in_order_and_streams_are_listed(store: BlobStore) -> Non
     assert store.streams("predictions/") == ["predictions/2026-11-27", "predictions/2026-11-28"]
 
 
+@pytest.mark.slow
 def test_concurrent_appends_lose_no_record(store: BlobStore) -> None:
     def append(writer: int) -> None:
         for number in range(10):

@@ -78,6 +78,7 @@ ATOL = 0.05  # on the 99.9th percentile of the probability difference
 MAX_MASK_CHANGE = 3e-4  # share of mask pixels that may differ
 
 
+@pytest.mark.slow
 def test_stitched_mask_equals_single_pass_where_both_are_possible() -> None:
     config = PipelineConfig()
     segmenter = OnnxSegmenter(MODEL)
@@ -92,6 +93,7 @@ def test_stitched_mask_equals_single_pass_where_both_are_possible() -> None:
     assert ((stitched > threshold) != (single > threshold)).mean() < MAX_MASK_CHANGE
 
 
+@pytest.mark.slow
 def test_tiles_without_enough_overlap_show_seams() -> None:
     """The check above can fail: with no overlap, tile borders change the prediction."""
     segmenter = OnnxSegmenter(MODEL)

@@ -326,12 +326,14 @@ def send_slowly(port: int, declared: int, pieces: list[bytes], pause_s: float) -
         return read_http_answer(connection)
 
 
+@pytest.mark.slow
 def test_a_stalled_body_is_answered_408(guarded_server: GuardedServer) -> None:
     status, body = send_slowly(guarded_server.port, 100_000, [b"x" * 10], pause_s=0)
     assert status == 408
     assert "no part of the request body arrived" in body
 
 
+@pytest.mark.slow
 def test_a_trickled_body_is_answered_408(guarded_server: GuardedServer) -> None:
     status, body = send_slowly(guarded_server.port, 100_000, [b"x"] * 20, pause_s=0.1)  # ~10 B/s
     assert status == 408
@@ -344,6 +346,7 @@ def test_a_body_at_a_normal_pace_is_read(guarded_server: GuardedServer) -> None:
     assert '"bytes":50000' in body
 
 
+@pytest.mark.slow
 def test_headers_sent_line_by_line_too_slowly_get_408_and_the_connection_closed(
     guarded_server: GuardedServer,
 ) -> None:
@@ -360,6 +363,7 @@ def test_headers_sent_line_by_line_too_slowly_get_408_and_the_connection_closed(
     assert time.perf_counter() - started < 5
 
 
+@pytest.mark.slow
 def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
     guarded_server: GuardedServer,
 ) -> None:
@@ -367,6 +371,7 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(
         assert read_http_answer(connection)[0] == 408
 
 
+@pytest.mark.slow
 def test_bodies_count_against_the_budget_with_the_bytes_received(guarded_server: GuardedServer) -> None:
     """Two clients declaring 100 kB and sending one byte hold two bytes, not 200 kB: others
     are served. Two that sent their 100 kB and wait for their answer hold 200 kB of the 250 kB
@@ -405,6 +410,7 @@ def test_bodies_count_against_the_budget_with_the_bytes_received(guarded_server:
             connection.close()
 
 
+@pytest.mark.slow
 def test_one_address_cannot_take_every_connection_and_probes_are_always_answered() -> None:
     """Connections capped at 6 for the process and 4 per address: an address holding 4 idle
     connections gets 503 on a fifth at once, other addresses are served, and once the process

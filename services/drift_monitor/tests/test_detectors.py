@@ -55,6 +55,7 @@ def brighter() -> Current:
     return current(brightness=1.4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("used", ENGINES, ids=lambda e: e.name)
 def test_image_checks_are_quiet_on_the_same_distribution(
     used: DriftEngine, profile: ReferenceProfile, same: Current
@@ -66,6 +67,7 @@ def test_image_checks_are_quiet_on_the_same_distribution(
     assert check_dataset(used, profile, same, 0.01, SETTINGS)["data"]["is_drift"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("used", ENGINES, ids=lambda e: e.name)
 def test_image_checks_see_a_brightness_shift(
     used: DriftEngine, profile: ReferenceProfile, brighter: Current
@@ -88,6 +90,7 @@ def test_image_checks_see_a_brightness_shift(
     assert set(dataset["importances"]) == set(PROPERTY_NAMES)
 
 
+@pytest.mark.slow
 def test_the_classifier_sees_a_change_no_single_property_shows(profile: ReferenceProfile) -> None:
     """Swap brightness between images: every marginal stays, the joint distribution breaks."""
     shuffled = current_images(200, seed=3)
@@ -105,6 +108,7 @@ def test_the_classifier_sees_a_change_no_single_property_shows(profile: Referenc
     assert check_dataset(used, profile, data, 0.01, floorless)["data"]["is_drift"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("used", ENGINES, ids=lambda e: e.name)
 def test_prediction_checks(used: DriftEngine, profile: ReferenceProfile, same: Current) -> None:
     assert check_predicted_fraction(used, profile, same, 0.01)["data"]["is_drift"] is False
@@ -120,6 +124,7 @@ def test_prediction_checks(used: DriftEngine, profile: ReferenceProfile, same: C
     assert unchanged == {**unchanged, "is_drift": False, "p_val": 1.0}  # one category everywhere
 
 
+@pytest.mark.slow
 def test_engines_give_the_same_p_values_and_verdicts(
     profile: ReferenceProfile, same: Current, brighter: Current
 ) -> None:
@@ -146,6 +151,7 @@ def test_engines_give_the_same_p_values_and_verdicts(
     assert a_chi.is_drift == s_chi.is_drift
 
 
+@pytest.mark.slow
 def test_too_few_samples_give_no_verdict(profile: ReferenceProfile) -> None:
     few = current(count=5)
     results = run_checks(profile, few, DriftSettings(min_samples=30, engine="scipy"))

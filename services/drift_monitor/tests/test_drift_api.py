@@ -51,6 +51,7 @@ def test_no_report_yet(client: TestClient) -> None:
     assert "POST /api/v1/drift/runs" in missing.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_on_demand_run_then_reports_and_files(client: TestClient) -> None:
     started = client.post("/api/v1/drift/runs")
     assert started.status_code == 202
@@ -76,6 +77,7 @@ def test_on_demand_run_then_reports_and_files(client: TestClient) -> None:
     assert "Drift report" in page.text
 
 
+@pytest.mark.slow
 def test_reports_paginate_newest_first(client: TestClient, data: Path, profile_path: Path) -> None:
     ids = [run(settings_for(data, profile_path, engine="scipy")).report_id for _ in range(3)]
     first = client.get("/api/v1/drift/reports", params={"limit": 2}).json()
@@ -116,6 +118,7 @@ def test_a_second_run_is_a_conflict_while_one_holds_the_lock(client: TestClient,
         assert "cropseg_drift_run_in_progress 1.0" in client.get("/metrics").text
 
 
+@pytest.mark.slow
 def test_starting_a_run_needs_the_token_when_set(data: Path, profile_path: Path) -> None:
     app = create_app(settings_for(data, profile_path, engine="scipy", api_token=TOKEN), CollectorRegistry())
     with TestClient(app) as client:
@@ -127,6 +130,7 @@ def test_starting_a_run_needs_the_token_when_set(data: Path, profile_path: Path)
         assert client.get("/api/v1/drift/reports").status_code == 200  # reads are public
 
 
+@pytest.mark.slow
 def test_metrics_export_the_newest_report(client: TestClient, data: Path, profile_path: Path) -> None:
     run(settings_for(data, profile_path, engine="scipy"))
     metrics = client.get("/metrics").text
@@ -160,6 +164,7 @@ def test_serve_refuses_a_missing_profile(tmp_path: Path, capsys: pytest.CaptureF
     assert "reference profile" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_user_chooses_the_reference_and_can_go_back(data: Path, profile_path: Path) -> None:
     """The 25 over-exposed uploads drift from the training images; chosen as the reference, the
     next run compares with them (no drift) and says so; DELETE returns to the training images."""

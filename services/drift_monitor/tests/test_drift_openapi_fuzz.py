@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 import schemathesis
 from cropseg_drift.main import create_app
 from cropseg_drift.runner import run
@@ -26,6 +27,7 @@ TestClient(app).__enter__()  # run the lifespan once: store, profile, launcher
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:

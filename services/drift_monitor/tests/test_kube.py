@@ -206,6 +206,7 @@ def service_account(
     return tmp_path
 
 
+@pytest.mark.slow
 def test_jobs_are_created_and_read_with_the_pods_service_account(
     api_server: FakeApiServer, service_account: Path
 ) -> None:
@@ -247,6 +248,7 @@ def test_a_server_with_a_certificate_from_another_authority_is_refused(
     assert api_server.requests == []
 
 
+@pytest.mark.slow
 def test_an_unreachable_api_server_is_a_clear_502(
     service_account: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -35,12 +35,14 @@ def texts_overlap(figure: Figure) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*PROPERTY_NAMES, "predicted vegetation fraction"])
 def test_distribution_figure_titles_do_not_overlap(name: str) -> None:
     figure = distribution_figure(name, RNG.normal(size=200), RNG.normal(1, size=150), 1.23e-12)
     assert texts_overlap(figure) == []
 
 
+@pytest.mark.slow
 def test_grey_histogram_and_importance_figures_do_not_overlap() -> None:
     histograms = RNG.random((40, 256))
     assert texts_overlap(grey_histogram_figure(histograms, histograms[::-1])) == []

@@ -42,6 +42,7 @@ def store_at(data: Path) -> BlobStore:
     return open_store(StoreSettings(path=data))
 
 
+@pytest.mark.slow
 def test_no_drift_on_uploads_like_the_reference(data: Path, profile_path: Path) -> None:
     store = store_at(data)
     add_uploads(store, 40)
@@ -74,6 +75,7 @@ def test_no_drift_on_uploads_like_the_reference(data: Path, profile_path: Path) 
     ]
 
 
+@pytest.mark.slow
 def test_drift_on_brightened_uploads_fails_the_run(data: Path, profile_path: Path) -> None:
     store = store_at(data)
     add_uploads(store, 40, brightness=1.5)
@@ -90,6 +92,7 @@ def test_drift_on_brightened_uploads_fails_the_run(data: Path, profile_path: Pat
     assert (tolerant.exit_code, tolerant.status) == (EXIT_OK, "drift")
 
 
+@pytest.mark.slow
 def test_the_window_takes_the_newest_uploads(data: Path, profile_path: Path) -> None:
     store = store_at(data)
     add_uploads(store, 30, brightness=1.5, seed=1)
@@ -98,6 +101,7 @@ def test_the_window_takes_the_newest_uploads(data: Path, profile_path: Path) -> 
     assert (result.status, result.report["images"]) == ("no_drift", 30)  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_a_run_checks_one_layout_against_its_own_reference_rows(data: Path, tmp_path: Path) -> None:
     """RGB uploads and their predictions are left out of a CIR run; a profile without CIR rows
     is an error that says to rebuild it, not a comparison of CIR images with RGB ones."""
@@ -127,6 +131,7 @@ def test_a_run_checks_one_layout_against_its_own_reference_rows(data: Path, tmp_
         settings_for(data, tmp_path / "rgb.npz", layout="ndvi")
 
 
+@pytest.mark.slow
 def test_the_iou_estimate_without_labels_and_the_measured_iou_beside_it(data: Path, tmp_path: Path) -> None:
     profile = make_profile()
     tracking = {"f/val": {"measured_iou": 0.88, "estimated_iou": 0.9}}
@@ -162,6 +167,7 @@ def test_the_iou_estimate_without_labels_and_the_measured_iou_beside_it(data: Pa
     assert 'cropseg_drift_detected{check="estimated_iou"} 1.0' in metrics
 
 
+@pytest.mark.slow
 def test_too_few_images_is_not_a_verdict(data: Path, profile_path: Path) -> None:
     add_uploads(store_at(data), 5)
     result = run(settings_for(data, profile_path))
@@ -171,6 +177,7 @@ def test_too_few_images_is_not_a_verdict(data: Path, profile_path: Path) -> None
     )
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_reported_and_skipped(data: Path, profile_path: Path) -> None:
     store = store_at(data)
     ids = add_uploads(store, 25)
@@ -205,6 +212,7 @@ def test_errors_exit_2_with_the_reason_and_a_log_line(data: Path, tmp_path: Path
     assert run(settings_for(data, tmp_path / "bad.npz")).exit_code == EXIT_ERROR
 
 
+@pytest.mark.slow
 def test_a_second_run_is_refused_while_the_first_holds_the_lock(data: Path, profile_path: Path) -> None:
     store = store_at(data)
     add_uploads(store, 25)
@@ -219,6 +227,7 @@ def test_a_second_run_is_refused_while_the_first_holds_the_lock(data: Path, prof
     assert run(settings_for(data, profile_path)).exit_code == EXIT_OK
 
 
+@pytest.mark.slow
 def test_a_stale_lock_is_taken_over(data: Path, profile_path: Path) -> None:
     store = store_at(data)
     add_uploads(store, 25)
@@ -243,6 +252,7 @@ def test_an_unexpected_failure_is_an_error_not_drift(
     assert (result.exit_code, result.message) == (EXIT_ERROR, "unexpected error: ZeroDivisionError: a bug")
 
 
+@pytest.mark.slow
 def test_a_report_is_visible_only_once_whole(
     data: Path, profile_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -260,6 +270,7 @@ def test_a_report_is_visible_only_once_whole(
     assert not store.exists(LOCK_KEY)
 
 
+@pytest.mark.slow
 def test_runs_on_the_s3_backend_too(blob_store: BlobStore, profile_path: Path, tmp_path: Path) -> None:
     add_uploads(blob_store, 25, brightness=1.5)
     settings = settings_for(tmp_path, profile_path, engine="scipy")
@@ -268,6 +279,7 @@ def test_runs_on_the_s3_backend_too(blob_store: BlobStore, profile_path: Path, t
     assert blob_store.exists(f"drift/reports/{result.report_id}/report.json")
 
 
+@pytest.mark.slow
 def test_cli_prints_the_summary_table(data: Path, profile_path: Path, capsys: pytest.CaptureFixture[str],
                                       monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     add_uploads(store_at(data), 25, brightness=1.5)
@@ -294,6 +306,7 @@ def test_cli_prints_the_summary_table(data: Path, profile_path: Path, capsys: py
     assert "invalid settings" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_run_at_once_releasing_its_lock(data: Path, profile_path: Path) -> None:
     """A Job's pod deleted, or compose stopping the loop: exit 143 now, no lock left for an hour."""
     add_uploads(store_at(data), 60)

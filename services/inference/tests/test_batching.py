@@ -12,6 +12,7 @@ from inference_testing import MODEL
 from cropseg_core.segmenter import OnnxSegmenter
 
 
+@pytest.mark.slow
 def test_batched_results_equal_single_results(field_bands: np.ndarray) -> None:
     segmenter = OnnxSegmenter(MODEL)
     segmenter.load()

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from cropseg_inference.main import create_app
 from fastapi.testclient import TestClient
 from inference_testing import MODEL_VERSION, make_settings, wait_ready
@@ -18,6 +19,7 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow
 def test_metrics_follow_real_requests(field_png: bytes) -> None:
     with TestClient(create_app(make_settings(), CollectorRegistry())) as client:
         wait_ready(client)

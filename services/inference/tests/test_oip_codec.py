@@ -118,6 +118,7 @@ def test_too_many_pixels_are_refused_before_they_are_read() -> None:
         codec.input_images(request(image_tensor([2, 10, 10, 3], data=[])), b"", 100)
 
 
+@pytest.mark.slow
 def test_a_large_json_request_is_lifted_into_numbers() -> None:
     """Over LEAN_JSON_BYTES the data array is read by numpy (nested as sent), never as JSON."""
     pixels = np.random.default_rng(3).integers(0, 256, (1, 250, 300, 3), dtype=np.uint8)
@@ -228,6 +229,7 @@ def test_model_metadata_describes_the_one_input_and_three_outputs() -> None:
     assert [(t.name, t.datatype) for t in meta.outputs] == [(n, d) for n, (d, _) in codec.OUTPUTS.items()]
 
 
+@pytest.mark.slow
 def test_the_protocol_imports_without_the_web_framework() -> None:
     blocked = "".join(f"sys.modules[{name!r}] = None\n" for name in ("fastapi", "starlette", "uvicorn"))
     program = f"import sys\n{blocked}import cropseg_inference.oip.codec, cropseg_inference.oip.types\n"

@@ -188,6 +188,7 @@ def test_layout_parameter_reads_the_channels_in_that_order(
     assert np.abs(probability - reference(cir)).max() > 1e-2  # the same bytes read as RGB differ
 
 
+@pytest.mark.slow
 def test_a_batch_larger_than_the_queue_is_computed_not_refused_forever(small_tile: np.ndarray) -> None:
     """129 images with a queue of 8 tiles: queued chunk by chunk on an idle server (it used to
     answer 503 + Retry-After on every try while the first 128 tiles were computed anyway)."""
@@ -210,6 +211,7 @@ def test_a_batch_larger_than_the_queue_is_computed_not_refused_forever(small_til
         assert "cropseg_inference_rejected_total 0.0" in client.get("/metrics").text
 
 
+@pytest.mark.slow
 def test_a_large_json_request_is_read_without_python_numbers(
     client: TestClient, field_tile: np.ndarray
 ) -> None:
@@ -253,6 +255,7 @@ def test_a_json_output_too_large_to_write_is_refused_before_any_work(client: Tes
     assert '"binary_data": true' in response.json()["error"]
 
 
+@pytest.mark.slow
 def test_no_key_order_or_escape_sends_a_large_json_request_down_the_slow_path(field_tile: np.ndarray) -> None:
     """A parameter named "data" before the tensor, the key spelled with an escape, the tensor's
     keys in any order: the image data is still read by numpy, never as Python numbers; JSON that

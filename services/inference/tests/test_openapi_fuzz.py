@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import schemathesis
 from cropseg_inference.main import create_app
 from hypothesis import HealthCheck, settings
@@ -15,6 +16,7 @@ app = create_app(make_settings(warmup_runs=0), CollectorRegistry())
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:

@@ -38,6 +38,7 @@ def segment(client: TestClient, body: bytes, **params: object) -> httpx.Response
     return client.post(SEGMENT, content=body, headers=PNG, params=params)
 
 
+@pytest.mark.slow
 def test_default_answer_is_the_mask_with_headers(
     client: TestClient, field_png: bytes, field_tile: np.ndarray
 ) -> None:
@@ -109,6 +110,7 @@ def geotiff(pixels: np.ndarray) -> bytes:
         return bytes(memory.read())
 
 
+@pytest.mark.slow
 def test_a_geotiff_gets_its_mask_back_georeferenced(client: TestClient, field_tile: np.ndarray) -> None:
     import rasterio
 
@@ -122,6 +124,7 @@ def test_a_geotiff_gets_its_mask_back_georeferenced(client: TestClient, field_ti
         assert np.array_equal(mask.read(1), expected_mask(field_tile))
 
 
+@pytest.mark.slow
 def test_a_tiff_without_georeference_gets_a_plain_tiff_mask_and_a_warning(
     client: TestClient, field_tile: np.ndarray
 ) -> None:
@@ -175,6 +178,7 @@ def test_rle_round_trips(mask: np.ndarray) -> None:
     assert np.array_equal(rle_decode(counts, *mask.shape), mask)
 
 
+@pytest.mark.slow
 def test_large_image_is_tiled_and_keeps_its_size(client: TestClient, field_tile: np.ndarray) -> None:
     big = np.tile(field_tile, (3, 3, 1))[:1000, :1300]
     response = client.post(
@@ -266,6 +270,7 @@ def test_bad_input_is_a_4xx_saying_what_to_fix(
     assert len(error["message"]) > 10
 
 
+@pytest.mark.slow
 def test_pixel_and_byte_limits_are_settings(field_png: bytes) -> None:
     settings = make_settings(image_limits={"max_pixels": 100_000, "max_bytes": 10_000_000})
     with TestClient(create_app(settings, CollectorRegistry())) as small:
@@ -348,6 +353,7 @@ def test_layouts_are_listed(client: TestClient) -> None:
     assert layouts["cir"]["index"] == "ndvi"
 
 
+@pytest.mark.slow
 def test_declared_layout_is_how_the_channels_are_read(client: TestClient, field_tile: np.ndarray) -> None:
     bands = to_model_bands(field_tile, get_layout("rgb"))
     bands[..., 3] = np.clip(bands[..., 1].astype(int) * 2, 0, 255)
@@ -378,6 +384,7 @@ def test_layout_and_scale_errors_are_422_saying_what_to_send(
     assert fragment in response.json()["error"]["message"]
 
 
+@pytest.mark.slow
 def test_fine_gsd_segments_at_working_resolution_and_answers_full_size(
     client: TestClient, field_tile: np.ndarray
 ) -> None:

@@ -61,6 +61,7 @@ def test_same_bytes_same_id_and_stored_once(repository: ImageRepository) -> None
     assert repository.stored_bytes() == len(data)
 
 
+@pytest.mark.slow
 def test_concurrent_uploads_of_identical_and_distinct_images(repository: ImageRepository) -> None:
     images = [encode(field_image(seed=n % 5)) for n in range(20)]  # 5 distinct, each 4 times
     results: list[tuple[str, bool]] = []
@@ -199,6 +200,7 @@ def test_malformed_ids_never_reach_the_store(repository: ImageRepository, bad: s
         repository.get(bad)
 
 
+@pytest.mark.slow
 def test_samples_are_seeded_once_with_labels(repository: ImageRepository) -> None:
     assert seed_samples(repository, SAMPLES) == 12
     assert seed_samples(repository, SAMPLES) == 0
@@ -261,6 +263,7 @@ def test_a_delete_during_a_write_leaves_no_orphan(repository: ImageRepository, w
     ] == []
 
 
+@pytest.mark.slow
 def test_uploads_with_a_label_racing_deletes_leave_no_label(tmp_path: Path) -> None:
     """The same bytes uploaded again with a label while a DELETE removes them, 300 times (the
     DELETE up to 2 ms later: about the upload's decoding): once the image is deleted, uploading

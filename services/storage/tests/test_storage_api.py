@@ -531,6 +531,7 @@ def test_storage_stays_ready_without_inference_and_reports_it_degraded(
     assert client.get("/api/v1/images").json()["items"]
 
 
+@pytest.mark.slow
 def test_a_hanging_inference_does_not_hold_up_the_readiness_probe(
     make_client: Callable[..., TestClient],
 ) -> None:
@@ -678,6 +679,7 @@ def test_web_ui_is_served(client: TestClient) -> None:
     assert client.head("/").status_code == 200
 
 
+@pytest.mark.slow
 def test_samples_seeded_on_first_start(make_client: Callable[..., TestClient]) -> None:
     from storage_testing import REPO, SAMPLES
 
@@ -698,6 +700,7 @@ def test_samples_seeded_on_first_start(make_client: Callable[..., TestClient]) -
     assert all("CC BY-SA 4.0" in credit for _, credit in real)
 
 
+@pytest.mark.slow
 def test_the_service_runs_on_s3(make_client: Callable[..., TestClient], s3_settings: object) -> None:
     client = make_client(store={"backend": "s3", "s3": s3_settings})
     assert client.get("/api/v1/info").json()["store"].startswith("s3 http://127.0.0.1:")

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+import pytest
 import schemathesis
 from cropseg_storage.main import create_app
 from fastapi.testclient import TestClient
@@ -30,6 +31,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 known_id = started.get("/api/v1/images", params={"limit": 1}).json()["items"][0]["id"]
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
