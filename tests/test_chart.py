@@ -1,7 +1,8 @@
 """The Helm chart, checked offline with real tools (helm, kubernetes-validate) and against the code.
 
 No API server or container engine exists on the build machine: these tests prove what can be
-proven without them (see the README's Deploy section for what a cluster still has to show).
+proven without them (see docs/deploy.md, "What is verified, and what is not", for what a cluster
+still has to show).
 """
 
 from __future__ import annotations

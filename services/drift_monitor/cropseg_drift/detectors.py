@@ -154,7 +154,7 @@ class ScipyEngine:
 
 
 class AlibiEngine:
-    """Alibi Detect's detectors (the default; see the README on its licence)."""
+    """Alibi Detect's detectors (the default; see docs/drift.md on its licence)."""
 
     name = "alibi"
 

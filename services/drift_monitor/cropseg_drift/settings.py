@@ -29,10 +29,10 @@ class DriftSettings(ServiceSettings):
     """Significance of a run, split over the checks (Bonferroni) when ``split_p_value_over_checks``;
     feature-wise checks split their share over their features. 0.005 (the seed used 0.01 per
     test): measured 4 % false alarms on windows of 20 held-out photos, 0 % on 50, every tested
-    shift still found (README, benchmarks/drift_error_rates.py)."""
+    shift still found (docs/drift.md, benchmarks/drift_error_rates.py)."""
     split_p_value_over_checks: bool = True
     """Bonferroni over the five checks as well, so that ``p_value`` bounds the false alarms of
-    the whole run, not of each check (chosen from benchmarks/drift_error_rates.py; README)."""
+    the whole run, not of each check (chosen from benchmarks/drift_error_rates.py; docs/drift.md)."""
     window_images: int = Field(default=500, ge=1)
     """Compare at most the newest this many images (and as many prediction records)."""
     window_hours: float | None = Field(default=None, gt=0)
@@ -56,7 +56,7 @@ class DriftSettings(ServiceSettings):
     classifier_min_distance: float = Field(default=0.4, ge=0, le=1)
     """The domain classifier reports drift only when it also tells the two sets apart by at least
     this much (KS distance of its out-of-fold probabilities): photos of other days and plots of the
-    training sources reach 0.15-0.27, every measured real shift 0.98-1.0 (README, drift section)."""
+    training sources reach 0.15-0.27, every measured real shift 0.98-1.0 (docs/drift.md)."""
     classifier_max_samples: int = Field(default=2000, ge=100)
     """The domain classifier learns from at most this many current images (a seeded random
     subset): against a few hundred reference images, more only costs time."""
