@@ -56,3 +56,16 @@ def test_every_shipped_module_imports_with_the_training_package_blocked() -> Non
         [sys.executable, "-c", program], capture_output=True, text=True, check=False, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("package", ["cropseg_storage", "cropseg_drift"])
+def test_services_without_the_onnx_extra_import_without_onnx_runtime(package: str) -> None:
+    """Storage and drift-monitor images install cropseg-core without [onnx]: none of their modules
+    may reach ONNX Runtime (the storage image failed to build when a route imported the model class)."""
+    names = modules(package)
+    program = "import sys\nsys.modules['onnxruntime'] = None\n" + "".join(f"import {n}\n" for n in names)
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -9,6 +9,8 @@
   stored reports have always had; what is detector-specific stays a plain mapping, shaped as
   Alibi Detect shapes it, and fields that later versions added are optional, so every stored
   report validates.
+* :data:`Threshold` -- the threshold a client may ask either service for (query parameter, OIP
+  parameter, CLI): a probability from 0 to 1; none means the model's own.
 
 Plain pydantic and dataclasses: no web framework here.
 """
@@ -17,14 +19,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from cropseg_core.confidence import decode_counts, encode_counts
+from cropseg_core.errors import ClientError
 
 # The inference -> storage answer
+
+THRESHOLD_HELP = (
+    "Probability from 0 to 1 above which a pixel is vegetation (0: every pixel, 1: none); "
+    "default: the model's calibrated one"
+)
+Threshold = Annotated[float, Field(ge=0, le=1, description=THRESHOLD_HELP)]
+"""A requested threshold, as every API and CLI accepts it."""
+
+
+def check_threshold(value: float | None, name: str = "threshold") -> float | None:
+    """The same rule where a threshold arrives untyped (Open Inference Protocol parameters)."""
+    if value is not None and not 0 <= value <= 1:
+        raise ClientError(f"{name} must be a probability from 0 to 1, got {value}")
+    return value
 
 
 class Header:

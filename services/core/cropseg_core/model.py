@@ -3,36 +3,21 @@ rule, the pipeline configured for the model's working resolution, warmed up.
 
 The inference service, evaluation, ``cropseg segment-raster`` / ``batch`` and the benchmarks
 load it here, so that "the model's own threshold unless one is given" and "the pipeline at the
-model file's ground sampling distance" are decided once.
+model file's ground sampling distance" are decided once (what a valid threshold is:
+:data:`cropseg_core.contracts.Threshold`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from pydantic import Field
 
 from cropseg_core.bands import MODEL_BANDS, Layout
-from cropseg_core.errors import ClientError
 from cropseg_core.pipeline import Pipeline, PipelineConfig, Segmentation
 from cropseg_core.segmenter import GraphOptimization, ModelInfo, OnnxSegmenter
-
-THRESHOLD_HELP = (
-    "Probability from 0 to 1 above which a pixel is vegetation (0: every pixel, 1: none); "
-    "default: the model's calibrated one"
-)
-Threshold = Annotated[float, Field(ge=0, le=1, description=THRESHOLD_HELP)]
-"""A requested threshold, as every API and CLI accepts it."""
-
-
-def check_threshold(value: float | None, name: str = "threshold") -> float | None:
-    """The same rule where a threshold arrives untyped (Open Inference Protocol parameters)."""
-    if value is not None and not 0 <= value <= 1:
-        raise ClientError(f"{name} must be a probability from 0 to 1, got {value}")
-    return value
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from cropseg_core.bands import get_layout
+from cropseg_core.contracts import Threshold, check_threshold
 from cropseg_core.errors import ClientError
-from cropseg_core.model import LoadedModel, Threshold, check_threshold
+from cropseg_core.model import LoadedModel
 from cropseg_core.pipeline import PipelineConfig
 
 MODEL = Path(__file__).resolve().parents[3] / "model" / "artifacts" / "cropseg-unet.onnx"

@@ -21,8 +21,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from cropseg_core.bands import Layout, get_layout
+from cropseg_core.contracts import check_threshold
 from cropseg_core.errors import ClientError, PayloadTooLargeError
-from cropseg_core.model import check_threshold
 from cropseg_core.pipeline import Segmentation
 from cropseg_core.segmenter import INPUT_NAME, OUTPUT_NAME, ModelInfo
 from cropseg_inference.oip.types import (

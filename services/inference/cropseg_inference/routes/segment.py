@@ -10,9 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS, get_layout, picture
-from cropseg_core.contracts import OPENAPI_HEADERS, Header
+from cropseg_core.contracts import OPENAPI_HEADERS, THRESHOLD_HELP, Header, Threshold
 from cropseg_core.imaging import decode_channels
-from cropseg_core.model import THRESHOLD_HELP, Threshold
 from cropseg_core.pipeline import GSD_RANGE_MM, MIN_SCALE
 from cropseg_core.web.bodies import read_upload
 from cropseg_core.web.errors import error_responses

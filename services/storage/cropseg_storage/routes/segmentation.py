@@ -15,11 +15,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import get_layout
-from cropseg_core.contracts import Header
+from cropseg_core.contracts import THRESHOLD_HELP, Header, Threshold
 from cropseg_core.geotiff import encode_tiff, georeference_of
 from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import overlay_colour, score, vegetation_fraction
-from cropseg_core.model import THRESHOLD_HELP, Threshold
 from cropseg_core.repository import MODEL_VERSION, ImageRecord, ImageRepository, SegmentationRecord
 from cropseg_core.web.errors import error_responses
 from cropseg_core.web.limits import hold_memory
