@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Self
 
-from pydantic import AnyHttpUrl, Field, model_validator
+from pydantic import AnyHttpUrl, Field, field_validator, model_validator
 
 from cropseg_core.settings import ServiceSettings
 from cropseg_core.store import StoreSettings
@@ -57,6 +57,11 @@ class StorageSettings(ServiceSettings):
     """Retry-After sent when inference is unavailable."""
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     """On SIGTERM, how long in-flight requests may take before the process exits anyway."""
+
+    @field_validator("samples_path", "real_photos_path", mode="before")
+    @classmethod
+    def _empty_skips(cls, value: object) -> object:
+        return None if value == "" else value  # pydantic would read "" as the current folder
 
     @model_validator(mode="after")
     def _token_from_file(self) -> Self:

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from cropseg_storage.main import create_app
+from cropseg_storage.settings import StorageSettings
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 from storage_testing import TOKEN, column_mask, encode, fake_inference, field_image, make_settings, routed
@@ -716,3 +717,10 @@ def test_the_service_runs_on_s3(make_client: Callable[..., TestClient], s3_setti
     assert client.get("/readyz").json()["checks"]["store"]["status"] == "ok"
     assert client.delete(f"/api/v1/images/{image_id}").status_code == 204
     assert client.get("/api/v1/images").json()["items"] == []
+
+
+def test_an_empty_samples_or_real_photos_path_skips_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STORAGE_SAMPLES_PATH", "")
+    monkeypatch.setenv("STORAGE_REAL_PHOTOS_PATH", "")
+    settings = StorageSettings()
+    assert (settings.samples_path, settings.real_photos_path) == (None, None)  # not the current folder
