@@ -92,8 +92,8 @@ def wait_until(what: str, check: Any, timeout_s: float = 90, every_s: float = 0.
             value = check()
             if value:
                 return value
-        except (httpx.HTTPError, OSError):
-            pass
+        except (httpx.HTTPError, OSError, ValueError, KeyError):
+            pass  # not up yet: refused, or a starting Prometheus's plain-text 503 instead of JSON
         assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
         time.sleep(every_s)
 
