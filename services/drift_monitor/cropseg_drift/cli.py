@@ -13,21 +13,13 @@ import argparse
 import os
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 
 from pydantic import ValidationError
 
 from cropseg_core.log import configure_logging
+from cropseg_core.web.cli import data_argument, serve_arguments, settings_from
 from cropseg_drift.settings import DriftSettings
-
-
-def _settings(args: argparse.Namespace, *names: str) -> DriftSettings:
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    settings = DriftSettings(**overrides)
-    if getattr(args, "data", None):
-        settings.store.path = Path(args.data)
-    return settings
 
 
 def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -41,7 +33,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     from cropseg_drift.runner import run, summary_table
 
-    settings = _settings(args, "engine", "fail_on_drift", "window_images", "source")
+    settings = settings_from(DriftSettings, args, "engine", "fail_on_drift", "window_images", "source")
     configure_logging(settings.log_level, settings.log_format)
     result = run(
         settings, progress=args.progress and sys.stderr.isatty(), report_id=os.environ.get("DRIFT_REPORT_ID")
@@ -53,22 +45,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cropseg_core.store import StoreError, open_store
-    from cropseg_core.web.server import serve_settings
+    from cropseg_core.web.cli import file_exists, run_server, store_opens
     from cropseg_drift.main import create_app
 
-    settings = _settings(args, "host", "port", "engine")
-    if not settings.reference_path.is_file():
-        print(f"cropseg-drift serve: reference profile {settings.reference_path} not found: run from the "
-              "repository root or set DRIFT_REFERENCE_PATH", file=sys.stderr)  # fmt: skip
-        return 2
-    try:  # an unusable data folder or bucket: one line saying why, not a start-up traceback
-        open_store(settings.store)
-    except StoreError as e:
-        print(f"cropseg-drift serve: {e}", file=sys.stderr)
-        return 2
-    serve_settings(create_app, settings)
-    return 0
+    return run_server(
+        "cropseg-drift serve",
+        lambda: settings_from(DriftSettings, args, "host", "port", "engine"),
+        create_app,
+        file_exists("reference_path", "reference profile", "DRIFT_REFERENCE_PATH"),
+        store_opens,  # an unusable data folder or bucket: one line saying why
+    )
 
 
 def cmd_reference(args: argparse.Namespace) -> int:
@@ -80,7 +66,7 @@ def cmd_reference(args: argparse.Namespace) -> int:
     from cropseg_drift import reference
     from cropseg_drift.report import read_report
 
-    settings = _settings(args, "layout", "min_samples")
+    settings = settings_from(DriftSettings, args, "layout", "min_samples")
     shipped = load_reference_profile(settings.reference_path)
     try:
         store = open_store(settings.store)
@@ -111,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="one drift run (the CronJob's command)")
-    run.add_argument("--data", help="data folder of the filesystem backend (DRIFT_STORE__PATH)")
+    data_argument(run, "DRIFT_")
     run.add_argument("--engine", choices=("alibi", "scipy"), help="DRIFT_ENGINE")
     run.add_argument("--window-images", type=int, help="DRIFT_WINDOW_IMAGES")
     run.add_argument("--source", choices=("upload", "sample"), help="DRIFT_SOURCE")
@@ -128,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(handler=cmd_run)
 
     serve = commands.add_parser("serve", help="the API: reports, on-demand runs, metrics")
-    serve.add_argument("--data", help="data folder of the filesystem backend (DRIFT_STORE__PATH)")
-    serve.add_argument("--host", help="DRIFT_HOST")
-    serve.add_argument("--port", type=int, help="DRIFT_PORT")
+    serve_arguments(serve, "DRIFT_", data=True)
     serve.add_argument("--engine", choices=("alibi", "scipy"), help="engine of on-demand runs (DRIFT_ENGINE)")
     serve.set_defaults(handler=cmd_serve)
 
@@ -138,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "reference", help="what runs compare with, per layout: show it, use uploads as it, or reset it"
     )
     chosen.add_argument("action", choices=("show", "use", "reset"))
-    chosen.add_argument("--data", help="data folder of the filesystem backend (DRIFT_STORE__PATH)")
+    data_argument(chosen, "DRIFT_")
     chosen.add_argument("--layout", help="the layout whose reference to set or reset (DRIFT_LAYOUT)")
     chosen.add_argument("--report", help="use: the images of this report")
     chosen.add_argument("--since", help="use: uploads created at or after this ISO time (UTC unless given)")

@@ -10,11 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from cropseg_core.features import load_reference_profile
 from cropseg_core.store import open_store
-from cropseg_core.web.docs import service_app
-from cropseg_core.web.errors import install_error_handlers
-from cropseg_core.web.hygiene import install_http_hygiene
-from cropseg_core.web.limits import install_request_limits
-from cropseg_core.web.metrics import install_metrics
+from cropseg_core.web.service import ServiceSpec, build_service
+from cropseg_drift import SERVICE_NAME
 from cropseg_drift.metrics import DriftCollector
 from cropseg_drift.routes import meta, reference, reports, runs
 from cropseg_drift.runs import RunLauncher
@@ -34,6 +31,22 @@ on (Alibi Detect, or the same tests with scipy).
 
 SMALL_BODY_BYTES = 64 * 1024
 """Only choosing a reference takes a body (a few fields); every body is bounded by this."""
+CHART_MEMORY_LIMIT_MIB = 1024
+"""The chart's memory limit for the drift API (charts/cropseg/values.yaml): the budget's limit for
+a process started outside a container."""
+
+SPEC = ServiceSpec(
+    name=SERVICE_NAME,
+    distribution="cropseg-drift",
+    title="cropseg drift monitor",
+    description=DESCRIPTION,
+    routers=[reports.router, runs.router, reference.router, meta.router],
+    readiness=meta.readiness,
+    dependencies=meta.DEPENDENCIES,
+    largest_body_bytes=SMALL_BODY_BYTES,
+    chart_memory_limit_mib=CHART_MEMORY_LIMIT_MIB,
+    home_note="An API service: its reports are shown on the Drift page of cropseg storage's web UI.",
+)
 
 
 def create_app(settings: DriftSettings | None = None, registry: CollectorRegistry | None = None) -> FastAPI:
@@ -48,20 +61,5 @@ def create_app(settings: DriftSettings | None = None, registry: CollectorRegistr
         registry.register(DriftCollector(app.state.store))
         yield
 
-    app = service_app(
-        title="cropseg drift monitor",
-        version="0.1.0",
-        description=DESCRIPTION,
-        lifespan=lifespan,
-        home_note="An API service: its reports are shown on the Drift page of cropseg storage's web UI.",
-    )
-    app.state.settings = settings
-    install_error_handlers(app)
-    install_metrics(app, registry)
-    install_request_limits(app, settings.connections, largest_body_bytes=SMALL_BODY_BYTES)
-    app.include_router(reports.router)
-    app.include_router(runs.router)
-    app.include_router(reference.router)
-    app.include_router(meta.router)
-    install_http_hygiene(app)  # outermost: HEAD and security headers for every route
+    app, _ = build_service(SPEC, settings, registry, lifespan)
     return app

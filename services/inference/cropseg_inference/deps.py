@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
 
+from fastapi import Depends
+
+from cropseg_core.web.service import from_state
 from cropseg_inference.engine import SegmentationEngine
 from cropseg_inference.metrics import InferenceMetrics
 from cropseg_inference.settings import InferenceSettings
 
-
-def get_engine(request: Request) -> SegmentationEngine:
-    engine: SegmentationEngine = request.app.state.engine
-    return engine
-
-
-def get_metrics(request: Request) -> InferenceMetrics:
-    metrics: InferenceMetrics = request.app.state.metrics
-    return metrics
-
-
-def get_app_settings(request: Request) -> InferenceSettings:
-    settings: InferenceSettings = request.app.state.settings
-    return settings
+Engine = Annotated[SegmentationEngine, Depends(from_state("engine", SegmentationEngine))]
+Metrics = Annotated[InferenceMetrics, Depends(from_state("metrics", InferenceMetrics))]
+Settings = Annotated[InferenceSettings, Depends(from_state("settings", InferenceSettings))]

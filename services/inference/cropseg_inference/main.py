@@ -13,11 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from cropseg_core.web import layouts
 from cropseg_core.web.bodies import upload_body_limit
-from cropseg_core.web.docs import service_app
-from cropseg_core.web.errors import install_error_handlers
-from cropseg_core.web.hygiene import install_http_hygiene
-from cropseg_core.web.limits import install_request_limits
-from cropseg_core.web.metrics import install_metrics
+from cropseg_core.web.service import ServiceSpec, build_service
+from cropseg_inference import SERVICE_NAME
 from cropseg_inference.engine import SegmentationEngine
 from cropseg_inference.metrics import InferenceMetrics
 from cropseg_inference.routes import meta, segment, v2
@@ -63,39 +60,28 @@ def create_app(
         engine.load()  # a broken model file stops the start-up here, with the reason in the log
         app.state.model_card = read_model_card(settings)
         await engine.start()
-        budget.settle()  # what requests may reserve: measured once the model is loaded and warm
         yield
         log.info("shutting down: finishing queued work")
         await engine.stop()
 
-    app = service_app(
+    spec = ServiceSpec(
+        name=SERVICE_NAME,
+        distribution="cropseg-inference",
         title="cropseg inference",
-        version="0.1.0",
         description=DESCRIPTION,
-        lifespan=lifespan,
-        home_note="An API service: the web UI is served by cropseg storage (port 8002 under make up).",
-    )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.engine = engine
-    app.state.model_card = None
-    install_error_handlers(app, plain_prefixes=("/v2",))
-    install_metrics(app, registry)
-    budget = install_request_limits(
-        app,
-        settings.connections,
-        memory=settings.memory,
-        default_memory_limit_mib=CHART_MEMORY_LIMIT_MIB,
-        registry=registry,
+        routers=[segment.router, layouts.router, v2.router, meta.router],
+        readiness=meta.readiness,
+        dependencies=meta.DEPENDENCIES,
         largest_body_bytes=max(
             upload_body_limit(settings.image_limits.max_bytes), settings.max_tensor_request_bytes
         ),
-        retry_after_s=settings.retry_after_s,
+        chart_memory_limit_mib=CHART_MEMORY_LIMIT_MIB,
+        home_note="An API service: the web UI is served by cropseg storage (port 8002 under make up).",
+        plain_error_prefixes=("/v2",),
         cancel_on_disconnect=True,  # a client that gave up no longer holds the model's queue
     )
-    app.include_router(segment.router)
-    app.include_router(layouts.router)
-    app.include_router(v2.router)
-    app.include_router(meta.router)
-    install_http_hygiene(app)  # outermost: HEAD and security headers for every route
+    app, _ = build_service(spec, settings, registry, lifespan, retry_after_s=settings.retry_after_s)
+    app.state.metrics = metrics
+    app.state.engine = engine
+    app.state.model_card = None
     return app

@@ -314,7 +314,8 @@ def test_info_lists_versions(client: TestClient) -> None:
 
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready"}
+    ready = {"status": "ready", "checks": {"model": {"status": "ok", "detail": "loaded and warmed up"}}}
+    assert client.get("/readyz").json() == ready
 
 
 def test_not_ready_before_warm_up_and_no_card(tmp_path, field_png: bytes) -> None:  # type: ignore[no-untyped-def]
@@ -326,7 +327,9 @@ def test_not_ready_before_warm_up_and_no_card(tmp_path, field_png: bytes) -> Non
         wait_ready(client)
         assert client.get("/api/v1/model").json()["metrics"] is None
         engine.ready = False  # as during warm-up or shutdown
-        assert client.get("/readyz").status_code == 503
+        not_ready = client.get("/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["checks"]["model"]["status"] == "failed"
         response = client.post(SEGMENT, content=field_png, headers=PNG)
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"

@@ -4,37 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header
 
 from cropseg_core.repository import ImageRepository
 from cropseg_core.web.auth import check_bearer
+from cropseg_core.web.service import from_state
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
 from cropseg_storage.settings import StorageSettings
+from cropseg_storage.status import StatusMonitor
 
-
-def get_app_settings(request: Request) -> StorageSettings:
-    settings: StorageSettings = request.app.state.settings
-    return settings
-
-
-def get_repository(request: Request) -> ImageRepository:
-    repository: ImageRepository = request.app.state.repository
-    return repository
-
-
-def get_metrics(request: Request) -> StorageMetrics:
-    metrics: StorageMetrics = request.app.state.metrics
-    return metrics
-
-
-def get_inference(request: Request) -> InferenceClient:
-    client: InferenceClient = request.app.state.inference
-    return client
+Repository = Annotated[ImageRepository, Depends(from_state("repository", ImageRepository))]
+Metrics = Annotated[StorageMetrics, Depends(from_state("metrics", StorageMetrics))]
+Settings = Annotated[StorageSettings, Depends(from_state("settings", StorageSettings))]
+Inference = Annotated[InferenceClient, Depends(from_state("inference", InferenceClient))]
+Monitor = Annotated[StatusMonitor, Depends(from_state("status_monitor", StatusMonitor))]
 
 
 def require_token(
-    settings: Annotated[StorageSettings, Depends(get_app_settings)],
+    settings: Settings,
     authorization: Annotated[
         str | None, Header(description="`Bearer <token>` when a token is configured")
     ] = None,
@@ -43,8 +31,4 @@ def require_token(
     check_bearer(settings.api_token, authorization)
 
 
-Repository = Annotated[ImageRepository, Depends(get_repository)]
-Metrics = Annotated[StorageMetrics, Depends(get_metrics)]
-Settings = Annotated[StorageSettings, Depends(get_app_settings)]
-Inference = Annotated[InferenceClient, Depends(get_inference)]
 WRITE = [Depends(require_token)]

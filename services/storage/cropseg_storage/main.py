@@ -22,11 +22,9 @@ from cropseg_core.repository import ImageRepository
 from cropseg_core.store import StoreError, open_store
 from cropseg_core.web import layouts
 from cropseg_core.web.bodies import upload_body_limit
-from cropseg_core.web.docs import service_app
-from cropseg_core.web.errors import install_error_handlers
-from cropseg_core.web.hygiene import UI_POLICY, install_http_hygiene
-from cropseg_core.web.limits import install_request_limits
-from cropseg_core.web.metrics import install_metrics
+from cropseg_core.web.hygiene import UI_POLICY
+from cropseg_core.web.service import ServiceSpec, build_service
+from cropseg_storage import SERVICE_NAME
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
 from cropseg_storage.routes import drift, images, meta, segmentation
@@ -143,7 +141,6 @@ def create_app(
                 )  # opening the store swept already
             ),
         ]
-        budget.settle()
         log.info("storage ready: %s, inference at %s", store.describe(), settings.inference_url)
         yield
         for chore in chores:
@@ -153,39 +150,35 @@ def create_app(
         await inference.aclose()
         await outgoing.aclose()
 
-    app = service_app(title="cropseg storage", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
-    app.state.settings = settings
-    app.state.metrics = metrics
-    install_error_handlers(app)
-    install_metrics(app, registry)
-    budget = install_request_limits(
-        app,
-        settings.connections,
+    def configure(app: FastAPI) -> None:
+        if settings.cors_origins:
+            app.add_middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["Location", "ETag", Header.VEGETATION_FRACTION, Header.MODEL_VERSION],
+            )
+
+        @app.get("/", include_in_schema=False)
+        def index() -> FileResponse:
+            headers = {"Cache-Control": "no-cache", "Content-Security-Policy": UI_POLICY}
+            return FileResponse(WEB / "index.html", headers=headers)
+
+        app.mount("/static", StaticFiles(directory=WEB), name="static")
+
+    spec = ServiceSpec(
+        name=SERVICE_NAME,
+        distribution="cropseg-storage",
+        title="cropseg storage",
+        description=DESCRIPTION,
+        routers=[images.router, layouts.router, segmentation.router, meta.router, drift.router],
+        readiness=meta.readiness,
+        dependencies=meta.DEPENDENCIES,
         largest_body_bytes=upload_body_limit(settings.image_limits.max_bytes, images.UPLOAD_FILES),
-        memory=settings.memory,
-        default_memory_limit_mib=CHART_MEMORY_LIMIT_MIB,
-        registry=registry,
-        retry_after_s=settings.retry_after_s,
+        chart_memory_limit_mib=CHART_MEMORY_LIMIT_MIB,
+        configure=configure,
     )
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PUT", "DELETE"],
-            allow_headers=["Authorization", "Content-Type"],
-            expose_headers=["Location", "ETag", Header.VEGETATION_FRACTION, Header.MODEL_VERSION],
-        )
-    app.include_router(images.router)
-    app.include_router(layouts.router)
-    app.include_router(segmentation.router)
-    app.include_router(meta.router)
-    app.include_router(drift.router)
-
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        headers = {"Cache-Control": "no-cache", "Content-Security-Policy": UI_POLICY}
-        return FileResponse(WEB / "index.html", headers=headers)
-
-    app.mount("/static", StaticFiles(directory=WEB), name="static")
-    install_http_hygiene(app)  # outermost: HEAD and security headers for every route
+    app, _ = build_service(spec, settings, registry, lifespan, retry_after_s=settings.retry_after_s)
+    app.state.metrics = metrics
     return app

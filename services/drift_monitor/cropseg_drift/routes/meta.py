@@ -1,61 +1,47 @@
-"""Service info, liveness and readiness."""
+"""Service info and readiness checks."""
 
 from __future__ import annotations
 
-import platform
-
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
-from cropseg_core.store import StoreError
-from cropseg_core.web.server import dependency_versions
-from cropseg_drift import SERVICE_NAME
+from cropseg_core.store import BlobStore, StoreError
+from cropseg_core.web.service import ReadinessCheck, ServiceInfo, Spec
+from cropseg_drift.deps import Launcher, Profile, Settings, Store
 
 router = APIRouter(tags=["service"])
 
-DEPENDENCIES = ("cropseg-drift", "cropseg-core", "alibi-detect", "scipy", "scikit-learn", "numpy", "fastapi")
+DEPENDENCIES = ("cropseg-core", "alibi-detect", "scipy", "scikit-learn", "numpy", "fastapi")
 
 
-class ServiceInfo(BaseModel):
-    service: str
-    version: str
-    python: str
+class DriftInfo(ServiceInfo):
     engine: str
     store: str
     reference: dict[str, object]
     run_backend: str
-    dependencies: dict[str, str]
 
 
-@router.get("/api/v1/info", response_model=ServiceInfo)
-def info(request: Request) -> ServiceInfo:
+@router.get("/api/v1/info", response_model=DriftInfo)
+def info(spec: Spec, settings: Settings, store: Store, profile: Profile, launcher: Launcher) -> DriftInfo:
     """Versions, engine, reference profile and where runs execute."""
-    state = request.app.state
-    versions = dependency_versions(*DEPENDENCIES)
-    return ServiceInfo(
-        service=SERVICE_NAME,
-        version=versions["cropseg-drift"],
-        python=platform.python_version(),
-        engine=state.settings.engine,
-        store=state.store.describe(),
-        reference={"images": len(state.profile.image_names), **state.profile.meta},
-        run_backend=state.launcher.backend,
-        dependencies=versions,
+    return DriftInfo.model_validate(
+        spec.info(
+            engine=settings.engine,
+            store=store.describe(),
+            reference={"images": len(profile.image_names), **profile.meta},
+            run_backend=launcher.backend,
+        )
     )
 
 
-@router.get("/healthz")
-def healthz() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}
-
-
-@router.get("/readyz")
-def readyz(request: Request) -> JSONResponse:
-    """Readiness: the reference profile is loaded and the store answers."""
+async def readiness(request: Request) -> dict[str, ReadinessCheck]:
+    """The reference profile is loaded (start-up stops without it) and the store answers."""
+    store: BlobStore = request.app.state.store
     try:
-        request.app.state.store.list_blobs("drift/reports/", limit=1)
+        await run_in_threadpool(store.list_blobs, "drift/reports/", limit=1)
     except StoreError as e:
-        return JSONResponse({"status": "not ready", "checks": {"store": str(e)}}, status_code=503)
-    return JSONResponse({"status": "ready", "checks": {"store": "ok", "reference": "ok"}})
+        return {"store": ReadinessCheck(status="failed", detail=str(e))}
+    return {
+        "store": ReadinessCheck(status="ok", detail=store.describe()),
+        "reference": ReadinessCheck(status="ok", detail="loaded"),
+    }

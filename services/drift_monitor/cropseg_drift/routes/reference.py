@@ -6,21 +6,20 @@ from datetime import datetime
 from functools import partial
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import get_layout
 from cropseg_core.errors import ClientError
 from cropseg_core.features import ReferenceProfile
+from cropseg_core.store import BlobStore
 from cropseg_core.web.bodies import read_json
 from cropseg_core.web.errors import error_responses
 from cropseg_drift import reference
+from cropseg_drift.deps import WRITE, Profile, Settings, Store
 from cropseg_drift.reference import as_utc
 from cropseg_drift.report import read_report
-from cropseg_drift.routes.reports import store_of
-from cropseg_drift.routes.runs import require_token
-from cropseg_drift.settings import DriftSettings
 
 router = APIRouter(prefix="/api/v1/drift/reference", tags=["reference"])
 CHOICE_BODY_BYTES = 4096  # a report id, or since / until / first
@@ -61,25 +60,23 @@ def _layout(name: str) -> str:
         raise ClientError(str(e)) from e
 
 
-def _state(request: Request, layout: str) -> ReferenceState:
-    shipped: ReferenceProfile = request.app.state.profile
-    profile = reference.load_reference(shipped, store_of(request), layout)
+def _state(store: BlobStore, shipped: ReferenceProfile, layout: str) -> ReferenceState:
+    profile = reference.load_reference(shipped, store, layout)
     kind: Literal["training", "chosen"] = "chosen" if profile.meta.get("kind") == "chosen" else "training"
     return ReferenceState(layout=layout, kind=kind, images=len(profile.image_names),
                           description=reference.describe(profile))  # fmt: skip
 
 
 @router.get("", response_model=list[ReferenceState])
-def references(request: Request) -> list[ReferenceState]:
+def references(store: Store, shipped: Profile) -> list[ReferenceState]:
     """The reference of every layout the model's profile covers."""
-    shipped: ReferenceProfile = request.app.state.profile
-    return [_state(request, layout) for layout in sorted(set(shipped.layouts.tolist()))]
+    return [_state(store, shipped, layout) for layout in sorted(set(shipped.layouts.tolist()))]
 
 
 @router.put(
     "/{layout}",
     response_model=ReferenceState,
-    dependencies=[Depends(require_token)],
+    dependencies=WRITE,
     responses=error_responses(400, 401, 403, 404, 408, 409, 413, 422),
     openapi_extra={
         "requestBody": {
@@ -88,13 +85,13 @@ def references(request: Request) -> list[ReferenceState]:
         }
     },
 )
-async def choose(request: Request, layout: str) -> ReferenceState:
+async def choose(
+    request: Request, store: Store, shipped: Profile, settings: Settings, layout: str
+) -> ReferenceState:
     """Use a report's images, or the uploads of a period, as this layout's reference (replacing a
     reference chosen before); 409 when fewer than DRIFT_MIN_SAMPLES segmented images qualify."""
     layout = _layout(layout)
     body = await read_json(request, ChooseReference, CHOICE_BODY_BYTES)  # after the token check
-    store, shipped = store_of(request), request.app.state.profile
-    settings: DriftSettings = request.app.state.settings
     if body.report_id is not None:
         report = read_report(store, body.report_id)
         if report["window"]["layout"] != layout:
@@ -107,13 +104,13 @@ async def choose(request: Request, layout: str) -> ReferenceState:
         chosen = settings.model_copy(update={"layout": layout})
         select = partial(reference.choose_uploads, since=body.since, until=body.until, first=body.first)
         await run_in_threadpool(select, store, shipped, chosen)
-    return _state(request, layout)
+    return _state(store, shipped, layout)
 
 
-@router.delete("/{layout}", response_model=ReferenceState, dependencies=[Depends(require_token)],
+@router.delete("/{layout}", response_model=ReferenceState, dependencies=WRITE,
                responses=error_responses(400, 401, 403))  # fmt: skip
-def back_to_training(request: Request, layout: str) -> ReferenceState:
+def back_to_training(store: Store, shipped: Profile, layout: str) -> ReferenceState:
     """Compare this layout with the model's training images again."""
     layout = _layout(layout)
-    reference.reset(store_of(request), layout)
-    return _state(request, layout)
+    reference.reset(store, layout)
+    return _state(store, shipped, layout)

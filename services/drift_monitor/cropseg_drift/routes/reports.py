@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from cropseg_core.contracts import DriftReport
 from cropseg_core.errors import ClientError, NotFoundError
-from cropseg_core.store import BlobNotFoundError, BlobStore
+from cropseg_core.store import BlobNotFoundError
 from cropseg_core.web.errors import error_responses
+from cropseg_drift.deps import Store
 from cropseg_drift.metrics import latest_report
 from cropseg_drift.report import FILE_NAME, REPORT_ID, read_report, report_prefix
 
@@ -34,21 +35,15 @@ class ReportPage(BaseModel):
     next_cursor: str | None
 
 
-def store_of(request: Request) -> BlobStore:
-    store: BlobStore = request.app.state.store
-    return store
-
-
 @router.get("", response_model=ReportPage, responses=error_responses(400))
 def list_reports(
-    request: Request,
+    store: Store,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> ReportPage:
     """Reports, newest first."""
     if cursor is not None and not REPORT_ID.fullmatch(cursor):
         raise ClientError("invalid cursor: pass the next_cursor of the previous page unchanged")
-    store = store_of(request)
     keys = [b.key for b in store.list_blobs("drift/reports/") if b.key.endswith("/report.json")]
     ids = sorted((key.split("/")[2] for key in keys), reverse=True)
     if cursor is not None:
@@ -67,9 +62,9 @@ def list_reports(
 @router.get(
     "/latest", response_model=DriftReport, response_model_exclude_unset=True, responses=error_responses(404)
 )
-def latest(request: Request) -> DriftReport:
+def latest(store: Store) -> DriftReport:
     """The newest report in full."""
-    report = latest_report(store_of(request))
+    report = latest_report(store)
     if report is None:
         raise NotFoundError(
             "no drift report yet: the drift job has not run (POST /api/v1/drift/runs starts one)"
@@ -83,9 +78,9 @@ def latest(request: Request) -> DriftReport:
     response_model_exclude_unset=True,
     responses=error_responses(400, 404),
 )
-def report(request: Request, report_id: str) -> DriftReport:
+def report(store: Store, report_id: str) -> DriftReport:
     """One report in full: checks shaped as Alibi Detect shapes them, plots, links."""
-    return DriftReport.model_validate(read_report(store_of(request), report_id))
+    return DriftReport.model_validate(read_report(store, report_id))
 
 
 @router.get(
@@ -93,12 +88,12 @@ def report(request: Request, report_id: str) -> DriftReport:
     response_class=Response,
     responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}, **error_responses(400, 404)},
 )
-def report_file(request: Request, report_id: str, name: str) -> Response:
+def report_file(store: Store, report_id: str, name: str) -> Response:
     """A file of the report: a plot (PNG), report.html or report.json."""
     if not REPORT_ID.fullmatch(report_id) or not FILE_NAME.fullmatch(name):
         raise ClientError(f"invalid report file {report_id}/{name}: use the links a report lists")
     try:
-        content = store_of(request).get(report_prefix(report_id) + name)
+        content = store.get(report_prefix(report_id) + name)
     except BlobNotFoundError as e:
         raise NotFoundError(f"report {report_id} has no file {name}") from e
     media_type = MEDIA_TYPES[name.rsplit(".", 1)[1]]

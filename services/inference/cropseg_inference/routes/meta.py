@@ -1,26 +1,22 @@
-"""Model description, service info, liveness and readiness."""
+"""Model description, service info and readiness checks."""
 
 from __future__ import annotations
 
-import platform
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from cropseg_core.bands import MODEL_BANDS
 from cropseg_core.segmenter import INPUT_NAME, OUTPUT_NAME
 from cropseg_core.web.errors import error_responses
-from cropseg_core.web.server import dependency_versions
-from cropseg_inference import SERVICE_NAME
-from cropseg_inference.deps import get_app_settings, get_engine
+from cropseg_core.web.service import ReadinessCheck, ServiceInfo, Spec
+from cropseg_inference.deps import Engine, Settings
 from cropseg_inference.engine import SegmentationEngine
-from cropseg_inference.settings import InferenceSettings
 
 router = APIRouter(tags=["service"])
 
-DEPENDENCIES = ("cropseg-inference", "cropseg-core", "onnxruntime", "numpy", "pillow", "fastapi", "uvicorn")
+DEPENDENCIES = ("cropseg-core", "onnxruntime", "numpy", "pillow", "fastapi", "uvicorn")
 
 
 class TensorSpec(BaseModel):
@@ -47,24 +43,12 @@ class ModelDescription(BaseModel):
     )
 
 
-class ServiceInfo(BaseModel):
-    service: str
-    version: str
-    python: str
+class InferenceInfo(ServiceInfo):
     model: dict[str, str]
-    dependencies: dict[str, str]
-
-
-class Health(BaseModel):
-    status: str
 
 
 @router.get("/api/v1/model", response_model=ModelDescription, responses=error_responses(503))
-def model(
-    request: Request,
-    engine: Annotated[SegmentationEngine, Depends(get_engine)],
-    settings: Annotated[InferenceSettings, Depends(get_app_settings)],
-) -> ModelDescription:
+def model(request: Request, engine: Engine, settings: Settings) -> ModelDescription:
     """The served model: identity, tensor layout, tiling and the evaluation from its model card."""
     info = engine.info
     return ModelDescription(
@@ -94,27 +78,16 @@ def model(
     )
 
 
-@router.get("/api/v1/info", response_model=ServiceInfo, responses=error_responses(503))
-def info(engine: Annotated[SegmentationEngine, Depends(get_engine)]) -> ServiceInfo:
+@router.get("/api/v1/info", response_model=InferenceInfo, responses=error_responses(503))
+def info(engine: Engine, spec: Spec) -> InferenceInfo:
     """Service, model and dependency versions (the seed's ``GET /``)."""
-    versions = dependency_versions(*DEPENDENCIES)
-    return ServiceInfo(
-        service=SERVICE_NAME,
-        version=versions["cropseg-inference"],
-        python=platform.python_version(),
-        model={"name": engine.info.name, "version": engine.info.version, "sha256": engine.info.sha256},
-        dependencies=versions,
-    )
+    model = {"name": engine.info.name, "version": engine.info.version, "sha256": engine.info.sha256}
+    return InferenceInfo.model_validate(spec.info(model=model))
 
 
-@router.get("/healthz", response_model=Health)
-def healthz() -> Health:
-    """Liveness: the process answers."""
-    return Health(status="ok")
-
-
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-def readyz(engine: Annotated[SegmentationEngine, Depends(get_engine)]) -> JSONResponse:
-    """Readiness: the model is loaded and warmed up, and the service is not shutting down."""
-    ready = engine.ready
-    return JSONResponse({"status": "ready" if ready else "not ready"}, status_code=200 if ready else 503)
+async def readiness(request: Request) -> dict[str, ReadinessCheck]:
+    """Ready once the model is loaded and warmed up, until the service starts shutting down."""
+    engine: SegmentationEngine = request.app.state.engine
+    if engine.ready:
+        return {"model": ReadinessCheck(status="ok", detail="loaded and warmed up")}
+    return {"model": ReadinessCheck(status="failed", detail="loading, warming up or shutting down")}

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS, get_layout, picture
@@ -16,11 +16,8 @@ from cropseg_core.pipeline import GSD_RANGE_MM, MIN_SCALE
 from cropseg_core.web.bodies import read_upload
 from cropseg_core.web.errors import error_responses
 from cropseg_core.web.limits import image_memory
-from cropseg_inference.deps import get_app_settings, get_engine, get_metrics
+from cropseg_inference.deps import Engine, Metrics, Settings
 from cropseg_inference.encoding import MaskEncoding, Output, SegmentationResult, render, result_headers
-from cropseg_inference.engine import SegmentationEngine
-from cropseg_inference.metrics import InferenceMetrics
-from cropseg_inference.settings import InferenceSettings
 
 router = APIRouter(prefix="/api/v1", tags=["segmentation"])
 LAYOUT_HELP = "Sensor layout of the image's channels: " + "; ".join(
@@ -92,9 +89,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 )
 async def segment(
     request: Request,
-    engine: Annotated[SegmentationEngine, Depends(get_engine)],
-    metrics: Annotated[InferenceMetrics, Depends(get_metrics)],
-    settings: Annotated[InferenceSettings, Depends(get_app_settings)],
+    engine: Engine,
+    metrics: Metrics,
+    settings: Settings,
     threshold: Annotated[Threshold | None, Query(description=THRESHOLD_HELP)] = None,
     output: Annotated[Output, Query(description="What to return")] = "mask",
     mask_encoding: Annotated[

@@ -9,9 +9,9 @@ runs through the same core pipeline as ``/api/v1/segment``. Errors are ``{"error
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -19,12 +19,10 @@ from cropseg_core.errors import NotFoundError
 from cropseg_core.web.bodies import read_limited_body
 from cropseg_core.web.limits import MEMORY_COST, memory_budget
 from cropseg_inference import SERVICE_NAME
-from cropseg_inference.deps import get_app_settings, get_engine, get_metrics
+from cropseg_inference.deps import Engine, Metrics, Settings
 from cropseg_inference.engine import SegmentationEngine
-from cropseg_inference.metrics import InferenceMetrics
 from cropseg_inference.oip import codec
 from cropseg_inference.oip.types import HEADER_LENGTH, InferenceRequest, InferenceResponse, ModelMetadata
-from cropseg_inference.settings import InferenceSettings
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
@@ -48,7 +46,7 @@ def live() -> dict[str, bool]:
 
 
 @router.get("/health/ready", summary="Server readiness")
-def ready(engine: Annotated[SegmentationEngine, Depends(get_engine)]) -> JSONResponse:
+def ready(engine: Engine) -> JSONResponse:
     return JSONResponse({"ready": engine.ready}, status_code=200 if engine.ready else 503)
 
 
@@ -57,7 +55,7 @@ def ready(engine: Annotated[SegmentationEngine, Depends(get_engine)]) -> JSONRes
     "/models/{model_name}/versions/{model_version}", response_model=ModelMetadata, include_in_schema=False
 )
 def model_metadata(
-    engine: Annotated[SegmentationEngine, Depends(get_engine)],
+    engine: Engine,
     model_name: str,
     model_version: str | None = None,
 ) -> ModelMetadata:
@@ -66,7 +64,7 @@ def model_metadata(
 
 
 @router.get("/models/{model_name}/ready", summary="Model readiness")
-def model_ready(engine: Annotated[SegmentationEngine, Depends(get_engine)], model_name: str) -> JSONResponse:
+def model_ready(engine: Engine, model_name: str) -> JSONResponse:
     _check_model(engine, model_name)
     return JSONResponse({"name": model_name, "ready": engine.ready}, status_code=200 if engine.ready else 503)
 
@@ -116,9 +114,9 @@ INFER_BODY: dict[str, Any] = {
 async def infer(
     request: Request,
     model_name: str,
-    engine: Annotated[SegmentationEngine, Depends(get_engine)],
-    metrics: Annotated[InferenceMetrics, Depends(get_metrics)],
-    settings: Annotated[InferenceSettings, Depends(get_app_settings)],
+    engine: Engine,
+    metrics: Metrics,
+    settings: Settings,
     model_version: str | None = None,
 ) -> Response:
     try:
