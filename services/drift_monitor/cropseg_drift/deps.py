@@ -1,14 +1,13 @@
-"""FastAPI dependencies: what a route needs, taken from the app's state; the write token."""
+"""FastAPI dependencies: what a route needs, taken from the app's state."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends
 
 from cropseg_core.features import ReferenceProfile
 from cropseg_core.store import BlobStore
-from cropseg_core.web.auth import check_bearer
 from cropseg_core.web.service import from_state
 from cropseg_drift.runs import RunLauncher
 from cropseg_drift.settings import DriftSettings
@@ -17,16 +16,3 @@ Settings = Annotated[DriftSettings, Depends(from_state("settings", DriftSettings
 Store = Annotated[BlobStore, Depends(from_state("store", BlobStore))]
 Profile = Annotated[ReferenceProfile, Depends(from_state("profile", ReferenceProfile))]
 Launcher = Annotated[RunLauncher, Depends(from_state("launcher", RunLauncher))]
-
-
-def require_token(
-    settings: Settings,
-    authorization: Annotated[
-        str | None, Header(description="`Bearer <token>` when a token is configured")
-    ] = None,
-) -> None:
-    """Writes need ``Authorization: Bearer <token>`` when ``DRIFT_API_TOKEN`` is set."""
-    check_bearer(settings.api_token, authorization)
-
-
-WRITE = [Depends(require_token)]

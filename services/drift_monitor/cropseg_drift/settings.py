@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from cropseg_core.bands import get_layout
 from cropseg_core.settings import ServiceSettings
 from cropseg_core.store import StoreSettings
-from cropseg_core.web.auth import ApiToken, token_from_file
+from cropseg_core.web.auth import TokenSettings
 
 Engine = Literal["alibi", "scipy"]
 
 
-class DriftSettings(ServiceSettings):
+class DriftSettings(ServiceSettings, TokenSettings):
     model_config = ServiceSettings.model_config | {"env_prefix": "DRIFT_"}
 
     store: StoreSettings = StoreSettings()
@@ -73,11 +73,6 @@ class DriftSettings(ServiceSettings):
     """``serve``: address to listen on."""
     port: int = Field(default=8003, ge=1, le=65535)
     """``serve``: TCP port."""
-    api_token: ApiToken = None
-    """``serve``: when set, starting a run needs ``Authorization: Bearer <token>``."""
-    api_token_file: Path | None = None
-    """Without ``api_token``: read the token from this file, generated there (0600) on first start;
-    services sharing the volume share it (compose: ``/data/.cropseg/api-token``)."""
     cronjob_name: str = "cropseg-drift"
     """In a cluster, on-demand runs are Jobs created from this CronJob."""
     namespace: str | None = None
@@ -89,11 +84,6 @@ class DriftSettings(ServiceSettings):
     @classmethod
     def _known_layout(cls, value: str) -> str:
         return get_layout(value).name  # ValueError listing the layouts: start-up refuses
-
-    @model_validator(mode="after")
-    def _token_from_file(self) -> Self:
-        self.api_token = token_from_file(self.api_token, self.api_token_file)
-        return self
 
 
 @lru_cache

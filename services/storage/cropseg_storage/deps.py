@@ -1,13 +1,12 @@
-"""FastAPI dependencies: what a route needs, taken from the app's state; the write token."""
+"""FastAPI dependencies: what a route needs, taken from the app's state."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends
 
 from cropseg_core.repository import ImageRepository
-from cropseg_core.web.auth import check_bearer
 from cropseg_core.web.service import from_state
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
@@ -19,16 +18,3 @@ Metrics = Annotated[StorageMetrics, Depends(from_state("metrics", StorageMetrics
 Settings = Annotated[StorageSettings, Depends(from_state("settings", StorageSettings))]
 Inference = Annotated[InferenceClient, Depends(from_state("inference", InferenceClient))]
 Monitor = Annotated[StatusMonitor, Depends(from_state("status_monitor", StatusMonitor))]
-
-
-def require_token(
-    settings: Settings,
-    authorization: Annotated[
-        str | None, Header(description="`Bearer <token>` when a token is configured")
-    ] = None,
-) -> None:
-    """Writes need ``Authorization: Bearer <token>`` when ``STORAGE_API_TOKEN`` is set."""
-    check_bearer(settings.api_token, authorization)
-
-
-WRITE = [Depends(require_token)]

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
 
-from pydantic import AnyHttpUrl, Field, field_validator, model_validator
+from pydantic import AnyHttpUrl, Field, field_validator
 
 from cropseg_core.settings import ServiceSettings
 from cropseg_core.store import StoreSettings
-from cropseg_core.web.auth import ApiToken, token_from_file
+from cropseg_core.web.auth import TokenSettings
 
 
-class StorageSettings(ServiceSettings):
+class StorageSettings(ServiceSettings, TokenSettings):
     model_config = ServiceSettings.model_config | {"env_prefix": "STORAGE_"}
 
     host: str = "127.0.0.1"
@@ -32,11 +31,6 @@ class StorageSettings(ServiceSettings):
     sheds load (503 + Retry-After, passed on to the client) instead of requests piling up here."""
     drift_url: AnyHttpUrl = AnyHttpUrl("http://127.0.0.1:8003")
     """Base URL of the drift-monitor API; the UI's drift page reads it through this service."""
-    api_token: ApiToken = None
-    """When set, writes (upload, label, segmentation, delete) need ``Authorization: Bearer <token>``."""
-    api_token_file: Path | None = None
-    """Without ``api_token``: read the token from this file, generated there (0600) on first start;
-    services sharing the volume share it (compose: ``/data/.cropseg/api-token``)."""
     cors_origins: list[str] = Field(default_factory=list)
     """Origins allowed to call the API from a browser (JSON list); the UI itself needs none."""
     samples_path: Path | None = Path("model/artifacts/samples")
@@ -62,11 +56,6 @@ class StorageSettings(ServiceSettings):
     @classmethod
     def _empty_skips(cls, value: object) -> object:
         return None if value == "" else value  # pydantic would read "" as the current folder
-
-    @model_validator(mode="after")
-    def _token_from_file(self) -> Self:
-        self.api_token = token_from_file(self.api_token, self.api_token_file)
-        return self
 
 
 @lru_cache

@@ -7,9 +7,10 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Self
 
-from pydantic import AfterValidator, SecretStr
+from fastapi import Depends, Header, Request
+from pydantic import AfterValidator, BaseModel, SecretStr, model_validator
 
 from cropseg_core.errors import ForbiddenError, UnauthorizedError
 from cropseg_core.files import fsync_dir, write_temporary
@@ -75,3 +76,33 @@ def check_bearer(expected: SecretStr | None, authorization: str | None) -> None:
         raise UnauthorizedError("the Authorization header must be 'Bearer <token>'")
     if not hmac.compare_digest(token.strip().encode(), expected.get_secret_value().encode()):
         raise ForbiddenError("the token is not valid for this service")
+
+
+class TokenSettings(BaseModel):
+    """Settings of a service with writes (mixed into its settings class)."""
+
+    api_token: ApiToken = None
+    """When set, writes need ``Authorization: Bearer <token>``."""
+    api_token_file: Path | None = None
+    """Without ``api_token``: read the token from this file, generated there (0600) on first start;
+    services sharing the volume share it (compose: ``/data/.cropseg/api-token``)."""
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> Self:
+        self.api_token = token_from_file(self.api_token, self.api_token_file)
+        return self
+
+
+def require_token(
+    request: Request,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <token>` when a token is configured")
+    ] = None,
+) -> None:
+    """Writes need ``Authorization: Bearer <token>`` when the service's token is set."""
+    settings: TokenSettings = request.app.state.settings
+    check_bearer(settings.api_token, authorization)
+
+
+WRITE = [Depends(require_token)]
+"""A write route's ``dependencies``."""

@@ -14,10 +14,11 @@ from cropseg_core.bands import get_layout
 from cropseg_core.errors import ClientError
 from cropseg_core.features import ReferenceProfile
 from cropseg_core.store import BlobStore
+from cropseg_core.web.auth import WRITE
 from cropseg_core.web.bodies import read_json
 from cropseg_core.web.errors import error_responses
 from cropseg_drift import reference
-from cropseg_drift.deps import WRITE, Profile, Settings, Store
+from cropseg_drift.deps import Profile, Settings, Store
 from cropseg_drift.reference import as_utc
 from cropseg_drift.report import read_report
 

@@ -6,8 +6,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from cropseg_core.web.auth import WRITE
 from cropseg_core.web.errors import error_responses
-from cropseg_drift.deps import WRITE, Launcher
+from cropseg_drift.deps import Launcher
 from cropseg_drift.runs import RunState
 
 router = APIRouter(prefix="/api/v1/drift/runs", tags=["runs"])

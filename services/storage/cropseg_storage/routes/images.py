@@ -13,10 +13,11 @@ from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LAYOUTS
 from cropseg_core.repository import ImageRecord, ImageRepository, Source, check_id
+from cropseg_core.web.auth import WRITE
 from cropseg_core.web.bodies import read_json, read_upload, receive_upload
 from cropseg_core.web.errors import error_responses
 from cropseg_core.web.limits import hold_memory, image_memory, reserve_memory
-from cropseg_storage.deps import WRITE, Metrics, Repository, Settings
+from cropseg_storage.deps import Metrics, Repository, Settings
 
 UPLOAD_FILES = ("label",)
 """Files an upload may carry beside its ``file`` field."""

@@ -20,9 +20,10 @@ from cropseg_core.geotiff import encode_tiff, georeference_of
 from cropseg_core.imaging import decode_channels
 from cropseg_core.masks import overlay_colour, score, vegetation_fraction
 from cropseg_core.repository import MODEL_VERSION, ImageRecord, ImageRepository, SegmentationRecord
+from cropseg_core.web.auth import WRITE
 from cropseg_core.web.errors import error_responses
 from cropseg_core.web.limits import hold_memory
-from cropseg_storage.deps import WRITE, Inference, Metrics, Repository, Settings
+from cropseg_storage.deps import Inference, Metrics, Repository, Settings
 from cropseg_storage.inference_client import (
     InferenceFailedError,
     InferenceRejectedError,
