@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from cropseg_core.segmenter import ModelInfo
@@ -58,6 +62,19 @@ class InferenceMetrics:
     def set_model(self, info: ModelInfo) -> None:
         self.model_info.clear()
         self.model_info.labels(info.name, info.version, info.sha256).set(1)
+
+    @contextlib.contextmanager
+    def counting_failures(self) -> Iterator[None]:
+        """Count a request that fails or whose client went away (cropseg_core.web.limits); a
+        success is counted by :meth:`observe`."""
+        try:
+            yield
+        except Exception:
+            self.segmentation_result.labels("failure").inc()
+            raise
+        except asyncio.CancelledError:
+            self.segmentation_result.labels("cancelled").inc()
+            raise
 
     def observe(self, timings: dict[str, float], vegetation_fraction: float) -> None:
         """Record one successful segmentation."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Any
 
@@ -112,7 +111,7 @@ async def segment(
         Query(description=f"Working scale ({MIN_SCALE:g}-1) instead of gsd_mm; default: automatic"),
     ] = None,
 ) -> Response:
-    try:
+    with metrics.counting_failures():
         sensor = get_layout(layout)
         engine.admit()  # shed before the body is read and decoded
         data = await read_upload(request, settings.image_limits.max_bytes, accepted=IMAGE_TYPES)
@@ -131,12 +130,6 @@ async def segment(
                 render, segmentation, drawn_on, engine.info, output, mask_encoding, georeference
             )
             segmentation.timings["encode"] = time.perf_counter() - started
-    except Exception:
-        metrics.segmentation_result.labels("failure").inc()
-        raise
-    except asyncio.CancelledError:  # the client went away (cropseg_core.web.limits)
-        metrics.segmentation_result.labels("cancelled").inc()
-        raise
     metrics.observe(segmentation.timings, segmentation.vegetation_fraction)
     headers = result_headers(segmentation, engine.info)
     if output == "geotiff":

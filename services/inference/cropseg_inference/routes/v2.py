@@ -8,7 +8,6 @@ runs through the same core pipeline as ``/api/v1/segment``. Errors are ``{"error
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -119,7 +118,7 @@ async def infer(
     settings: Settings,
     model_version: str | None = None,
 ) -> Response:
-    try:
+    with metrics.counting_failures():
         _check_model(engine, model_name, model_version)
         engine.admit()  # shed before the body is read and parsed
         body = await read_limited_body(request, settings.max_tensor_request_bytes)
@@ -141,12 +140,6 @@ async def infer(
             content, headers, media_type = await run_in_threadpool(
                 codec.build_response, inference, engine.info, results
             )
-    except Exception:
-        metrics.segmentation_result.labels("failure").inc()
-        raise
-    except asyncio.CancelledError:  # the client went away (cropseg_core.web.limits)
-        metrics.segmentation_result.labels("cancelled").inc()
-        raise
     for result in results:
         metrics.observe(result.timings, result.vegetation_fraction)
     return Response(content, media_type=media_type, headers=headers)
