@@ -31,6 +31,7 @@ import random
 import statistics
 import sys
 import time
+import timeit
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,20 +39,16 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from cropseg_stack.sections import replace_section
+from peers import PEERS, REPO, Peer, ensure_venv, venv_python  # this script's folder
 from PIL import Image
 from tqdm import tqdm
+from workload import MODEL, Workload
+
+from cropseg_core.bands import get_layout, to_model_bands
+from cropseg_core.processes import free_port, running_service
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-from cropseg_stack.sections import replace_section  # noqa: E402
-from inference import timed  # noqa: E402
-from peers import PEERS, REPO, Peer, ensure_venv, venv_python  # noqa: E402
-from workload import MODEL, Workload  # noqa: E402
-
-from cropseg_core.bands import get_layout, to_model_bands  # noqa: E402
-from cropseg_core.processes import free_port, running_service  # noqa: E402
-
 START, END = "<!-- peers:start -->", "<!-- peers:end -->"
 PLOT = REPO / "docs" / "img" / "peers.png"
 SAMPLE = REPO / "model" / "artifacts" / "samples" / "images"
@@ -214,7 +211,9 @@ def baselines(tile: bytes, runs: int) -> dict[str, float]:
     results = {}
     for name, function in (("session_run", lambda: workload.model.segmenter.predict(bands)),
                            ("workload", lambda: workload(tile))):  # fmt: skip
-        results[name] = statistics.median(timed(function, runs))
+        for _ in range(3):  # warm-up
+            function()
+        results[name] = statistics.median(timeit.repeat(function, number=1, repeat=runs))
     workload.model.segmenter.unload()
     return results
 
