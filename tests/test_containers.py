@@ -162,7 +162,8 @@ def test_the_batch_image_segments_an_orthomosaic_read_only(docker: str, tmp_path
     assert result.returncode == 0, result.stderr
     assert "700 x 700 px" in result.stdout
     names = {path.name for path in (tmp_path / "out").iterdir()}
-    assert names == {"mask.tif", "mask.preview.png", "mask.cover.csv", "mask.cover.geojson"}
+    covers = {f"mask.cover.{kind}" for kind in ("csv", "geojson", "gpkg")}  # gpkg: pyogrio ships in the image
+    assert names == {"mask.tif", "mask.preview.png", "mask.cell-counts.tif", *covers}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ The input and the output are S3 prefixes (``s3://bucket/prefix``) or local folde
 :class:`~cropseg_core.store.BlobStore`: the same operations on both). Under the output::
 
     manifest.json                 the inputs (key, size), fixed by the batch's first start
-    outputs/<sha256>/...          what one input's content gave: mask, preview, cover files,
-                                  and result.json last, the commit point
+    outputs/<sha256>/...          what one input's content gave: mask, preview, cover files
+                                  and cell counts, and result.json last, the commit point
     files/<sha256 of key>.json    per input: status (ok or failed), content hash, timings, error
     shards/<i>-of-<n>.json        worker i of n went through its share
     summary.json, summary.csv     every input's status, cover and timings, once all shards are done
@@ -34,13 +34,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
+from cropseg_batch.cover import CoverOptions
 from cropseg_batch.raster import PREVIEW_SIDE, RasterError, segment_raster
 from cropseg_core.bands import LayoutError, get_layout, picture
 from cropseg_core.imaging import ImageDecodeError, decode_channels
@@ -78,10 +79,11 @@ class Options:
     layout: str = "rgb"
     gsd_mm: float | None = None
     scale: float | None = None
-    cell_m: float = 10.0
+    cover: CoverOptions = field(default_factory=CoverOptions)
 
     def to_args(self) -> list[str]:
-        args = ["--layout", self.layout, "--cell-m", str(self.cell_m)]
+        args = ["--layout", self.layout, "--cell-m", str(self.cover.cell_m), "--zones", str(self.cover.zones),
+                "--zone-method", self.cover.zone_method]  # fmt: skip
         if self.gsd_mm is not None:
             args += ["--gsd-mm", str(self.gsd_mm)]
         if self.scale is not None:
@@ -238,10 +240,11 @@ def _segment(
     if path.suffix in RASTER_SUFFIXES:
         report = segment_raster(
             path, folder / "mask.tif", model, layout=options.layout, gsd_mm=options.gsd_mm,
-            scale=options.scale, cell_m=options.cell_m,
+            scale=options.scale, cover=options.cover,
         )  # fmt: skip
         names = {"mask": "mask.tif", "preview": "preview.png", "cover_csv": "cover.csv",
-                 "cover_geojson": "cover.geojson"}  # fmt: skip
+                 "cover_geojson": "cover.geojson", "cover_gpkg": "cover.gpkg",
+                 "cell_counts": "cell-counts.tif"}  # fmt: skip
         files = {names[kind]: Path(local) for kind, local in report.outputs.items()}
         run_dependent = ("source", "outputs", "seconds", "megapixels_per_s")
         result = {"kind": "raster", **{k: v for k, v in report.to_json().items() if k not in run_dependent}}

@@ -1,6 +1,7 @@
 """``cropseg``: whole fields from the command line.
 
     cropseg segment-raster field.tif field.mask.tif          # an orthomosaic, window by window
+    cropseg cover field.mask.tif --cell-m 20 --zones 5       # its cover grid again, another way
     cropseg batch s3://bucket/season --output s3://bucket/season-masks --workers 4
     cropseg batch s3://bucket/season --output ... --shard 3/8  # one worker (an Indexed Job pod)
 
@@ -14,12 +15,15 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
 from cropseg_batch.batch import BatchError, Options, open_location, run_local, run_shard
+from cropseg_batch.cover import MAX_ZONES, MIN_ZONES, CoverError, CoverOptions, CoverSummary, recompute
 from cropseg_batch.raster import WINDOW, RasterError, segment_raster
+from cropseg_batch.zones import METHODS
 from cropseg_core.bands import LAYOUTS, LayoutError
 from cropseg_core.log import configure_logging
 from cropseg_core.memory import release_large_allocations
@@ -53,8 +57,22 @@ def _segmenting(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--gsd-mm", type=float, help="ground sampling distance in mm per pixel (default: from "
                        "the raster's georeference, else measured)")  # fmt: skip
     scale.add_argument("--scale", type=float, help="working scale, 1/16 to 1, instead of --gsd-mm")
-    parser.add_argument("--cell-m", type=float, default=10.0, help="grid cell side for the cover, metres")
+    _grid(parser)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model (CROPSEG_MODEL)")
+
+
+def _grid(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cell-m", type=float, default=10.0, help="grid cell side for the cover, metres (default 10)"
+    )
+    parser.add_argument(
+        "--zones",
+        type=int,
+        default=3,
+        help=f"zones of cover to classify cells into, {MIN_ZONES} to {MAX_ZONES} (default 3)",
+    )
+    parser.add_argument("--zone-method", default="jenks", choices=METHODS,
+                        help="natural breaks (jenks, the default) or equal area (quantile)")  # fmt: skip
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,8 +82,8 @@ def parser() -> argparse.ArgumentParser:
 
     raster = commands.add_parser("segment-raster", help="segment a GeoTIFF orthomosaic in bounded memory",
                                  description="Writes OUT (a Cloud-Optimised GeoTIFF mask: 0 soil, 1 "
-                                 "vegetation, 255 no data), OUT's .cover.csv/.cover.geojson (cover per grid "
-                                 "cell) and .preview.png.")  # fmt: skip
+                                 "vegetation, 255 no data), OUT's .cover.csv, .cover.geojson, .cover.gpkg "
+                                 "(cover, zone per cell), .cell-counts.tif and .preview.png.")  # fmt: skip
     raster.add_argument("source", type=Path, help="the raster (GeoTIFF or TIFF, 8-bit bands)")
     raster.add_argument("output", type=Path, help="the mask to write (.tif)")
     _segmenting(raster)
@@ -75,6 +93,16 @@ def parser() -> argparse.ArgumentParser:
     raster.add_argument("--window", type=int, default=WINDOW,
                         help="largest window read, margins included, in px (a multiple of 512)")  # fmt: skip
     raster.add_argument("--report", type=Path, help="also write what was done as JSON")
+
+    cover = commands.add_parser(
+        "cover", help="the cover grid of a segmented raster again, at another cell size or zoning",
+        description="Rewrites MASK's .cover.csv/.cover.geojson/.cover.gpkg from the .cell-counts.tif "
+        "segment-raster kept, without segmenting again: --cell-m must be a whole multiple of its cells "
+        "(1 m when the run's cells were 1 m or more).",
+    )  # fmt: skip
+    cover.add_argument("mask", type=Path, help="the mask segment-raster wrote (.tif)")
+    _grid(cover)
+    cover.add_argument("--report", type=Path, help="also write the grid's summary as JSON")
 
     batch = commands.add_parser("batch", help="segment every image and raster under an S3 prefix or folder")
     batch.add_argument("source", help="s3://bucket/prefix or a folder")
@@ -98,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "segment-raster":
             return _segment_raster(args)
+        if args.command == "cover":
+            return _cover(args)
         return _batch(args)
-    except (RasterError, LayoutError, ScaleError, BatchError, FileNotFoundError) as e:
+    except (RasterError, CoverError, LayoutError, ScaleError, BatchError, FileNotFoundError) as e:
         print(f"cropseg: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, BatchError) else 2
 
@@ -110,25 +140,53 @@ def _load(args: argparse.Namespace, threads: int = 0) -> LoadedModel:
     return LoadedModel.load(args.model, intra_op_threads=threads)
 
 
+def _cover_options(args: argparse.Namespace) -> CoverOptions:
+    return CoverOptions(cell_m=args.cell_m, zones=args.zones, zone_method=args.zone_method)
+
+
 def _segment_raster(args: argparse.Namespace) -> int:
+    cover = _cover_options(args)  # a bad value fails before the model loads
     if not args.source.is_file():
         raise FileNotFoundError(f"no raster at {args.source}")
     report = segment_raster(
         args.source, args.output, _load(args), layout=args.layout, bands=args.bands, gsd_mm=args.gsd_mm,
-        scale=args.scale, cell_m=args.cell_m, window=args.window, progress=True,
+        scale=args.scale, cover=cover, window=args.window, progress=True,
     )  # fmt: skip
     print(f"{report.width} x {report.height} px, working scale {report.working_scale:g}: vegetation "
           f"{report.vegetation_fraction:.1%} of the field ({report.data_fraction:.0%} of the raster has "
           f"data), {report.seconds:.1f} s ({report.megapixels_per_s:.2f} MP/s)")  # fmt: skip
-    for name, path in report.outputs.items():
-        print(f"  {name:<14} {path}")
+    if report.cover:
+        _print_zones(report.cover)
+    _print_outputs(report.outputs)
     if args.report:
         args.report.write_text(json.dumps(report.to_json(), indent=1) + "\n")
     return 0
 
 
+def _cover(args: argparse.Namespace) -> int:
+    summary, outputs = recompute(args.mask, _cover_options(args))
+    _print_zones(summary)
+    _print_outputs(outputs)
+    if args.report:
+        args.report.write_text(json.dumps(asdict(summary), indent=1) + "\n")
+    return 0
+
+
+def _print_zones(summary: CoverSummary) -> None:
+    print(f"{summary.cells} cells of {summary.cell_m:g} m in {len(summary.zones)} zones "
+          f"({summary.zone_method}), vegetation cover:")  # fmt: skip
+    for zone in summary.zones:
+        print(f"  zone {zone.zone}  {zone.min_cover:6.1%} to {zone.max_cover:6.1%}, mean "
+              f"{zone.mean_cover:6.1%}: {zone.cells} cells, {zone.area_m2:,.0f} m²")  # fmt: skip
+
+
+def _print_outputs(outputs: dict[str, str]) -> None:
+    for name, path in outputs.items():
+        print(f"  {name:<14} {path}")
+
+
 def _batch(args: argparse.Namespace) -> int:
-    options = Options(args.layout, args.gsd_mm, args.scale, args.cell_m)
+    options = Options(args.layout, args.gsd_mm, args.scale, _cover_options(args))
     if args.shard is not None:
         index, count = args.shard
         source, output = (

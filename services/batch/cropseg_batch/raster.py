@@ -13,9 +13,9 @@ one image, so windows leave no seam. Written as they are done:
 * ``OUT.tif`` -- the mask, one band of uint8: 0 soil, 1 vegetation, 255 no data; with the
   source's CRS and transform, as a Cloud-Optimised GeoTIFF (tiled, deflate, overviews).
   A raster without georeference gets a plain tiled TIFF and a warning.
-* ``OUT.cover.csv`` and ``OUT.cover.geojson`` -- vegetation cover per grid cell of
-  ``cell_m`` metres (cells in the raster's CRS; GeoJSON polygons in WGS 84 as RFC 7946
-  asks); georeferenced rasters only.
+* ``OUT.cover.csv``, ``OUT.cover.geojson``, ``OUT.cover.gpkg`` -- vegetation cover and zone per
+  grid cell of ``cell_m`` metres, and ``OUT.cell-counts.tif`` to compute other cell sizes from
+  later; georeferenced rasters only (:mod:`cropseg_batch.cover`).
 * ``OUT.preview.png`` -- the field with its vegetation tinted, at most 1024 px a side.
 
 Every output appears whole or not at all (written beside, then renamed).
@@ -23,15 +23,10 @@ Every output appears whole or not at all (written beside, then renamed).
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import functools
-import io
-import json
 import logging
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,12 +39,12 @@ import rasterio
 import rasterio.shutil
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from cropseg_batch.cover import CoverOptions, CoverSummary, Georeference, counting_grid, write_cover
 from cropseg_core.bands import Layout, display_rgb, get_layout, to_model_bands
-from cropseg_core.files import write_atomic
+from cropseg_core.files import write_atomic, written_beside
 from cropseg_core.masks import encode_png, overlay
 from cropseg_core.memory import trim_heap
 from cropseg_core.model import LoadedModel
@@ -94,6 +89,8 @@ class RasterReport:
     outputs: dict[str, str]
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    cover: CoverSummary | None = None
+    """The cover grid and its zones (georeferenced rasters)."""
 
     @property
     def megapixels_per_s(self) -> float:
@@ -101,37 +98,6 @@ class RasterReport:
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "megapixels_per_s": round(self.megapixels_per_s, 3)}
-
-
-@dataclass
-class _Grid:
-    """Vegetation and data pixel counts per cell of ``cell_px`` pixels."""
-
-    cell_px: float
-    rows: int
-    cols: int
-    vegetation: np.ndarray = field(init=False)
-    data: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.vegetation = np.zeros((self.rows, self.cols), np.int64)
-        self.data = np.zeros((self.rows, self.cols), np.int64)
-
-    def add(self, row_off: int, col_off: int, classes: np.ndarray) -> None:
-        """Count a window's pixels into its cells: summed over each cell's run of rows, then of
-        columns (a few bytes a pixel, not an index per pixel)."""
-        rows, row_starts = self._runs(row_off, classes.shape[0])
-        cols, col_starts = self._runs(col_off, classes.shape[1])
-        for counts, selected in ((self.data, classes != NODATA), (self.vegetation, classes == VEGETATION)):
-            per_cell = np.add.reduceat(np.add.reduceat(selected, row_starts, axis=0, dtype=np.int64),
-                                       col_starts, axis=1)  # fmt: skip
-            counts[np.ix_(rows, cols)] += per_cell
-
-    def _runs(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """The cells a window's rows (or columns) fall in, and where each cell's run starts."""
-        cells = ((offset + np.arange(length)) / self.cell_px).astype(np.int64)
-        starts = np.concatenate([[0], np.flatnonzero(np.diff(cells)) + 1])
-        return cells[starts], starts
 
 
 def _bounded_gdal(function: Callable[P, R]) -> Callable[P, R]:
@@ -158,13 +124,15 @@ def segment_raster(
     bands: list[int] | None = None,
     gsd_mm: float | None = None,
     scale: float | None = None,
-    cell_m: float = 10.0,
+    cover: CoverOptions | None = None,
     window: int = WINDOW,
     progress: bool = False,
 ) -> RasterReport:
     """Segment the raster at ``source`` into ``output`` (a .tif) and its cover and preview
     files beside it; see the module's description. RasterError: the raster cannot be read
-    or its bands do not fit ``layout``."""
+    or its bands do not fit ``layout``; CoverError: the grid of ``cover`` (default: 10 m cells,
+    3 zones by natural breaks) does not fit it."""
+    cover = cover or CoverOptions()
     started = time.perf_counter()
     sensor = get_layout(layout)
     if window % BLOCK:
@@ -187,7 +155,12 @@ def segment_raster(
             gsd_mm = min(pixel_m * 1000, 1000.0)
         factor = _working_scale(dataset, band_list, sensor, model.pipeline.config, gsd_mm, scale)
         margin = math.ceil(model.pipeline.config.tile_overlap / 2 / factor)
-        grid = _Grid(cell_m / pixel_m, *_cells(dataset, cell_m / pixel_m)) if pixel_m else None
+        geo = (
+            Georeference(dataset.crs, dataset.transform, dataset.width, dataset.height, pixel_m)
+            if pixel_m
+            else None
+        )
+        grid = counting_grid(cover, geo) if geo else None
         stride = max(1, math.ceil(max(dataset.width, dataset.height) / PREVIEW_SIDE))
         preview = np.full((-(-dataset.height // stride), -(-dataset.width // stride), 3), 255, np.uint8)
         vegetation = data = 0
@@ -197,7 +170,7 @@ def segment_raster(
         fits = max(dataset.width, dataset.height) <= window
         core_side = window if fits else max(BLOCK, (window - 2 * margin) // BLOCK * BLOCK)
         windows = list(_window_grid(dataset.width, dataset.height, core_side))
-        with _written_beside(output) as mask_path:
+        with written_beside(output) as mask_path:
             profile = {
                 "driver": "GTiff", "width": dataset.width, "height": dataset.height, "count": 1,
                 "dtype": "uint8", "nodata": NODATA, "tiled": True, "blockxsize": BLOCK,
@@ -210,12 +183,13 @@ def segment_raster(
                         dataset, core, margin, band_list, sensor, model, factor
                     )
                     out.write(classes, 1, window=core)
-                    vegetation += int(np.count_nonzero(classes == VEGETATION))
-                    data += int(np.count_nonzero(classes != NODATA))
+                    in_field, green = classes != NODATA, classes == VEGETATION
+                    vegetation += int(np.count_nonzero(green))
+                    data += int(np.count_nonzero(in_field))
                     if grid is not None:
-                        grid.add(int(core.row_off), int(core.col_off), classes)
+                        grid.add(int(core.row_off), int(core.col_off), in_field, green)
                     _add_to_preview(preview, stride, core, channels, classes, sensor)
-                    del classes, channels
+                    del classes, channels, in_field, green
                     trim_heap()  # what a window's smaller allocations left, ~20 MiB
             if georeferenced:
                 _to_cog(mask_path)
@@ -223,8 +197,12 @@ def segment_raster(
         preview_path = output.with_name(output.stem + ".preview.png")
         write_atomic(preview_path, encode_png(preview))
         outputs["preview"] = str(preview_path)
-        if grid is not None:
-            outputs.update(_write_cover(output, dataset, grid))
+        summary = None
+        if grid is not None and geo is not None:
+            summary, cover_files = write_cover(output, grid, geo, cover)
+            outputs.update(cover_files)
+            if caution := summary.caution():
+                cautions.append(caution)
         for caution in cautions:
             log.warning("%s", caution)
         return RasterReport(
@@ -241,6 +219,7 @@ def segment_raster(
             outputs=outputs,
             seconds=time.perf_counter() - started,
             warnings=cautions,
+            cover=summary,
         )
 
 
@@ -275,14 +254,6 @@ def _pixel_size_m(dataset: rasterio.DatasetReader) -> float:
         latitude = dataset.transform.f + dataset.transform.e * dataset.height / 2
         return size * 111_320 * math.cos(math.radians(latitude))
     return size * dataset.crs.linear_units_factor[1]
-
-
-def _cells(dataset: rasterio.DatasetReader, cell_px: float) -> tuple[int, int]:
-    if cell_px < 1:
-        raise RasterError(
-            f"the grid cell is smaller than a pixel ({cell_px:.3g} px): choose a larger --cell-m"
-        )
-    return math.ceil(dataset.height / cell_px), math.ceil(dataset.width / cell_px)
 
 
 def _working_scale(
@@ -356,20 +327,6 @@ def _add_to_preview(
     preview[top : top + tinted.shape[0], left : left + tinted.shape[1]] = tinted
 
 
-@contextlib.contextmanager
-def _written_beside(output: Path) -> Iterator[Path]:
-    """A temporary path beside ``output``, renamed to it when the block succeeds."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp.tif", dir=output.parent)
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _to_cog(path: Path) -> None:
     """Rewrite the tiled GeoTIFF at ``path`` as a Cloud-Optimised GeoTIFF with overviews."""
     cog = path.with_name(path.name + ".cog")
@@ -381,46 +338,3 @@ def _to_cog(path: Path) -> None:
         os.replace(cog, path)
     finally:
         cog.unlink(missing_ok=True)
-
-
-def _write_cover(output: Path, dataset: rasterio.DatasetReader, grid: _Grid) -> dict[str, str]:
-    """Cover per cell as CSV (raster CRS) and GeoJSON (WGS 84), for cells with data."""
-    rows, cols = np.nonzero(grid.data)
-    transform = dataset.transform
-    x0, y0 = transform @ (cols * grid.cell_px, rows * grid.cell_px)
-    x1, y1 = transform @ (np.minimum((cols + 1) * grid.cell_px, dataset.width),
-                          np.minimum((rows + 1) * grid.cell_px, dataset.height))  # fmt: skip
-    pixel_m = _pixel_size_m(dataset)
-    cover = grid.vegetation[rows, cols] / grid.data[rows, cols]
-    area_m2 = grid.data[rows, cols] * pixel_m**2
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["row", "col", "x_min", "y_min", "x_max", "y_max", "vegetation_cover", "data_area_m2"])
-    for i in range(len(rows)):
-        writer.writerow([rows[i], cols[i], f"{min(x0[i], x1[i]):.3f}", f"{min(y0[i], y1[i]):.3f}",
-                         f"{max(x0[i], x1[i]):.3f}", f"{max(y0[i], y1[i]):.3f}", f"{cover[i]:.4f}",
-                         f"{area_m2[i]:.2f}"])  # fmt: skip
-    csv_path = output.with_name(output.stem + ".cover.csv")
-    write_atomic(csv_path, text.getvalue().encode())
-
-    corners_x = np.stack([x0, x1, x1, x0, x0], axis=1).ravel()
-    corners_y = np.stack([y0, y0, y1, y1, y0], axis=1).ravel()
-    lon, lat = transform_points(dataset.crs, "EPSG:4326", corners_x.tolist(), corners_y.tolist())
-    ring = np.stack([np.round(lon, 8), np.round(lat, 8)], axis=1).reshape(len(rows), 5, 2)
-    features = [
-        {
-            "type": "Feature",
-            "geometry": {"type": "Polygon", "coordinates": [ring[i].tolist()]},
-            "properties": {
-                "row": int(rows[i]),
-                "col": int(cols[i]),
-                "vegetation_cover": round(float(cover[i]), 4),
-                "data_area_m2": round(float(area_m2[i]), 2),
-            },
-        }
-        for i in range(len(rows))
-    ]
-    geojson_path = output.with_name(output.stem + ".cover.geojson")
-    collection = {"type": "FeatureCollection", "features": features}
-    write_atomic(geojson_path, json.dumps(collection, separators=(",", ":")).encode())
-    return {"cover_csv": str(csv_path), "cover_geojson": str(geojson_path)}

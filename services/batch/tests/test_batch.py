@@ -99,7 +99,9 @@ def test_a_batch_killed_halfway_resumes_to_exactly_the_outputs_of_an_uninterrupt
     rows = {row["key"]: row for row in summary["files"]}
     assert rows["copy-of-photo-007.png"]["sha256"] == rows["day-0/photo-007.png"]["sha256"]
     assert sum(row.get("reused", False) for row in rows.values()) >= 1  # the copy was not computed again
-    assert rows["ortho-0.tif"]["outputs"].keys() == {"mask.tif", "preview.png", "cover.csv", "cover.geojson"}
+    assert rows["ortho-0.tif"]["outputs"].keys() == {
+        "mask.tif", "preview.png", "cover.csv", "cover.geojson", "cover.gpkg", "cell-counts.tif",
+    }  # fmt: skip
     assert "notes.txt" not in rows
     assert {key: store.get(key) for key in done_before} == done_before  # finished before the kill: not redone
     assert store.get("resumed/summary.csv").decode().count("\n") == inputs + 1

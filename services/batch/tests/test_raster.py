@@ -11,9 +11,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pytest
 import rasterio
 from cropseg_batch.cli import main
+from cropseg_batch.cover import CoverOptions
 from cropseg_batch.fields import write_field
 from cropseg_batch.raster import NODATA, VEGETATION, RasterError, segment_raster
 from PIL import Image
@@ -54,7 +56,7 @@ def test_windows_leave_no_seam(model: LoadedModel, field: Path, tmp_path: Path) 
 def test_the_mask_keeps_the_georeference_and_the_nodata(
     model: LoadedModel, field: Path, tmp_path: Path
 ) -> None:
-    report = segment_raster(field, tmp_path / "mask.tif", model, cell_m=5)
+    report = segment_raster(field, tmp_path / "mask.tif", model, cover=CoverOptions(cell_m=5))
     with rasterio.open(field) as source, rasterio.open(tmp_path / "mask.tif") as mask:
         assert (mask.crs, mask.transform, mask.shape) == (source.crs, source.transform, source.shape)
         assert (mask.count, mask.dtypes[0], mask.nodata) == (1, "uint8", NODATA)
@@ -72,7 +74,7 @@ def test_the_mask_keeps_the_georeference_and_the_nodata(
 
 @pytest.mark.slow
 def test_cover_per_cell_adds_up_to_the_field(model: LoadedModel, field: Path, tmp_path: Path) -> None:
-    report = segment_raster(field, tmp_path / "mask.tif", model, cell_m=5)  # 250 px cells
+    report = segment_raster(field, tmp_path / "mask.tif", model, cover=CoverOptions(cell_m=5))  # 250 px cells
     rows = list(csv.DictReader((tmp_path / "mask.cover.csv").read_text().splitlines()))
     area = np.array([float(row["data_area_m2"]) for row in rows])
     cover = np.array([float(row["vegetation_cover"]) for row in rows])
@@ -87,6 +89,10 @@ def test_cover_per_cell_adds_up_to_the_field(model: LoadedModel, field: Path, tm
     lon, lat = geojson["features"][0]["geometry"]["coordinates"][0][0]
     assert 8.9 < lon < 9.1  # UTM 32N (500 km, 5300 km): southern Germany
     assert 47.8 < lat < 47.9
+    assert report.cover is not None
+    assert report.cover.cells == len(rows)
+    assert {int(row["zone"]) for row in rows} == {1, 2, 3}  # the default: 3 zones by natural breaks
+    assert pyogrio.read_info(tmp_path / "mask.cover.gpkg")["features"] == len(rows)
     with Image.open(tmp_path / "mask.preview.png") as preview:
         assert max(preview.size) <= 1024
 
@@ -150,7 +156,11 @@ def test_the_command_line(field: Path, tmp_path: Path, capsys: pytest.CaptureFix
     printed = capsys.readouterr()
     assert "1300 x 1300 px" in printed.out
     assert "cover_geojson" in printed.out
-    assert json.loads((tmp_path / "r.json").read_text())["width"] == 1300
+    assert "cover_gpkg" in printed.out
+    assert "cells of 10 m in 3 zones (jenks)" in printed.out
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["width"] == 1300
+    assert len(written["cover"]["breaks"]) == 3
     assert main(["segment-raster", str(tmp_path / "none.tif"), str(out), "--model", str(MODEL)]) == 2
     assert "cropseg: error: no raster at" in capsys.readouterr().err
     assert main(["segment-raster", str(field), str(out), "--model", str(MODEL), "--scale", "5"]) == 2

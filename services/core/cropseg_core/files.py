@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -40,6 +42,33 @@ def write_temporary(path: Path, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+@contextlib.contextmanager
+def written_beside(path: Path) -> Iterator[Path]:
+    """A path for a library that writes files by name (GDAL) to write ``path``'s new content at:
+    when the block succeeds it is fsynced and renamed to ``path``; when it fails it is gone.
+
+    It lies in a fresh hidden folder beside ``path`` (the same file system, so the rename is
+    atomic) under ``path``'s own name, so a driver that goes by the suffix, or writes files of
+    its own beside it (a journal, a copy), finds what it expects and leaves nothing behind.
+    """
+    folder = create_in_folder(
+        path.parent,
+        lambda: Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")),
+    )
+    try:
+        temporary = folder / path.name
+        yield temporary
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+        fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_json(path: Path, payload: object) -> None:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from cropseg_core.features import PROPERTY_NAMES, image_features, jpeg_blockiness
-from cropseg_core.files import write_atomic, write_json
+from cropseg_core.files import write_atomic, write_json, written_beside
 from cropseg_core.imaging import decode_image
 from cropseg_core.masks import encode_png, overlay, vegetation_fraction
 
@@ -124,6 +124,21 @@ def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_file_written_beside_by_name_replaces_the_old_one_only_when_whole(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "cover.gpkg"
+    with written_beside(target) as temporary:
+        assert temporary.name == "cover.gpkg" and temporary.parent.parent == target.parent
+        temporary.write_bytes(b"first")
+        (temporary.parent / "cover.gpkg-journal").write_bytes(b"a driver's own file")
+        assert not target.exists()
+    assert target.read_bytes() == b"first"
+    with pytest.raises(RuntimeError), written_beside(target) as temporary:
+        temporary.write_bytes(b"half")
+        raise RuntimeError("the driver failed")
+    assert target.read_bytes() == b"first"
+    assert os.listdir(target.parent) == ["cover.gpkg"]
 
 
 def test_heavy_jpeg_shows_its_blocks_an_ordinary_one_does_not() -> None:
