@@ -86,7 +86,10 @@ def test_full_queue_answers_503_with_retry_after_at_once(field_tile: np.ndarray)
         assert statuses[-1] == 503
         shed = [r for r in responses if r.status_code == 503]
         assert all(r.headers["retry-after"] == "1" for r in shed)
-        assert all(r.elapsed.total_seconds() < 1.0 for r in shed)  # refused at once, not after waiting
+        # Refused at once, not after waiting: before the accepted request's answer (a ratio of
+        # times from one run, not a wall-clock bar, so that a busy machine does not fail it).
+        answered = min(r.elapsed for r in responses if r.status_code == 200)
+        assert max(r.elapsed for r in shed) < answered / 2
         assert "at capacity" in shed[0].json()["error"]["message"]
         metrics = httpx.get(f"{url}/metrics").text
         assert f"cropseg_inference_rejected_total {float(len(shed))}" in metrics
