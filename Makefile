@@ -157,13 +157,15 @@ k8s: $(VENV)/.dev
 	$(BIN)/helm template cropseg charts/cropseg --namespace cropseg --skip-tests > k8s/cropseg.yaml
 
 # The engine and base image first (idempotent, seconds when present); the legacy builder needs no
-# registry for a frontend. Dependency layers are cached: a code edit rebuilds in seconds.
+# registry for a frontend. One Dockerfile, SERVICE the folder under services/. Dependency layers are
+# cached: a code edit rebuilds in seconds.
 images: $(VENV)/.runtime
 	@bash scripts/container-engine.sh
 	@for service in $(IMAGES); do \
 		name=cropseg/$$(echo $$service | tr _ -):$(IMAGE_TAG); start=$$(date +%s); \
 		echo "images: building $$name"; \
-		DOCKER_BUILDKIT=0 docker build --quiet -f services/$$service/Dockerfile -t $$name . >/dev/null || exit 1; \
+		DOCKER_BUILDKIT=0 docker build --quiet -f services/Dockerfile --build-arg SERVICE=$$service \
+			-t $$name . >/dev/null || exit 1; \
 		echo "images: $$name $$(docker image inspect -f '{{.Size}}' $$name | awk '{printf "%.0f MB", $$1/1e6}') in $$(( $$(date +%s) - start )) s"; \
 	done
 

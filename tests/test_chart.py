@@ -53,6 +53,8 @@ STANDARD_LABELS = (
 MODULES = {"inference": "cropseg_inference", "storage": "cropseg_storage", "drift-monitor": "cropseg_drift"}
 WORKLOADS = {**MODULES, "batch": "cropseg_batch"}  # the services and the batch Job's worker
 SUBCOMMANDS = {"cropseg_drift", "cropseg_batch"}  # command lines whose first argument is a subcommand
+# Each image and its folder under services/: services/Dockerfile builds it with SERVICE=<folder>
+IMAGE_FOLDERS = {name: name.replace("-", "_") for name in WORKLOADS}
 
 
 def helm() -> str:
@@ -313,31 +315,44 @@ def test_commands_are_the_real_entry_points(rendered: tuple[Path, list[dict[str,
             assert data in {m["mountPath"] for m in container["volumeMounts"]}
 
 
-def test_dockerfiles_match_the_chart_and_packages() -> None:
-    images = {
-        "inference": "services/inference",
-        "storage": "services/storage",
-        "drift-monitor": "services/drift_monitor",
-        "batch": "services/batch",
-    }
-    for name, folder in images.items():
-        dockerfile = (REPO / folder / "Dockerfile").read_text()
-        entry = re.search(r'ENTRYPOINT \["([a-z-]+)"\]', dockerfile).group(1)  # type: ignore[union-attr]
-        assert f"{entry} = " in (REPO / folder / "pyproject.toml").read_text(), (
-            f"{entry} is no console script"
-        )
-        assert "USER 10001:10001" in dockerfile
+def dockerfile_stages() -> dict[str, str]:
+    """services/Dockerfile's stages by name, each its text; the last one, which has no name, as ""."""
+    text = (REPO / "services" / "Dockerfile").read_text()
+    stages = re.split(r"^(?=FROM )", text, flags=re.MULTILINE)[1:]
+    return {re.match(r"FROM \S+(?: AS (\S+))?", s).group(1) or "": s for s in stages}  # type: ignore[union-attr]
+
+
+def test_the_dockerfile_matches_the_chart_and_packages() -> None:
+    stages = dockerfile_stages()
+    assert set(stages) == {"build", "runtime", *IMAGE_FOLDERS.values(), ""}
+    # One build argument says which image it is: it picks the code the build stage installs (core and
+    # that service only) and the image's own stage, which the last stage builds on.
+    assert "./services/core ./services/${SERVICE}\n" in stages["build"]
+    last = stages[""]
+    assert last.startswith("FROM ${SERVICE}\n")
+    assert last.rstrip().endswith("USER 10001:10001")
+    imports = dict(re.findall(r'^ +(\w+)\) modules="([^"]+)"', last, re.MULTILINE))
+    copies = re.findall(r"^COPY (?!--from)(\S+)", "".join(stages.values()), re.MULTILINE)
+    assert set(imports) == set(IMAGE_FOLDERS.values()), "the bytecode step imports for each image"
+    for name, folder in IMAGE_FOLDERS.items():
+        stage = stages[folder]
+        assert stage.startswith(f"FROM runtime AS {folder}\n")
+        entry = re.search(r'ENTRYPOINT \["([a-z-]+)"\]', stage).group(1)  # type: ignore[union-attr]
+        pyproject = (REPO / "services" / folder / "pyproject.toml").read_text()
+        assert f'{entry} = "{WORKLOADS[name]}.cli:' in pyproject, f"{entry} is no console script of {folder}"
+        assert f"{WORKLOADS[name]}.cli," in imports[folder], f"the {name} image's bytecode step skips its CLI"
         # No image HEALTHCHECK for drift (its `run` is a run-once job; compose and the chart probe
         # `serve`) nor for the batch worker.
-        assert ("HEALTHCHECK --" in dockerfile) == (name in ROUTES and name != "drift-monitor")
+        has_probe = re.search(r"^HEALTHCHECK ", stage, re.MULTILINE) is not None
+        assert has_probe == (name in ROUTES and name != "drift-monitor"), name
         assert name not in ROUTES or "/healthz" in ROUTES[name]
-        installs_drift = "drift_monitor" in dockerfile
-        assert installs_drift == (name == "drift-monitor"), (
+        assert ("alibi_detect" in imports[folder]) == (name == "drift-monitor"), (
             f"only the drift image carries Alibi Detect ({name})"
         )
-        for copied in re.findall(r"^COPY (?!--from)(\S+)", dockerfile, re.MULTILINE):
-            assert (REPO / copied).exists(), f"{folder}/Dockerfile copies {copied}, which does not exist"
-    assert "STORAGE_STORE__PATH=/data" in (REPO / "services/storage/Dockerfile").read_text()
+        for copied in copies:
+            path = copied.replace("${SERVICE}", folder)
+            assert (REPO / path).exists(), f"services/Dockerfile copies {path}, which does not exist"
+    assert "STORAGE_STORE__PATH=/data" in stages["storage"]
 
 
 def test_chart_monitoring_files_are_the_projects() -> None:
@@ -358,6 +373,7 @@ def test_okteto_manifest_matches_the_chart_and_the_dockerfiles() -> None:
     okteto = yaml.safe_load((REPO / "okteto.yml").read_text())
     for name, build in okteto["build"].items():
         assert (REPO / build["context"] / build["dockerfile"]).is_file(), name
+        assert build["args"] == {"SERVICE": IMAGE_FOLDERS[name]}, name
     command = okteto["deploy"][0]["command"].split()
     assert command[:4] == ["helm", "upgrade", "--install", "cropseg"]
     sets = [command[i + 1] for i, word in enumerate(command) if word == "--set"]
@@ -457,8 +473,8 @@ def test_compose_file_validates_and_matches_the_services() -> None:
         for variable in service.get("environment", {}):
             prefix = next(p for p in SETTINGS if variable.startswith(p))
             assert variable.removeprefix(prefix).lower() in SETTINGS[prefix].model_fields, variable
-        dockerfile = service["build"]["dockerfile"]
-        assert (REPO / dockerfile).is_file()
+        assert (REPO / service["build"]["dockerfile"]).is_file()
+        assert service["build"]["args"] == {"SERVICE": IMAGE_FOLDERS[name]}, name
     storage = services["storage"]["environment"]
     assert storage["STORAGE_INFERENCE_URL"] == "http://inference:8001"
     assert storage["STORAGE_DRIFT_URL"] == "http://drift-monitor:8003"
