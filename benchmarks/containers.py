@@ -29,7 +29,7 @@ from cropseg_core.processes import free_port, is_ready
 REPO = Path(__file__).resolve().parents[1]
 CHART = (REPO / "charts/cropseg/Chart.yaml").read_text()
 TAG = re.findall(r'^appVersion: "?([^"\n]+?)"?$', CHART, re.MULTILINE)[0]
-BUDGET_MB = {"inference": 280, "storage": 280, "drift-monitor": 850, "batch": 400}
+BUDGET_MB = {"inference": 280, "storage": 280, "drift-monitor": 850, "batch": 480}
 FOLDERS = {"inference": "inference", "storage": "storage", "drift-monitor": "drift_monitor", "batch": "batch"}
 START, END = "<!-- containers:start -->", "<!-- containers:end -->"
 README_START, README_END = "<!-- image-table:start -->", "<!-- image-table:end -->"

@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.containers]
 
 REPO = Path(__file__).resolve().parents[1]
 TAG = yaml.safe_load((REPO / "charts/cropseg/Chart.yaml").read_text())["appVersion"]
-BUDGET_MB = {"inference": 280, "storage": 280, "drift-monitor": 850, "batch": 400}
+BUDGET_MB = {"inference": 280, "storage": 280, "drift-monitor": 850, "batch": 480}
 IMAGES = {service: f"cropseg/{service}:{TAG}" for service in BUDGET_MB}
 
 
