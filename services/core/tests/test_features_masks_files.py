@@ -129,14 +129,19 @@ def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
 def test_a_file_written_beside_by_name_replaces_the_old_one_only_when_whole(tmp_path: Path) -> None:
     target = tmp_path / "out" / "cover.gpkg"
     with written_beside(target) as temporary:
-        assert temporary.name == "cover.gpkg" and temporary.parent.parent == target.parent
+        assert temporary.name == "cover.gpkg"
+        assert temporary.parent.parent == target.parent
         temporary.write_bytes(b"first")
         (temporary.parent / "cover.gpkg-journal").write_bytes(b"a driver's own file")
         assert not target.exists()
     assert target.read_bytes() == b"first"
-    with pytest.raises(RuntimeError), written_beside(target) as temporary:
-        temporary.write_bytes(b"half")
-        raise RuntimeError("the driver failed")
+    def fail_half_way() -> None:
+        with written_beside(target) as temporary:
+            temporary.write_bytes(b"half")
+            raise RuntimeError("the driver failed")
+
+    with pytest.raises(RuntimeError):
+        fail_half_way()
     assert target.read_bytes() == b"first"
     assert os.listdir(target.parent) == ["cover.gpkg"]
 
