@@ -135,6 +135,7 @@ def test_a_file_written_beside_by_name_replaces_the_old_one_only_when_whole(tmp_
         (temporary.parent / "cover.gpkg-journal").write_bytes(b"a driver's own file")
         assert not target.exists()
     assert target.read_bytes() == b"first"
+
     def fail_half_way() -> None:
         with written_beside(target) as temporary:
             temporary.write_bytes(b"half")
