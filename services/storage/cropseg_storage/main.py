@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -18,18 +19,20 @@ from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.contracts import Header
+from cropseg_core.fields import FieldCatalogue
 from cropseg_core.repository import ImageRepository
 from cropseg_core.store import StoreError, open_store
 from cropseg_core.web import layouts
 from cropseg_core.web.bodies import upload_body_limit
 from cropseg_core.web.hygiene import UI_POLICY
 from cropseg_core.web.service import ServiceSpec, build_service
-from cropseg_storage import SERVICE_NAME
+from cropseg_storage import SERVICE_NAME, tus
 from cropseg_storage.inference_client import InferenceClient
 from cropseg_storage.metrics import StorageMetrics
-from cropseg_storage.routes import drift, images, meta, segmentation
+from cropseg_storage.routes import drift, fields, images, meta, segmentation
 from cropseg_storage.seeding import seed_samples
 from cropseg_storage.settings import StorageSettings, get_settings
+from cropseg_storage.staging import UploadStaging
 from cropseg_storage.status import Check, StatusMonitor
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,8 @@ and serves the web UI at `/`.
 
 * `POST /api/v1/images` stores an image (same bytes, same id); `GET /api/v1/images/sample` is the gallery.
 * `POST /api/v1/images/{id}/segmentation` segments it; `GET .../evaluation` scores the mask.
+* `/api/v1/fields/uploads` takes a whole GeoTIFF orthomosaic (up to 2 GB) with the tus 1.0.0
+  resumable-upload protocol (tus-js-client, tuspy); `GET /api/v1/fields` lists the fields.
 * Writes need `Authorization: Bearer <token>` when `STORAGE_API_TOKEN` is set; reads are public.
 
 Errors are JSON: `{"error": {"code": "...", "message": "what to fix"}}`.
@@ -64,7 +69,8 @@ async def _every(
 CHART_MEMORY_LIMIT_MIB = 1024
 """The chart's memory limit for storage (charts/cropseg/values.yaml): the budget's limit for a
 process started outside a container."""
-TEMP_SWEEP_INTERVAL_S = 300.0  # half-written files of a crashed writer go within 15 minutes
+TEMP_SWEEP_INTERVAL_S = 300.0  # half-written files of a crashed writer go within 15 minutes;
+# expired field uploads within 5 minutes of their expiry (the first sweep runs at start)
 
 
 def create_app(
@@ -85,6 +91,17 @@ def create_app(
             log.error("cannot open the store: %s", e)
             raise
         repository = ImageRepository(store, settings.image_limits)
+        staging = UploadStaging(
+            settings.field_staging_path(),
+            expire_after=timedelta(hours=settings.fields.expire_after_h),
+            max_receiving=settings.fields.max_receiving,
+            retry_after_s=settings.retry_after_s,
+            store_folder=settings.store.path if settings.store.backend == "filesystem" else None,
+        )
+
+        def sweep_uploads() -> None:
+            metrics.field_uploads.labels("expired").inc(staging.sweep_expired())
+
         if settings.samples_path is not None:
             await run_in_threadpool(
                 seed_samples, repository, settings.samples_path, settings.real_photos_path
@@ -109,6 +126,8 @@ def create_app(
             transport=transport,
         )
         app.state.repository = repository
+        app.state.field_staging = staging
+        app.state.fields = FieldCatalogue(store)
         app.state.inference = inference
         app.state.check_store = check_store
         app.state.outgoing = outgoing
@@ -140,6 +159,11 @@ def create_app(
                     first_after_s=TEMP_SWEEP_INTERVAL_S,
                 )  # opening the store swept already
             ),
+            asyncio.create_task(
+                _every(
+                    TEMP_SWEEP_INTERVAL_S, lambda: run_in_threadpool(sweep_uploads), "expired upload sweep"
+                )
+            ),
         ]
         log.info("storage ready: %s, inference at %s", store.describe(), settings.inference_url)
         yield
@@ -155,10 +179,17 @@ def create_app(
             app.add_middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST", "PUT", "DELETE"],
-                allow_headers=["Authorization", "Content-Type"],
-                expose_headers=["Location", "ETag", Header.VEGETATION_FRACTION, Header.MODEL_VERSION],
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"],
+                allow_headers=["Authorization", "Content-Type", *tus.REQUEST_HEADERS],
+                expose_headers=[
+                    "Location",
+                    "ETag",
+                    Header.VEGETATION_FRACTION,
+                    Header.MODEL_VERSION,
+                    *tus.RESPONSE_HEADERS,
+                ],
             )
+        app.add_middleware(tus.TusResumable, prefix=fields.UPLOADS)
 
         @app.get("/", include_in_schema=False)
         def index() -> FileResponse:
@@ -172,10 +203,20 @@ def create_app(
         distribution="cropseg-storage",
         title="cropseg storage",
         description=DESCRIPTION,
-        routers=[images.router, layouts.router, segmentation.router, meta.router, drift.router],
+        routers=[
+            images.router,
+            fields.router,
+            layouts.router,
+            segmentation.router,
+            meta.router,
+            drift.router,
+        ],
         readiness=meta.readiness,
         dependencies=meta.DEPENDENCIES,
-        largest_body_bytes=upload_body_limit(settings.image_limits.max_bytes, images.UPLOAD_FILES),
+        largest_body_bytes=max(
+            upload_body_limit(settings.image_limits.max_bytes, images.UPLOAD_FILES),
+            settings.fields.max_chunk_bytes,
+        ),
         chart_memory_limit_mib=CHART_MEMORY_LIMIT_MIB,
         configure=configure,
     )

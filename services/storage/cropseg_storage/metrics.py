@@ -9,6 +9,7 @@ from cropseg_core.store import BlobStore
 from cropseg_core.web.metrics import LATENCY_BUCKETS, SIZE_BUCKETS
 
 INFERENCE_OUTCOMES = ("success", "unavailable", "timeout", "rejected", "failed")
+FIELD_UPLOAD_RESULTS = ("completed", "rejected", "terminated", "expired")
 
 
 class StorageMetrics:
@@ -57,6 +58,19 @@ class StorageMetrics:
             "storage serves degraded without it (segmentations answer 503).",
             ["dependency"], registry=registry,
         )  # fmt: skip
+        self.field_uploads = Counter(
+            "cropseg_storage_field_uploads_total",
+            "Resumable field (orthomosaic) uploads by how they ended: completed (stored as a field), "
+            "rejected (not a GeoTIFF, unsupported, too large), terminated by the client, expired.",
+            ["result"], registry=registry,
+        )  # fmt: skip
+        self.field_upload_bytes = Counter(
+            "cropseg_storage_field_upload_received_bytes_total",
+            "Bytes of field uploads written to staging (chunks, including those of uploads not completed).",
+            registry=registry,
+        )  # fmt: skip
+        for result in FIELD_UPLOAD_RESULTS:
+            self.field_uploads.labels(result)
         for result in ("created", "duplicate"):
             self.uploads.labels(result)
         for outcome in INFERENCE_OUTCOMES:

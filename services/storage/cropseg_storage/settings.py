@@ -2,14 +2,40 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
-from pydantic import AnyHttpUrl, Field, field_validator
+from pydantic import AnyHttpUrl, BaseModel, Field, field_validator, model_validator
 
 from cropseg_core.settings import ServiceSettings
 from cropseg_core.store import StoreSettings
 from cropseg_core.web.auth import TokenSettings
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+class FieldUploadSettings(BaseModel):
+    """Resumable uploads of whole orthomosaics (``STORAGE_FIELDS__MAX_BYTES`` etc.)."""
+
+    staging_path: Path | None = None
+    """Folder of uploads in progress. Default: ``.field-uploads`` in the data folder (filesystem
+    store: the shared volume, so any replica can take the next chunk), else a folder in the
+    system's temp folder (S3 store: give each replica's clients sticky sessions, or a shared
+    volume here)."""
+    max_bytes: int = Field(default=2 * GIB, gt=0)
+    """Largest GeoTIFF accepted, in bytes (Tus-Max-Size)."""
+    max_chunk_bytes: int = Field(default=32 * MIB, ge=MIB)
+    """Largest body of one PATCH: clients send the file in chunks of at most this (tus-js-client's
+    ``chunkSize``). A chunk is counted in the service's bytes of bodies in flight."""
+    max_pixels: int = Field(default=1_000_000_000, gt=0)
+    """Largest raster accepted, width x height (a 25,000 x 25,000 orthomosaic is 625 MP)."""
+    max_receiving: int = Field(default=4, ge=1)
+    """Chunks received at once by one process; more get 503 + Retry-After (clients retry)."""
+    expire_after_h: float = Field(default=24.0, gt=0)
+    """An upload not completed this many hours after it was created is deleted."""
 
 
 class StorageSettings(ServiceSettings, TokenSettings):
@@ -51,6 +77,26 @@ class StorageSettings(ServiceSettings, TokenSettings):
     """Retry-After sent when inference is unavailable."""
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     """On SIGTERM, how long in-flight requests may take before the process exits anyway."""
+    fields: FieldUploadSettings = FieldUploadSettings()
+    """Uploads of whole orthomosaics (fields) from the browser."""
+
+    def field_staging_path(self) -> Path:
+        """Where field uploads in progress are kept (see :attr:`FieldUploadSettings.staging_path`)."""
+        if self.fields.staging_path is not None:
+            return self.fields.staging_path
+        if self.store.backend == "filesystem":
+            return self.store.path / ".field-uploads"  # hidden: never a key of the store
+        return Path(tempfile.gettempdir()) / "cropseg-field-uploads"
+
+    @model_validator(mode="after")
+    def _chunk_fits_body_budget(self) -> Self:
+        budget = self.connections.max_body_bytes_in_flight
+        if budget is not None and budget < self.fields.max_chunk_bytes:
+            raise ValueError(
+                f"connections.max_body_bytes_in_flight ({budget}) is below fields.max_chunk_bytes "
+                f"({self.fields.max_chunk_bytes}): no field upload chunk could ever be received"
+            )
+        return self
 
     @field_validator("samples_path", "real_photos_path", mode="before")
     @classmethod

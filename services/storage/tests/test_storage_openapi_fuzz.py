@@ -14,7 +14,9 @@ from hypothesis import HealthCheck, settings
 from prometheus_client import CollectorRegistry
 from storage_testing import SAMPLES, fake_inference, make_settings, routed
 
-schemathesis.serializer.alias(["image/png", "image/jpeg", "image/tiff"], "application/octet-stream")
+schemathesis.serializer.alias(
+    ["image/png", "image/jpeg", "image/tiff", "application/offset+octet-stream"], "application/octet-stream"
+)
 
 
 def drift(request: httpx.Request) -> httpx.Response:
