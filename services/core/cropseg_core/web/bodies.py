@@ -11,6 +11,7 @@ connection closed.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -36,37 +37,51 @@ def connection_limits(request: Request) -> ConnectionLimits:
     return limits if isinstance(limits, ConnectionLimits) else ConnectionLimits()
 
 
+async def paced_parts(request: Request, *, resumable: bool = False) -> AsyncIterator[bytes]:
+    """The body's parts as they arrive, under the app's pace rules: a stall or a trickle is 408.
+    ``resumable``: the route keeps what arrived, and the messages say to resume (tus uploads)."""
+    kept, stalled, slow = (
+        (" and kept", "resume from the offset HEAD gives", "resume on a faster connection")
+        if resumable
+        else ("", "send the body without pausing", "retry on a faster connection")
+    )
+    limits = connection_limits(request)
+    clock = asyncio.get_running_loop().time
+    started, received = clock(), 0
+    parts = request.stream().__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(limits.body_idle_timeout_s):
+                data = await anext(parts)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as e:
+            raise RequestTimeoutError(
+                f"no part of the request body arrived for {limits.body_idle_timeout_s:g} s ({received} bytes "
+                f"received{kept}): {stalled}"
+            ) from e
+        received += len(data)
+        elapsed = clock() - started
+        if elapsed > limits.body_grace_s and received < limits.body_min_rate * elapsed:
+            raise RequestTimeoutError(
+                f"the request body arrives too slowly ({received} bytes in {elapsed:.0f} s{kept}; at least "
+                f"{limits.body_min_rate / 1024:g} KiB/s is needed): {slow}"
+            )
+        if data:
+            yield data
+
+
 async def read_limited_body(request: Request, max_bytes: int) -> bytes:
     """The whole body, refusing more than ``max_bytes`` before and while it is received, and a
     body that stalls or trickles (408)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise PayloadTooLargeError(f"request body is {int(declared)} bytes; the limit is {max_bytes} bytes")
-    limits = connection_limits(request)
     chunks, received = [], 0
-    clock = asyncio.get_running_loop().time
-    started = clock()
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            async with asyncio.timeout(limits.body_idle_timeout_s):
-                chunk = await anext(stream)
-        except StopAsyncIteration:
-            break
-        except TimeoutError as e:
-            raise RequestTimeoutError(
-                f"no part of the request body arrived for {limits.body_idle_timeout_s:g} s ({received} bytes "
-                "received): send the body without pausing"
-            ) from e
+    async for chunk in paced_parts(request):
         received += len(chunk)
         if received > max_bytes:
             raise PayloadTooLargeError(f"request body exceeds the limit of {max_bytes} bytes")
-        elapsed = clock() - started
-        if elapsed > limits.body_grace_s and received < limits.body_min_rate * elapsed:
-            raise RequestTimeoutError(
-                f"the request body arrives too slowly ({received} bytes in {elapsed:.0f} s; at least "
-                f"{limits.body_min_rate / 1024:g} KiB/s is needed): retry on a faster connection"
-            )
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -9,9 +9,7 @@ with the body dropped (the app's HTTP hygiene answers every HEAD so).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -22,11 +20,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LayoutError, get_layout
-from cropseg_core.errors import ClientError, PayloadTooLargeError, RequestTimeoutError, ServiceError
+from cropseg_core.errors import ClientError, PayloadTooLargeError, ServiceError
 from cropseg_core.fields import FieldCatalogue, FieldRecord
 from cropseg_core.store import StoreError
 from cropseg_core.web.auth import WRITE
-from cropseg_core.web.bodies import connection_limits
+from cropseg_core.web.bodies import paced_parts
 from cropseg_core.web.errors import error_responses
 from cropseg_storage import tus
 from cropseg_storage.deps import Fields, Metrics, Settings, Staging
@@ -254,7 +252,7 @@ async def _receive(request: Request, chunk: Chunk, room: int) -> None:
     """Write the body into ``chunk`` a megabyte at a time; at most ``room`` bytes."""
     buffer = bytearray()
     try:
-        async for data in _paced(request):
+        async for data in paced_parts(request, resumable=True):
             if chunk.written + len(buffer) + len(data) > room:
                 raise UploadTooLargeError(
                     f"the chunk goes past {room} bytes: the upload's length, or the largest chunk"
@@ -270,34 +268,6 @@ async def _receive(request: Request, chunk: Chunk, room: int) -> None:
         if buffer:
             with anyio.CancelScope(shield=True):
                 await run_in_threadpool(chunk.write, bytes(buffer))
-
-
-async def _paced(request: Request) -> AsyncIterator[bytes]:
-    """The body's parts as they arrive, under the app's pace rules (a stall or a trickle: 408)."""
-    limits = connection_limits(request)
-    clock = asyncio.get_running_loop().time
-    started, received = clock(), 0
-    parts = request.stream().__aiter__()
-    while True:
-        try:
-            async with asyncio.timeout(limits.body_idle_timeout_s):
-                data = await anext(parts)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as e:
-            raise RequestTimeoutError(
-                f"no part of the chunk arrived for {limits.body_idle_timeout_s:g} s ({received} bytes "
-                "received and kept): resume from the offset HEAD gives"
-            ) from e
-        received += len(data)
-        elapsed = clock() - started
-        if elapsed > limits.body_grace_s and received < limits.body_min_rate * elapsed:
-            raise RequestTimeoutError(
-                f"the chunk arrives too slowly ({received} bytes in {elapsed:.0f} s, kept; at least "
-                f"{limits.body_min_rate / 1024:g} KiB/s is needed): resume on a faster connection"
-            )
-        if data:
-            yield data
 
 
 def _check_magic(staging: UploadStaging, metrics: StorageMetrics, upload: StagedUpload) -> None:
