@@ -15,7 +15,7 @@ from __future__ import annotations
 import platform
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -94,7 +94,7 @@ class ServiceSpec:
     """Paths whose errors keep a protocol's own plain shape (see :func:`install_error_handlers`)."""
     cancel_on_disconnect: bool = False
     """Stop a request's work when its client goes away."""
-    configure: Callable[[FastAPI], None] | None = field(default=None)
+    configure: Callable[[FastAPI], None] | None = None
     """Middleware, pages and mounts of its own, added before the HTTP hygiene."""
 
     def info(self, **extra: object) -> dict[str, object]:
