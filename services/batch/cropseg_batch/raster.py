@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -329,12 +328,8 @@ def _add_to_preview(
 
 def _to_cog(path: Path) -> None:
     """Rewrite the tiled GeoTIFF at ``path`` as a Cloud-Optimised GeoTIFF with overviews."""
-    cog = path.with_name(path.name + ".cog")
-    try:
+    with written_beside(path) as cog:
         rasterio.shutil.copy(
             path, cog, driver="COG", compress="DEFLATE", blocksize=BLOCK, overview_resampling="nearest",
             BIGTIFF="IF_SAFER",
         )  # fmt: skip
-        os.replace(cog, path)
-    finally:
-        cog.unlink(missing_ok=True)

@@ -60,11 +60,7 @@ def written_beside(path: Path) -> Iterator[Path]:
     try:
         temporary = folder / path.name
         yield temporary
-        fd = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(temporary)
         os.replace(temporary, path)
         fsync_dir(path.parent)
     finally:
@@ -106,10 +102,12 @@ def create_in_folder(folder: Path, create: Callable[[], T]) -> T:
 
 def fsync_dir(folder: Path) -> None:
     # The rename is only durable once the directory entry is on disk.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except FileNotFoundError:  # removed since, hence emptied: the entry was deleted, nothing to keep
-        return
+    with contextlib.suppress(FileNotFoundError):  # removed since, hence emptied: nothing to keep
+        _fsync(folder)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
