@@ -35,7 +35,12 @@ def read_georeference(image: Image.Image) -> Georeference | None:
     """The georeference of an opened TIFF, or None when it has none (or a rotated orientation,
     after which its pixels no longer match the tags)."""
     tags = getattr(image, "tag_v2", None)
-    if tags is None or tags.get(ORIENTATION, 1) != 1:
+    return None if tags is None else georeference_in(tags)
+
+
+def georeference_in(tags: TiffImagePlugin.ImageFileDirectory_v2) -> Georeference | None:
+    """The georeference in a TIFF's tags (an image file directory read without its pixels)."""
+    if tags.get(ORIENTATION, 1) != 1:
         return None
     found = tuple((tag, tags[tag], tags.tagtype[tag]) for tag in GEO_TAGS if tag in tags)
     present = {tag for tag, _, _ in found}

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, cast
 
-from PIL import Image, TiffImagePlugin
+from PIL import TiffImagePlugin
 
 from cropseg_core.bands import get_layout
 from cropseg_core.errors import ClientError, PayloadTooLargeError, UnsupportedMediaTypeError
-from cropseg_core.geotiff import GEO_KEY_DIRECTORY, MODEL_PIXEL_SCALE, MODEL_TIEPOINT, read_georeference
+from cropseg_core.geotiff import GEO_KEY_DIRECTORY, MODEL_PIXEL_SCALE, MODEL_TIEPOINT, georeference_in
 
 TIFF_MAGIC: Final = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 """Classic TIFF and BigTIFF, little- and big-endian."""
@@ -75,13 +75,6 @@ def check_magic(head: bytes) -> None:
         raise NotATiffError(
             "the file is not a TIFF (its first bytes say otherwise): export the orthomosaic as a GeoTIFF"
         )
-
-
-class _Tags:
-    """What :func:`~cropseg_core.geotiff.read_georeference` reads of an opened image: its tags."""
-
-    def __init__(self, tags: TiffImagePlugin.ImageFileDirectory_v2) -> None:
-        self.tag_v2 = tags
 
 
 def read_tags(path: Path) -> TiffImagePlugin.ImageFileDirectory_v2:
@@ -140,7 +133,7 @@ def inspect(path: Path, layout_name: str, *, max_pixels: int) -> Orthomosaic:
             f"layout {layout.name!r} ({layout.description}) needs {accepted} bands, but the raster has "
             f"{channels}{' besides alpha' if alpha else ''}: choose the layout the file was exported in"
         )
-    if read_georeference(cast(Image.Image, _Tags(tags))) is None:
+    if georeference_in(tags) is None:
         raise NotGeoreferencedError(
             "not a GeoTIFF: the TIFF has no georeference (or a rotated orientation); export it with "
             "its georeference (QGIS: Export > Save As GeoTIFF; OpenDroneMap and Pix4D write one)"
