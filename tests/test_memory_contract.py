@@ -21,7 +21,8 @@ import pytest
 pytestmark = pytest.mark.slow  # about 14 minutes
 
 REPO = Path(__file__).resolve().parents[1]
-ROUTES = 10  # inference: mask, overlay, OIP JSON, OIP binary; storage: upload, segment, overlay, 3 reads
+ROUTES = 11  # inference: mask, overlay, OIP JSON, OIP binary; storage: upload, segment, overlay, 3 reads,
+# a field upload's tus chunk
 AT_ONCE = 16
 
 
