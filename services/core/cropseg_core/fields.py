@@ -5,16 +5,28 @@ too large for the image routes, segmented in the background. Its folder in the s
 
     fields/<id>/source.tif     the GeoTIFF as uploaded (byte for byte)
     fields/<id>/field.json     its record (:class:`FieldRecord`), written last: the commit
+    fields/<id>/job.json       its segmentation (:class:`FieldJob`): asked for by storage,
+                               then progress and outcome written by the worker
+    fields/<id>/cancel         present while a cancel asked for is not yet carried out
+    fields/<id>/result/<file>  what the worker made (:data:`RESULTS`), each file whole
 
 A folder without ``field.json`` is an upload that failed half-way: it is not a field, and is
 neither listed nor served. The id is the id of the resumable upload that brought the file
 (32 hex digits), so a client that knows its upload knows its field.
+
+Storage and the worker meet only through these keys, so the worker may be a local process
+(``make up``) or a Kubernetes Job: storage writes ``job.json`` as ``queued`` (and in a cluster
+creates the Job), the worker claims it (``segmenting``), rewrites it after every window with
+its progress, and ends it ``done``, ``failed`` or ``cancelled``. A worker that dies mid-run
+stops updating it: after :data:`STALE_AFTER` the job reads as failed, and asking again resumes
+from the worker's last checkpoint.
 """
 
 from __future__ import annotations
 
+import builtins
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +39,22 @@ FIELD_ID = re.compile(r"[0-9a-f]{32}")
 FIELDS_PREFIX = "fields/"
 FieldStatus = Literal["uploaded"]
 """Where the field stands: ``uploaded`` (stored and checked, not yet segmented)."""
+JobStatus = Literal["queued", "segmenting", "done", "failed", "cancelled"]
+ACTIVE: tuple[JobStatus, ...] = ("queued", "segmenting")
+STALE_AFTER = timedelta(minutes=10)
+"""A segmenting job whose worker has not written for this long is taken as dead (a window takes
+seconds; a worker killed by the OOM killer or a node drain writes nothing more)."""
+RESULTS: dict[str, tuple[str, str]] = {
+    "mask.tif": ("image/tiff", "The mask as a Cloud-Optimised GeoTIFF: 0 soil, 1 vegetation, 255 no data"),
+    "preview.png": ("image/png", "The field with its vegetation tinted, at most 1024 px a side (source CRS)"),
+    "map.png": ("image/png", "The preview warped to Web Mercator (EPSG:3857), for web maps"),
+    "cover.csv": ("text/csv", "Cover per grid cell: row, col, vegetation_cover, data_area_m2, zone"),
+    "cover.geojson": ("application/geo+json", "The grid cells as polygons in WGS84, with cover and zone"),
+    "cover.gpkg": ("application/geopackage+sqlite3", "The grid cells in the source CRS, for QGIS and FMIS"),
+    "cell-counts.tif": ("image/tiff", "Vegetation and data pixels per 1 m cell: other grids are cut from it"),
+    "report.json": ("application/json", "The run's report: sizes, scale, cover summary and zones, timings"),
+}
+"""The files of a finished field under ``fields/<id>/result/``: media type and description."""
 
 
 class FieldNotFoundError(NotFoundError):
@@ -47,6 +75,73 @@ def source_key(field_id: str) -> str:
 
 def record_key(field_id: str) -> str:
     return f"{FIELDS_PREFIX}{check_field_id(field_id)}/field.json"
+
+
+def job_key(field_id: str) -> str:
+    return f"{FIELDS_PREFIX}{check_field_id(field_id)}/job.json"
+
+
+def cancel_key(field_id: str) -> str:
+    return f"{FIELDS_PREFIX}{check_field_id(field_id)}/cancel"
+
+
+def result_key(field_id: str, name: str) -> str:
+    if name not in RESULTS:
+        raise FieldNotFoundError(f"no result {name!r}: a field's results are {', '.join(RESULTS)}")
+    return f"{FIELDS_PREFIX}{check_field_id(field_id)}/result/{name}"
+
+
+class CoverRequest(BaseModel):
+    """How the cover grid of a segmentation is cut and classified (``cropseg segment-raster``'s
+    ``--cell-m``, ``--zones``, ``--zone-method``)."""
+
+    cell_m: float = Field(default=10.0, gt=0, le=10_000, description="Side of a grid cell in metres")
+    zones: int = Field(default=3, ge=2, le=9, description="Number of management zones")
+    zone_method: Literal["jenks", "quantile"] = Field(
+        default="jenks", description="Natural breaks (Jenks) or equal cell counts per zone (quantile)"
+    )
+
+
+class FieldJob(BaseModel):
+    """A field's segmentation: asked for, under way, or over (``fields/<id>/job.json``)."""
+
+    status: JobStatus
+    cover: CoverRequest = Field(default_factory=CoverRequest)
+    requested: datetime = Field(description="When the segmentation was last asked for")
+    backend: Literal["local", "kubernetes"] = Field(
+        description="Who runs it: the worker process (make up) or a Kubernetes Job"
+    )
+    job: str | None = Field(default=None, description="The Kubernetes Job's name (backend kubernetes)")
+    started: datetime | None = None
+    updated: datetime | None = Field(default=None, description="The worker's last write (its heartbeat)")
+    finished: datetime | None = None
+    windows_done: int = Field(default=0, ge=0, description="Windows of the raster segmented so far")
+    windows_total: int | None = Field(default=None, description="Windows in all (known once started)")
+    resumed_from: int = Field(default=0, ge=0, description="Windows a previous run had already done")
+    megapixels_per_s: float | None = Field(default=None, description="This run's throughput so far")
+    seconds_left: float | None = Field(default=None, description="Estimated, from this run's throughput")
+    error: str | None = Field(default=None, description="Why it failed, for a person to act on")
+
+    @property
+    def percent(self) -> float:
+        if self.status == "done":
+            return 100.0
+        return 100.0 * self.windows_done / self.windows_total if self.windows_total else 0.0
+
+    def as_seen(self, now: datetime | None = None) -> FieldJob:
+        """The job as a reader should take it: one whose worker stopped writing is failed."""
+        now = now or datetime.now(UTC)
+        last = self.updated or self.started
+        if self.status == "segmenting" and last is not None and now - last > STALE_AFTER:
+            minutes = int((now - last).total_seconds() // 60)
+            return self.model_copy(
+                update={
+                    "status": "failed",
+                    "error": f"the worker stopped reporting {minutes} min ago (killed or evicted?): "
+                    "segment again to resume from its last checkpoint",
+                }
+            )
+        return self
 
 
 class FieldRecord(BaseModel):
@@ -110,6 +205,38 @@ class FieldCatalogue:
                 except FieldNotFoundError:
                     continue
         return sorted(records, key=lambda record: (record.created, record.id), reverse=True)
+
+    def job(self, field_id: str) -> FieldJob | None:
+        """The field's segmentation, None if it was never asked for."""
+        try:
+            return FieldJob.model_validate(self.store.get_json(job_key(field_id)))
+        except BlobNotFoundError:
+            return None
+        except ValidationError as e:
+            raise StoreError(f"the job record of field {field_id} is damaged: {e}") from e
+
+    def put_job(self, field_id: str, job: FieldJob) -> None:
+        self.store.put_json(job_key(field_id), job.model_dump(mode="json"))
+
+    def ask_cancel(self, field_id: str) -> None:
+        self.store.put(cancel_key(field_id), b"")
+
+    def cancel_asked(self, field_id: str) -> bool:
+        return self.store.exists(cancel_key(field_id))
+
+    def clear_cancel(self, field_id: str) -> None:
+        self.store.delete(cancel_key(field_id))
+
+    def queued(self) -> builtins.list[str]:
+        """Ids of the fields whose segmentation waits for a worker, oldest request first."""
+        waiting = []
+        for key in self.store.list_keys(FIELDS_PREFIX):
+            if key.endswith("/job.json"):
+                field_id = key.split("/")[1]
+                job = self.job(field_id)
+                if job is not None and job.status == "queued":
+                    waiting.append((job.requested, field_id))
+        return [field_id for _, field_id in sorted(waiting)]
 
     def delete(self, field_id: str) -> FieldRecord:
         """Remove the field: its record first (it stops being a field), then its files."""

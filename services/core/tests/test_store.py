@@ -39,6 +39,22 @@ def test_put_get_overwrite_and_missing(store: BlobStore) -> None:
         store.get("images/ab/two.png")
 
 
+def test_large_values_are_read_in_chunks_and_a_missing_one_fails_before_any(store: BlobStore) -> None:
+    data = os.urandom(300_000)
+    store.put("fields/x/result/mask.tif", data)
+    size, chunks = store.read_chunks("fields/x/result/mask.tif", chunk_size=128 * 1024)
+    parts = list(chunks)
+    assert size == len(data)
+    assert b"".join(parts) == data
+    assert max(len(part) for part in parts) <= 128 * 1024
+    assert len(parts) >= 3
+    with pytest.raises(BlobNotFoundError, match="not found"):
+        store.read_chunks("fields/x/result/none.tif")
+    local = store.local_path("fields/x/result/mask.tif")
+    assert local is None or local.read_bytes() == data
+    assert store.local_path("fields/x/result/none.tif") is None
+
+
 def test_put_if_absent_creates_once(store: BlobStore) -> None:
     assert store.put_if_absent("meta/x.json", b"winner")
     assert not store.put_if_absent("meta/x.json", b"loser")

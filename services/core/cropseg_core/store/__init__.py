@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -143,6 +143,18 @@ class BlobStore(abc.ABC):
     def upload(self, key: str, path: Path) -> None:
         """Store the file ``path`` under ``key`` atomically (backends stream large files)."""
         self.put(key, path.read_bytes())
+
+    def read_chunks(self, key: str, chunk_size: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+        """The size of the value under ``key`` and its bytes in chunks of at most ``chunk_size``,
+        for answers too large to hold in memory. A missing key raises here, before any chunk;
+        the iterator closes what it opened when exhausted or closed."""
+        data = self.get(key)
+        return len(data), iter([data[i : i + chunk_size] for i in range(0, len(data), chunk_size)])
+
+    def local_path(self, key: str) -> Path | None:
+        """The file holding ``key``'s value where the backend keeps values as files (readers
+        that need a seekable file, such as GDAL, then need no copy); None elsewhere."""
+        return None
 
     def get_json(self, key: str) -> Any:
         return json.loads(self.get(key))

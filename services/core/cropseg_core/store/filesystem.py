@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,25 @@ class FilesystemStore(BlobStore):
             raise BlobNotFoundError(f"{key} not found") from e
         except OSError as e:
             raise StoreError(f"cannot read {key}: {e}") from e
+
+    def read_chunks(self, key: str, chunk_size: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+        try:
+            handle = self._path(key).open("rb")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise BlobNotFoundError(f"{key} not found") from e
+        except OSError as e:
+            raise StoreError(f"cannot read {key}: {e}") from e
+
+        def chunks() -> Iterator[bytes]:
+            with handle:
+                while chunk := handle.read(chunk_size):
+                    yield chunk
+
+        return os.fstat(handle.fileno()).st_size, chunks()
+
+    def local_path(self, key: str) -> Path | None:
+        path = self._path(key)
+        return path if path.is_file() else None
 
     def upload(self, key: str, path: Path) -> None:
         target = self._path(key)

@@ -106,6 +106,20 @@ class S3Store(BlobStore):
         with self._reading(key):
             self.client.download_file(self.bucket, self._object(key), str(path))
 
+    def read_chunks(self, key: str, chunk_size: int = 1 << 20) -> tuple[int, Iterator[bytes]]:
+        with self._reading(key):
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._object(key))
+        body = answer["Body"]
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                with self._reading(key):
+                    yield from body.iter_chunks(chunk_size)
+            finally:
+                body.close()
+
+        return int(answer["ContentLength"]), chunks()
+
     def upload(self, key: str, path: Path) -> None:
         # Large files go up in parts; the object appears only when the upload completes.
         try:
