@@ -219,6 +219,13 @@ def test_an_api_service_has_a_home_page_linking_its_docs_health_and_metrics() ->
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/readyz")
+    def readyz() -> dict[str, str]:
+        """Readiness: whether it serves. More words.
+
+        Details."""
+        return {"status": "ready"}
+
     @app.get("/items/{item}")
     def item(item: str) -> dict[str, str]:
         return {"item": item}
@@ -229,7 +236,9 @@ def test_an_api_service_has_a_home_page_linking_its_docs_health_and_metrics() ->
         assert home.headers["content-type"].startswith("text/html")
         assert all(text in home.text for text in ("probe service", "Probes things.", "API only."))
         links = re.findall(r"href='([^']+)'", home.text)
-        assert links == ["/docs", "/redoc", "/openapi.json", "/healthz"]  # no templated paths
+        assert links == ["/docs", "/redoc", "/openapi.json", "/healthz", "/readyz"]  # no templated paths
+        assert "— Liveness</li>" in home.text  # a summary given
+        assert "— Readiness: whether it serves</li>" in home.text  # else the docstring's first sentence
         assert all(client.get(link).status_code == 200 for link in links)
         assert "viewport" in home.text
         assert "/" not in client.get("/openapi.json").json()["paths"]

@@ -52,7 +52,7 @@ class _Home:
         app = self.app
         summary = escape((app.description or "").split("\n\n", 1)[0].strip())
         documented = [
-            (path, operations["get"].get("summary", ""))
+            (path, _label(operations["get"]))
             for path, operations in app.openapi()["paths"].items()
             if "get" in operations and "{" not in path
         ]
@@ -116,3 +116,10 @@ def _with_policy(
         return response
 
     return restricted
+
+
+def _label(operation: dict[str, str]) -> str:
+    """A route's line on the home page: its docstring's first sentence (FastAPI's automatic
+    summary is only the function's name, "Healthz"), else its summary."""
+    first = operation.get("description", "").split("\n\n", 1)[0].strip()
+    return first.split(". ", 1)[0].rstrip(".") if first else operation.get("summary", "")
