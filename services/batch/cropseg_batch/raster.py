@@ -23,9 +23,13 @@ Every output appears whole or not at all (written beside, then renamed).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import json
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,13 +39,21 @@ from typing import ParamSpec, TypeVar
 
 import numpy as np
 import rasterio
+import rasterio.io
 import rasterio.shutil
 from rasterio.enums import ColorInterp
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from cropseg_batch.cover import CoverOptions, CoverSummary, Georeference, counting_grid, write_cover
+from cropseg_batch.cover import (
+    CellCounts,
+    CoverOptions,
+    CoverSummary,
+    Georeference,
+    counting_grid,
+    write_cover,
+)
 from cropseg_core.bands import Layout, display_rgb, get_layout, to_model_bands
 from cropseg_core.files import write_atomic, written_beside
 from cropseg_core.masks import encode_png, overlay
@@ -63,10 +75,17 @@ GDAL_CACHE_MB = 16
 """GDAL's block cache: a window's blocks and the output's, not the raster's."""
 AUTO_SAMPLE = 2048
 """Side of the central window the automatic working scale is measured on."""
+CHECKPOINT_EVERY_S = 20.0
+"""How often a run with a checkpoint folder saves it: a flush of the mask and a few MB of state."""
 
 
 class RasterError(ValueError):
     """The raster cannot be segmented as given; the message names what was found."""
+
+
+class CancelledError(Exception):
+    """Raised by a run's ``on_window`` callback to stop it between windows (its checkpoint, if
+    any, is saved and kept)."""
 
 
 @dataclass
@@ -126,11 +145,20 @@ def segment_raster(
     cover: CoverOptions | None = None,
     window: int = WINDOW,
     progress: bool = False,
+    on_window: Callable[[int, int], None] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
 ) -> RasterReport:
     """Segment the raster at ``source`` into ``output`` (a .tif) and its cover and preview
     files beside it; see the module's description. RasterError: the raster cannot be read
     or its bands do not fit ``layout``; CoverError: the grid of ``cover`` (default: 10 m cells,
-    3 zones by natural breaks) does not fit it."""
+    3 zones by natural breaks) does not fit it.
+
+    ``on_window(done, total)`` is called once the windows are laid out (``done``: those a
+    checkpoint had done) and after each window; it may raise :class:`CancelledError` (or anything)
+    to stop between windows. With a ``checkpoint`` folder the run saves its partial mask and
+    state there every ``checkpoint_every_s`` seconds and when it stops, resumes from what a
+    run of the same input and settings left there, and removes it when done."""
     cover = cover or CoverOptions()
     started = time.perf_counter()
     sensor = get_layout(layout)
@@ -162,36 +190,67 @@ def segment_raster(
         grid = counting_grid(cover, geo) if geo else None
         stride = max(1, math.ceil(max(dataset.width, dataset.height) / PREVIEW_SIDE))
         preview = np.full((-(-dataset.height // stride), -(-dataset.width // stride), 3), 255, np.uint8)
-        vegetation = data = 0
         # The margin is read at full resolution: the smaller the working scale, the wider it is,
         # so the core shrinks to keep the read window (the memory) the same. A raster that fits
         # in one window is read whole (no margin needed).
         fits = max(dataset.width, dataset.height) <= window
         core_side = window if fits else max(BLOCK, (window - 2 * margin) // BLOCK * BLOCK)
         windows = list(_window_grid(dataset.width, dataset.height, core_side))
-        with written_beside(output) as mask_path:
-            profile = {
-                "driver": "GTiff", "width": dataset.width, "height": dataset.height, "count": 1,
-                "dtype": "uint8", "nodata": NODATA, "tiled": True, "blockxsize": BLOCK,
-                "blockysize": BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER",
-                **({"crs": dataset.crs, "transform": dataset.transform} if georeferenced else {}),
-            }  # fmt: skip
-            with rasterio.open(mask_path, "w", **profile) as out:
-                for core in tqdm(windows, desc=source.name, unit="window", disable=not progress):
+        state = _State(0, 0, 0, preview, grid)
+        profile = {
+            "driver": "GTiff", "width": dataset.width, "height": dataset.height, "count": 1,
+            "dtype": "uint8", "nodata": NODATA, "tiled": True, "blockxsize": BLOCK,
+            "blockysize": BLOCK, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+            **({"crs": dataset.crs, "transform": dataset.transform} if georeferenced else {}),
+        }  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            if checkpoint is None:
+                mask_path = stack.enter_context(written_beside(output))
+                saved: _Checkpoint | None = None
+                out = rasterio.open(mask_path, "w", **profile)
+            else:
+                fingerprint = {
+                    "source_bytes": source.stat().st_size, "source_mtime_ns": source.stat().st_mtime_ns,
+                    "width": dataset.width, "height": dataset.height, "layout": sensor.name,
+                    "bands": band_list, "scale": repr(factor), "window": window, "core_side": core_side,
+                    "cell_px": repr(grid.cell_px) if grid is not None else None,
+                }  # fmt: skip
+                saved = _Checkpoint(checkpoint, fingerprint, checkpoint_every_s)
+                mask_path = saved.mask
+                out = saved.open(state, profile)
+            stack.callback(lambda: out.close())
+            try:
+                if on_window is not None:
+                    on_window(state.done, len(windows))
+                for core in tqdm(windows[state.done :], desc=source.name, unit="window", initial=state.done,
+                                 total=len(windows), disable=not progress):  # fmt: skip
                     classes, channels = _segment_window(
                         dataset, core, margin, band_list, sensor, model, factor
                     )
                     out.write(classes, 1, window=core)
-                    in_field, green = classes != NODATA, classes == VEGETATION
-                    vegetation += int(np.count_nonzero(green))
-                    data += int(np.count_nonzero(in_field))
-                    if grid is not None:
-                        grid.add(int(core.row_off), int(core.col_off), in_field, green)
-                    _add_to_preview(preview, stride, core, channels, classes, sensor)
-                    del classes, channels, in_field, green
+                    state.add(core, classes, channels, stride, sensor)
+                    del classes, channels
                     trim_heap()  # what a window's smaller allocations left, ~20 MiB
+                    if saved is not None and saved.due():
+                        out = saved.save(out, state)
+                    if on_window is not None:
+                        on_window(state.done, len(windows))
+            except BaseException:
+                if saved is not None:
+                    try:
+                        out = saved.save(out, state, reopen=False)
+                    except Exception as e:  # the run's own error is the one to report
+                        log.warning("could not save the checkpoint in %s: %s", checkpoint, e)
+                raise
+            out.close()
             if georeferenced:
-                _to_cog(mask_path)
+                _copy_as_cog(mask_path, mask_path if saved is None else output)
+            elif saved is not None:
+                with written_beside(output) as plain:  # rewritten: updates left blocks unused
+                    rasterio.shutil.copy(
+                        mask_path, plain, driver="GTiff", tiled=True, blockxsize=BLOCK, blockysize=BLOCK,
+                        compress="deflate", BIGTIFF="IF_SAFER",
+                    )  # fmt: skip
         outputs = {"mask": str(output)}
         preview_path = output.with_name(output.stem + ".preview.png")
         write_atomic(preview_path, encode_png(preview))
@@ -202,6 +261,8 @@ def segment_raster(
             outputs.update(cover_files)
             if caution := summary.caution():
                 cautions.append(caution)
+        if saved is not None:
+            saved.remove()
         for caution in cautions:
             log.warning("%s", caution)
         return RasterReport(
@@ -213,13 +274,114 @@ def segment_raster(
             crs=dataset.crs.to_string() if georeferenced else None,
             pixel_size_m=pixel_m,
             working_scale=round(factor, 6),
-            vegetation_fraction=vegetation / data if data else 0.0,
-            data_fraction=data / (dataset.width * dataset.height),
+            vegetation_fraction=state.vegetation / state.data if state.data else 0.0,
+            data_fraction=state.data / (dataset.width * dataset.height),
             outputs=outputs,
             seconds=time.perf_counter() - started,
             warnings=cautions,
             cover=summary,
         )
+
+
+@dataclass
+class _State:
+    """What the windows segmented so far add up to, besides the mask: all a resumed run needs."""
+
+    done: int
+    vegetation: int
+    data: int
+    preview: np.ndarray
+    grid: CellCounts | None
+
+    def add(
+        self, core: Window, classes: np.ndarray, channels: np.ndarray, stride: int, layout: Layout
+    ) -> None:
+        in_field, green = classes != NODATA, classes == VEGETATION
+        self.vegetation += int(np.count_nonzero(green))
+        self.data += int(np.count_nonzero(in_field))
+        if self.grid is not None:
+            self.grid.add(int(core.row_off), int(core.col_off), in_field, green)
+        _add_to_preview(self.preview, stride, core, channels, classes, layout)
+        self.done += 1
+
+
+class _Checkpoint:
+    """A run's partial mask and :class:`_State` in a folder, with the fingerprint of the input and
+    settings they belong to. The mask is closed (its blocks and directory on disk) before the
+    state is written, and the state is written atomically: the state never counts a window the
+    mask lacks. Windows written after it are written again by the run that resumes."""
+
+    def __init__(self, folder: Path, fingerprint: dict[str, object], every_s: float) -> None:
+        self.folder = folder
+        self.mask = folder / "mask.tif"
+        self.state = folder / "state.npz"
+        self.fingerprint = json.dumps(fingerprint, sort_keys=True)
+        self.every_s = every_s
+        self.last = time.monotonic()
+
+    def open(self, state: _State, profile: dict[str, object]) -> rasterio.io.DatasetWriter:
+        """The mask to write: the checkpoint's, with ``state`` filled from it, when it is of the
+        same input and settings; else a new one (whatever was there is dropped)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            if self._load(state):
+                out = rasterio.open(self.mask, "r+")
+                if out.shape == (profile["height"], profile["width"]):
+                    log.info("resuming %s at window %d", self.folder, state.done + 1)
+                    return out
+                out.close()
+        except (OSError, RasterioError, ValueError, KeyError) as e:
+            log.warning("the checkpoint in %s cannot be read (%s): starting over", self.folder, e)
+        state.done = state.vegetation = state.data = 0
+        state.preview[:] = 255
+        if state.grid is not None:
+            state.grid.vegetation[:] = state.grid.data[:] = 0
+        self.state.unlink(missing_ok=True)
+        return rasterio.open(self.mask, "w", **profile)
+
+    def _load(self, state: _State) -> bool:
+        if not (self.state.is_file() and self.mask.is_file()):
+            return False
+        with np.load(self.state, allow_pickle=False) as saved:
+            if str(saved["fingerprint"]) != self.fingerprint:
+                log.info("the checkpoint in %s is of another input or settings: starting over", self.folder)
+                return False
+            done, vegetation, data = (int(value) for value in saved["counts"])
+            state.preview[:] = saved["preview"]
+            if state.grid is not None:
+                state.grid.vegetation[:] = saved["grid_vegetation"]
+                state.grid.data[:] = saved["grid_data"]
+        state.done, state.vegetation, state.data = done, vegetation, data
+        return True
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.every_s
+
+    def save(
+        self, out: rasterio.io.DatasetWriter, state: _State, *, reopen: bool = True
+    ) -> rasterio.io.DatasetWriter:
+        """Close the mask, write the state, and (``reopen``) open the mask again to go on."""
+        out.close()
+        buffer = io.BytesIO()
+        grid = state.grid
+        np.savez(
+            buffer, fingerprint=np.array(self.fingerprint),
+            counts=np.array([state.done, state.vegetation, state.data], np.int64), preview=state.preview,
+            grid_vegetation=grid.vegetation if grid is not None else np.zeros(0, np.int64),
+            grid_data=grid.data if grid is not None else np.zeros(0, np.int64),
+        )  # fmt: skip
+        descriptor = os.open(self.mask, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        write_atomic(self.state, buffer.getvalue())
+        self.last = time.monotonic()
+        return rasterio.open(self.mask, "r+") if reopen else out
+
+    def remove(self) -> None:
+        self.state.unlink(missing_ok=True)
+        self.mask.unlink(missing_ok=True)
 
 
 def _bands(dataset: rasterio.DatasetReader, layout: Layout, bands: list[int] | None) -> list[int]:
@@ -326,10 +488,11 @@ def _add_to_preview(
     preview[top : top + tinted.shape[0], left : left + tinted.shape[1]] = tinted
 
 
-def _to_cog(path: Path) -> None:
-    """Rewrite the tiled GeoTIFF at ``path`` as a Cloud-Optimised GeoTIFF with overviews."""
-    with written_beside(path) as cog:
+def _copy_as_cog(mask: Path, output: Path) -> None:
+    """Write the tiled GeoTIFF at ``mask`` to ``output`` (the same path or another) as a
+    Cloud-Optimised GeoTIFF with overviews."""
+    with written_beside(output) as cog:
         rasterio.shutil.copy(
-            path, cog, driver="COG", compress="DEFLATE", blocksize=BLOCK, overview_resampling="nearest",
+            mask, cog, driver="COG", compress="DEFLATE", blocksize=BLOCK, overview_resampling="nearest",
             BIGTIFF="IF_SAFER",
         )  # fmt: skip
