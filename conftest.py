@@ -9,15 +9,21 @@ when asked: ``make test CONTAINERS=no`` (``CROPSEG_CONTAINERS=no`` for pytest).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -25,6 +31,7 @@ from cropseg_core.processes import free_port, stop
 from cropseg_core.store import BlobStore, S3Settings, StoreError, StoreSettings, open_store
 
 if TYPE_CHECKING:
+    import trustme
     from playwright.sync_api import Browser
 
 REPO = Path(__file__).resolve().parent
@@ -175,3 +182,114 @@ def browser() -> Iterator[Browser]:
         launched = playwright.chromium.launch(executable_path=path, args=["--headless", "--no-sandbox"])
         yield launched
         launched.close()
+
+
+class KubernetesApi(ThreadingHTTPServer):
+    """A loopback HTTPS server answering the batch/v1 calls of ``cropseg_core.kube`` as an API
+    server does, in namespace ``fields``: it serves the CronJobs put in ``cronjobs`` (by name),
+    keeps the Jobs posted to it in ``jobs`` (a test sets their ``status``) and records each
+    request as (method, path, Authorization, body)."""
+
+    def __init__(self, certificate: trustme.LeafCert) -> None:
+        super().__init__(("127.0.0.1", 0), _KubernetesApiHandler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        certificate.configure_cert(context)
+        self.socket = context.wrap_socket(self.socket, server_side=True)
+        self.cronjobs: dict[str, dict[str, Any]] = {}
+        self.jobs: list[dict[str, Any]] = []
+        self.requests: list[tuple[str, str, str | None, dict[str, Any] | None]] = []
+
+
+class _KubernetesApiHandler(BaseHTTPRequestHandler):
+    server: KubernetesApi
+    NAMESPACE = "/apis/batch/v1/namespaces/fields/"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _not_found(self, what: str) -> None:
+        message = f"{what} not found"
+        self._answer(404, {"kind": "Status", "reason": "NotFound", "message": message, "code": 404})
+
+    def do_GET(self) -> None:
+        self.server.requests.append(("GET", self.path, self.headers.get("Authorization"), None))
+        url = urlsplit(self.path)
+        kind, _, name = url.path.removeprefix(self.NAMESPACE).partition("/")
+        if kind == "cronjobs" and name in self.server.cronjobs:
+            self._answer(200, self.server.cronjobs[name])
+        elif kind == "jobs" and not name:
+            selector = parse_qs(url.query).get("labelSelector", [""])[0]
+            wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
+            items = [j for j in self.server.jobs if wanted.items() <= j["metadata"]["labels"].items()]
+            self._answer(200, {"kind": "JobList", "apiVersion": "batch/v1", "metadata": {}, "items": items})
+        elif kind == "jobs" and (
+            job := next((j for j in self.server.jobs if j["metadata"]["name"] == name), None)
+        ):
+            self._answer(200, job)
+        else:
+            self._not_found(url.path)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(("POST", self.path, self.headers.get("Authorization"), body))
+        name = body["metadata"]["name"]
+        if name in {j["metadata"]["name"] for j in self.server.jobs}:
+            message = f'jobs.batch "{name}" already exists'
+            self._answer(409, {"kind": "Status", "reason": "AlreadyExists", "message": message, "code": 409})
+            return
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        job = {
+            **body,
+            "metadata": {**body["metadata"], "creationTimestamp": created},
+            "status": {"active": 1},
+        }
+        self.server.jobs.append(job)
+        self._answer(201, job)
+
+
+@pytest.fixture
+def kubernetes_authority() -> trustme.CA:
+    """The cluster's CA."""
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture
+def kubernetes_api(kubernetes_authority: trustme.CA) -> Iterator[KubernetesApi]:
+    server = KubernetesApi(kubernetes_authority.issue_cert("127.0.0.1"))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def service_account(
+    tmp_path: Path,
+    kubernetes_authority: trustme.CA,
+    kubernetes_api: KubernetesApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """A pod's view of :func:`kubernetes_api`: the API server in the environment, token, CA and
+    namespace in files (the folder, for ``cropseg_core.kube.in_cluster_configuration``)."""
+    from cropseg_core import kube
+
+    folder = tmp_path / "serviceaccount"
+    folder.mkdir()
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(kubernetes_api.server_port))
+    (folder / "token").write_text("token-1")  # projected tokens end without a newline
+    kubernetes_authority.cert_pem.write_to_path(str(folder / "ca.crt"))
+    (folder / "namespace").write_text("fields")
+    monkeypatch.setattr(kube, "NAMESPACE_FILE", folder / "namespace")
+    return folder

@@ -1,184 +1,39 @@
-"""On-demand runs inside a cluster: a Job created from the drift CronJob, as
-``kubectl create job --from=cronjob/<name>`` does.
-
-The object builder is a pure function (tested without a cluster). Reading the CronJob and
-creating and listing Jobs go through the official ``kubernetes`` client (``BatchV1Api``) with
-the pod's in-cluster configuration: the ServiceAccount token, which the client re-reads as the
-projected token rotates, and the cluster CA; the chart's Role allows exactly those calls.
-Version 35 is pinned: the newest without the generated asyncio copy (``kubernetes/aio``, 68 MB
-from 36 on) that the monitor never imports. Tested against a loopback HTTPS server answering as
-the API server does; not yet run against a live API server (none can be had here).
-"""
+"""On-demand drift runs inside a cluster: a Job created from the drift CronJob
+(:mod:`cropseg_core.kube`), labelled with the run id and told to write its report under it."""
 
 from __future__ import annotations
 
-import copy
-import os
 import re
-from pathlib import Path
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.config.incluster_config import InClusterConfigLoader
-from urllib3.exceptions import HTTPError
+from cropseg_core.kube import JobState, KubernetesJobs, job_from_cronjob
 
-from cropseg_core.errors import BadGatewayError
-
-SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-NAMESPACE_FILE = SERVICE_ACCOUNT / "namespace"
 RUN_ID_LABEL = "cropseg.io/drift-run"
-TRIGGER_LABEL = "cropseg.io/trigger"
 REPORT_ID_ENV = "DRIFT_REPORT_ID"
 
 
-def in_cluster() -> bool:
-    return "KUBERNETES_SERVICE_HOST" in os.environ
+def run_suffix(run_id: str) -> str:
+    """The Job name's suffix: the run id's last 14 digits."""
+    return re.sub(r"[^0-9]", "", run_id)[-14:]
 
 
-def current_namespace(configured: str | None) -> str:
-    if configured:
-        return configured
-    try:
-        return NAMESPACE_FILE.read_text().strip()
-    except OSError:
-        return "default"
+def run_job(cronjob: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The Job of run ``run_id`` from the drift CronJob (as the API returns it)."""
+    return job_from_cronjob(cronjob, run_suffix(run_id), {REPORT_ID_ENV: run_id}, {RUN_ID_LABEL: run_id})
 
 
-def job_name(cronjob_name: str, run_id: str) -> str:
-    """DNS-1123, at most 63 characters: <cronjob>-<run id digits>."""
-    suffix = re.sub(r"[^0-9]", "", run_id)[-14:]
-    return f"{cronjob_name[: 63 - len(suffix) - 1].rstrip('-')}-{suffix}"
+class RunJobs:
+    """Drift runs as Jobs: started, and read back by run id."""
 
-
-def job_from_cronjob(cronjob: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """A Job manifest from a CronJob (as the API returns it): same template, owned by the
-    CronJob so it is cleaned up with it, labelled with the run id, and told to write its
-    report under that id."""
-    metadata = cronjob["metadata"]
-    template = copy.deepcopy(cronjob["spec"]["jobTemplate"])
-    template_metadata = template.get("metadata") or {}
-    spec = template["spec"]
-    for container in spec["template"]["spec"]["containers"]:
-        env = [e for e in container.get("env") or [] if e.get("name") != REPORT_ID_ENV]
-        container["env"] = [*env, {"name": REPORT_ID_ENV, "value": run_id}]
-    pod_metadata = spec["template"].setdefault("metadata", {})
-    pod_metadata["labels"] = {**(pod_metadata.get("labels") or {}), RUN_ID_LABEL: run_id}
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": job_name(metadata["name"], run_id),
-            "namespace": metadata["namespace"],
-            "labels": {**(template_metadata.get("labels") or {}), RUN_ID_LABEL: run_id, TRIGGER_LABEL: "api"},
-            "annotations": {
-                **(template_metadata.get("annotations") or {}),
-                "cronjob.kubernetes.io/instantiate": "manual",
-            },
-            "ownerReferences": [
-                {
-                    "apiVersion": "batch/v1",
-                    "kind": "CronJob",
-                    "name": metadata["name"],
-                    "uid": metadata["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": spec,
-    }
-
-
-def job_state(status: client.V1JobStatus | None) -> str:
-    """running, succeeded or failed, from a Job's status."""
-    if status is None:
-        return "running"
-    if status.succeeded:
-        return "succeeded"
-    if status.failed and not status.active:
-        return "failed"
-    return "running"
-
-
-class KubernetesError(BadGatewayError):
-    """The API server refused or could not be reached (502: the monitor's upstream failed)."""
-
-    code = "kubernetes_api_error"
-
-
-def in_cluster_configuration(service_account: Path | None = None) -> client.Configuration:
-    """The pod's own credentials: API server from the environment, token and CA from the
-    ServiceAccount folder (the token re-read once a minute, as projected tokens rotate)."""
-    service_account = service_account or SERVICE_ACCOUNT
-    configuration = client.Configuration()
-    loader = InClusterConfigLoader(
-        token_filename=str(service_account / "token"), cert_filename=str(service_account / "ca.crt")
-    )
-    loader.load_and_set(configuration)
-    return configuration
-
-
-class KubernetesJobs:
-    """Create and read drift Jobs through the API server."""
-
-    def __init__(
-        self,
-        cronjob_name: str,
-        namespace: str | None,
-        configuration: client.Configuration | None = None,
-        timeout_s: float = 10.0,
-    ) -> None:
-        self.configuration = configuration
-        self._api: client.BatchV1Api | None = None
-        self.timeout_s = timeout_s
-        self.cronjob_name = cronjob_name
-        self.namespace = current_namespace(namespace)
-
-    @property
-    def api(self) -> client.BatchV1Api:
-        """The client, configured on first use: a pod without credentials still serves reports."""
-        if self._api is None:
-            try:
-                configuration = self.configuration or in_cluster_configuration()
-            except ConfigException as error:
-                raise KubernetesError(
-                    f"no in-cluster credentials ({error}): the drift monitor's pod needs its "
-                    "ServiceAccount token mounted to start Jobs"
-                ) from error
-            configuration.retries = 2  # a dropped connection is retried; an answer from the server is not
-            self._api = client.BatchV1Api(client.ApiClient(configuration))
-        return self._api
-
-    def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return call(*args, _request_timeout=self.timeout_s, **kwargs)
-        except ApiException as error:
-            detail = (error.body or error.reason or "")[:300]
-            raise KubernetesError(f"{what}: API server answered {error.status}: {detail}") from error
-        except HTTPError as error:
-            server = self.api.api_client.configuration.host
-            raise KubernetesError(f"{what}: API server unreachable at {server}: {error}") from error
-
-    def _jobs(self, selector: str) -> list[client.V1Job]:
-        jobs = self._call("list jobs", self.api.list_namespaced_job, self.namespace, label_selector=selector)
-        return list(jobs.items)
+    def __init__(self, jobs: KubernetesJobs) -> None:
+        self.jobs = jobs
 
     def create(self, run_id: str) -> str:
-        cronjob = self._call(
-            f"read cronjob {self.cronjob_name}",
-            self.api.read_namespaced_cron_job,
-            self.cronjob_name,
-            self.namespace,
-        )
-        job = job_from_cronjob(self.api.api_client.sanitize_for_serialization(cronjob), run_id)
-        self._call("create job", self.api.create_namespaced_job, self.namespace, job)
-        return str(job["metadata"]["name"])
+        return self.jobs.create(run_suffix(run_id), {REPORT_ID_ENV: run_id}, {RUN_ID_LABEL: run_id})
 
     def active(self) -> bool:
-        return any(job_state(job.status) == "running" for job in self._jobs(f"{TRIGGER_LABEL}=api"))
+        """Whether a run started through the API is still running (scheduled runs take the lock)."""
+        return self.jobs.active({})
 
-    def state(self, run_id: str) -> str | None:
-        jobs = self._jobs(f"{RUN_ID_LABEL}={run_id}")
-        return job_state(jobs[0].status) if jobs else None
+    def state(self, run_id: str) -> JobState | None:
+        return self.jobs.state({RUN_ID_LABEL: run_id})

@@ -9,8 +9,9 @@ from typing import Literal
 from pydantic import BaseModel
 
 from cropseg_core.errors import ConflictError, NotFoundError
+from cropseg_core.kube import KubernetesJobs, in_cluster
 from cropseg_core.store import BlobStore
-from cropseg_drift.kube import KubernetesJobs, in_cluster
+from cropseg_drift.kube import RunJobs
 from cropseg_drift.lock import is_locked
 from cropseg_drift.report import REPORT_ID, new_report_id, report_prefix
 from cropseg_drift.runner import RunResult, run
@@ -42,7 +43,11 @@ class RunLauncher:
     def __init__(self, settings: DriftSettings, store: BlobStore) -> None:
         self.settings = settings
         self.store = store
-        self.jobs = KubernetesJobs(settings.cronjob_name, settings.namespace) if in_cluster() else None
+        self.jobs = (
+            RunJobs(KubernetesJobs(settings.cronjob_name, settings.namespace, service="the drift monitor"))
+            if in_cluster()
+            else None
+        )
         self.runs: dict[str, RunState] = {}
         self.guard = threading.Lock()
         self.worker: threading.Thread | None = None
@@ -85,7 +90,7 @@ class RunLauncher:
             raise NotFoundError(f"no drift run {run_id!r}: run ids look like 20261127T144100123456Z")
         state = self.runs.get(run_id)
         if state is not None and self.jobs is not None and state.status == "running":
-            state.status = self.jobs.state(run_id) or "running"  # type: ignore[assignment]
+            state.status = self.jobs.state(run_id) or "running"
         has_report = self.store.exists(report_prefix(run_id) + "report.json")
         if state is None:
             if not has_report:
