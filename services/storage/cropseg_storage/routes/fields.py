@@ -1,4 +1,5 @@
-"""Fields: whole orthomosaics uploaded from the browser with tus (resumable), listed, read, deleted.
+"""Fields: whole orthomosaics uploaded from the browser with tus (resumable), listed, read,
+segmented in the background (:mod:`cropseg_storage.field_jobs`), their results downloaded, deleted.
 
 The upload endpoints speak tus 1.0.0 (:mod:`cropseg_storage.tus`) over the staging folder
 (:mod:`cropseg_storage.staging`); the last chunk's PATCH checks the file's header
@@ -13,21 +14,40 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Request, Response
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Body, Depends, Header, Request, Response
+from fastapi import Path as PathParameter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field, computed_field
 from starlette.concurrency import run_in_threadpool
 
 from cropseg_core.bands import LayoutError, get_layout
 from cropseg_core.errors import ClientError, PayloadTooLargeError, ServiceError
-from cropseg_core.fields import FieldCatalogue, FieldRecord
-from cropseg_core.store import StoreError
+from cropseg_core.fields import (
+    ACTIVE,
+    RESULTS,
+    CoverRequest,
+    FieldCatalogue,
+    FieldJob,
+    FieldNotFoundError,
+    FieldRecord,
+    check_field_id,
+    result_key,
+)
+from cropseg_core.store import BlobNotFoundError, StoreError
 from cropseg_core.web.auth import WRITE
 from cropseg_core.web.bodies import paced_parts
 from cropseg_core.web.errors import error_responses
-from cropseg_storage import tus
-from cropseg_storage.deps import Fields, Metrics, Settings, Staging
+from cropseg_storage import field_jobs, tus
+from cropseg_storage.deps import Fields, Launcher, Metrics, Settings, Staging
+from cropseg_storage.field_jobs import (
+    cancel_segmentation,
+    field_folders,
+    request_segmentation,
+    result_missing,
+)
 from cropseg_storage.metrics import StorageMetrics
 from cropseg_storage.orthomosaic import TIFF_MAGIC, check_filename, check_magic, inspect
 from cropseg_storage.settings import StorageSettings
@@ -65,16 +85,57 @@ class UploadStatus(BaseModel):
     field: str | None = Field(description="The field's URL once the upload completed")
 
 
+class JobOut(FieldJob):
+    """The field's segmentation as a reader should take it (a worker silent for 10 minutes: failed)."""
+
+    cancelling: bool = Field(description="A cancel was asked for: the worker stops at its next window")
+
+    @computed_field(description="Share of the windows segmented, 0 to 100")  # type: ignore[prop-decorator]
+    @property
+    def percent(self) -> float:
+        return round(super().percent, 1)
+
+
+class FieldLinks(BaseModel):
+    self: str = Field(description="This field")
+    segment: str = Field(description="POST a CoverRequest here to segment the field")
+    cancel: str = Field(description="POST here to cancel its segmentation")
+    results: dict[str, str] = Field(
+        description="The results the store holds, by name (mask.tif, map.png, cover.geojson...)"
+    )
+
+
 class FieldOut(FieldRecord):
-    links: dict[str, str] = Field(description="Where to fetch what belongs to this field")
+    job: JobOut | None = Field(description="Its last segmentation; null if it was never asked for")
+    links: FieldLinks
 
 
 class FieldList(BaseModel):
     items: list[FieldOut] = Field(description="Newest first")
 
 
-def describe(record: FieldRecord) -> FieldOut:
-    return FieldOut(**record.model_dump(), links={"self": f"{PREFIX}/{record.id}"})
+RESULT_PREFIX = "result/"
+
+
+def job_out(job: FieldJob, *, cancelling: bool) -> JobOut:
+    return JobOut(**job.model_dump(), cancelling=cancelling)
+
+
+def describe(record: FieldRecord, job: FieldJob | None, names: set[str]) -> FieldOut:
+    """``record`` with its job and links; ``names``: what its folder holds (one listing)."""
+    url = f"{PREFIX}/{record.id}"
+    results = {name: f"{url}/results/{name}" for name in RESULTS if f"{RESULT_PREFIX}{name}" in names}
+    seen = job.as_seen() if job is not None else None
+    links = FieldLinks(self=url, segment=f"{url}/segment", cancel=f"{url}/cancel", results=results)
+    return FieldOut(
+        **record.model_dump(),
+        job=None if seen is None else job_out(seen, cancelling=seen.status in ACTIVE and "cancel" in names),
+        links=links,
+    )
+
+
+def _described(fields: FieldCatalogue, field_id: str, names: set[str]) -> FieldOut:
+    return describe(fields.get(field_id), fields.job(field_id) if "job.json" in names else None, names)
 
 
 def _header_int(value: str | None, name: str) -> int:
@@ -327,20 +388,126 @@ def terminate_upload(upload_id: str, staging: Staging, metrics: Metrics) -> Resp
     return Response(status_code=204)
 
 
-@router.get("", response_model=FieldList)
+@router.get("", response_model=FieldList, summary="List the fields")
 def list_fields(fields: Fields) -> FieldList:
-    """Every field, newest first."""
-    return FieldList(items=[describe(record) for record in fields.list()])
+    """Every field, newest first, each with its segmentation and the results it has (one listing
+    of the store for all of them)."""
+    described = []
+    for field_id, names in field_folders(fields).items():
+        if "field.json" in names:
+            try:
+                described.append(_described(fields, field_id, names))
+            except FieldNotFoundError:  # deleted meanwhile
+                continue
+    return FieldList(items=sorted(described, key=lambda field: (field.created, field.id), reverse=True))
 
 
-@router.get("/{field_id}", response_model=FieldOut, responses=error_responses(404))
+@router.get("/{field_id}", response_model=FieldOut, summary="Read a field", responses=error_responses(404))
 def get_field(field_id: str, fields: Fields) -> FieldOut:
-    """What is known about the field: size, bands, layout, CRS, pixel size, bounds, status."""
-    return describe(fields.get(field_id))
+    """What is known about the field (size, bands, layout, CRS, pixel size, bounds), its
+    segmentation (status, percent, windows, time left, throughput, why it failed) and links to
+    the results the store holds."""
+    check_field_id(field_id)
+    return _described(fields, field_id, field_folders(fields, field_id).get(field_id, set()))
 
 
-@router.delete("/{field_id}", status_code=204, dependencies=WRITE, responses=error_responses(401, 403, 404))
+@router.post(
+    "/{field_id}/segment",
+    status_code=202,
+    response_model=JobOut,
+    summary="Segment a field",
+    dependencies=WRITE,
+    responses={202: {"description": "Queued: follow it with GET /api/v1/fields/{field_id}"},
+               **error_responses(401, 403, 404, 409, 422, 503)},
+)  # fmt: skip
+def segment_field(
+    field_id: str,
+    fields: Fields,
+    launcher: Launcher,
+    metrics: Metrics,
+    cover: Annotated[
+        CoverRequest | None, Body(description="The cover grid: cell size and zones (all optional)")
+    ] = None,
+) -> JobOut:
+    """Queue the field's segmentation in the background, by the code of `cropseg segment-raster`.
+    409 `job_active` while one is queued or under way (a second ask of the same moment included);
+    a failed or cancelled one resumes from its last checkpoint; a done one with only another
+    cover (cell size, zones) recomputes the grid without segmenting again. 503 `launch_failed`
+    when no worker could be started (the job reads failed, saying why)."""
+    job = request_segmentation(fields, launcher, field_id, cover or CoverRequest())
+    metrics.field_segmentations.inc()
+    return job_out(job, cancelling=False)
+
+
+@router.post(
+    "/{field_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    summary="Cancel a field's segmentation",
+    dependencies=WRITE,
+    responses={202: {"description": "Cancelled (queued), or asked to stop (segmenting)"},
+               **error_responses(401, 403, 404, 409)},
+)  # fmt: skip
+def cancel_field(field_id: str, fields: Fields) -> JobOut:
+    """Cancel the field's segmentation: a queued one is cancelled at once; a running one is asked
+    to stop (`cancelling`: the worker stops at its next window, then reads `cancelled`). 409
+    `no_active_job` when nothing is queued or running."""
+    job = cancel_segmentation(fields, field_id)
+    return job_out(job, cancelling=job.status == "segmenting")
+
+
+RESULT_MEDIA_TYPES = sorted({media_type for media_type, _ in RESULTS.values()})
+INLINE = {"preview.png", "map.png"}
+DOWNLOAD_CHUNK_BYTES = 1024 * 1024
+
+
+def content_disposition(kind: str, filename: str) -> str:
+    """RFC 6266: a plain-ASCII ``filename`` for old clients, the exact name in ``filename*``."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename)
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+RESULT_HELP = "".join(f"\n* `{name}`: {description}" for name, (_, description) in RESULTS.items())
+
+
+@router.get(
+    "/{field_id}/results/{name}",
+    summary="Download a result of a field",
+    description="A file the field's segmentation made, streamed from the store with Content-Length and "
+    "Content-Disposition (attachment; the previews inline). 404 `result_not_found` for a name not "
+    "listed here, or while the field has no such result (not segmented yet, under way, failed: the "
+    "message says what to do)." + RESULT_HELP,
+    response_class=StreamingResponse,
+    responses={200: {"description": "The file, streamed, with Content-Length and Content-Disposition",
+                     "content": {media_type: {"schema": BINARY} for media_type in RESULT_MEDIA_TYPES}},
+               **error_responses(404)},
+)  # fmt: skip
+def get_result(
+    field_id: str,
+    name: Annotated[str, PathParameter(description=f"One of {', '.join(RESULTS)}")],
+    fields: Fields,
+) -> StreamingResponse:
+    record = fields.get(field_id)
+    if name not in RESULTS:
+        raise result_missing(field_id, name, None)
+    try:
+        size, chunks = fields.store.read_chunks(result_key(field_id, name), DOWNLOAD_CHUNK_BYTES)
+    except BlobNotFoundError:
+        raise result_missing(field_id, name, fields.job(field_id)) from None
+    media_type = RESULTS[name][0]
+    disposition = content_disposition("inline" if name in INLINE else "attachment", f"{record.name}.{name}")
+    headers = {"Content-Length": str(size), "Content-Disposition": disposition, "Cache-Control": "no-cache"}
+    return StreamingResponse(chunks, media_type=media_type, headers=headers)
+
+
+@router.delete(
+    "/{field_id}",
+    status_code=204,
+    summary="Delete a field",
+    dependencies=WRITE,
+    responses=error_responses(401, 403, 404),
+)
 def delete_field(field_id: str, fields: Fields) -> Response:
-    """Delete the field with its GeoTIFF."""
-    fields.delete(field_id)
+    """Delete the field with its GeoTIFF and results; a segmentation under way is asked to stop."""
+    field_jobs.delete_field(fields, field_id)
     return Response(status_code=204)
