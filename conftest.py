@@ -281,7 +281,7 @@ def service_account(
     monkeypatch: pytest.MonkeyPatch,
 ) -> Path:
     """A pod's view of :func:`kubernetes_api`: the API server in the environment, token, CA and
-    namespace in files (the folder, for ``cropseg_core.kube.in_cluster_configuration``)."""
+    namespace in files, where ``cropseg_core.kube`` reads them (the folder)."""
     from cropseg_core import kube
 
     folder = tmp_path / "serviceaccount"
@@ -291,5 +291,6 @@ def service_account(
     (folder / "token").write_text("token-1")  # projected tokens end without a newline
     kubernetes_authority.cert_pem.write_to_path(str(folder / "ca.crt"))
     (folder / "namespace").write_text("fields")
+    monkeypatch.setattr(kube, "SERVICE_ACCOUNT", folder)
     monkeypatch.setattr(kube, "NAMESPACE_FILE", folder / "namespace")
     return folder

@@ -6,9 +6,10 @@ creating and listing Jobs go through the official ``kubernetes`` client (``Batch
 the pod's in-cluster configuration: the ServiceAccount token, which the client re-reads as the
 projected token rotates, and the cluster CA; the chart's Roles allow exactly those calls.
 Version 35 is pinned (the ``kube`` extra): the newest without the generated asyncio copy
-(``kubernetes/aio``, 68 MB from 36 on) that no service imports. Tested against a loopback HTTPS
-server answering as the API server does; not yet run against a live API server (none can be
-had here).
+(``kubernetes/aio``, 68 MB from 36 on) that no service imports. It is imported on the first
+call to the API server, so a service outside a cluster never loads it (0.3 s). Tested against a
+loopback HTTPS server answering as the API server does; not yet run against a live API server
+(none can be had here).
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
-
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.config.incluster_config import InClusterConfigLoader
-from urllib3.exceptions import HTTPError
+from typing import TYPE_CHECKING, Any, Literal
 
 from cropseg_core.errors import BadGatewayError
+
+if TYPE_CHECKING:
+    from kubernetes import client
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 NAMESPACE_FILE = SERVICE_ACCOUNT / "namespace"
@@ -115,6 +113,9 @@ class KubernetesError(BadGatewayError):
 def in_cluster_configuration(service_account: Path | None = None) -> client.Configuration:
     """The pod's own credentials: API server from the environment, token and CA from the
     ServiceAccount folder (the token re-read once a minute, as projected tokens rotate)."""
+    from kubernetes import client
+    from kubernetes.config.incluster_config import InClusterConfigLoader
+
     service_account = service_account or SERVICE_ACCOUNT
     configuration = client.Configuration()
     loader = InClusterConfigLoader(
@@ -148,6 +149,9 @@ class KubernetesJobs:
     def api(self) -> client.BatchV1Api:
         """The client, configured on first use: a pod without credentials still serves the rest."""
         if self._api is None:
+            from kubernetes import client
+            from kubernetes.config.config_exception import ConfigException
+
             try:
                 configuration = self.configuration or in_cluster_configuration()
             except ConfigException as error:
@@ -160,6 +164,9 @@ class KubernetesJobs:
         return self._api
 
     def _call(self, what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
         try:
             return call(*args, _request_timeout=self.timeout_s, **kwargs)
         except ApiException as error:

@@ -27,8 +27,8 @@ from cropseg_core.web.bodies import upload_body_limit
 from cropseg_core.web.hygiene import UI_POLICY
 from cropseg_core.web.service import ServiceSpec, build_service
 from cropseg_storage import SERVICE_NAME, tus
-from cropseg_storage.field_jobs import LocalLauncher
 from cropseg_storage.inference_client import InferenceClient
+from cropseg_storage.kube_jobs import field_launcher
 from cropseg_storage.metrics import StorageMetrics
 from cropseg_storage.routes import drift, fields, images, meta, segmentation
 from cropseg_storage.seeding import seed_samples
@@ -129,7 +129,7 @@ def create_app(
         app.state.repository = repository
         app.state.field_staging = staging
         app.state.fields = FieldCatalogue(store)
-        app.state.field_launcher = LocalLauncher()
+        app.state.field_launcher = field_launcher(settings)  # a Job per segmentation in a cluster
         metrics.field_jobs.watch(app.state.fields)
         app.state.inference = inference
         app.state.check_store = check_store

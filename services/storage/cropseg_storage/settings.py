@@ -36,6 +36,9 @@ class FieldUploadSettings(BaseModel):
     """Chunks received at once by one process; more get 503 + Retry-After (clients retry)."""
     expire_after_h: float = Field(default=24.0, gt=0)
     """An upload not completed this many hours after it was created is deleted."""
+    worker_cronjob: str = "cropseg-field-worker"
+    """In a cluster, each segmentation is a Job created from this suspended CronJob of the chart
+    (in the pod's namespace); elsewhere a local worker process polls the store for queued jobs."""
 
 
 class StorageSettings(ServiceSettings, TokenSettings):
