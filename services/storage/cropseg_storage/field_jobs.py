@@ -164,16 +164,14 @@ def cancel_segmentation(fields: FieldCatalogue, field_id: str) -> FieldJob:
 
 
 def delete_field(fields: FieldCatalogue, field_id: str) -> None:
-    """Delete the field; a segmentation under way is asked to stop first. The cancel marker is
-    written again after the folder went, so a worker still running finds it at its next window."""
+    """Delete the field; a segmentation under way is asked to stop first. Nothing of the field
+    stays: a worker still running finds the field gone at its next window (the record goes first)
+    and stops without writing again."""
     fields.get(field_id)
     job = fields.job(field_id)
-    seen = job.as_seen() if job is not None else None
-    if seen is not None and seen.status in ACTIVE:
+    if job is not None and job.as_seen().status in ACTIVE:
         fields.ask_cancel(field_id)
     fields.delete(field_id)
-    if seen is not None and seen.status == "segmenting":
-        fields.ask_cancel(field_id)
 
 
 def result_missing(field_id: str, name: str, job: FieldJob | None) -> ResultNotFoundError:

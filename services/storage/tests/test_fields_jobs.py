@@ -25,7 +25,6 @@ from cropseg_core.fields import (
     FieldCatalogue,
     FieldJob,
     FieldRecord,
-    cancel_key,
     job_key,
     result_key,
 )
@@ -374,15 +373,14 @@ def test_an_unknown_result_is_404_naming_the_results(client: TestClient, tmp_pat
     assert all(name in answer.json()["error"]["message"] for name in RESULTS)
 
 
-def test_delete_asks_a_running_job_to_stop(client: TestClient, data: Path, tmp_path: Path) -> None:
+def test_delete_of_a_segmenting_field_leaves_nothing(client: TestClient, data: Path, tmp_path: Path) -> None:
     field_id = add_field(client, tmp_path)
     now = datetime.now(UTC)
     put_job(client, field_id, "segmenting", started=now, updated=now)
     store_results(client, field_id, ["preview.png"])
     assert client.delete(f"{FIELDS}/{field_id}").status_code == 204
     assert client.get(f"{FIELDS}/{field_id}").status_code == 404
-    store = catalogue(client).store
-    assert store.list_keys(f"fields/{field_id}/") == [cancel_key(field_id)]  # for the worker's next window
+    assert catalogue(client).store.list_keys(f"fields/{field_id}/") == []  # the worker stops: field gone
     assert client.get(FIELDS).json()["items"] == []
 
 
