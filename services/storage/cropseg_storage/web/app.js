@@ -306,7 +306,7 @@ async function loadLayouts() {
     showAlert(`Cannot list the sensor layouts: ${e.message}`);
     return;
   }
-  for (const id of ["layout-input", "layout-select"]) {
+  for (const id of ["layout-input", "layout-select", "field-layout"]) {
     const select = $(id);
     select.replaceChildren(...state.layouts.map((layout) =>
       element("option", { value: layout.name, text: `${layout.name} — ${layout.description.split(":")[0]}`, title: layout.description })));
@@ -550,15 +550,15 @@ async function loadStatus() {
 
 // ---------- routing, token ----------
 
-const loaders = { segment: () => {}, drift: loadDrift, status: loadStatus };
+const loaders = { segment: () => {}, fields: showFieldsPage, drift: loadDrift, status: loadStatus };
 
 function route() {
   hideAlert();  // a message belongs to the page it was shown on
-  const page = (location.hash.replace(/^#\//, "") || "segment").split("/")[0];
+  const [page, ...rest] = (location.hash.replace(/^#\//, "") || "segment").split("/");
   const known = page in loaders ? page : "segment";
   for (const name of Object.keys(loaders)) $(`page-${name}`).hidden = name !== known;
   document.querySelectorAll("nav a").forEach((link) => link.classList.toggle("active", link.dataset.page === known));
-  loaders[known]();
+  loaders[known](rest.join("/"));  // #/fields/<id>: the field on view
 }
 
 function setUpToken() {
@@ -577,6 +577,7 @@ function setUpToken() {
 async function start() {
   setUpDropzone();
   setUpToken();
+  setUpFields();
   $("shuffle").addEventListener("click", loadGallery);
   $("segment-button").addEventListener("click", segmentSelected);
   $("layout-select").addEventListener("change", changeLayout);
