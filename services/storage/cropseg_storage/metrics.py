@@ -102,7 +102,7 @@ class FieldJobsCollector(Collector):
             "cropseg_storage_fields",
             "Fields by their segmentation's state: none (never asked), queued, segmenting, done, failed "
             "(a worker silent for 10 min included), cancelled. Read from the store, at most every 15 s.",
-            labels=["job"],
+            labels=["segmentation"],  # not "job": Prometheus's target label
         )
         for state in FIELD_JOB_STATES:
             by_state.add_metric([state], counts.by_state[state])

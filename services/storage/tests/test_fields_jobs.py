@@ -428,7 +428,7 @@ def test_a_launch_that_fails_is_503_and_the_job_reads_failed(client: TestClient,
 
 def gauges(client: TestClient) -> dict[str, float]:
     states = ("none", "queued", "segmenting", "done", "failed", "cancelled")
-    values = {state: metric(client, f'cropseg_storage_fields{{job="{state}"}}') for state in states}
+    values = {state: metric(client, f'cropseg_storage_fields{{segmentation="{state}"}}') for state in states}
     values["megapixels"] = metric(client, "cropseg_storage_field_segmented_megapixels")
     values["seconds"] = metric(client, "cropseg_storage_field_segmentation_seconds")
     return values
