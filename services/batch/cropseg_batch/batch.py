@@ -42,7 +42,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cropseg_batch.cover import CoverOptions
-from cropseg_batch.raster import PREVIEW_SIDE, RasterError, segment_raster
+from cropseg_batch.raster import OUTPUT_FILES, PREVIEW_SIDE, RasterError, segment_raster
 from cropseg_core.bands import LayoutError, get_layout, picture
 from cropseg_core.imaging import ImageDecodeError, decode_channels
 from cropseg_core.masks import encode_png, overlay
@@ -242,10 +242,7 @@ def _segment(
             path, folder / "mask.tif", model, layout=options.layout, gsd_mm=options.gsd_mm,
             scale=options.scale, cover=options.cover,
         )  # fmt: skip
-        names = {"mask": "mask.tif", "preview": "preview.png", "cover_csv": "cover.csv",
-                 "cover_geojson": "cover.geojson", "cover_gpkg": "cover.gpkg",
-                 "cell_counts": "cell-counts.tif"}  # fmt: skip
-        files = {names[kind]: Path(local) for kind, local in report.outputs.items()}
+        files = {OUTPUT_FILES[kind]: Path(local) for kind, local in report.outputs.items()}
         run_dependent = ("source", "outputs", "seconds", "megapixels_per_s")
         result = {"kind": "raster", **{k: v for k, v in report.to_json().items() if k not in run_dependent}}
         return result, files

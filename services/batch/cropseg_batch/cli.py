@@ -4,9 +4,13 @@
     cropseg cover field.mask.tif --cell-m 20 --zones 5       # its cover grid again, another way
     cropseg batch s3://bucket/season --output s3://bucket/season-masks --workers 4
     cropseg batch s3://bucket/season --output ... --shard 3/8  # one worker (an Indexed Job pod)
+    cropseg field-worker --store var/storage                  # segment the fields storage queues
+    cropseg field-worker --store s3://bucket/cropseg --field ID  # one field (a Kubernetes Job's pod)
 
 Errors a user can fix end with ``cropseg: error: ...`` and exit code 2; a batch that stopped
-on a storage error exits 1 and resumes when run again.
+on a storage error exits 1 and resumes when run again. ``field-worker --field`` exits 0 when the
+field's job is done or cancelled (or there was nothing to do), 1 when it failed, 143 when SIGTERM
+stopped it (the job is queued again, to resume).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,15 +28,21 @@ from tqdm import tqdm
 
 from cropseg_batch.batch import BatchError, Options, open_location, run_local, run_shard
 from cropseg_batch.cover import MAX_ZONES, MIN_ZONES, CoverError, CoverOptions, CoverSummary, recompute
-from cropseg_batch.raster import WINDOW, RasterError, segment_raster
+from cropseg_batch.field_worker import FieldWorker
+from cropseg_batch.raster import CHECKPOINT_EVERY_S, WINDOW, RasterError, segment_raster
 from cropseg_batch.zones import METHODS
 from cropseg_core.bands import LAYOUTS, LayoutError
+from cropseg_core.fields import FieldNotFoundError, check_field_id
 from cropseg_core.log import configure_logging
 from cropseg_core.memory import release_large_allocations
 from cropseg_core.model import LoadedModel
 from cropseg_core.pipeline import ScaleError
 
 DEFAULT_MODEL = Path(os.environ.get("CROPSEG_MODEL", "model/artifacts/cropseg-unet.onnx"))
+DEFAULT_FIELD_WORK = Path(
+    os.environ.get("CROPSEG_FIELD_WORK", Path(tempfile.gettempdir()) / "cropseg-fields")
+)
+STOPPED = 128 + signal.SIGTERM
 
 
 def _bands(text: str) -> list[int]:
@@ -75,6 +87,18 @@ def _grid(parser: argparse.ArgumentParser) -> None:
                         help="natural breaks (jenks, the default) or equal area (quantile)")  # fmt: skip
 
 
+def _endpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
+        help="S3 endpoint (SeaweedFS, MinIO...); default AWS_ENDPOINT_URL or AWS",
+    )  # fmt: skip
+
+
+def _window(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--window", type=int, default=WINDOW,
+                        help="largest window read, margins included, in px (a multiple of 512)")  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cropseg", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -90,8 +114,7 @@ def parser() -> argparse.ArgumentParser:
     raster.add_argument("--bands", type=_bands, help="raster bands (from 1) holding the layout's "
                         "channels, e.g. 3,2,1,5 for rgbn from a B,G,R,RedEdge,NIR camera; default: all "
                         "but alpha")  # fmt: skip
-    raster.add_argument("--window", type=int, default=WINDOW,
-                        help="largest window read, margins included, in px (a multiple of 512)")  # fmt: skip
+    _window(raster)
     raster.add_argument("--report", type=Path, help="also write what was done as JSON")
 
     cover = commands.add_parser(
@@ -107,8 +130,7 @@ def parser() -> argparse.ArgumentParser:
     batch = commands.add_parser("batch", help="segment every image and raster under an S3 prefix or folder")
     batch.add_argument("source", help="s3://bucket/prefix or a folder")
     batch.add_argument("--output", required=True, help="s3://bucket/prefix or a folder for the results")
-    batch.add_argument("--endpoint-url", default=os.environ.get("AWS_ENDPOINT_URL"),
-                       help="S3 endpoint (SeaweedFS, MinIO...); default AWS_ENDPOINT_URL or AWS")  # fmt: skip
+    _endpoint(batch)
     where = batch.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
     where.add_argument("--shard", type=_shard, help="run only worker INDEX of COUNT (an Indexed Job's pod)")
@@ -116,20 +138,50 @@ def parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=0, help="ONNX Runtime threads per worker (0: one per core)"
     )
     _segmenting(batch)
+
+    worker = commands.add_parser(
+        "field-worker", help="segment the fields storage queues (the web UI's Fields page)",
+        description="Claims the fields whose job.json is queued in the store, segments them as "
+        "segment-raster does, with progress in job.json, checkpoints under --work (a rerun resumes) and "
+        "the results under fields/<id>/result/. SIGTERM stops at the next window and queues the job again.",
+    )  # fmt: skip
+    store = os.environ.get("CROPSEG_FIELD_STORE")
+    worker.add_argument(
+        "--store", default=store, required=store is None,
+        help="storage's store: a folder or s3://bucket/prefix (CROPSEG_FIELD_STORE)",
+    )  # fmt: skip
+    _endpoint(worker)
+    worker.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model (CROPSEG_MODEL)")
+    worker.add_argument("--work", type=Path, default=DEFAULT_FIELD_WORK,
+                        help="checkpoints and downloaded GeoTIFFs (CROPSEG_FIELD_WORK; default under the "
+                        "system's temp folder)")  # fmt: skip
+    worker.add_argument("--field", default=os.environ.get("FIELD_ID") or None,
+                        help="run this field's job and exit (FIELD_ID; a Kubernetes Job's pod); default: "
+                        "poll for queued fields until stopped")  # fmt: skip
+    worker.add_argument("--poll-s", type=float, default=2.0, help="seconds between looks for queued fields")
+    worker.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: one per core)")
+    _window(worker)
+    worker.add_argument("--checkpoint-s", type=float, default=CHECKPOINT_EVERY_S,
+                        help="seconds between checkpoints of a field's run")  # fmt: skip
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     release_large_allocations()
-    configure_logging(os.environ.get("CROPSEG_LOG_LEVEL", "WARNING"), "text")
+    quiet = "INFO" if args.command == "field-worker" else "WARNING"  # a worker logs each field
+    configure_logging(os.environ.get("CROPSEG_LOG_LEVEL", quiet), "text")
     try:
         if args.command == "segment-raster":
             return _segment_raster(args)
         if args.command == "cover":
             return _cover(args)
+        if args.command == "field-worker":
+            return _field_worker(args)
         return _batch(args)
-    except (RasterError, CoverError, LayoutError, ScaleError, BatchError, FileNotFoundError) as e:
+    except (
+        RasterError, CoverError, LayoutError, ScaleError, BatchError, FileNotFoundError, FieldNotFoundError
+    ) as e:  # fmt: skip
         print(f"cropseg: error: {e}", file=sys.stderr)
         return 1 if isinstance(e, BatchError) else 2
 
@@ -221,6 +273,22 @@ def _batch(args: argparse.Namespace) -> int:
         if row["status"] == "failed":
             print(f"  failed: {row['key']}: {row['error']}")
     return 0
+
+
+def _field_worker(args: argparse.Namespace) -> int:
+    store = open_location(args.store, args.endpoint_url)
+    if args.field is not None:
+        check_field_id(args.field)
+    worker = FieldWorker(
+        store, _load(args, args.threads), args.work, window=args.window, checkpoint_every_s=args.checkpoint_s
+    )
+    for stop in (signal.SIGTERM, signal.SIGINT):  # finish the window, keep the checkpoint, requeue
+        signal.signal(stop, lambda number, frame: worker.stopping.set())
+    if args.field is None:
+        worker.poll(args.poll_s)
+        return 0
+    outcome = worker.run(args.field, take_segmenting=True)
+    return {"failed": 1, "queued": STOPPED}.get(outcome or "", 0)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,12 @@ GDAL_CACHE_MB = 16
 """GDAL's block cache: a window's blocks and the output's, not the raster's."""
 AUTO_SAMPLE = 2048
 """Side of the central window the automatic working scale is measured on."""
+OUTPUT_FILES = {
+    "mask": "mask.tif", "preview": "preview.png", "cover_csv": "cover.csv", "cover_geojson": "cover.geojson",
+    "cover_gpkg": "cover.gpkg", "cell_counts": "cell-counts.tif",
+}  # fmt: skip
+"""Short file names of a run's outputs (:attr:`RasterReport.outputs`), by kind: what a batch and a
+field keep them as."""
 CHECKPOINT_EVERY_S = 20.0
 """How often a run with a checkpoint folder saves it: a flush of the mask and a few MB of state."""
 
