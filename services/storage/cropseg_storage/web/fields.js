@@ -148,6 +148,7 @@ async function uploadField(file) {
         ? responseMessage(response)
         : `the connection to the server failed after ${RETRY_DELAYS.length} tries. Choose the same file again to resume` +
           (accepted ? ` from ${bytes(accepted)}` : "");
+      if (response) $("field-upload-bar").value = 0;  // refused: the server deleted what arrived
       endUpload(`Not uploaded: ${why}`);
       showAlert(`${file.name} was not uploaded: ${why}`);
     },
