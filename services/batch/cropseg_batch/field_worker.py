@@ -57,6 +57,7 @@ from cropseg_core.fields import (
     FieldJob,
     FieldRecord,
     JobStatus,
+    job_key,
     result_key,
     source_key,
 )
@@ -304,6 +305,9 @@ class _Run:
             raise _FieldGoneError
         self.job = self.job.model_copy(update={**changes, "updated": datetime.now(UTC)})
         self.catalogue.put_job(self.field_id, self.job)
+        if not self.catalogue.exists(self.field_id):  # deleted as it was written: leave nothing
+            self.store.delete(job_key(self.field_id))
+            raise _FieldGoneError
 
     def end(self, status: JobStatus, *, error: str | None = None, finished: bool = True) -> JobStatus | None:
         """Write the job's outcome; None when the field is gone meanwhile."""

@@ -205,6 +205,20 @@ def test_a_cancel_stops_between_windows_and_asking_again_resumes(
     assert not (tmp_path / "work" / field_id).exists()
 
 
+def test_a_field_deleted_while_it_is_segmented_is_dropped(
+    model: LoadedModel, field: Path, store: FilesystemStore, tmp_path: Path
+) -> None:
+    field_id = add_field(store, field)
+    worker = FieldWorker(store, model, tmp_path / "work", window=512, report_every_s=0)
+    thread, outcome = run_in_thread(worker, field_id)
+    wait_for(lambda: job_of(store, field_id).windows_done >= 2)
+    FieldCatalogue(store).delete(field_id)
+    thread.join(60)
+    assert outcome == [None]
+    assert store.list_keys(f"fields/{field_id}/") == []
+    assert not (tmp_path / "work" / field_id).exists()
+
+
 def five_bands(path: Path) -> Path:
     profile = {"driver": "GTiff", "width": 300, "height": 300, "count": 5, "dtype": "uint8",
                "crs": "EPSG:32632", "transform": from_origin(500_000, 5_300_000, 0.02, 0.02)}  # fmt: skip
