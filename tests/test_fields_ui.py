@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -181,3 +182,27 @@ def test_wrong_files_are_refused_saying_why(browser: Browser, field_service: str
     page.close()
     # the browser logs the refused request itself; nothing else may go wrong
     assert [error for error in errors if "status of 415" not in error] == []
+
+
+def test_segmenting_shows_progress_and_cancels(browser: Browser, field_service: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    large = write_field(tmp_path / "large.tif", 6000, gsd_m=0.05)  # 36 MP: 16 windows, tens of seconds
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors = watch_errors(page)
+    page.goto(f"{field_service}/#/fields")
+    page.set_input_files("#field-file", str(large))
+    expect(page.locator("#job-status")).to_have_text("segmenting", timeout=60_000)
+    progress = page.locator("#job-text")
+    under_way = re.compile(r"^\d+\.\d % · [1-9]\d* of 16 windows · .+ left · [\d.]+ MP/s")
+    expect(progress).to_contain_text(under_way)
+    assert 0 < page.locator("#job-bar").evaluate("bar => bar.value") < 100
+    expect(page.locator("#field-segment")).to_be_disabled()
+    page.click("#job-cancel")
+    expect(page.locator("#job-status")).to_have_text("cancelled", timeout=60_000)
+    expect(progress).to_contain_text(re.compile(r"stopped after \d+ of 16 windows"))
+    expect(page.locator("#job-cancel")).to_be_hidden()
+    expect(page.locator("#field-segment")).to_be_enabled()
+    expect(page.locator("#field-results")).to_be_hidden()
+    page.close()
+    assert errors == []

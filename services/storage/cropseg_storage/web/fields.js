@@ -330,6 +330,10 @@ function showJob(job) {
     if (job.megapixels_per_s) parts.push(`${job.megapixels_per_s.toFixed(1)} MP/s`);
     if (job.resumed_from) parts.push(`resumed after ${job.resumed_from} windows`);
   }
+  if (job.status === "cancelled") {
+    parts.push(job.windows_done ? `stopped after ${job.windows_done} of ${job.windows_total} windows: Segment again goes on from there`
+      : "stopped before it began");
+  }
   if (job.status === "done" && job.started && job.finished) {
     parts.push(`in ${duration((new Date(job.finished) - new Date(job.started)) / 1000)}`);
     if (job.megapixels_per_s) parts.push(`${job.megapixels_per_s.toFixed(1)} MP/s`);
