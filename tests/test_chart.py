@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cropseg_drift.main import create_app as drift_app
 from cropseg_drift.settings import DriftSettings
 from cropseg_inference.main import create_app as inference_app
 from cropseg_inference.settings import InferenceSettings
+from cropseg_storage.kube_jobs import field_job
 from cropseg_storage.main import create_app as storage_app
 from cropseg_storage.settings import StorageSettings
 from pydantic_settings import BaseSettings
@@ -52,6 +54,9 @@ STANDARD_LABELS = (
 )
 MODULES = {"inference": "cropseg_inference", "storage": "cropseg_storage", "drift-monitor": "cropseg_drift"}
 WORKLOADS = {**MODULES, "batch": "cropseg_batch"}  # the services and the batch Job's worker
+CRONJOBS = {"drift-job": ("cropseg_drift", "run"), "field-worker": ("cropseg_batch", "field-worker")}
+"""Each CronJob's module and subcommand (the drift job runs on its schedule; storage starts the
+field worker's Jobs from its suspended CronJob)."""
 SUBCOMMANDS = {"cropseg_drift", "cropseg_batch"}  # command lines whose first argument is a subcommand
 # Each image and its folder under services/: services/Dockerfile builds it with SERVICE=<folder>
 IMAGE_FOLDERS = {name: name.replace("-", "_") for name in WORKLOADS}
@@ -300,19 +305,72 @@ def test_commands_are_the_real_entry_points(rendered: tuple[Path, list[dict[str,
             continue
         workload = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
         container = workload["template"]["spec"]["containers"][0]
-        module = WORKLOADS["drift-monitor" if obj["kind"] == "CronJob" else component(obj)]
+        module = CRONJOBS[component(obj)][0] if obj["kind"] == "CronJob" else WORKLOADS[component(obj)]
         help_text = command_help(module, container["args"])
         for flag in (a for a in container["args"] if a.startswith("--")):
             assert flag in help_text, f"{obj['metadata']['name']}: {flag} is not an option of {module}"
         if obj["kind"] == "CronJob":
-            assert container["args"][0] == "run"  # the drift job itself
+            assert container["args"][0] == CRONJOBS[component(obj)][1]  # the drift run, the field worker
         if obj["kind"] == "Job":  # the batch: one shard of the manifest per completion index
             assert workload["completionMode"] == "Indexed"
             shard = container["args"][container["args"].index("--shard") + 1]
             assert shard == f"$(JOB_COMPLETION_INDEX)/{workload['completions']}"
+        mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
         if "--data" in container["args"]:  # the data path is where the shared volume is mounted
             data = container["args"][container["args"].index("--data") + 1]
-            assert data in {m["mountPath"] for m in container["volumeMounts"]}
+            assert data in mounts
+        if "--store" in container["args"]:  # the field worker: storage's store, and its work on a volume
+            store = container["args"][container["args"].index("--store") + 1]
+            assert store.startswith("s3://") or store in mounts
+            work = Path(container["args"][container["args"].index("--work") + 1])
+            assert {str(work), *map(str, work.parents)} & (mounts - {"/tmp"}), work
+
+
+@pytest.mark.slow
+def test_the_job_storage_creates_for_a_field_is_valid_and_allowed(
+    rendered: tuple[Path, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    _, objects = rendered
+    cronjob = next(o for o in objects if o["kind"] == "CronJob" and component(o) == "field-worker")
+    assert cronjob["spec"]["suspend"] is True  # a template: only storage starts its Jobs
+    storage = next(o for o in objects if o["kind"] == "Deployment" and component(o) == "storage")
+    pod = storage["spec"]["template"]["spec"]
+    env = {v["name"]: v.get("value") for v in pod["containers"][0]["env"]}
+    assert env["STORAGE_FIELDS__WORKER_CRONJOB"] == cronjob["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    (binding,) = [
+        o
+        for o in objects
+        if o["kind"] == "RoleBinding" and o["subjects"][0]["name"] == pod["serviceAccountName"]
+    ]
+    (role,) = [
+        o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == binding["roleRef"]["name"]
+    ]
+    assert role["rules"] == [  # what cropseg_core.kube calls, nothing more
+        {"apiGroups": ["batch"], "resources": ["cronjobs"], "resourceNames": [cronjob["metadata"]["name"]],
+         "verbs": ["get"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "list"]},
+    ]  # fmt: skip
+    # The Job as storage posts it, from the CronJob as the API server answers it.
+    field_id = "0123456789abcdef0123456789abcdef"
+    served = {**cronjob, "metadata": {**cronjob["metadata"], "namespace": "fields", "uid": "9a1e-uid"}}
+    job = field_job(served, field_id, datetime.now(UTC))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert [e for e in container["env"] if e["name"] == "FIELD_ID"] == [
+        {"name": "FIELD_ID", "value": field_id}
+    ]
+    assert container["args"][container["args"].index("--field") + 1] == "$(FIELD_ID)"
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {rule["onExitCodes"]["containerName"] for rule in rules if "onExitCodes" in rule} == {
+        container["name"]
+    }
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+    validate = Path(sys.executable).parent / "kubernetes-validate"
+    for version in KUBERNETES_VERSIONS:
+        command = [str(validate), "--strict", "-k", version, "--quiet", "--no-warn", str(manifest)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def dockerfile_stages() -> dict[str, str]:
@@ -439,6 +497,7 @@ def test_compose_limits_are_the_charts() -> None:
         "storage": values["storage"],
         "drift-monitor": values["driftMonitor"],
         "drift-job": values["driftMonitor"]["cronJob"],  # the compose loop runs what the CronJob runs
+        "field-worker": values["fields"]["worker"],  # compose's polling worker, the chart's Jobs
     }
     services = compose_services()
     for name, workload in chart.items():
@@ -479,6 +538,16 @@ def test_compose_file_validates_and_matches_the_services() -> None:
     assert storage["STORAGE_INFERENCE_URL"] == "http://inference:8001"
     assert storage["STORAGE_DRIFT_URL"] == "http://drift-monitor:8003"
     assert "cropseg-drift run --data /data" in " ".join(services["drift-job"]["command"])
+    worker = services["field-worker"]  # the batch image's worker, on storage's data
+    help_text = command_help("cropseg_batch", worker["command"])
+    assert worker["command"][0] == "field-worker"
+    for flag in (word for word in worker["command"] if word.startswith("--")):
+        assert flag in help_text, f"compose field-worker: {flag} is not an option of cropseg field-worker"
+    assert worker["build"]["args"] == {"SERVICE": "batch"}
+    store = worker["command"][worker["command"].index("--store") + 1]
+    storage_data = {(v["source"], v["target"]) for v in services["storage"]["volumes"]}
+    assert {(v["source"], v["target"]) for v in worker["volumes"]} == storage_data
+    assert ("data", store) in storage_data
     local = (REPO / "monitoring" / "prometheus.yml").read_text()
     composed = (REPO / "monitoring" / "prometheus.compose.yml").read_text()
     strip = lambda text: yaml.safe_load(re.sub(r'"[\w.-]+:800\d"', '"TARGET"', text))  # noqa: E731

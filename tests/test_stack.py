@@ -1,6 +1,7 @@
 """The launcher behind ``make up``: taken ports (Prometheus' only skips it), a second start on the
-same data (after the first: its data; while the first runs: refused), dead services restarted with
-backoff (a crash loop too), Ctrl-C while starting, a graceful and a forced stop."""
+same data (after the first: its data; while the first runs: refused), the field worker segmenting
+what storage queues, dead services restarted with backoff (a crash loop too), Ctrl-C while
+starting, a graceful and a forced stop."""
 
 from __future__ import annotations
 
@@ -12,14 +13,20 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+import rasterio
+from cropseg_batch.fields import write_field
 from cropseg_stack.launcher import Stack, StackConfig, StackError
 
+from cropseg_core.fields import FieldCatalogue, FieldRecord
 from cropseg_core.processes import free_port
+from cropseg_core.store.filesystem import FilesystemStore
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +41,22 @@ def config(data: Path, tmp_path: Path) -> StackConfig:
         drift_every_s=None,
         prometheus_dir=tmp_path / "prometheus",
         environment={"INFERENCE_WARMUP_RUNS": "1"},
+        field_poll_s=0.5,
     )
+
+
+def add_field(data: Path, tmp_path: Path) -> str:
+    """A small georeferenced field in the stack's store, as storage's upload leaves it."""
+    source = write_field(tmp_path / "north.tif", 512)
+    field_id = uuid.uuid4().hex
+    with rasterio.open(source) as dataset:
+        record = FieldRecord(
+            id=field_id, name="north", filename=source.name, size=source.stat().st_size, width=dataset.width,
+            height=dataset.height, bands=dataset.count, alpha=True, layout="rgb", crs="EPSG:32632",
+            pixel_size=(0.02, 0.02), bounds=tuple(dataset.bounds), created=datetime.now(UTC),
+        )  # fmt: skip
+    FieldCatalogue(FilesystemStore(data)).add(record, source)
+    return field_id
 
 
 def test_a_taken_port_is_refused_with_what_to_do(tmp_path: Path) -> None:
@@ -162,7 +184,23 @@ def test_second_start_on_the_same_data_and_a_dead_service_is_restarted(tmp_path:
     storage = first.urls()["storage"]
     uploaded = httpx.get(f"{storage}/api/v1/images", params={"limit": 100}).json()["items"]
     assert len(uploaded) >= 12  # seeded on the first start (generated tiles and real photos)
+    # The field worker segments what storage queues, on the same data folder.
+    worker = first.processes["field-worker"]
+    arguments = Path(f"/proc/{worker.pid}/cmdline").read_bytes().decode().split("\0")
+    assert arguments[arguments.index("--store") + 1] == str(data)
+    field_id = add_field(data, tmp_path)
+    assert httpx.post(f"{storage}/api/v1/fields/{field_id}/segment", json={"cell_m": 2}).status_code == 202
+    deadline = time.monotonic() + 120
+    while (job := httpx.get(f"{storage}/api/v1/fields/{field_id}").json()["job"])["status"] != "done":
+        assert job["status"] in ("queued", "segmenting"), job
+        assert time.monotonic() < deadline, f"the field worker did not segment the field: {job}"
+        time.sleep(0.2)
+    assert (job["backend"], job["cover"]["cell_m"]) == ("local", 2)
+    assert (data / "fields" / field_id / "result" / "mask.tif").is_file()
+    assert (data / ".field-work").is_dir()  # its checkpoints, beside the data and hidden from the store
     first.stop()
+    assert worker.returncode == 0, "the field worker was killed, not stopped: it must end on SIGTERM"
+    assert any("stack|field-worker started: polling" in line for line in lines)
 
     second = Stack(config(data, tmp_path), output=lambda name, line: lines.append(f"{name}|{line}"))
     second.start()
@@ -277,14 +315,16 @@ def test_the_launcher_restarts_every_service_that_dies_and_says_so(tmp_path: Pat
     launcher = Launcher(tmp_path)
     launcher.wait_for("Ctrl-C stops everything")
     services = launcher.children()
-    assert len(services) == 3
+    assert len(services) == 4
     for pid in services:
         os.kill(pid, signal.SIGKILL)
-    names = ("inference", "drift-monitor", "storage")
+    names = ("inference", "drift-monitor", "storage", "field-worker")
     launcher.wait_for(*(f"{name} exited with code -9" for name in names), timeout_s=30)
-    launcher.wait_for(*(f"{name} ready again at" for name in names), timeout_s=180)
+    launcher.wait_for(
+        *(f"{name} ready again at" for name in names[:3]), "field-worker running again", timeout_s=180
+    )
     restarted = launcher.children()
-    assert len(restarted) == 3
+    assert len(restarted) == 4
     assert not set(restarted) & set(services)
     launcher.process.send_signal(signal.SIGTERM)
     code, _ = launcher.finish(timeout_s=60)
@@ -304,7 +344,7 @@ def test_ctrl_c_while_services_start_stops_them_all(tmp_path: Path) -> None:
 
 def test_sigterm_stops_gracefully_and_a_second_ctrl_c_kills_at_once(tmp_path: Path) -> None:
     launcher = Launcher(tmp_path)
-    launcher.wait_for("Ctrl-C stops everything")
+    launcher.wait_for("Ctrl-C stops everything", "field worker    segments the fields queued")
     services = launcher.children()
     storage = f"http://127.0.0.1:{launcher.ports['storage']}"
     for probe in ("/healthz", "/readyz", "/metrics"):

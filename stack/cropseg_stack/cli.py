@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             else ""
         ),
     ]
+    if config.field_worker:
+        lines.append(
+            f"field worker    segments the fields queued in the web UI (checkpoints: {stack.field_work})"
+        )
     if "prometheus" in urls:
         lines.append(f"prometheus      {urls['prometheus']}")
     elif stack.prometheus_skipped:

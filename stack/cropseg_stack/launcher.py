@@ -1,4 +1,5 @@
 """Start, watch and stop the local stack: inference, storage (web UI), drift-monitor API, the
+field worker (segments the fields queued through the web UI: the chart's field-worker Jobs), the
 periodic drift run (the CronJob's role) and Prometheus when it is installed.
 
 Each process's output is streamed line by line with its name in front. While
@@ -31,7 +32,9 @@ from cropseg_core.processes import is_ready, stop
 
 REPO = Path(__file__).resolve().parents[2]
 MONITORING = REPO / "monitoring"
-ORDER = ("inference", "drift-monitor", "storage", "prometheus")
+ORDER = ("inference", "drift-monitor", "storage", "field-worker", "prometheus")
+WORKER = "field-worker"
+"""The one process without a port: started is ready."""
 LOCK_FILE = ".cropseg-stack.lock"
 """In the data folder, held by the stack that uses it."""
 
@@ -58,6 +61,10 @@ class StackConfig:
     """None: run Prometheus when it is installed."""
     drift_every_s: float | None = 300.0
     """Run the drift check this often (None: never)."""
+    field_worker: bool = True
+    """Run the field worker, which polls the data folder for queued field segmentations."""
+    field_poll_s: float = 2.0
+    """How often the field worker looks for queued fields."""
     first_drift_after_s: float = 30.0
     """The first drift run this long after start (then every ``drift_every_s``), so a new
     user sees a report within a minute."""
@@ -142,10 +149,26 @@ class Stack:
     def urls(self) -> dict[str, str]:
         return {name: f"http://127.0.0.1:{port}" for name, port in self.ports().items()}
 
-    def command(self, name: str) -> tuple[list[str], str]:
-        """The command line of a service and its readiness URL."""
-        url, data = self.urls()[name], str(self.config.data)
+    def services(self) -> list[str]:
+        """What runs, in start order."""
+        running = {*self.ports(), *([WORKER] if self.config.field_worker else [])}
+        return [name for name in ORDER if name in running]
+
+    @property
+    def field_work(self) -> Path:
+        """The field worker's checkpoints: beside the data, hidden from the store (as the chart's
+        /data/.field-work), so a worker restarted with the stack resumes a field where it was."""
+        return self.config.data / ".field-work"
+
+    def command(self, name: str) -> tuple[list[str], str | None]:
+        """The command line of a service and its readiness URL (None: the field worker, which has no port)."""
+        data = str(self.config.data)
         python = [sys.executable, "-m"]
+        if name == WORKER:
+            argv = [*python, "cropseg_batch", "field-worker", "--store", data, "--work", str(self.field_work),
+                    "--poll-s", f"{self.config.field_poll_s:g}"]  # fmt: skip
+            return argv, None
+        url = self.urls()[name]
         if name == "inference":
             return [*python, "cropseg_inference", "--port", str(self.config.inference_port)], f"{url}/readyz"
         if name == "drift-monitor":
@@ -230,10 +253,10 @@ class Stack:
             self.release_data()
             raise
         try:
-            for name in ORDER:
-                if name == "prometheus" and self.use_prometheus:
+            for name in self.services():
+                if name == "prometheus":
                     self._start_optional(name)
-                elif name in self.ports():
+                else:
                     self.start_service(name)
         except BaseException:
             self.stop()
@@ -258,6 +281,9 @@ class Stack:
         """Start ``name`` and wait until it is ready."""
         process = self._spawn(name)
         ready_url = self.command(name)[1]
+        if ready_url is None:
+            self.output("stack", f"{name} started: polling {self.config.data} for queued fields")
+            return process
         deadline = time.monotonic() + self.config.ready_timeout_s
         while not is_ready(ready_url):
             if self.stopping.is_set():
@@ -346,8 +372,13 @@ class Stack:
             self.restarted.add(name)
             self.output("stack", f"{name} restarted")
         for name in sorted(self.restarted):
-            running = self.processes.get(name)
-            if running is not None and running.poll() is None and is_ready(self.command(name)[1], 1.0):
+            running, ready_url = self.processes.get(name), self.command(name)[1]
+            if running is None or running.poll() is not None:
+                continue
+            if ready_url is None:
+                self.restarted.discard(name)
+                self.output("stack", f"{name} running again")
+            elif is_ready(ready_url, 1.0):
                 self.restarted.discard(name)
                 self.output("stack", f"{name} ready again at {self.urls()[name]}")
 
@@ -407,6 +438,7 @@ _COLOURS = {
     "storage": 32,
     "drift-monitor": 35,
     "drift-run": 35,
+    "field-worker": 36,
     "prometheus": 33,
     "stack": 1,
 }
