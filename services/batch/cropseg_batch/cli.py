@@ -116,6 +116,8 @@ def parser() -> argparse.ArgumentParser:
                         "but alpha")  # fmt: skip
     _window(raster)
     raster.add_argument("--report", type=Path, help="also write what was done as JSON")
+    raster.add_argument("--resume-dir", type=Path, help="keep a checkpoint here (every 20 s and on Ctrl-C): "
+                        "the same command run again resumes where it stopped")  # fmt: skip
 
     cover = commands.add_parser(
         "cover", help="the cover grid of a segmented raster again, at another cell size or zoning",
@@ -202,7 +204,7 @@ def _segment_raster(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no raster at {args.source}")
     report = segment_raster(
         args.source, args.output, _load(args), layout=args.layout, bands=args.bands, gsd_mm=args.gsd_mm,
-        scale=args.scale, cover=cover, window=args.window, progress=True,
+        scale=args.scale, cover=cover, window=args.window, progress=True, checkpoint=args.resume_dir,
     )  # fmt: skip
     print(f"{report.width} x {report.height} px, working scale {report.working_scale:g}: vegetation "
           f"{report.vegetation_fraction:.1%} of the field ({report.data_fraction:.0%} of the raster has "

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from cropseg_batch.cli import main
 from cropseg_batch.cover import CoverOptions
 from cropseg_batch.field_worker import FieldWorker
 from cropseg_batch.fields import write_field
@@ -163,6 +164,23 @@ def test_a_checkpoint_of_another_raster_or_settings_is_ignored(model: LoadedMode
         on_window=lambda done, total: seen.append(done),
     )  # fmt: skip
     assert seen[0] == 0  # counted in cells of 1.5 m, not 1 m: the checkpoint's counts do not fit
+
+
+def test_segment_raster_resumes_from_its_resume_dir(
+    model: LoadedModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = write_field(tmp_path / "small.tif", 1024)
+    with pytest.raises(CancelledError):
+        segment_raster(small, tmp_path / "a.tif", model, window=512, checkpoint=tmp_path / "resume",
+                       on_window=stop_after(2, []))  # fmt: skip
+    resume = ["--window", "512", "--resume-dir", str(tmp_path / "resume")]
+    assert (
+        main(["segment-raster", str(small), str(tmp_path / "mask.tif"), "--model", str(MODEL), *resume]) == 0
+    )
+    assert " 2/4 " in capsys.readouterr().err  # the progress bar starts at the checkpoint
+    assert not any((tmp_path / "resume").iterdir())
+    segment_raster(small, tmp_path / "whole.tif", model, window=512)
+    assert np.array_equal(pixels(tmp_path / "whole.tif"), pixels(tmp_path / "mask.tif"))
 
 
 def run_in_thread(worker: FieldWorker, field_id: str) -> tuple[threading.Thread, list[object]]:
