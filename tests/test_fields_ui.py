@@ -206,3 +206,40 @@ def test_segmenting_shows_progress_and_cancels(browser: Browser, field_service: 
     expect(page.locator("#field-results")).to_be_hidden()
     page.close()
     assert errors == []
+
+
+def test_cut_upload_resumes_where_it_stopped(browser: Browser, field_service: str, orthomosaic: Path) -> None:
+    """The connection drops during the third chunk and the tab is reloaded; the same file chosen
+    again goes on from the server's offset (tus HEAD), not from 0."""
+    from playwright.sync_api import Route, expect
+
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    offsets: list[int] = []
+    cut, resumed = [False], [False]
+
+    def chunk(route: Route) -> None:
+        if route.request.method != "PATCH":
+            route.continue_()
+            return
+        offsets.append(int(route.request.headers["upload-offset"]))
+        cut[0] = cut[0] or (len(offsets) == 3 and not resumed[0])
+        route.abort() if cut[0] else route.continue_()
+
+    page.route("**/api/v1/fields/uploads/*", chunk)
+    page.goto(f"{field_service}/#/fields")
+    page.uncheck("#field-autostart")
+    page.set_input_files("#field-file", str(orthomosaic))
+    page.wait_for_function("() => document.querySelector('#field-upload-bar').value > 0")
+    while not cut[0]:
+        page.wait_for_timeout(20)
+    page.reload()
+    assert offsets[:3] == [0, CHUNK_BYTES, 2 * CHUNK_BYTES]
+    offsets.clear()
+    cut[0], resumed[0] = False, True
+    page.uncheck("#field-autostart")
+    page.set_input_files("#field-file", str(orthomosaic))
+    expect(page.locator("#field-upload-text")).to_contain_text("Uploaded", timeout=60_000)
+    assert offsets[0] == 2 * CHUNK_BYTES  # the two chunks the server had were not sent again
+    assert len(offsets) == -(-orthomosaic.stat().st_size // CHUNK_BYTES) - 2
+    expect(page.locator("#field-caption")).to_contain_text("3,000 × 3,000 px")
+    page.close()
