@@ -373,9 +373,10 @@ async function deleteSelected() {
   }
 }
 
-function setUpDropzone() {
-  const zone = $("dropzone");
-  $("file-input").addEventListener("change", (event) => upload(event.target.files[0]));
+// A drop zone and its file input: a file chosen or dropped goes to onFile.
+function setUpDropzone(zoneId, inputId, onFile) {
+  const zone = $(zoneId);
+  $(inputId).addEventListener("change", (event) => onFile(event.target.files[0]));
   ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (event) => {
     event.preventDefault();
     zone.classList.add("over");
@@ -383,7 +384,7 @@ function setUpDropzone() {
   ["dragleave", "drop"].forEach((type) => zone.addEventListener(type, () => zone.classList.remove("over")));
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
-    upload(event.dataTransfer.files[0]);
+    onFile(event.dataTransfer.files[0]);
   });
 }
 
@@ -575,7 +576,7 @@ function setUpToken() {
 }
 
 async function start() {
-  setUpDropzone();
+  setUpDropzone("dropzone", "file-input", upload);
   setUpToken();
   setUpFields();
   $("shuffle").addEventListener("click", loadGallery);

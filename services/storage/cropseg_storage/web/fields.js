@@ -510,17 +510,7 @@ function showFieldsPage(id) {
 }
 
 function setUpFields() {
-  const zone = $("field-dropzone");
-  $("field-file").addEventListener("change", (event) => uploadField(event.target.files[0]));
-  ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (event) => {
-    event.preventDefault();
-    zone.classList.add("over");
-  }));
-  ["dragleave", "drop"].forEach((type) => zone.addEventListener(type, () => zone.classList.remove("over")));
-  zone.addEventListener("drop", (event) => {
-    event.preventDefault();
-    uploadField(event.dataTransfer.files[0]);
-  });
+  setUpDropzone("field-dropzone", "field-file", uploadField);
   $("field-upload-cancel").addEventListener("click", cancelUpload);
   $("fields-refresh").addEventListener("click", loadFieldList);
   $("cell-size").addEventListener("change", () => { $("cell-size-other-label").hidden = $("cell-size").value !== "other"; });
