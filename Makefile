@@ -43,7 +43,7 @@ EVAL_TILES ?= 150
 TRAINING := --data $(DATA)/train:0.35 --data $(REAL)/ews/train:0.4 --data $(REAL)/peanut/train:0.25 \
 	--val $(DATA)/val --val $(REAL)/ews/select --val $(REAL)/peanut/select --val-every 300
 
-.PHONY: up drift experiment demo bench bench-drift-errors bench-images bench-memory bench-peers bench-rasters loadtest k8s images test-images test test-fast test-preflight lint typecheck pytest system-deps model model-ablation clean help
+.PHONY: up drift experiment demo bench bench-drift-errors bench-images bench-memory bench-peers bench-rasters bench-fields loadtest k8s images test-images test test-fast test-preflight lint typecheck pytest system-deps model model-ablation clean help
 
 help:
 	@echo "Run cropseg and its tests (README.md):"
@@ -69,6 +69,7 @@ help:
 	@echo "make bench-peers  cropseg vs bare FastAPI, LitServe, BentoML, MLServer, KServe, Ray Serve -> docs/performance.md"
 	@echo "make bench-memory  peak RSS of each route's largest request, alone and 16 at once -> docs/performance.md"
 	@echo "make bench-rasters  time per megapixel and peak RSS of segment-raster on 2k, 8k, 32k rasters -> docs/batch.md"
+	@echo "make bench-fields   a 2 GB field uploaded in the browser (cut half way), segmented in the background, mapped -> docs/batch.md (~1 h)"
 	@echo "make bench-images  image sizes, start to ready, compose to healthy -> docs/containers.md, README.md"
 	@echo "make bench-drift-errors  drift false alarms and detection power on real photos -> docs/drift.md (~40 min)"
 	@echo "make experiment  the brightness drift experiment of the course project cropseg grew from (table: docs/drift.md)"
@@ -144,6 +145,9 @@ bench-memory: $(VENV)/.dev
 # builds without the cache.
 bench-rasters: $(VENV)/.runtime
 	$(BIN)/python benchmarks/rasters.py --write docs/batch.md
+
+bench-fields: $(VENV)/.dev system-deps
+	$(BIN)/python benchmarks/fields.py --write docs/batch.md
 
 bench-images: images
 	$(BIN)/python benchmarks/containers.py --write docs/containers.md --readme README.md $(if $(COLD),--cold)

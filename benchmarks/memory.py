@@ -46,11 +46,14 @@ CHUNK_BYTES = FieldUploadSettings().max_chunk_bytes
 READS = {"picture": "picture", "thumbnail": "picture", "evaluation": "evaluation"}  # route: its cost
 
 
-def chart_limits_mib() -> dict[str, int]:
-    """Memory limits of the chart's default values, per component, in MiB."""
+def chart_limits_mib(
+    components: tuple[str, ...] = ("inference", "storage", "driftMonitor"),
+) -> dict[str, int]:
+    """Memory limits of the chart's default values, per component (a top-level key of values.yaml,
+    the first limits under it), in MiB."""
     values = (REPO / "charts/cropseg/values.yaml").read_text()
     limits = {}
-    for component in ("inference", "storage", "driftMonitor"):
+    for component in components:
         block = values.split(f"\n{component}:", 1)[1]
         quantity = re.search(r"limits: \{[^}]*memory: (\d+)(Mi|Gi)", block)
         assert quantity is not None, component

@@ -1,4 +1,4 @@
-"""The inference, levers and previous-model benchmarks still run end to end (smoke runs: a
+"""The inference, levers, previous-model and fields benchmarks still run end to end (smoke runs: a
 real service, the quantised and variant models built, both model files scored, every section
 filled; timings are not asserted, this machine is shared)."""
 
@@ -81,3 +81,17 @@ def test_drift_error_rates_benchmark_runs_every_case(tmp_path: Path) -> None:
         "grey_histogram", "image_properties", "dataset", "prediction_vegetation_fraction",
         "prediction_has_vegetation",
     }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fields_benchmark_resumes_the_cut_upload_and_maps_the_field(tmp_path: Path) -> None:
+    record = run_benchmark("fields.py", "--side", "3000", "--chunk-mib", "1", out=tmp_path / "fields.json")
+    upload = record["upload"]
+    assert 0.45 <= upload["received_at_cut_share"] < 1, upload  # cut half way...
+    assert 0 <= upload["received_again_mib"] <= 1, upload  # ...and went on: at most a chunk sent twice
+    assert len(upload["field_id"]) == 32
+    assert 0 < record["worker_peak_mib"] < record["worker_limit_mib"]
+    assert 0 < record["storage_peak_mib"] < record["storage_limit_mib"]
+    assert record["worker_s"] > 0
+    assert record["cli_s"] > 0
+    assert 0 < record["first_paint_ms"] < 60_000

@@ -58,13 +58,20 @@ def field_block(top: int, left: int, height: int, width: int, side: int, seed: i
 
 
 def write_field(
-    path: Path, side: int, *, gsd_m: float = 0.02, georeferenced: bool = True, seed: int = 0
+    path: Path,
+    side: int,
+    *,
+    gsd_m: float = 0.02,
+    georeferenced: bool = True,
+    seed: int = 0,
+    compress: str | None = "deflate",
 ) -> Path:
-    """Write a ``side`` x ``side`` field orthomosaic to ``path`` (see the module)."""
+    """Write a ``side`` x ``side`` field orthomosaic to ``path`` (see the module); ``compress``
+    None writes the pixels as they are (4 bytes each: 22,400 px a side is a 2 GB file)."""
     profile = {
         "driver": "GTiff", "width": side, "height": side, "count": 4, "dtype": "uint8", "tiled": True,
-        "blockxsize": BLOCK, "blockysize": BLOCK, "compress": "deflate", "photometric": "RGB",
-        "BIGTIFF": "IF_SAFER",
+        "blockxsize": BLOCK, "blockysize": BLOCK, "photometric": "RGB", "BIGTIFF": "IF_SAFER",
+        **({"compress": compress} if compress else {}),
         **({"crs": "EPSG:32632", "transform": from_origin(*ORIGIN, gsd_m, gsd_m)} if georeferenced else {}),
     }  # fmt: skip
     with warnings.catch_warnings():
