@@ -19,7 +19,7 @@ def test_config_and_rules_are_valid(promtool: str) -> None:
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool_run(promtool, "check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 9 rules found" in rules.stdout
+    assert "SUCCESS: 10 rules found" in rules.stdout
 
 
 @pytest.mark.slow
@@ -37,6 +37,7 @@ def test_every_alert_fires_and_stays_quiet_when_it_should(promtool: str) -> None
         "CropsegEstimatedIoUDrop",
         "CropsegDriftJobStale",
         "CropsegVolumeAlmostFull",
+        "CropsegFieldsNotSegmented",
     )
     for alert in alerts:
         assert f"alertname: {alert}" in tested, f"{alert} has no promtool test"
