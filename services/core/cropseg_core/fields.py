@@ -9,6 +9,8 @@ too large for the image routes, segmented in the background. Its folder in the s
                                then progress and outcome written by the worker
     fields/<id>/cancel         present while a cancel asked for is not yet carried out
     fields/<id>/result/<file>  what the worker made (:data:`RESULTS`), each file whole
+    fields/<id>/segment-claims/<token>  created-if-absent by each ask to segment: of asks that
+                               found the same earlier job, one wins (storage's field_jobs)
 
 A folder without ``field.json`` is an upload that failed half-way: it is not a field, and is
 neither listed nor served. The id is the id of the resumable upload that brought the file
