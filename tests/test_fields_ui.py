@@ -12,7 +12,10 @@ import json
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,13 +41,14 @@ SIDE_PX = 3000  # 150 m at 5 cm: 9 MP, 225 cells of 10 m
 CHUNK_BYTES = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def field_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Storage (1 MiB tus chunks) and a field worker polling its store; storage's URL."""
-    folder = tmp_path_factory.mktemp("fields-ui")
+@contextmanager
+def field_stack(folder: Path, **settings: str) -> Iterator[str]:
+    """Storage (1 MiB tus chunks, and ``settings`` as STORAGE_FIELDS__*) and a field worker polling
+    its store; storage's URL."""
     data, port = folder / "data", free_port()
     url = f"http://127.0.0.1:{port}"
     environment = {"STORAGE_LOG_LEVEL": "WARNING", "STORAGE_FIELDS__MAX_CHUNK_BYTES": str(CHUNK_BYTES)}
+    environment |= {f"STORAGE_FIELDS__{name.upper()}": value for name, value in settings.items()}
     storage = [sys.executable, "-m", "cropseg_storage", "--port", str(port), "--data", str(data)]
     with running_service(
         storage, f"{url}/healthz", env=environment, cwd=REPO, log_path=folder / "storage.log"
@@ -60,6 +64,12 @@ def field_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         finally:
             stop(worker)
             worker_log.close()
+
+
+@pytest.fixture(scope="module")
+def field_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with field_stack(tmp_path_factory.mktemp("fields-ui")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +253,58 @@ def test_cut_upload_resumes_where_it_stopped(browser: Browser, field_service: st
     assert len(offsets) == -(-orthomosaic.stat().st_size // CHUNK_BYTES) - 2
     expect(page.locator("#field-caption")).to_contain_text("3,000 × 3,000 px")
     page.close()
+
+
+@pytest.fixture
+def tile_server() -> Iterator[tuple[str, list[str]]]:
+    """A loopback XYZ tile server answering every tile with one grey PNG; and the paths asked."""
+    tile = io.BytesIO()
+    Image.fromarray(np.full((256, 256, 3), 200, np.uint8)).save(tile, format="PNG")
+    asked: list[str] = []
+
+    class Tiles(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(tile.getvalue())))
+            self.end_headers()
+            self.wfile.write(tile.getvalue())
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Tiles)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_configured_basemap_is_drawn_under_the_field(
+    browser: Browser, tile_server: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    """STORAGE_FIELDS__MAP_TILES puts a tile layer under the field, credited, and the page's
+    policy lets exactly that host's images in (no console error)."""
+    from playwright.sync_api import expect
+
+    tiles, asked = tile_server
+    field = write_field(tmp_path / "small.tif", 1500, gsd_m=0.05)
+    with field_stack(
+        tmp_path, map_tiles=f"{tiles}/{{z}}/{{x}}/{{y}}.png", map_attribution="Test tiles"
+    ) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        errors = watch_errors(page)
+        page.goto(f"{url}/#/fields")
+        page.set_input_files("#field-file", str(field))
+        expect(page.locator("#job-status")).to_have_text("done", timeout=120_000)
+        tile_images = page.locator("#field-map img.leaflet-tile")
+        expect(tile_images.first).to_be_visible(timeout=30_000)
+        page.wait_for_function("() => document.querySelector('#field-map img.leaflet-tile-loaded')")
+        expect(page.locator("#field-map .leaflet-control-attribution")).to_contain_text("Test tiles")
+        assert asked
+        assert all(re.fullmatch(r"/\d+/\d+/\d+\.png", path) for path in asked), asked
+        page.close()
+    assert errors == []

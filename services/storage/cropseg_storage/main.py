@@ -194,9 +194,13 @@ def create_app(
             )
         app.add_middleware(tus.TusResumable, prefix=fields.UPLOADS)
 
+        # A configured basemap's tiles are the one thing the page may load from elsewhere.
+        tiles = settings.fields.map_tiles_origin
+        policy = UI_POLICY.replace("img-src 'self'", f"img-src 'self' {tiles}") if tiles else UI_POLICY
+
         @app.get("/", include_in_schema=False)
         def index() -> FileResponse:
-            headers = {"Cache-Control": "no-cache", "Content-Security-Policy": UI_POLICY}
+            headers = {"Cache-Control": "no-cache", "Content-Security-Policy": policy}
             return FileResponse(WEB / "index.html", headers=headers)
 
         app.mount("/static", StaticFiles(directory=WEB), name="static")

@@ -6,6 +6,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, BaseModel, Field, field_validator, model_validator
 
@@ -36,9 +37,38 @@ class FieldUploadSettings(BaseModel):
     """Chunks received at once by one process; more get 503 + Retry-After (clients retry)."""
     expire_after_h: float = Field(default=24.0, gt=0)
     """An upload not completed this many hours after it was created is deleted."""
+    map_tiles: str | None = None
+    """A basemap under the fields' maps: an XYZ tile URL template such as
+    ``https://tile.openstreetmap.org/{z}/{x}/{y}.png`` (its host is added to the page's
+    Content-Security-Policy). Unset, the maps need no network: the field alone, on grey."""
+    map_attribution: str = ""
+    """The basemap's credit, shown on the map (e.g. ``© OpenStreetMap contributors``)."""
     worker_cronjob: str = "cropseg-field-worker"
     """In a cluster, each segmentation is a Job created from this suspended CronJob of the chart
     (in the pod's namespace); elsewhere a local worker process polls the store for queued jobs."""
+
+    @field_validator("map_tiles")
+    @classmethod
+    def _tile_template(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"map_tiles must be an http(s) URL template, got {value!r}")
+        if not all(part in value for part in ("{z}", "{x}", "{y}")):
+            raise ValueError(
+                "map_tiles must hold {z}, {x} and {y}, e.g. https://host/{z}/{x}/{y}.png, "
+                f"got {value!r}"
+            )
+        return value
+
+    @property
+    def map_tiles_origin(self) -> str | None:
+        """Where the basemap's tiles come from (``scheme://host[:port]``), for the page's policy."""
+        if self.map_tiles is None:
+            return None
+        parsed = urlsplit(self.map_tiles)
+        return f"{parsed.scheme}://{parsed.netloc}"
 
 
 class StorageSettings(ServiceSettings, TokenSettings):

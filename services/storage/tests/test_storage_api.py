@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -678,6 +679,30 @@ def test_web_ui_is_served(client: TestClient) -> None:
         assert served.headers["x-content-type-options"] == "nosniff"
     assert client.get("/static/missing.js").status_code == 404
     assert client.head("/").status_code == 200
+
+
+def test_a_configured_basemap_is_the_one_other_host_the_page_may_load_images_from(
+    make_client: Callable[..., TestClient],
+) -> None:
+    from cropseg_storage.settings import FieldUploadSettings
+
+    tiles = "https://tiles.example.org:8443/osm/{z}/{x}/{y}.png"
+    client = make_client(fields=FieldUploadSettings(map_tiles=tiles, map_attribution="© OSM"))
+    policy = client.get("/").headers["content-security-policy"]
+    assert "img-src 'self' https://tiles.example.org:8443 data: blob:" in policy
+    info = client.get("/api/v1/info").json()
+    assert (info["map_tiles"], info["map_attribution"]) == (tiles, "© OSM")
+    for bad, why in (
+        ("ftp://host/{z}/{x}/{y}", "http(s) URL"),
+        ("https://host/tiles.png", "{z}, {x} and {y}"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(why)):
+            FieldUploadSettings(map_tiles=bad)
+
+
+def test_without_a_basemap_the_page_loads_nothing_from_elsewhere(client: TestClient) -> None:
+    assert "img-src 'self' data: blob:" in client.get("/").headers["content-security-policy"]
+    assert client.get("/api/v1/info").json()["map_tiles"] is None
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
+from pydantic import Field
 
 from cropseg_core.web.service import ReadinessCheck, ServiceInfo, Spec
 from cropseg_storage.deps import Monitor, Settings
@@ -24,6 +25,10 @@ class StorageInfo(ServiceInfo):
     inference_url: str
     drift_url: str
     authentication: bool
+    map_tiles: str | None = Field(
+        description="The fields' basemap: an XYZ tile URL template, or null for none"
+    )
+    map_attribution: str = Field(description="The basemap's credit")
 
 
 @router.get("/api/v1/info", response_model=StorageInfo)
@@ -35,6 +40,8 @@ def info(request: Request, settings: Settings, spec: Spec) -> StorageInfo:
             inference_url=str(settings.inference_url),
             drift_url=str(settings.drift_url),
             authentication=settings.api_token is not None,
+            map_tiles=settings.fields.map_tiles,
+            map_attribution=settings.fields.map_attribution,
         )
     )
 

@@ -575,6 +575,10 @@ function setUpToken() {
   });
 }
 
+// The service's settings the page follows (token needed, the fields' basemap); {} if unreachable
+// (the gallery shows that error).
+const serviceInfo = json("/api/v1/info").catch(() => ({}));
+
 async function start() {
   setUpDropzone("dropzone", "file-input", upload);
   setUpToken();
@@ -592,10 +596,7 @@ async function start() {
   route();
   loadGallery();
   loadUploads();
-  try {
-    const info = await json("/api/v1/info");
-    $("token-button").hidden = !info.authentication;
-  } catch (_) { /* the gallery shows the error */ }
+  $("token-button").hidden = !(await serviceInfo).authentication;
 }
 
 start();

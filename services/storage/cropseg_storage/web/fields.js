@@ -375,13 +375,20 @@ async function showResults(field) {
     index ? " · " : "",
     element("a", { href: resultUrl(field, name), download: `${field.name}.${name}`, "data-result": name, text: label }),
   ]));
-  drawMap(field, report, cells, zones.length);
+  drawMap(field, report, cells, zones.length, await serviceInfo);
 }
 
-function drawMap(field, report, cells, zoneCount) {
+function drawMap(field, report, cells, zoneCount, info) {
   if (fieldState.map) fieldState.map.remove();
   const map = L.map("field-map", { zoomSnap: 0.25, preferCanvas: cells.features.length > 5000 });
   fieldState.map = map;
+  // A basemap only where one is configured (STORAGE_FIELDS__MAP_TILES): by default the map needs no network.
+  const overlays = {};
+  if (info.map_tiles) {
+    overlays.Basemap = L.tileLayer(info.map_tiles, {
+      attribution: info.map_attribution, maxZoom: 23, maxNativeZoom: 19,
+    }).addTo(map);
+  }
   const [west, south, east, north] = report.map_bounds;
   const bounds = L.latLngBounds([south, west], [north, east]);
   const image = L.imageOverlay(resultUrl(field, "map.png"), bounds, {
@@ -403,7 +410,8 @@ function drawMap(field, report, cells, zoneCount) {
       layer.on("mouseout", () => grid.resetStyle(layer));
     },
   }).addTo(map);
-  L.control.layers(null, { "Field image": image, "Cover cells": grid }, { collapsed: window.innerWidth < 520 }).addTo(map);
+  Object.assign(overlays, { "Field image": image, "Cover cells": grid });
+  L.control.layers(null, overlays, { collapsed: window.innerWidth < 520 }).addTo(map);
   L.control.scale({ imperial: false }).addTo(map);
   map.fitBounds(bounds);
 }
