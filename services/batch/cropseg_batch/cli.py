@@ -39,9 +39,6 @@ from cropseg_core.model import LoadedModel
 from cropseg_core.pipeline import ScaleError
 
 DEFAULT_MODEL = Path(os.environ.get("CROPSEG_MODEL", "model/artifacts/cropseg-unet.onnx"))
-DEFAULT_FIELD_WORK = Path(
-    os.environ.get("CROPSEG_FIELD_WORK", Path(tempfile.gettempdir()) / "cropseg-fields")
-)
 STOPPED = 128 + signal.SIGTERM
 
 
@@ -154,7 +151,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _endpoint(worker)
     worker.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="the ONNX model (CROPSEG_MODEL)")
-    worker.add_argument("--work", type=Path, default=DEFAULT_FIELD_WORK,
+    worker.add_argument("--work", type=Path, default=None,
                         help="checkpoints and downloaded GeoTIFFs (CROPSEG_FIELD_WORK; default under the "
                         "system's temp folder)")  # fmt: skip
     worker.add_argument("--field", default=os.environ.get("FIELD_ID") or None,
@@ -277,13 +274,20 @@ def _batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_work() -> Path:
+    """CROPSEG_FIELD_WORK, else a folder in the system's temp folder: found when the worker starts,
+    not on import (a read-only container has no temp folder for ``--help``)."""
+    return Path(os.environ.get("CROPSEG_FIELD_WORK") or Path(tempfile.gettempdir()) / "cropseg-fields")
+
+
 def _field_worker(args: argparse.Namespace) -> int:
     store = open_location(args.store, args.endpoint_url)
     if args.field is not None:
         check_field_id(args.field)
     worker = FieldWorker(
-        store, _load(args, args.threads), args.work, window=args.window, checkpoint_every_s=args.checkpoint_s
-    )
+        store, _load(args, args.threads), args.work or _default_work(), window=args.window,
+        checkpoint_every_s=args.checkpoint_s,
+    )  # fmt: skip
     for stop in (signal.SIGTERM, signal.SIGINT):  # finish the window, keep the checkpoint, requeue
         signal.signal(stop, lambda number, frame: worker.stopping.set())
     if args.field is None:
